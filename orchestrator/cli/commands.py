@@ -1,0 +1,297 @@
+"""The CLI's commands. Each runs in its own process and re-attaches from the store.
+
+A command never owns the kernels it touches beyond its own lifetime: it re-attaches,
+does its one thing, and detaches, leaving the kernel running (unless the command is
+``shutdown``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import sys
+import time
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+from ..errors import KernelGoneError, KernelStartError, OrchestratorError, UnknownKernelError
+from ..gc import collect_garbage
+from ..liveness import wait_for_kernel_info
+from ..manager import AsyncKernelManager
+from ..provisioning import load_provisioner_class, provisioner_stanza
+from ..store import KernelRecord, KernelStore
+from .progress import progress
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+async def resolve_record(store: KernelStore, kernel_id: str) -> KernelRecord:
+    """The record for a full kernel id or a unique prefix of one."""
+    if not kernel_id:
+        raise UnknownKernelError("no kernel id given")
+    matches = await store.find(kernel_id)
+    if not matches:
+        raise UnknownKernelError(f"unknown kernel id {kernel_id!r} (see 'kernel-orchestrator list')")
+    if len(matches) > 1:
+        ids = ", ".join(r.kernel_id for r in matches[:5])
+        raise UnknownKernelError(f"kernel id prefix {kernel_id!r} is ambiguous: {ids}")
+    return matches[0]
+
+
+async def attach_record(
+    store: KernelStore, record: KernelRecord, *, verify: bool = False
+) -> AsyncKernelManager:
+    """A manager attached to ``record``'s kernel; a dead kernel is cleaned up and reported."""
+    km = AsyncKernelManager(kernel_store=store, kernel_name=record.kernel_name)
+    try:
+        await km.reattach(record, verify=verify)
+    except KernelGoneError:
+        await km.discard()
+        raise KernelGoneError(
+            f"kernel {record.kernel_id} has died; its record and resources were cleaned up"
+        ) from None
+    return km
+
+
+# ------------------------------------------------------------------- start
+async def cmd_start(store: KernelStore, args: Any) -> int:
+    from .kernelspecs import parse_env
+
+    name = args.kernelspec
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        available = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
+        raise OrchestratorError(f"unknown kernelspec {name!r} (available: {available})") from None
+    provisioner_name, _ = provisioner_stanza(spec)
+    km = AsyncKernelManager(kernel_store=store, kernel_name=name)
+    load_provisioner_class(km.provisioner_aliases.get(provisioner_name, provisioner_name))
+    km.labels = dict(_parse_labels(args.label))
+    env = parse_env(args.env)
+    kwargs: dict[str, Any] = {}
+    if env:
+        import os
+
+        kwargs["env"] = {**os.environ, **env}
+    if args.cwd:
+        kwargs["cwd"] = args.cwd
+    async with progress(f"starting kernel {name}"):
+        await km.start_kernel(**kwargs)
+        ready = await wait_for_kernel_info(
+            km.get_connection_info(session=False), km.session, args.timeout, alive=km.is_alive
+        )
+    if ready is None:
+        alive = await km.is_alive()
+        diagnostics = await km.provisioner.startup_diagnostics() if km.provisioner else ""
+        await km.shutdown_kernel(now=True)
+        why = "exited during start-up" if not alive else f"was not ready within {args.timeout:g}s"
+        message = f"kernel {name!r} {why}; it has been cleaned up"
+        if diagnostics:
+            message += "\n--- last lines of the kernel's output ---\n" + diagnostics
+        raise KernelStartError(message)
+    record = await store.get(km.kernel_id)
+    km.detach()
+    if args.json and record is not None:
+        _print_json(record.public_dict())
+    else:
+        print(km.kernel_id)
+    return 0
+
+
+def _parse_labels(pairs: list[str]) -> list[tuple[str, str]]:
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise OrchestratorError(f"bad --label value {pair!r}: expected KEY=VALUE")
+        out.append((key, value))
+    return out
+
+
+# -------------------------------------------------------------------- list
+async def _status(store: KernelStore, record: KernelRecord) -> str:
+    km = AsyncKernelManager(kernel_store=store, kernel_name=record.kernel_name)
+    try:
+        await km.reattach(record, verify=False)
+    except KernelGoneError:
+        return "dead"
+    except Exception as e:
+        return f"unknown ({e})"
+    km.detach()
+    return "running"
+
+
+async def cmd_list(store: KernelStore, args: Any) -> int:
+    records = await store.list()
+    statuses = await asyncio.gather(*(_status(store, r) for r in records))
+    if args.json:
+        _print_json([{**r.public_dict(), "status": s} for r, s in zip(records, statuses)])
+        return 0
+    if not records:
+        print("no kernels", file=sys.stderr)
+        return 0
+    rows = [("KERNEL ID", "NAME", "PROVISIONER", "STATUS", "CREATED", "LABELS")]
+    for r, s in zip(records, statuses):
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
+        labels = ",".join(f"{k}={v}" for k, v in sorted(r.labels.items()))
+        rows.append((r.kernel_id, r.kernel_name, r.provisioner_name, s, created, labels))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
+# -------------------------------------------------------------------- exec
+class _OutputWriter:
+    """Writes a kernel's IOPub output to our stdout/stderr as a terminal user expects."""
+
+    def __init__(self) -> None:
+        self.strip_ansi = not sys.stderr.isatty()
+
+    def __call__(self, msg: dict[str, Any]) -> None:
+        kind, content = msg["msg_type"], msg["content"]
+        if kind == "stream":
+            out = sys.stdout if content.get("name") == "stdout" else sys.stderr
+            out.write(content.get("text", ""))
+            out.flush()
+        elif kind in ("execute_result", "display_data"):
+            text = content.get("data", {}).get("text/plain")
+            if text is not None:
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+        elif kind == "error":
+            tb = "\n".join(content.get("traceback") or [f"{content.get('ename')}: "
+                                                         f"{content.get('evalue')}"])
+            sys.stderr.write((_ANSI.sub("", tb) if self.strip_ansi else tb) + "\n")
+            sys.stderr.flush()
+
+
+async def cmd_exec(store: KernelStore, args: Any) -> int:
+    code = sys.stdin.read() if args.code == "-" else args.code
+    record = await resolve_record(store, args.kernel_id)
+    km = await attach_record(store, record)
+    kc = km.client()
+    kc.start_channels()
+    interrupted = False
+    loop = asyncio.get_running_loop()
+
+    def on_sigint() -> None:
+        nonlocal interrupted
+        interrupted = True
+        loop.create_task(km.interrupt_kernel())
+
+    loop.add_signal_handler(signal.SIGINT, on_sigint)
+    try:
+        try:
+            await kc.wait_for_ready(timeout=args.timeout)
+        except RuntimeError:
+            if not await km.is_alive():
+                await km.discard()
+                raise KernelGoneError(
+                    f"kernel {record.kernel_id} died; its record was cleaned up"
+                ) from None
+            raise OrchestratorError(
+                f"kernel {record.kernel_id} did not respond within {args.timeout:g}s"
+            ) from None
+        try:
+            reply = await kc.execute_interactive(
+                code, allow_stdin=False, output_hook=_OutputWriter(),
+                timeout=args.exec_timeout,
+            )
+        except TimeoutError:
+            await km.interrupt_kernel()
+            raise OrchestratorError(
+                f"execution did not finish within {args.exec_timeout:g}s (interrupted)"
+            ) from None
+        await km.touch_activity()
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        kc.stop_channels()
+        if km.provisioner is not None:
+            km.detach()
+    if reply["content"].get("status") == "ok":
+        return 0
+    return 130 if interrupted else 1
+
+
+# ------------------------------------------------- interrupt/restart/shutdown
+async def cmd_interrupt(store: KernelStore, args: Any) -> int:
+    record = await resolve_record(store, args.kernel_id)
+    km = await attach_record(store, record)
+    await km.interrupt_kernel()
+    await km.touch_activity()
+    km.detach()
+    print(f"interrupted {record.kernel_id}", file=sys.stderr)
+    return 0
+
+
+async def cmd_restart(store: KernelStore, args: Any) -> int:
+    record = await resolve_record(store, args.kernel_id)
+    km = await attach_record(store, record)
+    async with progress(f"restarting kernel {record.kernel_id}"):
+        await km.restart_kernel(now=args.now)
+        ready = await wait_for_kernel_info(
+            km.get_connection_info(session=False), km.session, args.timeout, alive=km.is_alive
+        )
+    if ready is None:
+        diagnostics = await km.provisioner.startup_diagnostics() if km.provisioner else ""
+        km.detach()
+        message = f"kernel {record.kernel_id} was restarted but is not ready"
+        if diagnostics:
+            message += "\n--- last lines of the kernel's output ---\n" + diagnostics
+        raise OrchestratorError(message)
+    km.detach()
+    print(f"restarted {record.kernel_id}", file=sys.stderr)
+    return 0
+
+
+async def _shutdown_one(store: KernelStore, record: KernelRecord, now: bool) -> str:
+    try:
+        km = await attach_record(store, record)
+    except KernelGoneError:
+        return f"{record.kernel_id} had already died (cleaned up)"
+    await km.shutdown_kernel(now=now)
+    return f"shut down {record.kernel_id}"
+
+
+async def cmd_shutdown(store: KernelStore, args: Any) -> int:
+    if args.all:
+        records = await store.list()
+    elif args.kernel_id:
+        records = [await resolve_record(store, args.kernel_id)]
+    else:
+        raise OrchestratorError("give a KERNEL_ID or --all")
+    async with progress(f"shutting down {len(records)} kernel(s)"):
+        results = await asyncio.gather(
+            *(_shutdown_one(store, r, args.now) for r in records), return_exceptions=True
+        )
+    failed = 0
+    for record, result in zip(records, results):
+        if isinstance(result, BaseException):
+            failed += 1
+            print(f"error: {record.kernel_id}: {result}", file=sys.stderr)
+        else:
+            print(result, file=sys.stderr)
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------- gc
+async def cmd_gc(store: KernelStore, args: Any) -> int:
+    report = await collect_garbage(store, dry_run=args.dry_run, grace_seconds=args.grace)
+    verb = "would remove" if args.dry_run else "removed"
+    for kernel_id in report.stale_records:
+        print(f"{verb} stale record {kernel_id}")
+    for orphan in report.orphans:
+        print(f"{verb} orphaned {orphan}")
+    for problem in report.problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    if not (report.stale_records or report.orphans):
+        print("nothing to collect", file=sys.stderr)
+    return 0

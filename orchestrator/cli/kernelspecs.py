@@ -1,0 +1,137 @@
+"""``kernel-orchestrator kernelspec install PROVISIONER``: write a kernelspec for a provisioner.
+
+Each of our provisioners says which options it takes and what config they become
+(``add_kernelspec_arguments`` / ``kernelspec_config``); this module turns that into a
+``kernel.json`` installed like ``jupyter kernelspec install`` does (the user's data
+dir by default, ``--prefix`` or ``--sys-prefix`` otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.kernelspec import KernelSpecManager
+
+from ..errors import OrchestratorError
+from ..provisioning import installed_provisioners, load_provisioner_class
+
+# Short names users may type for our provisioners.
+PROVISIONER_ALIASES = {
+    "local": "orchestrator-local-provisioner",
+    "local-provisioner": "orchestrator-local-provisioner",
+}
+
+_NAME_RE = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
+
+
+def our_provisioners() -> dict[str, type]:
+    """Installed provisioners that know how to describe their kernelspec options."""
+    from provisioners.base import OrchestratorProvisionerMixin
+
+    found: dict[str, type] = {}
+    for name in sorted(installed_provisioners()):
+        try:
+            cls = load_provisioner_class(name)
+        except Exception:
+            continue
+        if issubclass(cls, OrchestratorProvisionerMixin):
+            found[name] = cls
+    return found
+
+
+def resolve_provisioner_name(name: str) -> str:
+    name = PROVISIONER_ALIASES.get(name, name)
+    ours = our_provisioners()
+    if name not in ours:
+        raise OrchestratorError(
+            f"unknown provisioner {name!r} (choose from: {', '.join(ours) or 'none installed'})"
+        )
+    return name
+
+
+def add_install_parser(subparsers: Any) -> None:
+    """Register ``kernelspec install`` with one sub-command per provisioner."""
+    install = subparsers.add_parser(
+        "install", help="write a kernelspec that runs kernels through a provisioner"
+    )
+    per_provisioner = install.add_subparsers(dest="provisioner", metavar="PROVISIONER")
+    per_provisioner.required = True
+    for name, cls in our_provisioners().items():
+        aliases = [a for a, target in PROVISIONER_ALIASES.items() if target == name]
+        sub = per_provisioner.add_parser(
+            name, aliases=aliases, help=getattr(cls, "kernelspec_summary", "") or name
+        )
+        sub.set_defaults(provisioner_name=name)
+        common = sub.add_argument_group("kernelspec")
+        common.add_argument("--name", required=True, help="kernelspec name ([a-z0-9._-])")
+        common.add_argument("--display-name", help="name shown in front-ends")
+        common.add_argument("--language", default="python")
+        common.add_argument(
+            "--interrupt-mode", choices=("signal", "message"), default="signal",
+            help="how interrupts reach the kernel",
+        )
+        common.add_argument("--python", help="python executable that runs ipykernel")
+        common.add_argument(
+            "--env", action="append", default=[], metavar="KEY=VALUE",
+            help="environment variable set for the kernel (repeatable)",
+        )
+        where = common.add_mutually_exclusive_group()
+        where.add_argument("--user", action="store_true", default=True,
+                           help="install for this user (default)")
+        where.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
+        where.add_argument("--sys-prefix", action="store_true",
+                           help=f"install under {sys.prefix}")
+        cls.add_kernelspec_arguments(sub)  # type: ignore[attr-defined]
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise OrchestratorError(f"bad --env value {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def build_kernelspec(args: argparse.Namespace) -> dict[str, Any]:
+    if not _NAME_RE.match(args.name):
+        raise OrchestratorError(
+            f"bad kernelspec name {args.name!r}: use letters, digits, '.', '_' and '-' only"
+        )
+    cls = load_provisioner_class(args.provisioner_name)
+    return {
+        "argv": cls.kernelspec_argv(args),  # type: ignore[attr-defined]
+        "display_name": args.display_name or args.name,
+        "language": args.language,
+        "interrupt_mode": args.interrupt_mode,
+        "env": parse_env(args.env),
+        "metadata": {
+            "kernel_provisioner": {
+                "provisioner_name": args.provisioner_name,
+                "config": cls.kernelspec_config(args),  # type: ignore[attr-defined]
+            }
+        },
+    }
+
+
+def install_kernelspec(args: argparse.Namespace) -> str:
+    """Write the kernelspec; return where it went."""
+    spec = build_kernelspec(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
+        prefix = sys.prefix if args.sys_prefix else args.prefix
+        try:
+            return str(
+                KernelSpecManager().install_kernel_spec(
+                    tmp, kernel_name=args.name, user=prefix is None, prefix=prefix
+                )
+            )
+        except OSError as e:
+            raise OrchestratorError(f"cannot install kernelspec {args.name!r}: {e}") from e

@@ -1,0 +1,139 @@
+"""Entry point of ``kernel-orchestrator``: argument parsing and error reporting.
+
+Expected failures (:class:`OrchestratorError`) print one line, ``error: ...``, and
+exit 1; argument errors exit 2 (argparse); Ctrl-C exits 130. A traceback is shown only
+with ``--log-level DEBUG``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .. import __version__
+from ..errors import OrchestratorError
+from ..store import KernelStore, open_store
+from . import commands
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kernel-orchestrator",
+        description="Run Jupyter kernels locally or remotely; every command re-attaches"
+        " to kernels from the kernel store, so kernels outlive the command.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--store", metavar="URL",
+        help="kernel store (sqlite:///path.db); default $KERNEL_ORCHESTRATOR_STORE or"
+        " an SQLite file in the Jupyter data dir",
+    )
+    parser.add_argument("--log-level", default="WARNING",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("start", help="start a kernel and print its id")
+    p.add_argument("kernelspec", help="kernelspec name, e.g. python3")
+    p.add_argument("--json", action="store_true", help="print the kernel's record as JSON")
+    p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--cwd", help="working directory of the kernel")
+    p.add_argument("--timeout", type=_positive, default=60.0,
+                   help="seconds to wait for the kernel to be ready (default 60)")
+    p.set_defaults(run=commands.cmd_start)
+
+    p = sub.add_parser("list", help="list kernels in the store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=commands.cmd_list)
+
+    p = sub.add_parser("exec", help="run code in a kernel, streaming its output")
+    p.add_argument("kernel_id")
+    p.add_argument("code", help="code to run ('-' reads it from stdin)")
+    p.add_argument("--timeout", type=_positive, default=30.0,
+                   help="seconds to wait for the kernel to respond (default 30)")
+    p.add_argument("--exec-timeout", type=_positive, default=None,
+                   help="seconds the code may run before it is interrupted (default: no limit)")
+    p.set_defaults(run=commands.cmd_exec)
+
+    p = sub.add_parser("interrupt", help="interrupt a kernel")
+    p.add_argument("kernel_id")
+    p.set_defaults(run=commands.cmd_interrupt)
+
+    p = sub.add_parser("restart", help="restart a kernel (same id)")
+    p.add_argument("kernel_id")
+    p.add_argument("--now", action="store_true", help="kill instead of asking it to stop")
+    p.add_argument("--timeout", type=_positive, default=60.0)
+    p.set_defaults(run=commands.cmd_restart)
+
+    p = sub.add_parser("shutdown", help="shut down a kernel, or all with --all")
+    p.add_argument("kernel_id", nargs="?")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--now", action="store_true", help="kill instead of asking it to stop")
+    p.set_defaults(run=commands.cmd_shutdown)
+
+    p = sub.add_parser("gc", help="remove stale records and orphaned kernels")
+    p.add_argument("--dry-run", action="store_true", help="only report what would go")
+    p.add_argument("--grace", type=float, default=60.0,
+                   help="spare orphans younger than this many seconds (default 60)")
+    p.set_defaults(run=commands.cmd_gc)
+
+    p = sub.add_parser("kernelspec", help="manage kernelspecs for our provisioners")
+    ks = p.add_subparsers(dest="kernelspec_command", metavar="ACTION")
+    ks.required = True
+    from .kernelspecs import add_install_parser
+
+    add_install_parser(ks)
+    p.set_defaults(run=None)
+    return parser
+
+
+async def _run(fn: Callable[[KernelStore, Any], Awaitable[int]], args: Any) -> int:
+    store = open_store(args.store)
+    try:
+        return await fn(store, args)
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "kernelspec":
+            from .kernelspecs import install_kernelspec
+
+            print(install_kernelspec(args))
+            return 0
+        return asyncio.run(_run(args.run, args))
+    except OrchestratorError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if args.log_level == "DEBUG":
+            raise
+        print(f"error: {type(e).__name__}: {e} (rerun with --log-level DEBUG for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

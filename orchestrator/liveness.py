@@ -1,0 +1,84 @@
+"""Is a kernel really there? Ask it, over the control channel, within a deadline.
+
+A process that exists is not proof of a usable kernel: after an orchestrator restart
+the only trustworthy check is a signed ``kernel_info_request`` answered with a reply.
+It goes over the *control* channel because ipykernel serves control in its own
+thread, so a kernel busy with a long cell still answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import zmq
+import zmq.asyncio
+from jupyter_client.session import Session
+
+
+def _url(info: dict[str, Any], channel: str) -> str:
+    transport = info.get("transport", "tcp")
+    ip = info.get("ip", "127.0.0.1")
+    port = info[f"{channel}_port"]
+    if transport == "tcp":
+        return f"tcp://{ip}:{port}"
+    return f"{transport}://{ip}-{port}"
+
+
+async def kernel_info(
+    connection_info: dict[str, Any], session: Session, timeout: float
+) -> dict[str, Any] | None:
+    """The kernel's ``kernel_info_reply`` content, or None if none came within ``timeout``."""
+    ctx = zmq.asyncio.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        pub, sec = connection_info.get("curve_publickey"), connection_info.get("curve_secretkey")
+        if pub and sec:
+            sock.curve_secretkey = sec.encode() if isinstance(sec, str) else sec
+            sock.curve_publickey = pub.encode() if isinstance(pub, str) else pub
+            sock.curve_serverkey = sock.curve_publickey
+        sock.connect(_url(connection_info, "control"))
+        request = session.msg("kernel_info_request", content={})
+        session.send(sock, request)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            if not await sock.poll(int(remaining * 1000), zmq.POLLIN):
+                return None
+            frames = await sock.recv_multipart()
+            _idents, msg_list = session.feed_identities(frames)
+            try:
+                reply = session.deserialize(msg_list)
+            except Exception:  # a reply signed with another key: not our kernel
+                continue
+            if reply.get("parent_header", {}).get("msg_id") == request["header"]["msg_id"]:
+                return reply["content"]  # type: ignore[no-any-return]
+    finally:
+        sock.close(linger=0)
+
+
+async def wait_for_kernel_info(
+    connection_info: dict[str, Any], session: Session, timeout: float, *, alive: Any = None
+) -> dict[str, Any] | None:
+    """Retry :func:`kernel_info` until a reply or ``timeout``; stop early if ``alive()`` says no.
+
+    ``alive`` is an optional coroutine function; a kernel process that died while
+    starting should fail the wait at once rather than at the deadline.
+    """
+    deadline = time.monotonic() + timeout
+    attempt = 0.5
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        reply = await kernel_info(connection_info, session, min(attempt, remaining))
+        if reply is not None:
+            return reply
+        if alive is not None and not await alive():
+            return None
+        attempt = min(attempt * 2, 5.0)
+        await asyncio.sleep(0)

@@ -1,0 +1,405 @@
+"""Kernel managers that persist what they start and can re-attach to it later.
+
+These are jupyter_client's own managers with a few steps added, so code written
+against jupyter_client (nbclient, Jupyter Server, test suites) drives them unchanged:
+
+* when a kernel starts or restarts, its :class:`KernelRecord` is saved to the kernel
+  store; when it is shut down for good, the record is removed;
+* :meth:`reattach` re-attaches a fresh manager, in any process, to a kernel that is
+  still running, from its saved record, without restarting it;
+* a failed start cleans up whatever the provisioner had already created.
+
+As in jupyter_client, the work is written once as ``_async_*`` coroutines; the async
+classes expose them directly and the sync classes wrap them with ``run_sync``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import typing as t
+import uuid
+
+from jupyter_client import manager as jc_manager
+from jupyter_client.ioloop import manager as jc_ioloop
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_core.utils import run_sync
+from traitlets import Bool, Dict, Float, Instance, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .errors import KernelGoneError, OrchestratorError, ReattachError
+from .liveness import kernel_info
+from .provisioning import create_provisioner, provisioner_stanza
+from .store import KernelRecord, KernelStore, open_store
+
+# Provisioners we run in place of stock ones because the stock ones cannot be
+# re-attached from another process.
+DEFAULT_PROVISIONER_ALIASES = {"local-provisioner": "orchestrator-local-provisioner"}
+
+_stores: dict[str, KernelStore] = {}
+
+
+def shared_store(url: str | None) -> KernelStore:
+    """One store object per URL per process: many managers, one connection."""
+    key = url or ""
+    if key not in _stores:
+        _stores[key] = open_store(url)
+    return _stores[key]
+
+
+def spec_to_dict(spec: KernelSpec) -> dict[str, t.Any]:
+    """A kernelspec as saved in a record (with its resource dir, for ``{resource_dir}``)."""
+    data = spec.to_dict()
+    data["resource_dir"] = spec.resource_dir
+    return data
+
+
+def spec_from_dict(data: dict[str, t.Any]) -> KernelSpec:
+    return KernelSpec(**data)
+
+
+class PersistentKernelManagerMixin(LoggingConfigurable):
+    """What our managers add to jupyter_client's. Mixed in before the stock class."""
+
+    kernel_store = Instance(
+        KernelStore,
+        allow_none=True,
+        help="Where kernel records are saved. Defaults to the store named by store_url.",
+    )
+    store_url = Unicode(
+        "",
+        config=True,
+        help="Kernel store URL (sqlite:///path.db, memory:). Empty: $KERNEL_ORCHESTRATOR_STORE,"
+        " else an SQLite file in the Jupyter data dir.",
+    )
+    persist = Bool(True, config=True, help="Save kernel records to the kernel store.")
+    provisioner_aliases = Dict(
+        DEFAULT_PROVISIONER_ALIASES,
+        config=True,
+        help="Provisioner names replaced by others when a kernel is created, e.g. the stock"
+        " local-provisioner by our re-attachable subclass.",
+    )
+    labels = Dict(help="Free-form labels saved with the kernel record (owner, session, ...).")
+    reattach_timeout = Float(
+        10.0, config=True, help="Seconds a re-attached kernel has to answer kernel_info."
+    )
+
+    @default("kernel_store")
+    def _default_kernel_store(self) -> KernelStore | None:
+        if not self.persist:
+            return None
+        return shared_store(self.store_url or None)
+
+    # Set in the real classes by jupyter_client; declared for type checkers.
+    if t.TYPE_CHECKING:
+        kernel_id: str
+        kernel_name: str
+        provisioner: t.Any
+        connection_file: str
+        _launch_args: dict[str, t.Any] | None
+        _kernel_spec: KernelSpec | None
+        _connection_file_written: bool
+        _attempted_start: bool
+        _ready: t.Any
+        shutting_down: bool
+        session: t.Any
+        log: t.Any
+        kernel_spec: KernelSpec | None
+
+        def get_connection_info(self, session: bool = False) -> dict[str, t.Any]: ...
+        def load_connection_info(self, info: t.Any) -> None: ...
+        def write_connection_file(self, **kwargs: t.Any) -> None: ...
+        def cleanup_connection_file(self) -> None: ...
+        def start_restarter(self) -> None: ...
+        def stop_restarter(self) -> None: ...
+        def _connect_control_socket(self) -> None: ...
+        def _close_control_socket(self) -> None: ...
+
+    _record_created: float | None = None
+    _restart_count: int = 0
+    _provisioner_name: str = ""
+
+    # ----------------------------------------------------------- provisioners
+    def _create_provisioner_for(self, kernel_id: str, spec: KernelSpec, name: str | None = None):  # type: ignore[no-untyped-def]
+        stanza_name, config = provisioner_stanza(spec)
+        name = name or self.provisioner_aliases.get(stanza_name, stanza_name)
+        self._provisioner_name = name
+        return create_provisioner(name, kernel_id, spec, config, parent=self)
+
+    @property
+    def orchestrator_instance(self) -> str:
+        """The id of the store's deployment, used to label what provisioners create."""
+        return self.kernel_store.instance_id if self.kernel_store is not None else ""
+
+    # ---------------------------------------------------------------- records
+    def _launch_args_for_record(self) -> dict[str, t.Any]:
+        """The launch arguments a later restart needs, minus what is not data.
+
+        ``env`` is reduced to the entries that differ from this process's own
+        environment: that is what the caller really asked for, and it keeps the
+        orchestrator's environment (tokens and the like) out of the store.
+        """
+        saved: dict[str, t.Any] = {}
+        for key, value in (self._launch_args or {}).items():
+            if key == "env" and isinstance(value, dict):
+                saved["env"] = {
+                    k: v for k, v in value.items() if os.environ.get(k) != v and isinstance(v, str)
+                }
+                saved["env_inherits"] = True
+            elif isinstance(value, (str, int, float, bool, list, dict)) or value is None:
+                saved[key] = value
+        return saved
+
+    @staticmethod
+    def _launch_args_from_record(saved: dict[str, t.Any]) -> dict[str, t.Any]:
+        args = dict(saved)
+        if args.pop("env_inherits", False):
+            env = dict(os.environ)
+            env.update(args.get("env") or {})
+            args["env"] = env
+        return args
+
+    async def build_record(self) -> KernelRecord:
+        """The record describing this manager's kernel as it is now."""
+        assert self.provisioner is not None and self.kernel_spec is not None
+        info = await self.provisioner.get_provisioner_info()
+        now = time.time()
+        if self._record_created is None:
+            self._record_created = now
+        return KernelRecord(
+            kernel_id=self.kernel_id,
+            kernel_name=self.kernel_name,
+            provisioner_name=self._provisioner_name,
+            provisioner_info=info,
+            kernel_spec=spec_to_dict(self.kernel_spec),
+            launch_args=self._launch_args_for_record(),
+            connection_file=self.connection_file,
+            instance=self.orchestrator_instance,
+            labels=dict(self.labels),
+            created=self._record_created,
+            last_activity=now,
+            restarts=self._restart_count,
+        )
+
+    async def save_record(self) -> None:
+        """Save (or update) this kernel's record. Provisioners call it when their state changes."""
+        if self.kernel_store is None or self.provisioner is None:
+            return
+        await self.kernel_store.save(await self.build_record())
+
+    async def forget_record(self) -> None:
+        if self.kernel_store is not None and self.kernel_id:
+            await self.kernel_store.delete(self.kernel_id)
+
+    async def touch_activity(self) -> None:
+        """Note activity on this kernel in the store (culling survives restarts)."""
+        if self.kernel_store is not None and self.kernel_id:
+            await self.kernel_store.touch(self.kernel_id)
+
+    # ---------------------------------------------------- lifecycle overrides
+    async def _async_pre_start_kernel(self, **kw: t.Any) -> t.Any:
+        if self.provisioner is None:
+            self.kernel_id = self.kernel_id or kw.get("kernel_id") or str(uuid.uuid4())
+            if self.kernel_spec is None:
+                raise OrchestratorError(f"no kernelspec for kernel name {self.kernel_name!r}")
+            self.provisioner = self._create_provisioner_for(self.kernel_id, self.kernel_spec)
+        if not self.connection_file:
+            # A predictable place (like MultiKernelManager's), not a random temp file,
+            # so the file can be found and cleaned up by any process.
+            self.connection_file = os.path.join(
+                jupyter_runtime_dir(), f"kernel-{self.kernel_id}.json"
+            )
+        return await super()._async_pre_start_kernel(**kw)  # type: ignore[misc]
+
+    async def _async_post_start_kernel(self, **kw: t.Any) -> None:
+        await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
+        await self.save_record()
+
+    async def _async_start_kernel(self, **kw: t.Any) -> None:
+        try:
+            await super()._async_start_kernel(**kw)  # type: ignore[misc]
+        except BaseException:
+            # A half-started kernel must not outlive the failed call.
+            await self._cleanup_failed_start()
+            raise
+
+    async def _cleanup_failed_start(self) -> None:
+        try:
+            if self.provisioner is not None:
+                if self.provisioner.has_process:
+                    await self.provisioner.kill()
+                    try:
+                        await asyncio.wait_for(self.provisioner.wait(), 10)
+                    except asyncio.TimeoutError:
+                        self.log.warning("kernel %s did not exit after kill", self.kernel_id)
+                await self.provisioner.cleanup(restart=False)
+            self._close_control_socket()
+            self.cleanup_connection_file()
+            await self.forget_record()
+        except Exception as e:  # never mask the original failure
+            self.log.warning("cleanup after failed start of %s: %s", self.kernel_id, e)
+
+    async def _async_restart_kernel(self, now: bool = False, newports: bool = False, **kw: t.Any):  # type: ignore[no-untyped-def]
+        self._restart_count += 1
+        await super()._async_restart_kernel(now=now, newports=newports, **kw)  # type: ignore[misc]
+
+    async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
+        if not restart:
+            await self.forget_record()
+
+    def __del__(self) -> None:
+        # The stock manager deletes the connection file when the *object* goes away.
+        # Our kernels outlive the object (another process re-attaches to them), so the
+        # file is removed only by a real shutdown (cleanup_resources).
+        self._close_control_socket()
+        if self.kernel_store is None:
+            self.cleanup_connection_file()
+
+    # ------------------------------------------------------------- re-attach
+    async def _async_reattach(
+        self, record: KernelRecord, *, verify: bool = True, timeout: float | None = None
+    ) -> None:
+        """Take over the running kernel described by ``record``, without restarting it.
+
+        Raises :class:`KernelGoneError` if the kernel is no longer running (the
+        provisioner is loaded, so :meth:`discard` can still clean up after it), and
+        :class:`ReattachError` if it runs but does not answer within ``timeout``.
+        """
+        self.kernel_id = record.kernel_id
+        self.kernel_name = record.kernel_name
+        self._kernel_spec = spec_from_dict(record.kernel_spec)
+        self._launch_args = self._launch_args_from_record(record.launch_args)
+        self._record_created = record.created
+        self._restart_count = record.restarts
+        self.labels = dict(record.labels)
+        self.provisioner = self._create_provisioner_for(
+            record.kernel_id, self._kernel_spec, name=record.provisioner_name
+        )
+        await self.provisioner.load_provisioner_info(record.provisioner_info)
+        self.load_connection_info(self.provisioner.connection_info)
+        if record.connection_file:
+            self.connection_file = record.connection_file
+        if os.path.exists(self.connection_file):
+            self._connection_file_written = True
+        else:
+            self.write_connection_file()
+
+        if not self.provisioner.has_process or await self.provisioner.poll() is not None:
+            raise KernelGoneError(f"kernel {record.kernel_id} is no longer running")
+        if verify:
+            wait = self.reattach_timeout if timeout is None else timeout
+            info = self.get_connection_info(session=False)
+            if await kernel_info(info, self.session, wait) is None:
+                if await self.provisioner.poll() is not None:
+                    raise KernelGoneError(f"kernel {record.kernel_id} is no longer running")
+                raise ReattachError(
+                    f"kernel {record.kernel_id} is running but did not answer kernel_info"
+                    f" within {wait:g}s"
+                )
+        self._attempted_start = True
+        self.shutting_down = False
+        self._ready = jc_manager._get_future()
+        self._ready.set_result(None)
+        self.start_restarter()
+        self._connect_control_socket()
+
+    async def _async_discard(self) -> None:
+        """Release everything a gone kernel left (provisioner resources, files, record)."""
+        try:
+            if self.provisioner is not None:
+                await self.provisioner.cleanup(restart=False)
+        finally:
+            self._close_control_socket()
+            self._connection_file_written = os.path.exists(self.connection_file)
+            self.cleanup_connection_file()
+            await self.forget_record()
+
+    def detach(self) -> None:
+        """Let go of the kernel without stopping it (another process may re-attach).
+
+        Closes this manager's sockets and restarter; the kernel, its connection file
+        and its record stay.
+        """
+        self.stop_restarter()
+        self._close_control_socket()
+        self._connection_file_written = False
+
+
+class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
+    """jupyter_client's blocking ``KernelManager``, persisted and re-attachable."""
+
+    start_kernel = run_sync(PersistentKernelManagerMixin._async_start_kernel)
+    pre_start_kernel = run_sync(PersistentKernelManagerMixin._async_pre_start_kernel)
+    post_start_kernel = run_sync(PersistentKernelManagerMixin._async_post_start_kernel)
+    restart_kernel = run_sync(PersistentKernelManagerMixin._async_restart_kernel)
+    cleanup_resources = run_sync(PersistentKernelManagerMixin._async_cleanup_resources)
+    reattach = run_sync(PersistentKernelManagerMixin._async_reattach)
+    discard = run_sync(PersistentKernelManagerMixin._async_discard)
+
+
+class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelManager):
+    """jupyter_client's ``AsyncKernelManager``, persisted and re-attachable."""
+
+    start_kernel = PersistentKernelManagerMixin._async_start_kernel
+    pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel
+    post_start_kernel = PersistentKernelManagerMixin._async_post_start_kernel
+    restart_kernel = PersistentKernelManagerMixin._async_restart_kernel
+    cleanup_resources = PersistentKernelManagerMixin._async_cleanup_resources
+    reattach = PersistentKernelManagerMixin._async_reattach
+    discard = PersistentKernelManagerMixin._async_discard
+
+
+class IOLoopKernelManager(PersistentKernelManagerMixin, jc_ioloop.IOLoopKernelManager):
+    """The blocking manager with jupyter_client's auto-restarter (used by MultiKernelManager)."""
+
+    start_kernel = KernelManager.start_kernel
+    pre_start_kernel = KernelManager.pre_start_kernel
+    post_start_kernel = KernelManager.post_start_kernel
+    restart_kernel = KernelManager.restart_kernel
+    cleanup_resources = KernelManager.cleanup_resources
+    reattach = KernelManager.reattach
+    discard = KernelManager.discard
+
+
+class AsyncIOLoopKernelManager(PersistentKernelManagerMixin, jc_ioloop.AsyncIOLoopKernelManager):
+    """The async manager with jupyter_client's auto-restarter (used by AsyncMultiKernelManager)."""
+
+    start_kernel = AsyncKernelManager.start_kernel
+    pre_start_kernel = AsyncKernelManager.pre_start_kernel
+    post_start_kernel = AsyncKernelManager.post_start_kernel
+    restart_kernel = AsyncKernelManager.restart_kernel
+    cleanup_resources = AsyncKernelManager.cleanup_resources
+    reattach = AsyncKernelManager.reattach
+    discard = AsyncKernelManager.discard
+
+
+async def attach(
+    kernel_id: str,
+    *,
+    store: KernelStore | None = None,
+    verify: bool = True,
+    timeout: float | None = None,
+    manager_class: type[AsyncKernelManager] = AsyncKernelManager,
+    **manager_kwargs: t.Any,
+) -> AsyncKernelManager:
+    """A manager re-attached to the stored kernel ``kernel_id``.
+
+    A gone kernel is discarded (its resources and record cleaned up) and reported
+    as :class:`KernelGoneError`.
+    """
+    from .errors import UnknownKernelError
+
+    store = store or shared_store(None)
+    record = await store.get(kernel_id)
+    if record is None:
+        raise UnknownKernelError(f"unknown kernel id {kernel_id!r}")
+    km = manager_class(kernel_store=store, kernel_name=record.kernel_name, **manager_kwargs)
+    try:
+        await km.reattach(record, verify=verify, timeout=timeout)
+    except KernelGoneError:
+        await km.discard()
+        raise
+    return km

@@ -1,0 +1,206 @@
+"""Multi-kernel managers that restore their kernels from the store at start-up.
+
+On start-up every saved record is examined concurrently:
+
+* a kernel that is alive and answers ``kernel_info`` within ``reattach_timeout`` is
+  re-attached, unchanged (same id, ports, key, state);
+* a kernel that is gone has its provisioner's cleanup run and its record removed, so
+  nothing it held (ports, files, containers, pods) leaks;
+* a kernel that cannot be re-attached for another reason is left alone, with a log
+  line that says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import typing as t
+from dataclasses import dataclass, field
+
+from jupyter_client import multikernelmanager as jc_mkm
+from jupyter_core.utils import run_sync
+from traitlets import Bool, DottedObjectName, Float, Instance, Int, Unicode, default
+from traitlets.config import LoggingConfigurable
+
+from .errors import KernelGoneError
+from .manager import shared_store
+from .store import KernelRecord, KernelStore
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did, kernel id by kernel id."""
+
+    reattached: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class PersistentMultiKernelManagerMixin(LoggingConfigurable):
+    """Adds the kernel store and start-up restore to jupyter_client's multi-kernel managers."""
+
+    kernel_store = Instance(KernelStore, allow_none=True)
+    store_url = Unicode("", config=True, help="Kernel store URL; see KernelManager.store_url.")
+    restore_on_start = Bool(
+        True, config=True, help="Re-attach the kernels saved in the store when starting."
+    )
+    reattach_timeout = Float(
+        10.0, config=True, help="Seconds a saved kernel has to answer kernel_info at restore."
+    )
+    reattach_concurrency = Int(
+        64, config=True, help="How many saved kernels are examined at once during restore."
+    )
+
+    if t.TYPE_CHECKING:
+        _kernels: dict[str, t.Any]
+        log: t.Any
+        connection_dir: str
+        kernel_spec_manager: t.Any
+
+        def kernel_manager_factory(self, *args: t.Any, **kwargs: t.Any) -> t.Any: ...
+
+    _restore_task: asyncio.Future[RestoreReport] | None = None
+    last_restore: RestoreReport | None = None
+
+    @default("kernel_store")
+    def _default_kernel_store(self) -> KernelStore:
+        return shared_store(self.store_url or None)
+
+    def _create_kernel_manager_factory(self) -> t.Callable[..., t.Any]:
+        make = super()._create_kernel_manager_factory()  # type: ignore[misc]
+
+        def create_kernel_manager(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            kwargs.setdefault("kernel_store", self.kernel_store)
+            return make(*args, **kwargs)
+
+        return create_kernel_manager  # type: ignore[no-any-return]
+
+    async def _restore_one(self, record: KernelRecord, report: RestoreReport) -> None:
+        kernel_id = record.kernel_id
+        connection_file = record.connection_file or os.path.join(
+            self.connection_dir, f"kernel-{kernel_id}.json"
+        )
+        kwargs: dict[str, t.Any] = {}
+        if self.kernel_spec_manager:
+            kwargs["kernel_spec_manager"] = self.kernel_spec_manager
+        km = self.kernel_manager_factory(
+            connection_file=connection_file,
+            parent=self,
+            log=self.log,
+            kernel_name=record.kernel_name,
+            **kwargs,
+        )
+        try:
+            await km._async_reattach(record, timeout=self.reattach_timeout)
+        except KernelGoneError:
+            self.log.info("kernel %s (%s) is gone; cleaning up its record", kernel_id,
+                          record.kernel_name)
+            try:
+                await km._async_discard()
+            except Exception as e:
+                self.log.warning("kernel %s: cleanup of a gone kernel failed: %s", kernel_id, e)
+            report.removed.append(kernel_id)
+        except Exception as e:
+            reason = str(e) or type(e).__name__
+            self.log.warning("kernel %s (%s) could not be re-attached: %s", kernel_id,
+                             record.kernel_name, reason)
+            km.detach()
+            report.failed[kernel_id] = reason
+        else:
+            self._kernels[kernel_id] = km
+            report.reattached.append(kernel_id)
+            self.log.info("kernel %s (%s) re-attached", kernel_id, record.kernel_name)
+
+    async def _async_restore_kernels(self) -> RestoreReport:
+        """Re-attach every saved kernel still alive; clean up the records of the others."""
+        assert self.kernel_store is not None
+        report = RestoreReport()
+        records = [r for r in await self.kernel_store.list() if r.kernel_id not in self._kernels]
+        gate = asyncio.Semaphore(max(1, self.reattach_concurrency))
+
+        async def bounded(record: KernelRecord) -> None:
+            async with gate:
+                await self._restore_one(record, report)
+
+        await asyncio.gather(*(bounded(r) for r in records))
+        self.last_restore = report
+        if records:
+            self.log.info(
+                "restored kernels from %s: %d re-attached, %d removed, %d failed",
+                self.kernel_store.url, len(report.reattached), len(report.removed),
+                len(report.failed),
+            )
+        return report
+
+
+class MultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.MultiKernelManager):
+    """jupyter_client's ``MultiKernelManager`` whose kernels survive its process."""
+
+    kernel_manager_class = DottedObjectName(
+        "orchestrator.manager.IOLoopKernelManager", config=True,
+        help="The kernel manager class (must be one of kernel-orchestrator's managers).",
+    )
+
+    restore_kernels = run_sync(PersistentMultiKernelManagerMixin._async_restore_kernels)
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.restore_on_start:
+            self.restore_kernels()
+
+
+class AsyncMultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.AsyncMultiKernelManager):
+    """jupyter_client's ``AsyncMultiKernelManager`` whose kernels survive its process.
+
+    The restore starts as soon as an event loop runs (at construction if one is
+    running, else on the first awaited call); ``await mkm.restored()`` waits for it.
+    """
+
+    kernel_manager_class = DottedObjectName(
+        "orchestrator.manager.AsyncIOLoopKernelManager", config=True,
+        help="The kernel manager class (must be one of kernel-orchestrator's managers).",
+    )
+
+    def __init__(self, *args: t.Any, **kwargs: t.Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.restore_on_start:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
+
+    async def restore_kernels(self) -> RestoreReport:
+        """Run the restore now (or wait for the one already under way)."""
+        if self._restore_task is None:
+            self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
+        return await self._restore_task
+
+    async def restored(self) -> RestoreReport | None:
+        """Wait for the start-up restore, if one is configured."""
+        if not self.restore_on_start:
+            return None
+        return await self.restore_kernels()
+
+    async def start_kernel(self, *, kernel_name: str | None = None, **kwargs: t.Any) -> str:
+        await self.restored()
+        return await super()._async_start_kernel(kernel_name=kernel_name, **kwargs)
+
+    async def shutdown_kernel(
+        self, kernel_id: str, now: bool | None = False, restart: bool | None = False
+    ) -> None:
+        await self.restored()
+        await super()._async_shutdown_kernel(kernel_id, now=now, restart=restart)
+
+    async def restart_kernel(self, kernel_id: str, now: bool = False) -> None:
+        await self.restored()
+        await super()._async_restart_kernel(kernel_id, now=now)
+
+    async def shutdown_all(self, now: bool = False) -> None:
+        await self.restored()
+        await super()._async_shutdown_all(now=now)
+
+    async def detach_all(self) -> None:
+        """Stop managing every kernel without stopping any (for a graceful orchestrator exit)."""
+        for kernel_id in list(self._kernels):
+            self._kernels.pop(kernel_id).detach()

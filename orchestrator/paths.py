@@ -1,0 +1,31 @@
+"""Private directories the orchestrator writes to."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from jupyter_core.paths import jupyter_runtime_dir
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` 0700 if missing (it holds kernel logs and connection files).
+
+    ``mkdir(parents=True)`` applies the mode only to the last component, so our own
+    intermediate directories are tightened explicitly.
+    """
+    path.mkdir(parents=True, mode=0o700, exist_ok=True)
+    for part in (path, path.parent):
+        if part.name in ("logs", "kernel-orchestrator"):
+            os.chmod(part, 0o700)
+    return path
+
+
+def kernel_log_dir() -> Path:
+    """Where local kernels' stdout/stderr go (so a detached kernel never writes to a dead tty)."""
+    return private_dir(Path(jupyter_runtime_dir()) / "kernel-orchestrator" / "logs")
+
+
+def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
+    """Open ``path`` as a 0600 file and return the descriptor."""
+    return os.open(path, flags, 0o600)

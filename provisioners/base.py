@@ -1,0 +1,94 @@
+"""What every kernel-orchestrator provisioner adds to jupyter_client's base class.
+
+* ``orchestrator_instance`` / labels: resources are marked with the kernel id and the
+  orchestrator deployment's id, so garbage collection can find its own leftovers.
+* ``state_changed()``: a provisioner whose saved state changes (a new container id, a
+  tunnel rebuilt on other ports) asks its manager to save the record again.
+* ``collect_garbage()``: a class-level hook ``kernel-orchestrator gc`` calls to remove
+  resources of this deployment that no record owns.
+* ``add_kernelspec_arguments()`` / ``kernelspec_config()``: how
+  ``kernel-orchestrator kernelspec install PROVISIONER`` writes a kernelspec for it.
+* ``startup_diagnostics()``: the last lines a failed kernel printed, for error messages.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
+
+
+@dataclass
+class GarbageContext:
+    """What ``collect_garbage`` needs to know: who we are and which kernels we own."""
+
+    instance: str
+    owned_kernel_ids: set[str]
+    grace_seconds: float = 60.0
+    dry_run: bool = False
+    log: logging.Logger = field(default_factory=lambda: logging.getLogger("kernel-orchestrator"))
+
+
+class OrchestratorProvisionerMixin:
+    """Mixed in before ``KernelProvisionerBase`` (or a subclass of it)."""
+
+    if False:  # for type checkers: provided by KernelProvisionerBase
+        parent: Any
+        kernel_id: str
+        log: logging.Logger
+
+    @property
+    def orchestrator_instance(self) -> str:
+        """The deployment id from the managing orchestrator ('' under a stock manager)."""
+        return str(getattr(self.parent, "orchestrator_instance", "") or "")
+
+    @property
+    def managed_by_orchestrator(self) -> bool:
+        """True when a kernel-orchestrator manager (with a kernel store) drives us."""
+        return getattr(self.parent, "kernel_store", None) is not None
+
+    def resource_labels(self) -> dict[str, str]:
+        """Labels to put on every resource created for this kernel."""
+        labels = {LABEL_KERNEL_ID: str(self.kernel_id)}
+        if self.orchestrator_instance:
+            labels[LABEL_INSTANCE] = self.orchestrator_instance
+        return labels
+
+    async def state_changed(self) -> None:
+        """Ask the manager to save this kernel's record again."""
+        save = getattr(self.parent, "save_record", None)
+        if save is not None:
+            await save()
+
+    async def startup_diagnostics(self, lines: int = 20) -> str:
+        """The last ``lines`` of the kernel's own output, if this provisioner can get them."""
+        return ""
+
+    @classmethod
+    async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
+        """Remove resources of ``ctx.instance`` that no owned kernel id claims.
+
+        Returns one line per resource removed (or that would be, with ``dry_run``).
+        """
+        return []
+
+    # ------------------------------------------------------------ kernelspecs
+    kernelspec_summary = ""
+
+    @classmethod
+    def add_kernelspec_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add this provisioner's options to ``kernelspec install``."""
+
+    @classmethod
+    def kernelspec_config(cls, args: argparse.Namespace) -> dict[str, Any]:
+        """The ``kernel_provisioner.config`` written into the kernelspec."""
+        return {}
+
+    @classmethod
+    def kernelspec_argv(cls, args: argparse.Namespace) -> list[str]:
+        """The kernel command line written into the kernelspec."""
+        python = getattr(args, "python", None) or "python"
+        return [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]

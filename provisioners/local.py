@@ -1,0 +1,201 @@
+"""Local kernels that another orchestrator process can re-attach to.
+
+jupyter_client's ``LocalProvisioner`` only knows the ``Popen`` object of the process
+that launched the kernel, so after the orchestrator restarts it reports the kernel
+dead, and its kernels die with their parent anyway (ipykernel watches
+``JPY_PARENT_PID``). Under a kernel-orchestrator manager this subclass:
+
+* launches the kernel independent of the orchestrator process (its own session, no
+  parent watch), with stdout/stderr in a private log file instead of our terminal;
+* saves ``pid``, process group and process start time, and after a re-attach polls,
+  signals and waits on the kernel by pid, guarded against pid reuse;
+* marks the process environment with the kernel id and deployment id so
+  ``kernel-orchestrator gc`` can find kernels no record owns.
+
+Under a stock manager it behaves exactly like the stock provisioner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from jupyter_client.provisioning.local_provisioner import LocalProvisioner as StockLocalProvisioner
+
+from orchestrator import procinfo
+from orchestrator.labels import ENV_INSTANCE, ENV_KERNEL_ID
+from orchestrator.paths import kernel_log_dir, open_private
+
+from .base import GarbageContext, OrchestratorProvisionerMixin
+
+
+class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # type: ignore[misc]
+    """The stock local provisioner, made re-attachable across orchestrator processes."""
+
+    kernelspec_summary = "kernels as local processes (re-attachable across restarts)"
+
+    start_ticks: int | None = None
+    log_path: str | None = None
+    attached: bool = False  # True when we track the kernel by pid, not by Popen
+
+    # ------------------------------------------------------------- lifecycle
+    @property
+    def has_process(self) -> bool:
+        return self.process is not None or (self.attached and self.pid is not None)
+
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        if self.managed_by_orchestrator:
+            env = kwargs["env"]
+            env[ENV_KERNEL_ID] = str(self.kernel_id)
+            env[ENV_INSTANCE] = self.orchestrator_instance
+            env.pop("JPY_PARENT_PID", None)
+            kwargs["independent"] = True
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        if not self.managed_by_orchestrator:
+            return await super().launch_kernel(cmd, **kwargs)
+        log_path = kernel_log_dir() / f"kernel-{self.kernel_id}.log"
+        fd = open_private(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            kwargs.setdefault("stdout", fd)
+            kwargs.setdefault("stderr", fd)
+            kwargs.setdefault("stdin", subprocess.DEVNULL)
+            info = await super().launch_kernel(cmd, **kwargs)
+        finally:
+            os.close(fd)
+        self.log_path = str(log_path)
+        self.attached = False
+        self.start_ticks = procinfo.start_ticks(self.pid) if self.pid else None
+        return info
+
+    async def poll(self) -> int | None:
+        if self.process is not None:
+            return await super().poll()
+        if self.attached and self.pid is not None:
+            return None if procinfo.is_running(self.pid, self.start_ticks) else 1
+        return 0
+
+    async def wait(self) -> int | None:
+        if self.process is not None:
+            return await super().wait()
+        while await self.poll() is None:
+            await asyncio.sleep(0.05)
+        self.attached = False
+        return 1
+
+    async def send_signal(self, signum: int) -> None:
+        if self.process is not None:
+            return await super().send_signal(signum)
+        if not (self.attached and procinfo.is_running(self.pid, self.start_ticks)):
+            return None
+        if self.pgid:
+            try:
+                os.killpg(self.pgid, signum)
+                return None
+            except OSError:
+                pass
+        assert self.pid is not None
+        os.kill(self.pid, signum)
+        return None
+
+    async def kill(self, restart: bool = False) -> None:
+        if self.process is not None:
+            return await super().kill(restart=restart)
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGKILL)
+        return None
+
+    async def terminate(self, restart: bool = False) -> None:
+        if self.process is not None:
+            return await super().terminate(restart=restart)
+        with contextlib.suppress(ProcessLookupError):
+            await self.send_signal(signal.SIGTERM)
+        return None
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await super().cleanup(restart=restart)
+        if not restart and self.log_path:
+            with contextlib.suppress(OSError):
+                Path(self.log_path).unlink()
+            self.log_path = None
+
+    async def startup_diagnostics(self, lines: int = 20) -> str:
+        if not self.log_path:
+            return ""
+        try:
+            text = Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    # ----------------------------------------------------------- persistence
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update(
+            {
+                "start_ticks": self.start_ticks,
+                "log_path": self.log_path,
+                "cwd": str(self.cwd) if self.cwd else None,
+                "ports_cached": bool(self.ports_cached),
+            }
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.start_ticks = provisioner_info.get("start_ticks")
+        self.log_path = provisioner_info.get("log_path")
+        self.cwd = provisioner_info.get("cwd")
+        # Keep the kernel's ports on a restart after re-attach, as a restart in the
+        # original process would.
+        self.ports_cached = bool(provisioner_info.get("ports_cached"))
+        self.process = None
+        self.attached = self.pid is not None
+
+    # --------------------------------------------------------- garbage in gc
+    @classmethod
+    async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
+        """Kill local kernel processes of this deployment that no record owns."""
+        found: list[str] = []
+        me = os.getpid()
+        for pid in procinfo.all_pids():
+            if pid == me:
+                continue
+            env = procinfo.environ(pid)
+            if env.get(ENV_INSTANCE) != ctx.instance:
+                continue
+            kernel_id = env.get(ENV_KERNEL_ID, "")
+            if not kernel_id or kernel_id in ctx.owned_kernel_ids:
+                continue
+            age = procinfo.age_seconds(pid)
+            if age is not None and age < ctx.grace_seconds:
+                continue  # possibly being started right now by another process
+            found.append(f"local kernel process {pid} (kernel {kernel_id})")
+            if not ctx.dry_run:
+                await _stop_process_group(pid)
+                with contextlib.suppress(OSError):
+                    (kernel_log_dir() / f"kernel-{kernel_id}.log").unlink()
+        return found
+
+
+async def _stop_process_group(pid: int, grace: float = 3.0) -> None:
+    """TERM the process group of ``pid``, then KILL it if still there after ``grace``."""
+    start = procinfo.start_ticks(pid)
+    try:
+        pgid = os.getpgid(pid)
+    except ProcessLookupError:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, grace)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, sig)
+        for _ in range(int(wait / 0.05)):
+            if not procinfo.is_running(pid, start):
+                return
+            await asyncio.sleep(0.05)
