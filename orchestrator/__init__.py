@@ -3,6 +3,7 @@ behind jupyter_client's own ``KernelManager`` interface."""
 
 from __future__ import annotations
 
+from . import procinfo
 from .errors import (
     KernelGoneError,
     OrchestratorError,

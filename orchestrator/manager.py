@@ -25,6 +25,7 @@ from jupyter_client import manager as jc_manager
 from jupyter_client.ioloop import manager as jc_ioloop
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_core.utils import ensure_dir_exists
 from jupyter_core.utils import run_sync
 from traitlets import Bool, Dict, Float, Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
@@ -32,7 +33,7 @@ from traitlets.config import LoggingConfigurable
 from .errors import KernelGoneError, OrchestratorError, ReattachError
 from .liveness import kernel_info
 from .provisioning import create_provisioner, provisioner_stanza
-from .store import KernelRecord, KernelStore, open_store
+from .store import KernelRecord, KernelStore, default_store_url, open_store
 
 # Provisioners we run in place of stock ones because the stock ones cannot be
 # re-attached from another process.
@@ -43,9 +44,9 @@ _stores: dict[str, KernelStore] = {}
 
 def shared_store(url: str | None) -> KernelStore:
     """One store object per URL per process: many managers, one connection."""
-    key = url or ""
+    key = url or default_store_url()
     if key not in _stores:
-        _stores[key] = open_store(url)
+        _stores[key] = open_store(key)
     return _stores[key]
 
 
@@ -208,9 +209,9 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         if not self.connection_file:
             # A predictable place (like MultiKernelManager's), not a random temp file,
             # so the file can be found and cleaned up by any process.
-            self.connection_file = os.path.join(
-                jupyter_runtime_dir(), f"kernel-{self.kernel_id}.json"
-            )
+            runtime_dir = jupyter_runtime_dir()
+            ensure_dir_exists(runtime_dir, 0o700)
+            self.connection_file = os.path.join(runtime_dir, f"kernel-{self.kernel_id}.json")
         return await super()._async_pre_start_kernel(**kw)  # type: ignore[misc]
 
     async def _async_post_start_kernel(self, **kw: t.Any) -> None:

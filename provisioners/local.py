@@ -120,6 +120,10 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
         return None
 
     async def cleanup(self, restart: bool = False) -> None:
+        if self.ports_cached and not self.connection_info and self.parent is not None:
+            # A start that failed before the connection info was recorded: the
+            # cached ports live only on the manager.
+            self.connection_info = self.parent.get_connection_info()
         await super().cleanup(restart=restart)
         if not restart and self.log_path:
             with contextlib.suppress(OSError):

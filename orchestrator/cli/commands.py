@@ -13,6 +13,7 @@ import re
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
@@ -68,8 +69,7 @@ async def cmd_start(store: KernelStore, args: Any) -> int:
     try:
         spec = KernelSpecManager().get_kernel_spec(name)
     except NoSuchKernel:
-        available = ", ".join(sorted(KernelSpecManager().find_kernel_specs())) or "none"
-        raise OrchestratorError(f"unknown kernelspec {name!r} (available: {available})") from None
+        raise OrchestratorError(_explain_missing_kernelspec(name)) from None
     provisioner_name, _ = provisioner_stanza(spec)
     km = AsyncKernelManager(kernel_store=store, kernel_name=name)
     load_provisioner_class(km.provisioner_aliases.get(provisioner_name, provisioner_name))
@@ -103,6 +103,31 @@ async def cmd_start(store: KernelStore, args: Any) -> int:
     else:
         print(km.kernel_id)
     return 0
+
+
+def _explain_missing_kernelspec(name: str) -> str:
+    """Why ``name`` cannot be used: absent, or present but naming a missing provisioner."""
+    from ..provisioning import installed_provisioners
+
+    ksm = KernelSpecManager()
+    dirs = ksm.find_kernel_specs()
+    if name in dirs:
+        try:
+            raw = json.loads((Path(dirs[name]) / "kernel.json").read_text())
+            wanted = raw["metadata"]["kernel_provisioner"]["provisioner_name"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return f"kernelspec {name!r} in {dirs[name]} cannot be loaded"
+        installed = ", ".join(sorted(installed_provisioners()))
+        return (f"kernelspec {name!r} names provisioner {wanted!r}, which is not installed"
+                f" (installed: {installed})")
+    usable = []
+    for candidate in sorted(dirs):
+        try:
+            ksm.get_kernel_spec(candidate)
+            usable.append(candidate)
+        except Exception:
+            continue
+    return f"unknown kernelspec {name!r} (available: {', '.join(usable) or 'none'})"
 
 
 def _parse_labels(pairs: list[str]) -> list[tuple[str, str]]:

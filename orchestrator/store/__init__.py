@@ -29,7 +29,7 @@ def default_store_url() -> str:
     env = os.environ.get(STORE_URL_ENV)
     if env:
         return env
-    return f"sqlite:///{Path(jupyter_data_dir()) / 'kernel-orchestrator' / 'kernels.db'}"
+    return f"sqlite://{Path(jupyter_data_dir()).resolve() / 'kernel-orchestrator' / 'kernels.db'}"
 
 
 def open_store(url: str | None = None) -> KernelStore:
@@ -44,7 +44,9 @@ def open_store(url: str | None = None) -> KernelStore:
     if url.startswith("sqlite:"):
         path = url[len("sqlite:") :]
         if path.startswith("//"):
-            path = path[2:]
+            path = path[2:]  # sqlite://<empty host>/abs/path
+        if path.startswith("//"):
+            path = "/" + path.lstrip("/")
         if not path:
             raise StoreError(f"kernel store URL {url!r} names no file")
         return SQLiteKernelStore(path)

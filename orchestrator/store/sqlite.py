@@ -68,7 +68,7 @@ class SQLiteKernelStore(KernelStore):
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = Path(path).expanduser()
-        self.url = f"sqlite:///{self.path}"
+        self.url = f"sqlite://{self.path}" if self.path.is_absolute() else f"sqlite:{self.path}"
         self._lock = threading.Lock()
         try:
             _create_private_file(self.path)

@@ -1,0 +1,76 @@
+"""Shared fixtures: every test gets private Jupyter dirs and its own kernel store,
+and fails if it leaves a kernel process behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator import procinfo
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def kernel_pids_under(root: Path) -> list[int]:
+    """Kernel processes whose environment points into ``root`` (i.e. this test's)."""
+    me = os.getpid()
+    found = []
+    for pid in procinfo.all_pids():
+        if pid == me:
+            continue
+        env = procinfo.environ(pid)
+        if env.get("JUPYTER_RUNTIME_DIR", "").startswith(str(root)):
+            try:
+                cmdline = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"ipykernel" in cmdline and procinfo.is_running(pid):
+                found.append(pid)
+    return found
+
+
+@pytest.fixture
+def jupyter_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """Private JUPYTER_* dirs and store for this test; asserts no kernel outlives it."""
+    env = {
+        "JUPYTER_DATA_DIR": str(tmp_path / "data"),
+        "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+        "JUPYTER_CONFIG_DIR": str(tmp_path / "config"),
+        "JUPYTER_PLATFORM_DIRS": "1",
+        "KERNEL_ORCHESTRATOR_STORE": f"sqlite:///{tmp_path / 'store' / 'kernels.db'}",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env
+    deadline = time.monotonic() + 5
+    leftovers = kernel_pids_under(tmp_path)
+    while leftovers and time.monotonic() < deadline:
+        time.sleep(0.1)
+        leftovers = kernel_pids_under(tmp_path)
+    for pid in leftovers:
+        try:
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        except OSError:
+            pass
+    assert not leftovers, f"test left kernel processes behind: {leftovers}"
+
+
+@pytest.fixture
+def store_url(jupyter_env: dict[str, str]) -> str:
+    return jupyter_env["KERNEL_ORCHESTRATOR_STORE"]
+
+
+@pytest.fixture
+def store(store_url: str):  # type: ignore[no-untyped-def]
+    from orchestrator.store import open_store
+
+    s = open_store(store_url)
+    yield s
+    s.close()
