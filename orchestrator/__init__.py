@@ -41,4 +41,5 @@ __all__ = [
     "__version__",
     "attach",
     "open_store",
+    "procinfo",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import zmq
@@ -17,7 +18,7 @@ import zmq.asyncio
 from jupyter_client.session import Session
 
 
-def _url(info: dict[str, Any], channel: str) -> str:
+def _url(info: Mapping[str, Any], channel: str) -> str:
     transport = info.get("transport", "tcp")
     ip = info.get("ip", "127.0.0.1")
     port = info[f"{channel}_port"]
@@ -27,7 +28,7 @@ def _url(info: dict[str, Any], channel: str) -> str:
 
 
 async def kernel_info(
-    connection_info: dict[str, Any], session: Session, timeout: float
+    connection_info: Mapping[str, Any], session: Session, timeout: float
 ) -> dict[str, Any] | None:
     """The kernel's ``kernel_info_reply`` content, or None if none came within ``timeout``."""
     ctx = zmq.asyncio.Context.instance()
@@ -47,7 +48,7 @@ async def kernel_info(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            if not await sock.poll(int(remaining * 1000), zmq.POLLIN):
+            if not await sock.poll(int(remaining * 1000)):
                 return None
             frames = await sock.recv_multipart()
             _idents, msg_list = session.feed_identities(frames)
@@ -62,7 +63,7 @@ async def kernel_info(
 
 
 async def wait_for_kernel_info(
-    connection_info: dict[str, Any], session: Session, timeout: float, *, alive: Any = None
+    connection_info: Mapping[str, Any], session: Session, timeout: float, *, alive: Any = None
 ) -> dict[str, Any] | None:
     """Retry :func:`kernel_info` until a reply or ``timeout``; stop early if ``alive()`` says no.
 

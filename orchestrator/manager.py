@@ -25,8 +25,7 @@ from jupyter_client import manager as jc_manager
 from jupyter_client.ioloop import manager as jc_ioloop
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_core.paths import jupyter_runtime_dir
-from jupyter_core.utils import ensure_dir_exists
-from jupyter_core.utils import run_sync
+from jupyter_core.utils import ensure_dir_exists, run_sync
 from traitlets import Bool, Dict, Float, Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -64,7 +63,7 @@ def spec_from_dict(data: dict[str, t.Any]) -> KernelSpec:
 class PersistentKernelManagerMixin(LoggingConfigurable):
     """What our managers add to jupyter_client's. Mixed in before the stock class."""
 
-    kernel_store = Instance(
+    kernel_store = Instance(  # type: ignore[call-overload]
         KernelStore,
         allow_none=True,
         help="Where kernel records are saved. Defaults to the store named by store_url.",
@@ -109,7 +108,6 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         log: t.Any
         kernel_spec: KernelSpec | None
 
-        def get_connection_info(self, session: bool = False) -> dict[str, t.Any]: ...
         def load_connection_info(self, info: t.Any) -> None: ...
         def write_connection_file(self, **kwargs: t.Any) -> None: ...
         def cleanup_connection_file(self) -> None: ...
@@ -292,7 +290,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             raise KernelGoneError(f"kernel {record.kernel_id} is no longer running")
         if verify:
             wait = self.reattach_timeout if timeout is None else timeout
-            info = self.get_connection_info(session=False)
+            info = dict(self.get_connection_info(session=False))  # type: ignore[attr-defined]
             if await kernel_info(info, self.session, wait) is None:
                 if await self.provisioner.poll() is not None:
                     raise KernelGoneError(f"kernel {record.kernel_id} is no longer running")
@@ -344,11 +342,11 @@ class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
 class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelManager):
     """jupyter_client's ``AsyncKernelManager``, persisted and re-attachable."""
 
-    start_kernel = PersistentKernelManagerMixin._async_start_kernel
-    pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel
-    post_start_kernel = PersistentKernelManagerMixin._async_post_start_kernel
-    restart_kernel = PersistentKernelManagerMixin._async_restart_kernel
-    cleanup_resources = PersistentKernelManagerMixin._async_cleanup_resources
+    start_kernel = PersistentKernelManagerMixin._async_start_kernel  # type: ignore[assignment]
+    pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel  # type: ignore[assignment]
+    post_start_kernel = PersistentKernelManagerMixin._async_post_start_kernel  # type: ignore[assignment]
+    restart_kernel = PersistentKernelManagerMixin._async_restart_kernel  # type: ignore[assignment]
+    cleanup_resources = PersistentKernelManagerMixin._async_cleanup_resources  # type: ignore[assignment]
     reattach = PersistentKernelManagerMixin._async_reattach
     discard = PersistentKernelManagerMixin._async_discard
 
@@ -368,11 +366,11 @@ class IOLoopKernelManager(PersistentKernelManagerMixin, jc_ioloop.IOLoopKernelMa
 class AsyncIOLoopKernelManager(PersistentKernelManagerMixin, jc_ioloop.AsyncIOLoopKernelManager):
     """The async manager with jupyter_client's auto-restarter (used by AsyncMultiKernelManager)."""
 
-    start_kernel = AsyncKernelManager.start_kernel
-    pre_start_kernel = AsyncKernelManager.pre_start_kernel
-    post_start_kernel = AsyncKernelManager.post_start_kernel
-    restart_kernel = AsyncKernelManager.restart_kernel
-    cleanup_resources = AsyncKernelManager.cleanup_resources
+    start_kernel = AsyncKernelManager.start_kernel  # type: ignore[assignment]
+    pre_start_kernel = AsyncKernelManager.pre_start_kernel  # type: ignore[assignment]
+    post_start_kernel = AsyncKernelManager.post_start_kernel  # type: ignore[assignment]
+    restart_kernel = AsyncKernelManager.restart_kernel  # type: ignore[assignment]
+    cleanup_resources = AsyncKernelManager.cleanup_resources  # type: ignore[assignment]
     reattach = AsyncKernelManager.reattach
     discard = AsyncKernelManager.discard
 

@@ -39,7 +39,7 @@ class RestoreReport:
 class PersistentMultiKernelManagerMixin(LoggingConfigurable):
     """Adds the kernel store and start-up restore to jupyter_client's multi-kernel managers."""
 
-    kernel_store = Instance(KernelStore, allow_none=True)
+    kernel_store = Instance(KernelStore, allow_none=True)  # type: ignore[call-overload]
     store_url = Unicode("", config=True, help="Kernel store URL; see KernelManager.store_url.")
     restore_on_start = Bool(
         True, config=True, help="Re-attach the kernels saved in the store when starting."
@@ -93,8 +93,9 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
         try:
             await km._async_reattach(record, timeout=self.reattach_timeout)
         except KernelGoneError:
-            self.log.info("kernel %s (%s) is gone; cleaning up its record", kernel_id,
-                          record.kernel_name)
+            self.log.info(
+                "kernel %s (%s) is gone; cleaning up its record", kernel_id, record.kernel_name
+            )
             try:
                 await km._async_discard()
             except Exception as e:
@@ -102,8 +103,9 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             report.removed.append(kernel_id)
         except Exception as e:
             reason = str(e) or type(e).__name__
-            self.log.warning("kernel %s (%s) could not be re-attached: %s", kernel_id,
-                             record.kernel_name, reason)
+            self.log.warning(
+                "kernel %s (%s) could not be re-attached: %s", kernel_id, record.kernel_name, reason
+            )
             km.detach()
             report.failed[kernel_id] = reason
         else:
@@ -127,7 +129,9 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
         if records:
             self.log.info(
                 "restored kernels from %s: %d re-attached, %d removed, %d failed",
-                self.kernel_store.url, len(report.reattached), len(report.removed),
+                self.kernel_store.url,
+                len(report.reattached),
+                len(report.removed),
                 len(report.failed),
             )
         return report
@@ -137,7 +141,8 @@ class MultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.MultiKernelMa
     """jupyter_client's ``MultiKernelManager`` whose kernels survive its process."""
 
     kernel_manager_class = DottedObjectName(
-        "orchestrator.manager.IOLoopKernelManager", config=True,
+        "orchestrator.manager.IOLoopKernelManager",
+        config=True,
         help="The kernel manager class (must be one of kernel-orchestrator's managers).",
     )
 
@@ -157,7 +162,8 @@ class AsyncMultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.AsyncMul
     """
 
     kernel_manager_class = DottedObjectName(
-        "orchestrator.manager.AsyncIOLoopKernelManager", config=True,
+        "orchestrator.manager.AsyncIOLoopKernelManager",
+        config=True,
         help="The kernel manager class (must be one of kernel-orchestrator's managers).",
     )
 
@@ -182,21 +188,23 @@ class AsyncMultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.AsyncMul
             return None
         return await self.restore_kernels()
 
-    async def start_kernel(self, *, kernel_name: str | None = None, **kwargs: t.Any) -> str:
+    async def start_kernel(  # type: ignore[override]
+        self, *, kernel_name: str | None = None, **kwargs: t.Any
+    ) -> str:
         await self.restored()
         return await super()._async_start_kernel(kernel_name=kernel_name, **kwargs)
 
-    async def shutdown_kernel(
+    async def shutdown_kernel(  # type: ignore[override]
         self, kernel_id: str, now: bool | None = False, restart: bool | None = False
     ) -> None:
         await self.restored()
         await super()._async_shutdown_kernel(kernel_id, now=now, restart=restart)
 
-    async def restart_kernel(self, kernel_id: str, now: bool = False) -> None:
+    async def restart_kernel(self, kernel_id: str, now: bool = False) -> None:  # type: ignore[override]
         await self.restored()
         await super()._async_restart_kernel(kernel_id, now=now)
 
-    async def shutdown_all(self, now: bool = False) -> None:
+    async def shutdown_all(self, now: bool = False) -> None:  # type: ignore[override]
         await self.restored()
         await super()._async_shutdown_all(now=now)
 

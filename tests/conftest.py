@@ -3,6 +3,7 @@ and fails if it leaves a kernel process behind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -55,10 +56,8 @@ def jupyter_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dic
         time.sleep(0.1)
         leftovers = kernel_pids_under(tmp_path)
     for pid in leftovers:
-        try:
+        with contextlib.suppress(OSError):
             os.killpg(os.getpgid(pid), signal.SIGKILL)
-        except OSError:
-            pass
     assert not leftovers, f"test left kernel processes behind: {leftovers}"
 
 

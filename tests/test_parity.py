@@ -42,8 +42,17 @@ async def test_async_lifecycle(cls: type) -> None:
         assert km.has_kernel and await km.is_alive()
         await asyncio.wait_for(km.ready, 5)
         info = km.get_connection_info()
-        assert {"shell_port", "iopub_port", "stdin_port", "hb_port", "control_port", "ip",
-                "key", "transport", "signature_scheme"} <= set(info)
+        assert {
+            "shell_port",
+            "iopub_port",
+            "stdin_port",
+            "hb_port",
+            "control_port",
+            "ip",
+            "key",
+            "transport",
+            "signature_scheme",
+        } <= set(info)
         assert os.path.exists(km.connection_file)
         kc = km.client()
         kc.start_channels()

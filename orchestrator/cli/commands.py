@@ -39,7 +39,9 @@ async def resolve_record(store: KernelStore, kernel_id: str) -> KernelRecord:
         raise UnknownKernelError("no kernel id given")
     matches = await store.find(kernel_id)
     if not matches:
-        raise UnknownKernelError(f"unknown kernel id {kernel_id!r} (see 'kernel-orchestrator list')")
+        raise UnknownKernelError(
+            f"unknown kernel id {kernel_id!r} (see 'kernel-orchestrator list')"
+        )
     if len(matches) > 1:
         ids = ", ".join(r.kernel_id for r in matches[:5])
         raise UnknownKernelError(f"kernel id prefix {kernel_id!r} is ambiguous: {ids}")
@@ -118,8 +120,10 @@ def _explain_missing_kernelspec(name: str) -> str:
         except (OSError, ValueError, KeyError, TypeError):
             return f"kernelspec {name!r} in {dirs[name]} cannot be loaded"
         installed = ", ".join(sorted(installed_provisioners()))
-        return (f"kernelspec {name!r} names provisioner {wanted!r}, which is not installed"
-                f" (installed: {installed})")
+        return (
+            f"kernelspec {name!r} names provisioner {wanted!r}, which is not installed"
+            f" (installed: {installed})"
+        )
     usable = []
     for candidate in sorted(dirs):
         try:
@@ -157,19 +161,22 @@ async def cmd_list(store: KernelStore, args: Any) -> int:
     records = await store.list()
     statuses = await asyncio.gather(*(_status(store, r) for r in records))
     if args.json:
-        _print_json([{**r.public_dict(), "status": s} for r, s in zip(records, statuses)])
+        rows_json = [
+            {**r.public_dict(), "status": s} for r, s in zip(records, statuses, strict=True)
+        ]
+        _print_json(rows_json)
         return 0
     if not records:
         print("no kernels", file=sys.stderr)
         return 0
     rows = [("KERNEL ID", "NAME", "PROVISIONER", "STATUS", "CREATED", "LABELS")]
-    for r, s in zip(records, statuses):
+    for r, s in zip(records, statuses, strict=True):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
         labels = ",".join(f"{k}={v}" for k, v in sorted(r.labels.items()))
         rows.append((r.kernel_id, r.kernel_name, r.provisioner_name, s, created, labels))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
 
 
@@ -192,8 +199,9 @@ class _OutputWriter:
                 sys.stdout.write(text + "\n")
                 sys.stdout.flush()
         elif kind == "error":
-            tb = "\n".join(content.get("traceback") or [f"{content.get('ename')}: "
-                                                         f"{content.get('evalue')}"])
+            tb = "\n".join(
+                content.get("traceback") or [f"{content.get('ename')}: {content.get('evalue')}"]
+            )
             sys.stderr.write((_ANSI.sub("", tb) if self.strip_ansi else tb) + "\n")
             sys.stderr.flush()
 
@@ -206,11 +214,14 @@ async def cmd_exec(store: KernelStore, args: Any) -> int:
     kc.start_channels()
     interrupted = False
     loop = asyncio.get_running_loop()
+    pending: set[asyncio.Future[Any]] = set()
 
     def on_sigint() -> None:
         nonlocal interrupted
         interrupted = True
-        loop.create_task(km.interrupt_kernel())
+        task = asyncio.ensure_future(km.interrupt_kernel())
+        pending.add(task)
+        task.add_done_callback(pending.discard)
 
     loop.add_signal_handler(signal.SIGINT, on_sigint)
     try:
@@ -227,7 +238,9 @@ async def cmd_exec(store: KernelStore, args: Any) -> int:
             ) from None
         try:
             reply = await kc.execute_interactive(
-                code, allow_stdin=False, output_hook=_OutputWriter(),
+                code,
+                allow_stdin=False,
+                output_hook=_OutputWriter(),
                 timeout=args.exec_timeout,
             )
         except TimeoutError:
@@ -298,7 +311,7 @@ async def cmd_shutdown(store: KernelStore, args: Any) -> int:
             *(_shutdown_one(store, r, args.now) for r in records), return_exceptions=True
         )
     failed = 0
-    for record, result in zip(records, results):
+    for record, result in zip(records, results, strict=True):
         if isinstance(result, BaseException):
             failed += 1
             print(f"error: {record.kernel_id}: {result}", file=sys.stderr)

@@ -73,20 +73,25 @@ def add_install_parser(subparsers: Any) -> None:
         common.add_argument("--display-name", help="name shown in front-ends")
         common.add_argument("--language", default="python")
         common.add_argument(
-            "--interrupt-mode", choices=("signal", "message"), default="signal",
+            "--interrupt-mode",
+            choices=("signal", "message"),
+            default="signal",
             help="how interrupts reach the kernel",
         )
         common.add_argument("--python", help="python executable that runs ipykernel")
         common.add_argument(
-            "--env", action="append", default=[], metavar="KEY=VALUE",
+            "--env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="environment variable set for the kernel (repeatable)",
         )
         where = common.add_mutually_exclusive_group()
-        where.add_argument("--user", action="store_true", default=True,
-                           help="install for this user (default)")
+        where.add_argument(
+            "--user", action="store_true", default=True, help="install for this user (default)"
+        )
         where.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
-        where.add_argument("--sys-prefix", action="store_true",
-                           help=f"install under {sys.prefix}")
+        where.add_argument("--sys-prefix", action="store_true", help=f"install under {sys.prefix}")
         cls.add_kernelspec_arguments(sub)  # type: ignore[attr-defined]
 
 

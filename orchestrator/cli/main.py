@@ -38,12 +38,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--store", metavar="URL",
+        "--store",
+        metavar="URL",
         help="kernel store (sqlite:///path.db); default $KERNEL_ORCHESTRATOR_STORE or"
         " an SQLite file in the Jupyter data dir",
     )
-    parser.add_argument("--log-level", default="WARNING",
-                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -53,8 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--cwd", help="working directory of the kernel")
-    p.add_argument("--timeout", type=_positive, default=60.0,
-                   help="seconds to wait for the kernel to be ready (default 60)")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=60.0,
+        help="seconds to wait for the kernel to be ready (default 60)",
+    )
     p.set_defaults(run=commands.cmd_start)
 
     p = sub.add_parser("list", help="list kernels in the store")
@@ -64,10 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("exec", help="run code in a kernel, streaming its output")
     p.add_argument("kernel_id")
     p.add_argument("code", help="code to run ('-' reads it from stdin)")
-    p.add_argument("--timeout", type=_positive, default=30.0,
-                   help="seconds to wait for the kernel to respond (default 30)")
-    p.add_argument("--exec-timeout", type=_positive, default=None,
-                   help="seconds the code may run before it is interrupted (default: no limit)")
+    p.add_argument(
+        "--timeout",
+        type=_positive,
+        default=30.0,
+        help="seconds to wait for the kernel to respond (default 30)",
+    )
+    p.add_argument(
+        "--exec-timeout",
+        type=_positive,
+        default=None,
+        help="seconds the code may run before it is interrupted (default: no limit)",
+    )
     p.set_defaults(run=commands.cmd_exec)
 
     p = sub.add_parser("interrupt", help="interrupt a kernel")
@@ -88,8 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("gc", help="remove stale records and orphaned kernels")
     p.add_argument("--dry-run", action="store_true", help="only report what would go")
-    p.add_argument("--grace", type=float, default=60.0,
-                   help="spare orphans younger than this many seconds (default 60)")
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=60.0,
+        help="spare orphans younger than this many seconds (default 60)",
+    )
     p.set_defaults(run=commands.cmd_gc)
 
     p = sub.add_parser("kernelspec", help="manage kernelspecs for our provisioners")
@@ -114,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    if args.log_level != "DEBUG":
+        # jupyter_client's own warnings repeat what our one-line errors say.
+        logging.getLogger("traitlets").setLevel(logging.ERROR)
     try:
         if args.command == "kernelspec":
             from .kernelspecs import install_kernelspec
@@ -130,8 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if args.log_level == "DEBUG":
             raise
-        print(f"error: {type(e).__name__}: {e} (rerun with --log-level DEBUG for details)",
-              file=sys.stderr)
+        print(
+            f"error: {type(e).__name__}: {e} (rerun with --log-level DEBUG for details)",
+            file=sys.stderr,
+        )
         return 1
 
 

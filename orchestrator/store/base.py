@@ -8,6 +8,7 @@ be safe for several orchestrator processes sharing one store.
 from __future__ import annotations
 
 import abc
+import builtins
 
 from .record import KernelRecord
 
@@ -35,7 +36,7 @@ class KernelStore(abc.ABC):
         """The record for ``kernel_id``, or None."""
 
     @abc.abstractmethod
-    async def list(self) -> list[KernelRecord]:
+    async def list(self) -> builtins.list[KernelRecord]:
         """Every record, oldest first."""
 
     @abc.abstractmethod
@@ -46,7 +47,7 @@ class KernelStore(abc.ABC):
     async def touch(self, kernel_id: str, when: float | None = None) -> None:
         """Record activity on a kernel (for culling that survives restarts)."""
 
-    async def find(self, kernel_id_or_prefix: str) -> list[KernelRecord]:
+    async def find(self, kernel_id_or_prefix: str) -> builtins.list[KernelRecord]:
         """Records whose id equals or starts with the given text (for short ids)."""
         exact = await self.get(kernel_id_or_prefix)
         if exact is not None:
@@ -80,7 +81,7 @@ class MemoryKernelStore(KernelStore):
         rec = self._records.get(kernel_id)
         return KernelRecord.from_json_dict(rec.to_json_dict()) if rec else None
 
-    async def list(self) -> list[KernelRecord]:
+    async def list(self) -> builtins.list[KernelRecord]:
         return sorted(
             (KernelRecord.from_json_dict(r.to_json_dict()) for r in self._records.values()),
             key=lambda r: r.created,

@@ -12,6 +12,7 @@ Calls run in a worker thread so an event loop is never blocked on disk I/O.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import json
 import logging
 import os
@@ -174,8 +175,8 @@ class SQLiteKernelStore(KernelStore):
         row = await self._call(op)
         return self._from_row(row) if row else None
 
-    async def list(self) -> list[KernelRecord]:
-        def op() -> list[tuple[str, float]]:
+    async def list(self) -> builtins.list[KernelRecord]:
+        def op() -> builtins.list[tuple[str, float]]:
             return self._conn.execute(
                 "SELECT data, last_activity FROM kernels ORDER BY created, kernel_id"
             ).fetchall()

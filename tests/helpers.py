@@ -1,0 +1,57 @@
+"""Helpers for tests that need a kernel started by *another* orchestrator process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+_STARTER = textwrap.dedent(
+    """
+    import asyncio, json, sys
+    from orchestrator import AsyncKernelManager
+
+    async def main(count, code, hang):
+        out = []
+        for _ in range(count):
+            km = AsyncKernelManager(kernel_name="python3")
+            await km.start_kernel()
+            kc = km.client(); kc.start_channels()
+            await kc.wait_for_ready(timeout=60)
+            if code:
+                reply = await kc.execute_interactive(code, timeout=60, output_hook=lambda m: None)
+                assert reply["content"]["status"] == "ok", reply["content"]
+            kc.stop_channels()
+            out.append({"id": km.kernel_id, "pid": km.provisioner.pid})
+            km.detach()
+        print(json.dumps(out), flush=True)
+        if hang:
+            await asyncio.sleep(3600)
+
+    asyncio.run(main(int(sys.argv[1]), sys.argv[2], sys.argv[3] == "hang"))
+    """
+)
+
+
+def start_kernels_elsewhere(count: int = 1, code: str = "", hang: bool = False):  # type: ignore[no-untyped-def]
+    """Start ``count`` kernels in a separate Python process (the env points at the test store).
+
+    Returns ``(kernels, process)``: kernels as ``[{"id", "pid"}]``; with ``hang`` the
+    process keeps running (so a test can ``kill -9`` it), otherwise it has exited.
+    """
+    import json
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STARTER, str(count), code, "hang" if hang else "exit"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not hang:
+        proc.wait(60)
+    if not line:
+        raise RuntimeError("kernel-starting process failed")
+    return json.loads(line), proc
