@@ -351,28 +351,12 @@ class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelMan
     discard = PersistentKernelManagerMixin._async_discard
 
 
-class IOLoopKernelManager(PersistentKernelManagerMixin, jc_ioloop.IOLoopKernelManager):
+class IOLoopKernelManager(KernelManager, jc_ioloop.IOLoopKernelManager):
     """The blocking manager with jupyter_client's auto-restarter (used by MultiKernelManager)."""
 
-    start_kernel = KernelManager.start_kernel
-    pre_start_kernel = KernelManager.pre_start_kernel
-    post_start_kernel = KernelManager.post_start_kernel
-    restart_kernel = KernelManager.restart_kernel
-    cleanup_resources = KernelManager.cleanup_resources
-    reattach = KernelManager.reattach
-    discard = KernelManager.discard
 
-
-class AsyncIOLoopKernelManager(PersistentKernelManagerMixin, jc_ioloop.AsyncIOLoopKernelManager):
+class AsyncIOLoopKernelManager(AsyncKernelManager, jc_ioloop.AsyncIOLoopKernelManager):
     """The async manager with jupyter_client's auto-restarter (used by AsyncMultiKernelManager)."""
-
-    start_kernel = AsyncKernelManager.start_kernel  # type: ignore[assignment]
-    pre_start_kernel = AsyncKernelManager.pre_start_kernel  # type: ignore[assignment]
-    post_start_kernel = AsyncKernelManager.post_start_kernel  # type: ignore[assignment]
-    restart_kernel = AsyncKernelManager.restart_kernel  # type: ignore[assignment]
-    cleanup_resources = AsyncKernelManager.cleanup_resources  # type: ignore[assignment]
-    reattach = AsyncKernelManager.reattach
-    discard = AsyncKernelManager.discard
 
 
 async def attach(

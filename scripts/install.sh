@@ -16,7 +16,10 @@ fi
 stamp=.venv/.kernel-orchestrator-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e '.[test]'
+    # This machine's pip config names local wheel folders that may not exist; pip's
+    # warnings about them are noise, real errors still show.
+    quiet() { "$@" 2>&1 | grep -v -e "^WARNING: Location 'file:" -e "BuildBackendWarning" || true; return "${PIPESTATUS[0]}"; }
+    quiet .venv/bin/python -m pip install --quiet --upgrade pip
+    quiet .venv/bin/python -m pip install --quiet -e '.[test]'
     echo "$want" > "$stamp"
 fi
