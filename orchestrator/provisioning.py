@@ -27,7 +27,21 @@ def installed_provisioners() -> dict[str, str]:
 
 
 def load_provisioner_class(name: str) -> type[KernelProvisionerBase]:
-    """The provisioner class registered under ``name`` (clear error if there is none)."""
+    """The provisioner class registered under ``name`` (clear error if there is none).
+
+    Looked up once per name: reading entry points scans every installed package's
+    metadata (milliseconds each time), which re-attaching many kernels would repeat.
+    """
+    cls = _loaded.get(name)
+    if cls is None:
+        cls = _loaded[name] = _load_provisioner_class(name)
+    return cls
+
+
+_loaded: dict[str, type[KernelProvisionerBase]] = {}
+
+
+def _load_provisioner_class(name: str) -> type[KernelProvisionerBase]:
     eps = entry_points(group=GROUP, name=name)
     for ep in eps:
         cls = ep.load()
