@@ -86,10 +86,8 @@ def add_install_parser(subparsers: Any) -> None:
             metavar="KEY=VALUE",
             help="environment variable set for the kernel (repeatable)",
         )
+        # Default: the user's data dir. (--user is left to provisioners: the SSH user.)
         where = common.add_mutually_exclusive_group()
-        where.add_argument(
-            "--user", action="store_true", default=True, help="install for this user (default)"
-        )
         where.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
         where.add_argument("--sys-prefix", action="store_true", help=f"install under {sys.prefix}")
         cls.add_kernelspec_arguments(sub)  # type: ignore[attr-defined]

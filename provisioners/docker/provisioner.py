@@ -1,0 +1,590 @@
+"""Kernels in Docker containers, on a local or remote Docker Engine.
+
+One container per kernel. The orchestrator chooses the connection info, HMAC key
+included, and copies it into the container as a 0600 file before the container
+starts, so the key is in neither the command line nor ``docker inspect``. The kernel
+listens on fixed ports inside its own network namespace; clients reach them by one of:
+
+* ``loopback`` (default): ports published on the engine host's 127.0.0.1;
+* ``network``: the container's address on a shared Docker network (when the
+  orchestrator runs in a container on that network);
+* ``ssh``: ports published on the remote engine host's loopback and carried back
+  by the SSH tunnel layer (for ``DOCKER_HOST=ssh://...``).
+
+A restart replaces the container by a new one with the same name, labels and host
+ports, so clients keep their connection info. ``start_kernel`` returns only when the
+kernel answers ``kernel_info``; a container that exits during start-up fails at once
+with the last lines of its log, and nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+import signal
+import tarfile
+import time
+from typing import Any
+
+import docker.errors
+from docker.types import DeviceRequest
+from jupyter_client.provisioning import KernelProvisionerBase
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode
+
+from orchestrator.errors import KernelStartError, OrchestratorError
+from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
+from orchestrator.liveness import wait_for_kernel_info
+from orchestrator.tunnels import get_tunneler
+
+from ..base import GarbageContext, OrchestratorProvisionerMixin
+from ..envpolicy import client_variables, validate_env_item
+from . import engine
+from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+# Inside its own network namespace every kernel can use the same ports.
+CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
+CONNECTION_DIR = "/run/kernel"
+CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
+DEFAULT_IMAGE = "kernel-orchestrator/kernel-python:latest"
+
+
+def container_name_for(kernel_id: str) -> str:
+    """A valid, recognisable container name, whatever characters the kernel id holds."""
+    safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", kernel_id)[:100].strip("-.") or "x"
+    return f"kernel-{safe}"
+
+
+def _connection_tar(payload: bytes, uid: int, gid: int) -> bytes:
+    """A tar holding the connection file, 0600 and owned by the kernel's user."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo("connection.json")
+        info.size, info.mode, info.uid, info.gid = len(payload), 0o600, uid, gid
+        info.mtime = int(time.time())
+        tar.addfile(info, io.BytesIO(payload))
+    return buf.getvalue()
+
+
+class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
+    """One Docker container per kernel."""
+
+    kernelspec_summary = "kernels in Docker containers (local or remote engine)"
+
+    # ------------------------------------------------------------ config
+    image = Unicode(DEFAULT_IMAGE, config=True, help="Kernel image.")
+    image_allowlist = List(
+        Unicode(),
+        config=True,
+        help="Images (fnmatch patterns) a client may ask for; default: image.",
+    )
+    pull_policy = CaselessStrEnum(
+        ["never", "if-not-present", "always"], "if-not-present", config=True
+    )
+    docker_host = Unicode(
+        "", config=True, help="Engine URL; default $DOCKER_HOST or the local socket."
+    )
+    reachability = CaselessStrEnum(["loopback", "network", "ssh"], "loopback", config=True)
+    network = Unicode("", config=True, help="Docker network to attach the container to.")
+    network_address = CaselessStrEnum(
+        ["ip", "name"],
+        "ip",
+        config=True,
+        help="With reachability=network: connect by container IP or by container name (DNS).",
+    )
+    volumes = List(Unicode(), config=True, help="Mounts as 'source:target[:ro]'.")
+    environment = Dict(config=True, help="Fixed environment for the kernel.")
+    env_allowlist = List(
+        Unicode(),
+        ["KERNEL_*"],
+        config=True,
+        help="Names (fnmatch) of client variables passed to the kernel.",
+    )
+    cpus = Float(0.0, config=True, help="CPU limit (0: none).")
+    memory = Unicode("", config=True, help="Memory limit like 2g ('' : none).")
+    gpus = Int(0, config=True, help="GPUs to request (-1: all).")
+    gpu_driver = Unicode("", config=True, help="Device driver for GPUs ('' : engine default).")
+    user = Unicode("1000:1000", config=True, help="uid:gid the kernel runs as.")
+    working_dir = Unicode("", config=True)
+    labels = Dict(config=True, help="Extra container labels.")
+    init = Bool(
+        False,
+        config=True,
+        help="Run Docker's init as PID 1 (for images without their own, e.g. tini).",
+    )
+    startup_timeout = Float(60.0, config=True)
+    max_startup_timeout = Float(600.0, config=True)
+    max_cpus = Float(0.0, config=True, help="Cap on KERNEL_CPUS (0: no cap).")
+    max_memory = Unicode("", config=True, help="Cap on KERNEL_MEMORY ('' : no cap).")
+    allowed_overrides = List(
+        Unicode(),
+        ["image", "startup_timeout"],
+        config=True,
+        help="Settings a client may override (image, cpus, memory, working_dir, startup_timeout).",
+    )
+    ssh_destination = Unicode(
+        "", config=True, help="With reachability=ssh: ssh://user@host of the engine host."
+    )
+
+    # ------------------------------------------------------------- state
+    container_id: str | None = None
+    container_name: str = ""
+    engine_url: str = ""
+    address: str = ""
+    host_ports: dict[str, int] | None = None
+    settings: ContainerSettings | None = None
+    _cmd: list[str] | None = None
+
+    @property
+    def has_process(self) -> bool:
+        return self.container_id is not None
+
+    # -------------------------------------------------------- preparation
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        env = kwargs.pop("env", {}) or {}
+        client_env = client_variables(env, self.env_allowlist)
+        for key, value in self.environment.items():
+            validate_env_item(key, value)
+        base = ContainerSettings(
+            image=self.image,
+            cpus=self.cpus,
+            memory=self.memory,
+            working_dir=self.working_dir,
+            startup_timeout=min(self.startup_timeout, self.max_startup_timeout),
+        )
+        settings = apply_overrides(
+            base,
+            client_env,
+            allowed=list(self.allowed_overrides),
+            max_cpus=self.max_cpus,
+            max_memory=self.max_memory,
+            max_startup_timeout=self.max_startup_timeout,
+        )
+        settings.check_image(list(self.image_allowlist), self.image)
+        if settings.memory:
+            memory_bytes(settings.memory)
+        spec_env = {k: env[k] for k in (self.kernel_spec.env or {}) if k in env}
+        settings.environment = {**spec_env, **self.environment, **client_env}
+        self.settings = settings
+        extra = kwargs.pop("extra_arguments", []) or []
+        kwargs["cmd"] = self._kernel_command(extra)
+        return kwargs
+
+    def _kernel_command(self, extra: list[str]) -> list[str]:
+        argv = list(self.kernel_spec.argv or []) + list(extra)
+        return [arg.replace("{connection_file}", CONNECTION_FILE) for arg in argv]
+
+    def _uid_gid(self) -> tuple[int, int]:
+        uid, _, gid = self.user.partition(":")
+        try:
+            return int(uid), int(gid or uid)
+        except ValueError:
+            raise SettingsError(
+                f"user {self.user!r} must be numeric uid[:gid] (the connection file is owned by it)"
+            ) from None
+
+    # ------------------------------------------------------------- launch
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        assert self.settings is not None
+        self.engine_url = engine.engine_url(self.docker_host)
+        self.container_name = container_name_for(str(self.kernel_id))
+        self._cmd = cmd
+        try:
+            await self._ensure_image(self.settings.image)
+            await self._create_and_start(cmd)
+            await self._wait_until_ready()
+        except BaseException:
+            await self._remove_container()
+            raise
+        await self.state_changed()
+        return self.connection_info
+
+    async def _ensure_image(self, image: str) -> None:
+        def have(client: Any) -> bool:
+            try:
+                client.images.get(image)
+                return True
+            except docker.errors.ImageNotFound:
+                return False
+
+        present = await engine.call(self.engine_url, have)
+        if present and self.pull_policy != "always":
+            return
+        if self.pull_policy == "never" or (present and self.pull_policy == "if-not-present"):
+            if not present:
+                raise KernelStartError(
+                    f"image {image!r} is not present on the Docker engine {self.engine_url}"
+                    " (pull_policy is 'never')"
+                )
+            return
+        try:
+            await engine.call(self.engine_url, lambda c: c.images.pull(image))
+        except docker.errors.APIError as e:
+            if present:
+                self.log.warning(
+                    "pulling %s failed (%s); using the local copy", image, engine.explain(e)
+                )
+                return
+            raise KernelStartError(
+                f"image {image!r} is not on the Docker engine {self.engine_url} and cannot be"
+                f" pulled: {engine.explain(e)}"
+            ) from None
+
+    def _create_kwargs(self, cmd: list[str]) -> dict[str, Any]:
+        assert self.settings is not None
+        s = self.settings
+        labels = {str(k): str(v) for k, v in self.labels.items()}
+        labels.update(self.resource_labels())
+        create: dict[str, Any] = {
+            "image": s.image,
+            "command": cmd or None,
+            "name": self.container_name,
+            "labels": labels,
+            "environment": [f"{k}={v}" for k, v in s.environment.items()],
+            "user": self.user,
+            "detach": True,
+            "init": self.init or None,
+            "security_opt": ["no-new-privileges"],
+            "cap_drop": ["ALL"],
+            "stop_signal": "SIGTERM",
+        }
+        if s.working_dir:
+            create["working_dir"] = s.working_dir
+        if s.cpus:
+            create["nano_cpus"] = int(s.cpus * 1e9)
+        if s.memory:
+            create["mem_limit"] = s.memory
+        if self.gpus:
+            create["device_requests"] = [
+                DeviceRequest(driver=self.gpu_driver, count=self.gpus, capabilities=[["gpu"]])
+            ]
+        if self.volumes:
+            create["volumes"] = list(self.volumes)
+        if self.network:
+            create["network"] = self.network
+        if self.reachability in ("loopback", "ssh"):
+            previous = self.host_ports or {}
+            create["ports"] = {
+                f"{CONTAINER_PORTS[ch]}/tcp": ("127.0.0.1", previous.get(ch)) for ch in CHANNELS
+            }
+        return create
+
+    async def _create_and_start(self, cmd: list[str]) -> None:
+        uid, gid = self._uid_gid()
+        km = self.parent
+        inside = {
+            **{f"{ch}_port": CONTAINER_PORTS[ch] for ch in CHANNELS},
+            "ip": "0.0.0.0",
+            "transport": "tcp",
+            "key": km.session.key.decode(),
+            "signature_scheme": km.session.signature_scheme,
+            "kernel_name": km.kernel_name,
+        }
+        payload = json.dumps(inside).encode()
+        create = self._create_kwargs(cmd)
+
+        def create_container(client: Any) -> str:
+            try:
+                return str(client.containers.create(**create).id)
+            except docker.errors.APIError as e:
+                if create.get("ports") and self.host_ports and "port is already" in str(e):
+                    # Our old ports were taken meanwhile: take new ones rather than fail.
+                    create["ports"] = {k: ("127.0.0.1", None) for k in create["ports"]}
+                    return str(client.containers.create(**create).id)
+                raise
+
+        try:
+            self.container_id = await engine.call(self.engine_url, create_container)
+        except docker.errors.APIError as e:
+            raise KernelStartError(
+                f"cannot create a container from {create['image']!r}: {engine.explain(e)}"
+            ) from None
+        cid = self.container_id
+
+        def copy_and_start(client: Any) -> dict[str, Any]:
+            client.api.put_archive(cid, CONNECTION_DIR, _connection_tar(payload, uid, gid))
+            client.api.start(cid)
+            return client.api.inspect_container(cid)  # type: ignore[no-any-return]
+
+        try:
+            attrs = await engine.call(self.engine_url, copy_and_start)
+        except docker.errors.APIError as e:
+            raise KernelStartError(
+                f"cannot start the kernel container: {engine.explain(e)}"
+            ) from None
+        await self._record_addresses(attrs)
+
+    async def _record_addresses(self, attrs: dict[str, Any]) -> None:
+        net = attrs["NetworkSettings"]
+        if self.reachability == "network":
+            networks: dict[str, Any] = net.get("Networks") or {}
+            chosen: dict[str, Any] = networks.get(str(self.network)) or {} if self.network else {}
+            chosen = chosen or next(iter(networks.values()), {})
+            ip = str(chosen.get("IPAddress") or net.get("IPAddress") or "")
+            self.address = self.container_name if self.network_address == "name" else ip
+            self.host_ports = dict(CONTAINER_PORTS)
+        else:
+            published = net.get("Ports") or {}
+            ports: dict[str, int] = {}
+            for ch in CHANNELS:
+                bindings = published.get(f"{CONTAINER_PORTS[ch]}/tcp") or []
+                if not bindings:
+                    raise KernelStartError(f"the engine published no port for {ch}")
+                ports[ch] = int(bindings[0]["HostPort"])
+            self.host_ports = ports
+            self.address = "127.0.0.1"
+            if self.reachability == "ssh":
+                tunneler = get_tunneler(self.ssh_destination or self.engine_url)
+                ports = await tunneler.open(str(self.kernel_id), ports)
+                self.host_ports = ports
+        km = self.parent
+        info: dict[str, Any] = {f"{ch}_port": self.host_ports[ch] for ch in CHANNELS}
+        info.update(
+            ip=self.address,
+            transport="tcp",
+            key=km.session.key,
+            signature_scheme=km.session.signature_scheme,
+            kernel_name=km.kernel_name,
+        )
+        self.connection_info = info  # type: ignore[assignment]
+
+    async def _wait_until_ready(self) -> None:
+        assert self.settings is not None
+        timeout = self.settings.startup_timeout
+
+        async def running() -> bool:
+            return await self.poll() is None
+
+        reply = await wait_for_kernel_info(
+            self.connection_info, self.parent.session, timeout, alive=running
+        )
+        if reply is not None:
+            return
+        exited = not await running()
+        tail = await self.startup_diagnostics()
+        what = "exited during start-up" if exited else f"was not ready within {timeout:g}s"
+        message = f"kernel container {self.container_name} ({self.settings.image}) {what}"
+        if tail:
+            message += "\n--- last lines of its log ---\n" + tail
+        raise KernelStartError(message)
+
+    async def startup_diagnostics(self, lines: int = 20) -> str:
+        cid = self.container_id
+        if not cid:
+            return ""
+        try:
+            raw = await engine.call(
+                self.engine_url, lambda c: c.api.logs(cid, stdout=True, stderr=True, tail=lines)
+            )
+        except Exception:
+            return ""
+        return raw.decode(errors="replace").rstrip() if isinstance(raw, bytes) else str(raw)
+
+    # --------------------------------------------------------- lifecycle
+    async def _state(self) -> dict[str, Any] | None:
+        cid = self.container_id
+        if not cid:
+            return None
+        try:
+            attrs = await engine.call(self.engine_url, lambda c: c.api.inspect_container(cid))
+        except docker.errors.NotFound:
+            return None
+        return attrs["State"]  # type: ignore[no-any-return]
+
+    async def poll(self) -> int | None:
+        state = await self._state()
+        if state is None:
+            return 0 if self.container_id is None else 1
+        if state.get("Running") and not state.get("Restarting"):
+            return None
+        return int(state.get("ExitCode") or 1)
+
+    async def wait(self) -> int | None:
+        while True:
+            status = await self.poll()
+            if status is not None:
+                return status
+            await asyncio.sleep(0.1)
+
+    async def send_signal(self, signum: int) -> None:
+        cid = self.container_id
+        if not cid or signum == 0:
+            return
+        try:
+            await engine.call(self.engine_url, lambda c: c.api.kill(cid, signal=int(signum)))
+        except (docker.errors.NotFound, docker.errors.APIError) as e:
+            if isinstance(e, docker.errors.NotFound) or "is not running" in str(e):
+                return
+            raise
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def _remove_container(self) -> None:
+        name = self.container_id or self.container_name
+        if not name or not self.engine_url:
+            return
+        try:
+            await engine.call(
+                self.engine_url, lambda c: c.api.remove_container(name, force=True, v=True)
+            )
+        except docker.errors.NotFound:
+            pass
+        except Exception as e:  # e.g. engine gone: gc will find it by its labels
+            self.log.warning("could not remove container %s: %s", name, engine.explain(e))
+        self.container_id = None
+
+    async def cleanup(self, restart: bool = False) -> None:
+        await self._remove_container()
+        if not restart:
+            if self.reachability == "ssh" and self.host_ports:
+                await get_tunneler(self.ssh_destination or self.engine_url).close(
+                    str(self.kernel_id)
+                )
+            self.host_ports = None
+
+    def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
+        return max(recommended, 5.0)
+
+    # -------------------------------------------------------- persistence
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update(
+            {
+                "engine_url": self.engine_url,
+                "container_id": self.container_id,
+                "container_name": self.container_name,
+                "address": self.address,
+                "host_ports": self.host_ports,
+                "reachability": self.reachability,
+                "settings": dict(self.settings.__dict__) if self.settings else None,
+                "cmd": self._cmd,
+            }
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.engine_url = provisioner_info.get("engine_url") or ""
+        self.container_id = provisioner_info.get("container_id")
+        self.container_name = provisioner_info.get("container_name") or ""
+        self.address = provisioner_info.get("address") or ""
+        self.host_ports = provisioner_info.get("host_ports")
+        self.reachability = provisioner_info.get("reachability") or self.reachability
+        settings = provisioner_info.get("settings")
+        self.settings = ContainerSettings(**settings) if settings else None
+        self._cmd = provisioner_info.get("cmd")
+
+    # ------------------------------------------------------------------ gc
+    @classmethod
+    async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
+        found: list[str] = []
+        for url in _engines_in_use():
+
+            def orphans(client: Any, url: str = url) -> list[tuple[str, str, str]]:
+                out = []
+                for c in client.api.containers(
+                    all=True, filters={"label": f"{LABEL_INSTANCE}={ctx.instance}"}
+                ):
+                    kid = (c.get("Labels") or {}).get(LABEL_KERNEL_ID, "")
+                    if kid in ctx.owned_kernel_ids:
+                        continue
+                    if time.time() - float(c.get("Created", 0)) < ctx.grace_seconds:
+                        continue
+                    out.append((c["Id"], (c.get("Names") or ["?"])[0].lstrip("/"), kid))
+                return out
+
+            try:
+                candidates = await engine.call(url, orphans)
+            except OrchestratorError as e:
+                ctx.log.debug("gc: skipping Docker engine %s: %s", url, e)
+                continue
+            for cid, name, kid in candidates:
+                found.append(f"container {name} (kernel {kid}) on {url}")
+                if not ctx.dry_run:
+                    await engine.call(url, _remover(cid))
+        return found
+
+    # ------------------------------------------------------- kernelspecs
+    @classmethod
+    def add_kernelspec_arguments(cls, parser: Any) -> None:
+        g = parser.add_argument_group("docker-provisioner")
+        g.add_argument("--image", default=DEFAULT_IMAGE, help="kernel image")
+        g.add_argument(
+            "--allow-image",
+            action="append",
+            default=[],
+            metavar="PATTERN",
+            help="image a client may ask for with KERNEL_IMAGE (repeatable)",
+        )
+        g.add_argument("--docker-host", default="", help="engine URL (default: $DOCKER_HOST)")
+        g.add_argument("--reachability", choices=["loopback", "network", "ssh"], default="loopback")
+        g.add_argument("--network", default="", help="Docker network for the container")
+        g.add_argument("--volume", action="append", default=[], metavar="SRC:DST[:ro]")
+        g.add_argument("--cpus", type=float, default=0.0)
+        g.add_argument("--memory", default="", help="memory limit, e.g. 2g")
+        g.add_argument("--gpus", type=int, default=0, help="GPUs to request (-1: all)")
+        g.add_argument("--container-user", default="1000:1000", help="numeric uid:gid")
+        g.add_argument("--working-dir", default="")
+        g.add_argument("--startup-timeout", type=float, default=60.0)
+        g.add_argument(
+            "--pull-policy", choices=["never", "if-not-present", "always"], default="if-not-present"
+        )
+
+    @classmethod
+    def kernelspec_config(cls, args: Any) -> dict[str, Any]:
+        config: dict[str, Any] = {"image": args.image}
+        if args.allow_image:
+            config["image_allowlist"] = [args.image, *args.allow_image]
+        for key in ("docker_host", "network", "working_dir"):
+            if getattr(args, key):
+                config[key] = getattr(args, key)
+        if args.memory:
+            memory_bytes(args.memory)
+            config["memory"] = args.memory
+        for key, default in (("cpus", 0.0), ("gpus", 0), ("startup_timeout", 60.0)):
+            if getattr(args, key) != default:
+                config[key] = getattr(args, key)
+        if args.volume:
+            config["volumes"] = args.volume
+        if args.reachability != "loopback":
+            config["reachability"] = args.reachability
+        if args.container_user != "1000:1000":
+            config["user"] = args.container_user
+        if args.pull_policy != "if-not-present":
+            config["pull_policy"] = args.pull_policy
+        return config
+
+
+def _remover(container_id: str) -> Any:
+    def remove(client: Any) -> None:
+        client.api.remove_container(container_id, force=True, v=True)
+
+    return remove
+
+
+def _engines_in_use() -> list[str]:
+    """The default engine plus every engine a docker kernelspec names."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    urls = [engine.engine_url("")]
+    try:
+        specs = KernelSpecManager().get_all_specs()
+    except Exception:
+        specs = {}
+    for spec in specs.values():
+        stanza = (spec.get("spec", {}).get("metadata") or {}).get("kernel_provisioner") or {}
+        if stanza.get("provisioner_name") == "docker-provisioner":
+            url = (stanza.get("config") or {}).get("docker_host")
+            if url and url not in urls:
+                urls.append(url)
+    return urls
+
+
+__all__ = ["DockerProvisioner", "OrchestratorError"]

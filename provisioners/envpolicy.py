@@ -1,0 +1,61 @@
+"""Which client-supplied environment variables reach a remote kernel, and checks on them.
+
+The orchestrator's own environment must never leak into a container, pod or remote
+host (Enterprise Gateway copied the whole server environment into every pod). A
+remote kernel gets exactly: the kernelspec's ``env``, the provisioner's configured
+environment, and the client's variables whose *names* match an operator allow-list
+(``KERNEL_*`` by default), each name and value validated.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable, Mapping
+
+from orchestrator.errors import OrchestratorError
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_VALUE_BYTES = 32 * 1024
+# Variables that describe the orchestrator itself, never the kernel's business.
+_ALWAYS_DROPPED = ("KERNEL_ORCHESTRATOR_*",)
+
+
+class EnvironmentError_(OrchestratorError):
+    """A client-supplied environment variable was refused."""
+
+
+def validate_env_item(name: str, value: object) -> str:
+    """Return ``value`` as a string, or raise naming what is wrong with it."""
+    if not _NAME.match(name):
+        raise EnvironmentError_(f"environment variable name {name!r} is not valid")
+    if not isinstance(value, str):
+        raise EnvironmentError_(f"environment variable {name}: value must be a string")
+    if "\0" in value:
+        raise EnvironmentError_(f"environment variable {name}: value contains a NUL byte")
+    if len(value.encode()) > MAX_VALUE_BYTES:
+        raise EnvironmentError_(
+            f"environment variable {name}: value is longer than {MAX_VALUE_BYTES} bytes"
+        )
+    return value
+
+
+def client_variables(env: Mapping[str, str] | None, allowlist: Iterable[str]) -> dict[str, str]:
+    """The allow-listed variables of ``env`` that the *client* asked for.
+
+    jupyter_client hands provisioners ``os.environ`` merged with the client's
+    variables; entries identical to our own environment are the orchestrator's, not
+    the client's, so they are dropped unless the kernelspec names them explicitly.
+    """
+    patterns = list(allowlist)
+    chosen: dict[str, str] = {}
+    for name, value in (env or {}).items():
+        if any(fnmatch.fnmatchcase(name, p) for p in _ALWAYS_DROPPED):
+            continue
+        if not any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            continue
+        if os.environ.get(name) == value:
+            continue
+        chosen[name] = validate_env_item(name, value)
+    return chosen
