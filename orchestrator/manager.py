@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import time
 import typing as t
 import uuid
@@ -47,6 +48,17 @@ def shared_store(url: str | None) -> KernelStore:
     if key not in _stores:
         _stores[key] = open_store(key)
     return _stores[key]
+
+
+_KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_kernel_id(kernel_id: str) -> None:
+    """Kernel ids become file, container and pod names: refuse anything but a safe token."""
+    if not _KERNEL_ID.match(kernel_id or ""):
+        raise OrchestratorError(
+            f"invalid kernel id {kernel_id!r}: use up to 128 letters, digits, '.', '_' or '-'"
+        )
 
 
 def spec_to_dict(spec: KernelSpec) -> dict[str, t.Any]:
@@ -201,6 +213,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     async def _async_pre_start_kernel(self, **kw: t.Any) -> t.Any:
         if self.provisioner is None:
             self.kernel_id = self.kernel_id or kw.get("kernel_id") or str(uuid.uuid4())
+            check_kernel_id(self.kernel_id)
             if self.kernel_spec is None:
                 raise OrchestratorError(f"no kernelspec for kernel name {self.kernel_name!r}")
             self.provisioner = self._create_provisioner_for(self.kernel_id, self.kernel_spec)

@@ -73,3 +73,46 @@ def store(store_url: str):  # type: ignore[no-untyped-def]
     s = open_store(store_url)
     yield s
     s.close()
+
+
+# ------------------------------------------------------------------ Docker
+KERNEL_IMAGE = "kernel-orchestrator/kernel-python:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[str]:
+    """A real Docker Engine with the kernel image built (installs/starts/builds as needed).
+
+    At the end of the session, no container of ours may be left on the engine.
+    """
+    import subprocess
+
+    import docker
+
+    subprocess.run(
+        ["bash", str(REPO / "docker" / "build.sh"), "--offline-base", "--only", "kernel-python"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    client = docker.from_env()
+    yield KERNEL_IMAGE
+    leftovers = client.containers.list(all=True, filters={"label": "kernel-orchestrator.kernel-id"})
+    for c in leftovers:
+        c.remove(force=True)
+    client.close()
+    assert not leftovers, f"containers left behind: {[c.name for c in leftovers]}"
+
+
+def write_kernelspec(data_dir: str, name: str, provisioner: str, config: dict, **extra) -> None:  # type: ignore[no-untyped-def, type-arg]
+    import json
+
+    spec_dir = Path(data_dir) / "kernels" / name
+    spec_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": name,
+        "language": "python",
+        "metadata": {"kernel_provisioner": {"provisioner_name": provisioner, "config": config}},
+    }
+    spec.update(extra)
+    (spec_dir / "kernel.json").write_text(json.dumps(spec))

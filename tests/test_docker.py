@@ -1,0 +1,427 @@
+"""The Docker provisioner against a real Docker Engine, with real kernels in containers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import docker
+import jupyter_client
+import pytest
+
+import orchestrator
+from orchestrator.errors import KernelStartError, OrchestratorError
+from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
+
+from .conftest import write_kernelspec
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("docker_engine", "jupyter_env")]
+CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
+
+
+@pytest.fixture
+def dclient() -> Any:
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def pyspec(jupyter_env: dict[str, str]) -> str:
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "pydock",
+        "docker-provisioner",
+        {"image": "kernel-orchestrator/kernel-python:latest"},
+    )
+    return "pydock"
+
+
+def our_containers(client: Any, kernel_id: str | None = None) -> list[Any]:
+    label = f"{LABEL_KERNEL_ID}={kernel_id}" if kernel_id else LABEL_KERNEL_ID
+    return client.containers.list(all=True, filters={"label": label})
+
+
+async def run(km: Any, code: str, timeout: float = 60) -> dict[str, Any]:
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        out: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        reply = await kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return {**reply["content"], "out": "".join(out)}
+    finally:
+        kc.stop_channels()
+
+
+async def test_lifecycle_in_a_container(pyspec: str, store: Any, dclient: Any) -> None:
+    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    await km.start_kernel()
+    try:
+        (container,) = our_containers(dclient, km.kernel_id)
+        assert container.status == "running"
+        assert container.labels[LABEL_INSTANCE] == store.instance_id
+        result = await run(km, "import os, socket; print(os.getuid(), socket.gethostname())")
+        assert result["out"].split()[0] == "1000"
+        assert result["out"].split()[1] == container.id[:12]
+
+        # interrupt a running time.sleep (signal mode: reaches the kernel, not just PID 1)
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=30)
+        msg_id = kc.execute("import time; time.sleep(60)")
+        await asyncio.sleep(1.5)
+        await km.interrupt_kernel()
+        reply = await kc.get_shell_msg(timeout=20)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        kc.stop_channels()
+
+        assert (await run(km, "state = 5"))["status"] == "ok"
+        ports = {
+            ch: getattr(km, f"{ch}_port") for ch in ("shell", "iopub", "stdin", "hb", "control")
+        }
+        await km.restart_kernel()
+        assert {ch: getattr(km, f"{ch}_port") for ch in ports} == ports
+        result = await run(km, "state")
+        assert result["ename"] == "NameError"
+        assert len(our_containers(dclient, km.kernel_id)) == 1
+    finally:
+        await km.shutdown_kernel()
+    assert our_containers(dclient, km.kernel_id) == []
+    assert await store.get(km.kernel_id) is None
+
+
+async def test_message_mode_interrupt(jupyter_env: dict[str, str], store: Any) -> None:
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"], "pymsg", "docker-provisioner", {}, interrupt_mode="message"
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name="pymsg", kernel_store=store)
+    await km.start_kernel()
+    try:
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=30)
+        kc.execute("import time; time.sleep(60)")
+        await asyncio.sleep(1.5)
+        await km.interrupt_kernel()
+        reply = await kc.get_shell_msg(timeout=20)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        kc.stop_channels()
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_key_and_host_environment_never_reach_the_container(
+    pyspec: str, store: Any, dclient: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ORCHESTRATOR_DB_PASSWORD", "hunter2")
+    monkeypatch.setenv("KERNEL_ALREADY_HERE", "orchestrator-own")
+    hostile = "$(touch /tmp/pwned); `id`; ' \" \n -- {connection_file}"
+    env = {**os.environ, "KERNEL_USERNAME": "alice", "KERNEL_WEIRD": hostile, "NOT_ALLOWED": "x"}
+    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    await km.start_kernel(env=env)
+    try:
+        key = km.session.key.decode()
+        (container,) = our_containers(dclient, km.kernel_id)
+        inspect = json.dumps(dclient.api.inspect_container(container.id))
+        assert key not in inspect
+        assert "hunter2" not in inspect and "NOT_ALLOWED" not in inspect
+        code = (
+            "import os, json, stat; st = os.stat('/run/kernel/connection.json');"
+            "print(json.dumps({'env': dict(os.environ), 'mode': oct(stat.S_IMODE(st.st_mode)),"
+            " 'argv': open('/proc/1/cmdline').read()}))"
+        )
+        seen = json.loads((await run(km, code))["out"])
+        assert seen["mode"] == "0o600"
+        assert seen["env"]["KERNEL_USERNAME"] == "alice"
+        assert seen["env"]["KERNEL_WEIRD"] == hostile  # verbatim, never interpreted
+        for leaked in (
+            "ORCHESTRATOR_DB_PASSWORD",
+            "NOT_ALLOWED",
+            "KERNEL_ALREADY_HERE",
+            "JUPYTER_RUNTIME_DIR",
+            "KERNEL_ORCHESTRATOR_STORE",
+        ):
+            assert leaked not in seen["env"]
+        assert key not in seen["argv"] and key not in json.dumps(seen["env"])
+        assert (await run(km, "import os; print(os.path.exists('/tmp/pwned'))"))["out"] == "False\n"
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_resource_limits_and_overrides(
+    jupyter_env: dict[str, str], store: Any, dclient: Any
+) -> None:
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "pylimits",
+        "docker-provisioner",
+        {
+            "cpus": 0.5,
+            "memory": "256m",
+            "labels": {"team": "ml"},
+            "allowed_overrides": ["memory", "startup_timeout"],
+            "max_memory": "512m",
+        },
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name="pylimits", kernel_store=store)
+    await km.start_kernel(env={**os.environ, "KERNEL_MEMORY": "384m"})
+    try:
+        (container,) = our_containers(dclient, km.kernel_id)
+        host = container.attrs["HostConfig"]
+        assert host["NanoCpus"] == 500_000_000
+        assert host["Memory"] == 384 * 1024 * 1024
+        assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"]
+        assert container.labels["team"] == "ml"
+    finally:
+        await km.shutdown_kernel(now=True)
+
+    km = orchestrator.AsyncKernelManager(kernel_name="pylimits", kernel_store=store)
+    with pytest.raises(OrchestratorError, match="KERNEL_MEMORY='2g' is above the limit 512m"):
+        await km.start_kernel(env={**os.environ, "KERNEL_MEMORY": "2g"})
+    km = orchestrator.AsyncKernelManager(kernel_name="pylimits", kernel_store=store)
+    with pytest.raises(OrchestratorError, match="KERNEL_CPUS is not allowed for this kernelspec"):
+        await km.start_kernel(env={**os.environ, "KERNEL_CPUS": "64"})
+    assert our_containers(dclient) == []
+
+
+@pytest.mark.parametrize(
+    "config, env, argv, message",
+    [
+        (
+            {"image": "kernel-orchestrator/no-such-image:1"},
+            {},
+            None,
+            "image 'kernel-orchestrator/no-such-image:1' is not on the Docker engine",
+        ),
+        (
+            {"image": "kernel-orchestrator/no-such-image:1", "pull_policy": "never"},
+            {},
+            None,
+            "is not present on the Docker engine",
+        ),
+        (
+            {},
+            {"KERNEL_IMAGE": "evil/miner:latest"},
+            None,
+            "image 'evil/miner:latest' is not allowed (allowed: kernel-orchestrator/kernel-python",
+        ),
+        ({}, {"KERNEL_IMAGE": "UPPER;rm -rf /"}, None, "is not a valid image reference"),
+        (
+            {"docker_host": "tcp://127.0.0.1:9"},
+            {},
+            None,
+            "Docker engine at tcp://127.0.0.1:9 is unreachable",
+        ),
+        (
+            {},
+            {},
+            ["python", "-c", "import sys; print('no CUDA here', file=sys.stderr); sys.exit(3)"],
+            "exited during start-up",
+        ),
+        ({"startup_timeout": 3}, {}, ["sleep", "100"], "was not ready within 3s"),
+        (
+            {},
+            {"KERNEL_STARTUP_TIMEOUT": "100000"},
+            None,
+            "KERNEL_STARTUP_TIMEOUT='100000' must be > 0 and <= 600 seconds",
+        ),
+    ],
+)
+async def test_failures_are_clear_and_leave_nothing(
+    jupyter_env: dict[str, str],
+    store: Any,
+    dclient: Any,
+    config: dict[str, Any],
+    env: dict[str, str],
+    argv: list[str] | None,
+    message: str,
+) -> None:
+    extra = {"argv": argv} if argv else {}
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"], "broken", "docker-provisioner", config, **extra
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name="broken", kernel_store=store)
+    with pytest.raises(OrchestratorError) as info:
+        await km.start_kernel(env={**os.environ, **env})
+    assert message in str(info.value)
+    if argv and argv[0] == "python":
+        assert "no CUDA here" in str(info.value)  # the container's last log lines
+    assert our_containers(dclient) == []
+    assert await store.list() == []
+
+
+async def test_shared_network_reachability(
+    jupyter_env: dict[str, str], store: Any, dclient: Any
+) -> None:
+    network = dclient.networks.create(
+        "ko-test-net", driver="bridge", labels={"kernel-orchestrator.test": "1"}
+    )
+    try:
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "pynet",
+            "docker-provisioner",
+            {"reachability": "network", "network": "ko-test-net"},
+        )
+        km = orchestrator.AsyncKernelManager(kernel_name="pynet", kernel_store=store)
+        await km.start_kernel()
+        try:
+            (container,) = our_containers(dclient, km.kernel_id)
+            assert container.attrs["NetworkSettings"]["Ports"] in ({}, None) or not any(
+                container.attrs["NetworkSettings"]["Ports"].values()
+            )
+            ip = container.attrs["NetworkSettings"]["Networks"]["ko-test-net"]["IPAddress"]
+            assert km.ip == ip and km.shell_port == 50001
+            assert (await run(km, "print(6 * 7)"))["out"] == "42\n"
+        finally:
+            await km.shutdown_kernel(now=True)
+    finally:
+        network.remove()
+
+
+async def test_reattach_after_orchestrator_is_killed(pyspec: str, store: Any, dclient: Any) -> None:
+    starter = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import asyncio, sys\n"
+            "from orchestrator import AsyncKernelManager\n"
+            "async def main():\n"
+            "    km = AsyncKernelManager(kernel_name='pydock')\n"
+            "    await km.start_kernel()\n"
+            "    kc = km.client(); kc.start_channels(); await kc.wait_for_ready(timeout=60)\n"
+            "    await kc.execute_interactive('kept = 99', timeout=60)\n"
+            "    print(km.kernel_id, flush=True)\n"
+            "    await asyncio.sleep(3600)\n"
+            "asyncio.run(main())\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert starter.stdout is not None
+    kernel_id = starter.stdout.readline().strip()
+    starter.send_signal(signal.SIGKILL)
+    starter.wait()
+    starter.stdout.close()
+    (container,) = our_containers(dclient, kernel_id)
+
+    mkm = orchestrator.AsyncMultiKernelManager(kernel_store=store)
+    report = await mkm.restore_kernels()
+    assert report.reattached == [kernel_id]
+    try:
+        km = mkm.get_kernel(kernel_id)
+        assert (await run(km, "print(kept)"))["out"] == "99\n"
+        assert [c.id for c in our_containers(dclient, kernel_id)] == [container.id]
+    finally:
+        await mkm.shutdown_all()
+    assert our_containers(dclient) == []
+
+
+def ko(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
+    )
+
+
+def test_cli_and_gc_after_a_crash(pyspec: str, store: Any, dclient: Any, tmp_path: Path) -> None:
+    stale = ko("start", pyspec).stdout.strip()
+    orphan = ko("start", pyspec).stdout.strip()
+    theirs_store = f"sqlite:///{tmp_path / 'theirs.db'}"
+    theirs = subprocess.run(
+        [CLI, "--store", theirs_store, "start", pyspec], capture_output=True, text=True, timeout=180
+    ).stdout.strip()
+    try:
+        assert ko("exec", stale, "print('hi')").stdout == "hi\n"
+        # the stale one's container vanishes behind our back; the orphan loses its record
+        our_containers(dclient, stale)[0].remove(force=True)
+        asyncio.run(store.delete(orphan))
+        out = ko("gc", "--grace", "0").stdout
+        assert f"removed stale record {stale}" in out
+        assert f"(kernel {orphan})" in out and "container kernel-" in out
+        assert our_containers(dclient, orphan) == []
+        assert len(our_containers(dclient, theirs)) == 1  # another deployment's: untouched
+        assert json.loads(ko("list", "--json").stdout) == []
+    finally:
+        subprocess.run([CLI, "--store", theirs_store, "shutdown", theirs], timeout=120)
+    assert our_containers(dclient) == []
+
+
+def test_kernelspec_install_and_stock_jupyter_client(
+    jupyter_env: dict[str, str], dclient: Any
+) -> None:
+    """A stock jupyter_client manager (as in Jupyter Server) picks the provisioner up."""
+    result = ko(
+        "kernelspec",
+        "install",
+        "docker-provisioner",
+        "--name",
+        "dock",
+        "--memory",
+        "300m",
+        "--allow-image",
+        "kernel-orchestrator/*",
+    )
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((Path(result.stdout.strip()) / "kernel.json").read_text())
+    assert spec["metadata"]["kernel_provisioner"] == {
+        "provisioner_name": "docker-provisioner",
+        "config": {
+            "image": "kernel-orchestrator/kernel-python:latest",
+            "memory": "300m",
+            "image_allowlist": [
+                "kernel-orchestrator/kernel-python:latest",
+                "kernel-orchestrator/*",
+            ],
+        },
+    }
+    km = jupyter_client.KernelManager(kernel_name="dock")
+    km.start_kernel()
+    try:
+        kc = km.client()
+        kc.start_channels()
+        kc.wait_for_ready(timeout=60)
+        reply = kc.execute_interactive("print(1 + 1)", timeout=60, output_hook=lambda m: None)
+        assert reply["content"]["status"] == "ok"
+        kc.stop_channels()
+        (container,) = our_containers(dclient, km.kernel_id)
+        assert LABEL_INSTANCE not in container.labels  # no orchestrator behind it
+    finally:
+        km.shutdown_kernel()
+    assert our_containers(dclient, km.kernel_id) == []
+
+
+async def test_hostile_kernel_id_is_refused(pyspec: str, store: Any, dclient: Any) -> None:
+    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    with pytest.raises(OrchestratorError, match="invalid kernel id"):
+        await km.start_kernel(kernel_id="../../etc;rm -rf /  $(id)")
+    assert our_containers(dclient) == []
+    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    await km.start_kernel(kernel_id="My.Kernel_1")
+    try:
+        (container,) = our_containers(dclient, "My.Kernel_1")
+        assert container.name == "kernel-My.Kernel_1"
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_start_error_types(jupyter_env: dict[str, str], store: Any) -> None:
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"], "named-user", "docker-provisioner", {"user": "jovyan"}
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name="named-user", kernel_store=store)
+    with pytest.raises(OrchestratorError, match="must be numeric uid"):
+        await km.start_kernel()
+    assert issubclass(KernelStartError, OrchestratorError)
