@@ -66,11 +66,18 @@ def store_url(jupyter_env: dict[str, str]) -> str:
     return jupyter_env["KERNEL_ORCHESTRATOR_STORE"]
 
 
+# Deployment ids of the stores this session's tests used: leak checks look only at
+# resources carrying one of them, so a benchmark or another run on the same engine
+# is never mistaken for ours.
+SESSION_INSTANCES: set[str] = set()
+
+
 @pytest.fixture
 def store(store_url: str):  # type: ignore[no-untyped-def]
     from orchestrator.store import open_store
 
     s = open_store(store_url)
+    SESSION_INSTANCES.add(s.instance_id)
     yield s
     s.close()
 
@@ -96,7 +103,13 @@ def docker_engine() -> Iterator[str]:
     )
     client = docker.from_env()
     yield KERNEL_IMAGE
-    leftovers = client.containers.list(all=True, filters={"label": "kernel-orchestrator.kernel-id"})
+    leftovers = [
+        c
+        for c in client.containers.list(
+            all=True, filters={"label": "kernel-orchestrator.kernel-id"}
+        )
+        if c.labels.get("kernel-orchestrator.instance") in SESSION_INSTANCES
+    ]
     for c in leftovers:
         c.remove(force=True)
     client.close()

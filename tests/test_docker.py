@@ -19,7 +19,7 @@ import orchestrator
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 
-from .conftest import write_kernelspec
+from .conftest import SESSION_INSTANCES, write_kernelspec
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("docker_engine", "jupyter_env")]
 CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
@@ -44,8 +44,15 @@ def pyspec(jupyter_env: dict[str, str]) -> str:
 
 
 def our_containers(client: Any, kernel_id: str | None = None) -> list[Any]:
-    label = f"{LABEL_KERNEL_ID}={kernel_id}" if kernel_id else LABEL_KERNEL_ID
-    return client.containers.list(all=True, filters={"label": label})
+    """This test's containers: by kernel id, else every one of this session's stores."""
+    if kernel_id:
+        label = f"{LABEL_KERNEL_ID}={kernel_id}"
+        return client.containers.list(all=True, filters={"label": label})
+    return [
+        c
+        for c in client.containers.list(all=True, filters={"label": LABEL_KERNEL_ID})
+        if c.labels.get(LABEL_INSTANCE) in SESSION_INSTANCES
+    ]
 
 
 async def run(km: Any, code: str, timeout: float = 60) -> dict[str, Any]:
