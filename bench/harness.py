@@ -236,7 +236,7 @@ class Stats:
 
 # --------------------------------------------------------------------------- rows, targets
 
-UNIT_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6}
+UNIT_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "count": 1.0}
 
 
 @dataclass
@@ -244,7 +244,9 @@ class Target:
     """An informational goal for one row. Misses are reported, never asserted."""
 
     description: str
-    kind: str  # "ratio_max": ratio <= limit; "value_max": <stat> < limit (in the row's unit)
+    # "ratio_max": ratio <= limit; "value_max": <stat> < limit; "value_min": <stat> >= limit
+    # (values in the row's unit)
+    kind: str
     limit: float
     stat: str = "median"
 
@@ -256,6 +258,10 @@ class Target:
     def below(cls, limit: float, unit: str, stat: str = "median") -> Target:
         return cls(f"{stat} < {limit:g} {unit}", "value_max", limit, stat)
 
+    @classmethod
+    def at_least(cls, limit: float, description: str = "", stat: str = "median") -> Target:
+        return cls(description or f"{stat} >= {limit:g}", "value_min", limit, stat)
+
     def evaluate(self, row: Row) -> str:
         if row.error or row.stats is None or row.stats.n == 0:
             return "ERROR" if row.error else "n/a"
@@ -265,6 +271,8 @@ class Target:
             return "PASS" if row.ratio <= self.limit else "MISS"
         if self.kind == "value_max":
             return "PASS" if getattr(row.stats, self.stat) < self.limit else "MISS"
+        if self.kind == "value_min":
+            return "PASS" if getattr(row.stats, self.stat) >= self.limit else "MISS"
         raise ValueError(f"unknown target kind {self.kind!r}")
 
 

@@ -117,12 +117,8 @@ def ensure_packages() -> None:
         policy.chmod(0o755)
     try:
         cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        if (
-            subprocess.run(
-                ["apt-cache", "show", *missing], capture_output=True, check=False
-            ).returncode
-            != 0
-        ):
+        known = subprocess.run(["apt-cache", "show", *missing], capture_output=True, check=False)
+        if known.returncode != 0:  # no package lists yet (or stale ones)
             subprocess.run(
                 ["apt-get", "update", "-q"], env=env, check=True, stdout=subprocess.DEVNULL
             )
@@ -288,9 +284,7 @@ class SSHNet:
         self.subnet = ""
         self._third: int | None = None
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._root_links: list[str] = []
         self._ns_inodes: dict[str, int] = {}
-        self._route_added = False
         self._started = False
         self._stopped = False
         self.timings: dict[str, float] = {}
@@ -304,6 +298,7 @@ class SSHNet:
         self.stop()
 
     def start(self) -> SSHNet:
+        """Build the network and start the sshds (an instance is started once)."""
         if self._started:
             return self
         self._started = True
@@ -330,7 +325,6 @@ class SSHNet:
         Idempotent; raises SSHNetError if something of ours could not be removed.
         """
         if self._stopped or not self._started:
-            self._stopped = True
             return
         self._stopped = True
         t0 = time.monotonic()
@@ -384,7 +378,6 @@ class SSHNet:
             # Claims the /24 (the marker _allocate_net looks for) and keeps anything
             # for it that no veth route covers from going out of the default route.
             _run(["ip", "route", "add", "unreachable", self.subnet])
-            self._route_added = True
         net = f"{SUBNET_PREFIX}.{third}"
         s = self.suffix
         for name in HOST_NAMES:
@@ -399,7 +392,6 @@ class SSHNet:
             ns = self._ns(name)
             outer, inner = f"ko-{s}-{name[0]}", f"ko-{s}-{name[0]}i"
             _run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", ns])
-            self._root_links.append(outer)
             _run(["ip", "addr", "add", f"{net}.{base + 1}/30", "dev", outer])
             _run(["ip", "link", "set", outer, "up"])
             _run(["ip", "-n", ns, "addr", "add", f"{net}.{base + 2}/30", "dev", inner])

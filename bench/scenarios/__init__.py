@@ -15,6 +15,7 @@ from types import ModuleType
 
 SCENARIOS: dict[str, str] = {
     "core": "bench.scenarios.core",
+    "docker": "bench.scenarios.docker",
 }
 
 

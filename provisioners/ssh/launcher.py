@@ -1,0 +1,273 @@
+"""The remote half of the SSH provisioner. Standard library only.
+
+It is not installed on remote hosts: the provisioner sends this file's source over
+the SSH channel's stdin and runs it with a constant command line, then sends one
+JSON request line. Nothing user-supplied ever reaches a shell, and the kernel's
+key travels only on stdin and into a 0600 file in a 0700 directory.
+
+Actions:
+  launch   write the connection file, start the kernel detached in its own session,
+           wait until it has bound its ports, report {pid, pgid, start, ports, paths}
+  status   is the kernel process still the one we started?
+  signal   send a signal to the kernel's process group
+  cleanup  TERM, then KILL the group if still alive; remove the kernel's directory
+  list     every kernel directory under the base dir, with its owner labels
+
+Replies are one JSON object on stdout; errors are {"error": "..."} with exit 1.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+
+def _start_ticks(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+        return int(raw[raw.rfind(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _running(pid, start):
+    if not pid:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            raw = f.read()
+        fields = raw[raw.rfind(")") + 2 :].split()
+        if fields[0] in ("Z", "X"):
+            return False
+        return start is None or int(fields[19]) == start
+    except OSError:
+        if os.path.isdir("/proc"):
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _kernel_dir(req):
+    base = os.path.expanduser(req["base_dir"])
+    kernel_id = req["kernel_id"]
+    if not kernel_id or "/" in kernel_id or kernel_id.startswith("."):
+        raise ValueError(f"bad kernel id {kernel_id!r}")
+    return base, os.path.join(base, kernel_id)
+
+
+def _private_dirs(path):
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def _write_private(path, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(data)
+
+
+def _ports_in_range(lo, hi, count):
+    """Free ports in [lo, hi], held bound until the kernel is about to start."""
+    held = []
+    for port in range(lo, hi + 1):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.close()
+            continue
+        held.append(s)
+        if len(held) == count:
+            return held
+    for s in held:
+        s.close()
+    raise RuntimeError(f"no {count} free ports in range {lo}-{hi}")
+
+
+def _tail(path, lines=20):
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def launch(req):
+    base, kdir = _kernel_dir(req)
+    _private_dirs(base)
+    _private_dirs(kdir)
+    conn_path = os.path.join(kdir, "connection.json")
+    log_path = os.path.join(kdir, "kernel.log")
+    held = []
+    if req.get("port_range"):
+        held = _ports_in_range(req["port_range"][0], req["port_range"][1], len(CHANNELS))
+        ports = {ch: s.getsockname()[1] for ch, s in zip(CHANNELS, held)}
+    else:
+        ports = {ch: 0 for ch in CHANNELS}  # the kernel binds free ports itself: no race
+    info = {f"{ch}_port": ports[ch] for ch in CHANNELS}
+    info.update(
+        ip="127.0.0.1",
+        transport="tcp",
+        key=req["key"],
+        signature_scheme=req["signature_scheme"],
+        kernel_name=req.get("kernel_name", ""),
+    )
+    _write_private(conn_path, json.dumps(info))
+    meta = {
+        "kernel_id": req["kernel_id"],
+        "instance": req.get("instance", ""),
+        "created": time.time(),
+    }
+    _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
+    argv = [a.replace("{connection_file}", conn_path) for a in req["argv"]]
+    env = dict(os.environ)
+    env.update(req.get("env") or {})
+    env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = req["kernel_id"]
+    env["KERNEL_ORCHESTRATOR_INSTANCE"] = req.get("instance", "")
+    cwd = os.path.expanduser(req.get("cwd") or "~")
+    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    for s in held:
+        s.close()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            cwd=cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as e:
+        raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
+    finally:
+        os.close(log)
+    start = _start_ticks(proc.pid)
+    meta.update(pid=proc.pid, pgid=proc.pid, start=start)
+    _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
+    deadline = time.monotonic() + float(req.get("timeout", 60))
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"kernel exited during start-up with status {proc.returncode}"
+                f"\n--- last lines of its output ---\n{_tail(log_path)}"
+            )
+        try:
+            with open(conn_path) as f:
+                bound = json.load(f)
+            if all(bound.get(f"{ch}_port") for ch in CHANNELS):
+                ports = {ch: int(bound[f"{ch}_port"]) for ch in CHANNELS}
+                break
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.05)
+    else:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise RuntimeError(
+            "kernel did not bind its ports in time"
+            f"\n--- last lines of its output ---\n{_tail(log_path)}"
+        )
+    return {
+        "pid": proc.pid,
+        "pgid": proc.pid,
+        "start": start,
+        "ports": ports,
+        "dir": kdir,
+        "connection_file": conn_path,
+        "log": log_path,
+    }
+
+
+def status(req):
+    return {"running": _running(req.get("pid"), req.get("start"))}
+
+
+def send_signal(req):
+    if not _running(req.get("pid"), req.get("start")):
+        return {"sent": False}
+    try:
+        os.killpg(int(req["pgid"]), int(req["signum"]))
+    except ProcessLookupError:
+        return {"sent": False}
+    return {"sent": True}
+
+
+def cleanup(req):
+    _, kdir = _kernel_dir(req)
+    pid, start = req.get("pid"), req.get("start")
+    if pid is None:
+        try:
+            with open(os.path.join(kdir, "meta.json")) as f:
+                meta = json.load(f)
+            pid, start = meta.get("pid"), meta.get("start")
+        except (OSError, ValueError):
+            pass
+    killed = False
+    for sig, wait in ((signal.SIGTERM, float(req.get("grace", 3))), (signal.SIGKILL, 3.0)):
+        if not _running(pid, start):
+            break
+        try:
+            os.killpg(int(pid), sig)
+            killed = True
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and _running(pid, start):
+            time.sleep(0.05)
+    shutil.rmtree(kdir, ignore_errors=True)
+    return {"killed": killed, "removed": not os.path.exists(kdir)}
+
+
+def list_kernels(req):
+    base = os.path.expanduser(req["base_dir"])
+    found = []
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return {"kernels": []}
+    for name in names:
+        try:
+            with open(os.path.join(base, name, "meta.json")) as f:
+                meta = json.load(f)
+        except (OSError, ValueError):
+            continue
+        meta["running"] = _running(meta.get("pid"), meta.get("start"))
+        meta["age"] = time.time() - float(meta.get("created", 0))
+        found.append(meta)
+    return {"kernels": found}
+
+
+ACTIONS = {
+    "launch": launch,
+    "status": status,
+    "signal": send_signal,
+    "cleanup": cleanup,
+    "list": list_kernels,
+}
+
+
+def main():
+    req = json.loads(sys.stdin.readline())
+    try:
+        reply = ACTIONS[req["action"]](req)
+    except Exception as e:
+        sys.stdout.write(json.dumps({"error": str(e)}) + "\n")
+        sys.exit(1)
+    sys.stdout.write(json.dumps(reply) + "\n")
+
+
+if __name__ == "__main__" or __name__ == "ko-launcher":
+    main()

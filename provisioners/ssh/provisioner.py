@@ -1,0 +1,452 @@
+"""Kernels on remote hosts over SSH, their five ZMQ channels tunnelled back.
+
+* A host is picked from the kernelspec's pool (round-robin or fewest kernels); an
+  unreachable host is skipped with a message saying why.
+* The launcher (stdlib Python, sent over stdin) starts the kernel detached in its own
+  session on the remote host, lets it bind free ports itself on the remote loopback
+  (no port collisions on shared login nodes), and reports ports and pids back over
+  the same channel: no inbound connection to the orchestrator, no key in argv.
+* The kernel's ports are forwarded from local loopback ports through the shared SSH
+  connection; if it drops, the tunnel layer rebuilds it on the same local ports. While
+  the tunnel is down the kernel is reported alive-but-unreachable, never dead, so the
+  restarter leaves it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import re
+import signal
+from typing import Any
+
+from jupyter_client.provisioning import KernelProvisionerBase
+from traitlets import CaselessStrEnum, Dict, Float, List, Unicode
+
+from orchestrator.errors import KernelStartError, OrchestratorError
+from orchestrator.liveness import wait_for_kernel_info
+from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
+
+from ..base import GarbageContext, OrchestratorProvisionerMixin
+from ..envpolicy import client_variables, validate_env_item
+from .remote import run_launcher
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+_round_robin = itertools.count()
+
+
+class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
+    """One kernel process on a remote host, reached through a shared SSH connection."""
+
+    kernelspec_summary = "kernels on remote hosts over SSH (tunnelled, re-attachable)"
+
+    hosts = List(Unicode(), config=True, help="Host pool: aliases or [user@]host[:port].")
+    host_selection = CaselessStrEnum(["round-robin", "fewest-kernels"], "round-robin", config=True)
+    user = Unicode("", config=True, help="SSH user (default: from ssh config, else ours).")
+    port = Unicode("", config=True, help="SSH port (default: from ssh config, else 22).")
+    identity_file = Unicode("", config=True)
+    known_hosts = Unicode("", config=True, help="known_hosts file (default ~/.ssh/known_hosts).")
+    host_key_policy = CaselessStrEnum(["reject", "accept-new"], "reject", config=True)
+    proxy_jump = Unicode("", config=True, help="ProxyJump chain: user@host:port[,...].")
+    ssh_config = Unicode("", config=True, help="ssh config file (default ~/.ssh/config).")
+    python = Unicode("python3", config=True, help="Remote Python for the launcher and kernel.")
+    remote_dir = Unicode(
+        "~/.kernel-orchestrator/kernels",
+        config=True,
+        help="Private directory on the remote host for kernels' files.",
+    )
+    port_range = Unicode("", config=True, help="lo-hi: remote ports to use ('' : any free).")
+    environment = Dict(config=True, help="Fixed environment for the kernel.")
+    env_allowlist = List(Unicode(), ["KERNEL_*"], config=True)
+    working_dir = Unicode("", config=True, help="Remote working directory (default: home).")
+    startup_timeout = Float(60.0, config=True)
+    connect_timeout = Float(10.0, config=True)
+
+    # -------------------------------------------------------------- state
+    host: str = ""
+    remote: dict[str, Any] | None = None  # pid, pgid, start, ports, dir
+    local_ports: dict[str, int] | None = None
+    _target: SSHTarget | None = None
+    _conn: SSHConnection | None = None
+    _tunnel: KernelTunnel | None = None
+    _env: dict[str, str] | None = None
+    _cmd: list[str] | None = None
+
+    @property
+    def has_process(self) -> bool:
+        return self.remote is not None
+
+    @property
+    def tunnel_state(self) -> str:
+        """'up', 'reconnecting', 'connecting' or 'closed': the tunnel, not the kernel."""
+        return self._tunnel.state if self._tunnel is not None else "closed"
+
+    # ----------------------------------------------------------- targets
+    def _resolve(self, destination: str) -> SSHTarget:
+        return resolve_target(
+            destination,
+            user=self.user or None,
+            port=int(self.port) if self.port else None,
+            identity_file=self.identity_file or None,
+            known_hosts=self.known_hosts or None,
+            proxy_jump=self.proxy_jump or None,
+            host_key_policy=self.host_key_policy,
+            ssh_config=self.ssh_config or None,
+            connect_timeout=self.connect_timeout,
+        )
+
+    async def _candidate_hosts(self, client_env: dict[str, str]) -> list[str]:
+        if not self.hosts:
+            raise OrchestratorError("ssh-provisioner: the kernelspec names no hosts")
+        wanted = client_env.get("KERNEL_SSH_HOST")
+        if wanted:
+            if wanted not in self.hosts:
+                raise OrchestratorError(
+                    f"KERNEL_SSH_HOST={wanted!r} is not in this kernelspec's hosts"
+                    f" ({', '.join(self.hosts)})"
+                )
+            return [wanted]
+        hosts = list(self.hosts)
+        if self.host_selection == "fewest-kernels":
+            load = await self._kernels_per_host()
+            return sorted(hosts, key=lambda h: (load.get(h, 0), hosts.index(h)))
+        start = next(_round_robin) % len(hosts)
+        return hosts[start:] + hosts[:start]
+
+    async def _kernels_per_host(self) -> dict[str, int]:
+        store = getattr(self.parent, "kernel_store", None)
+        counts: dict[str, int] = {}
+        if store is None:
+            return counts
+        for record in await store.list():
+            host = (record.provisioner_info or {}).get("host")
+            if record.provisioner_name == "ssh-provisioner" and host:
+                counts[host] = counts.get(host, 0) + 1
+        return counts
+
+    # ------------------------------------------------------------ launch
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        env = kwargs.pop("env", {}) or {}
+        client_env = client_variables(env, self.env_allowlist)
+        for key, value in self.environment.items():
+            validate_env_item(key, value)
+        spec_env = {k: env[k] for k in (self.kernel_spec.env or {}) if k in env}
+        self._env = {**spec_env, **self.environment, **client_env}
+        self._client_env = client_env
+        extra = kwargs.pop("extra_arguments", []) or []
+        argv = list(self.kernel_spec.argv or []) + list(extra)
+        if argv and argv[0] in ("python", "python3"):
+            argv[0] = self.python
+        kwargs["cmd"] = argv
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        self._cmd = cmd
+        if self.remote is not None or self._conn is None:
+            await self._choose_host()
+        assert self._conn is not None
+        km = self.parent
+        request = {
+            "action": "launch",
+            "kernel_id": str(self.kernel_id),
+            "base_dir": self.remote_dir,
+            "instance": self.orchestrator_instance,
+            "argv": cmd,
+            "env": self._env or {},
+            "cwd": self.working_dir,
+            "key": km.session.key.decode(),
+            "signature_scheme": km.session.signature_scheme,
+            "kernel_name": km.kernel_name,
+            "timeout": self.startup_timeout,
+            "port_range": self._port_range(),
+        }
+        try:
+            self.remote = await run_launcher(
+                self._conn, self.python, request, timeout=self.startup_timeout + 30
+            )
+            await self._open_tunnel()
+            await self._wait_until_ready()
+        except BaseException as e:
+            await self._teardown(remove_remote=True)
+            if isinstance(e, OrchestratorError) and not isinstance(e, KernelStartError):
+                raise KernelStartError(f"kernel on {self.host}: {e}") from None
+            raise
+        await self.state_changed()
+        return self.connection_info
+
+    def _port_range(self) -> list[int] | None:
+        if not self.port_range:
+            return None
+        m = re.fullmatch(r"(\d+)-(\d+)", self.port_range.strip())
+        if not m or not 0 < int(m[1]) <= int(m[2]) < 65536:
+            raise OrchestratorError(f"port_range {self.port_range!r} must look like 50000-50100")
+        return [int(m[1]), int(m[2])]
+
+    async def _choose_host(self) -> None:
+        failures: list[str] = []
+        for host in await self._candidate_hosts(getattr(self, "_client_env", {})):
+            try:
+                target = self._resolve(host)
+                conn = await asyncio.to_thread(pool.acquire, target)
+            except OrchestratorError as e:
+                self.log.warning("ssh-provisioner: skipping host %s: %s", host, e)
+                failures.append(f"{host}: {e}")
+                continue
+            self._release_connection()
+            self.host, self._target, self._conn = host, target, conn
+            return
+        raise KernelStartError("no host of the pool can be reached: " + "; ".join(failures))
+
+    async def _open_tunnel(self) -> None:
+        assert self.remote is not None and self._target is not None
+        remote_ports = {ch: int(p) for ch, p in self.remote["ports"].items()}
+        if self._tunnel is not None and self._tunnel.forwards:
+            # A restart: same local ports, pointed at the new remote ports.
+            for ch, fwd in self._tunnel.forwards.items():
+                fwd.remote_port = remote_ports[ch]
+        else:
+            self._tunnel = KernelTunnel(self._target)
+            self.local_ports = await asyncio.to_thread(
+                self._tunnel.open, remote_ports, self.local_ports
+            )
+        self.local_ports = {ch: f.local_port for ch, f in self._tunnel.forwards.items()}
+        # Keep the saved key when re-attaching: the manager's session gets it from us.
+        info: dict[str, Any] = dict(self.connection_info or {})
+        if not info.get("key"):
+            km = self.parent
+            info.update(
+                key=km.session.key,
+                signature_scheme=km.session.signature_scheme,
+                kernel_name=km.kernel_name,
+            )
+        info.update({f"{ch}_port": self.local_ports[ch] for ch in CHANNELS})
+        info.update(ip="127.0.0.1", transport="tcp")
+        self.connection_info = info  # type: ignore[assignment]
+
+    async def _wait_until_ready(self) -> None:
+        async def running() -> bool:
+            return await self.poll() is None
+
+        reply = await wait_for_kernel_info(
+            self.connection_info, self.parent.session, self.startup_timeout, alive=running
+        )
+        if reply is None:
+            raise KernelStartError(
+                f"kernel on {self.host} did not answer through the tunnel within"
+                f" {self.startup_timeout:g}s"
+            )
+
+    # --------------------------------------------------------- lifecycle
+    def _request(self, action: str, **extra: Any) -> dict[str, Any]:
+        remote = self.remote or {}
+        return {
+            "action": action,
+            "kernel_id": str(self.kernel_id),
+            "base_dir": self.remote_dir,
+            "pid": remote.get("pid"),
+            "pgid": remote.get("pgid"),
+            "start": remote.get("start"),
+            **extra,
+        }
+
+    async def poll(self) -> int | None:
+        if self.remote is None:
+            return 0
+        if self._conn is None or self._conn.state != "up":
+            return None  # tunnel down or being rebuilt: unknown, not dead
+        try:
+            reply = await run_launcher(self._conn, self.python, self._request("status"), timeout=15)
+        except OrchestratorError as e:
+            self.log.debug("ssh status of %s failed: %s", self.kernel_id, e)
+            return None
+        return None if reply.get("running") else 1
+
+    async def wait(self) -> int | None:
+        while True:
+            status = await self.poll()
+            if status is not None:
+                return status
+            await asyncio.sleep(0.2)
+
+    async def send_signal(self, signum: int) -> None:
+        if self.remote is None or self._conn is None or signum == 0:
+            return
+        await run_launcher(
+            self._conn, self.python, self._request("signal", signum=int(signum)), timeout=15
+        )
+
+    async def kill(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGKILL)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.send_signal(signal.SIGTERM)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if restart:
+            if self._conn is not None and self.remote is not None:
+                try:
+                    await run_launcher(self._conn, self.python, self._request("cleanup"))
+                except OrchestratorError as e:
+                    self.log.warning("cleanup before restart on %s: %s", self.host, e)
+            self.remote = None
+            return
+        await self._teardown(remove_remote=True)
+
+    async def _teardown(self, remove_remote: bool) -> None:
+        """Stop the remote kernel (if any), remove its files, close tunnel and connection."""
+        if remove_remote and self._conn is not None and self.remote is not None:
+            try:
+                await run_launcher(self._conn, self.python, self._request("cleanup"))
+            except OrchestratorError as e:
+                self.log.warning(
+                    "remote cleanup of kernel %s on %s failed: %s", self.kernel_id, self.host, e
+                )
+        self.remote = None
+        if self._tunnel is not None:
+            await asyncio.to_thread(self._tunnel.close)
+            self._tunnel = None
+        self._release_connection()
+
+    def _release_connection(self) -> None:
+        if self._conn is not None and self._target is not None:
+            pool.release(self._target)
+        self._conn = None
+
+    # ------------------------------------------------------- persistence
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update(
+            {
+                "host": self.host,
+                "remote": self.remote,
+                "local_ports": self.local_ports,
+                "cmd": self._cmd,
+                "env": self._env,
+            }
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        """Rebuild the connection and the tunnel on the same local ports."""
+        await super().load_provisioner_info(provisioner_info)
+        self.host = provisioner_info.get("host") or ""
+        self.remote = provisioner_info.get("remote")
+        self.local_ports = provisioner_info.get("local_ports")
+        self._cmd = provisioner_info.get("cmd")
+        self._env = provisioner_info.get("env")
+        if self.remote is None or not self.host:
+            return
+        self._target = self._resolve(self.host)
+        self._conn = await asyncio.to_thread(pool.acquire, self._target)
+        await self._open_tunnel()
+        if self.local_ports != provisioner_info.get("local_ports"):
+            self.log.warning(
+                "kernel %s: old local ports taken, tunnel moved to %s",
+                self.kernel_id,
+                self.local_ports,
+            )
+
+    # ---------------------------------------------------------------- gc
+    @classmethod
+    async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
+        found: list[str] = []
+        for config in _ssh_kernelspec_configs():
+            prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **config)
+            for host in prov.hosts:
+                try:
+                    target = prov._resolve(host)
+                    conn = await asyncio.to_thread(pool.acquire, target)
+                except OrchestratorError as e:
+                    ctx.log.warning("gc: cannot reach %s: %s", host, e)
+                    continue
+                try:
+                    reply = await run_launcher(
+                        conn, prov.python, {"action": "list", "base_dir": prov.remote_dir}
+                    )
+                    for k in reply.get("kernels", []):
+                        kid = str(k.get("kernel_id", ""))
+                        if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
+                            continue
+                        if float(k.get("age", 0)) < ctx.grace_seconds:
+                            continue
+                        found.append(f"remote kernel {kid} on {host} (pid {k.get('pid')})")
+                        if not ctx.dry_run:
+                            await run_launcher(
+                                conn,
+                                prov.python,
+                                {
+                                    "action": "cleanup",
+                                    "kernel_id": kid,
+                                    "base_dir": prov.remote_dir,
+                                },
+                            )
+                finally:
+                    pool.release(target)
+        return found
+
+    # ------------------------------------------------------- kernelspecs
+    @classmethod
+    def add_kernelspec_arguments(cls, parser: Any) -> None:
+        g = parser.add_argument_group("ssh-provisioner")
+        g.add_argument(
+            "--host",
+            action="append",
+            required=True,
+            dest="hosts",
+            help="host of the pool (repeatable): alias or [user@]host[:port]",
+        )
+        g.add_argument("--user", default="")
+        g.add_argument("--port", default="")
+        g.add_argument("--identity-file", default="")
+        g.add_argument("--known-hosts", default="")
+        g.add_argument("--host-key-policy", choices=["reject", "accept-new"], default="reject")
+        g.add_argument("--proxy-jump", default="", help="user@host:port[,user@host:port]")
+        g.add_argument(
+            "--host-selection", choices=["round-robin", "fewest-kernels"], default="round-robin"
+        )
+        g.add_argument("--remote-dir", default="")
+        g.add_argument("--port-range", default="", help="lo-hi remote ports")
+        g.add_argument("--working-dir", default="")
+
+    @classmethod
+    def kernelspec_config(cls, args: Any) -> dict[str, Any]:
+        from orchestrator.tunnels.ssh.target import parse_destination
+
+        for host in args.hosts:
+            parse_destination(host)  # fail now, not at the first start
+        config: dict[str, Any] = {"hosts": list(args.hosts)}
+        if args.python:
+            config["python"] = args.python
+        for key in (
+            "user",
+            "port",
+            "identity_file",
+            "known_hosts",
+            "proxy_jump",
+            "remote_dir",
+            "port_range",
+            "working_dir",
+        ):
+            if getattr(args, key):
+                config[key] = getattr(args, key)
+        if args.host_key_policy != "reject":
+            config["host_key_policy"] = args.host_key_policy
+        if args.host_selection != "round-robin":
+            config["host_selection"] = args.host_selection
+        return config
+
+
+def _ssh_kernelspec_configs() -> list[dict[str, Any]]:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    configs = []
+    try:
+        specs = KernelSpecManager().get_all_specs()
+    except Exception:
+        return []
+    for spec in specs.values():
+        stanza = (spec.get("spec", {}).get("metadata") or {}).get("kernel_provisioner") or {}
+        if stanza.get("provisioner_name") == "ssh-provisioner":
+            configs.append(dict(stanza.get("config") or {}))
+    return configs
