@@ -129,3 +129,12 @@ def write_kernelspec(data_dir: str, name: str, provisioner: str, config: dict, *
     }
     spec.update(extra)
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
+
+
+# --------------------------------------------------------------------- SSH
+@pytest.fixture(scope="session")
+def sshnet():  # type: ignore[no-untyped-def]
+    """Real sshd hosts (hosta, jump, hostb behind jump) in network namespaces."""
+    from .sshnet import sshnet_fixture
+
+    yield from sshnet_fixture()

@@ -1,0 +1,393 @@
+"""The SSH provisioner and tunnel layer against real sshd hosts in network namespaces."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchestrator
+from orchestrator import procinfo
+from orchestrator.errors import OrchestratorError
+
+from .conftest import write_kernelspec
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
+CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
+
+
+def kernel_processes(kernel_id: str) -> list[int]:
+    """Processes of a remote kernel (the test hosts share this machine's PID space)."""
+    return [
+        pid
+        for pid in procinfo.all_pids()
+        if procinfo.environ(pid).get("KERNEL_ORCHESTRATOR_KERNEL_ID") == kernel_id
+        and procinfo.is_running(pid)
+    ]
+
+
+@pytest.fixture
+def remote_dir(tmp_path: Path) -> Path:
+    return tmp_path / "remote-kernels"
+
+
+@pytest.fixture
+def sshspec(sshnet: Any, jupyter_env: dict[str, str], remote_dir: Path):  # type: ignore[no-untyped-def]
+    """Write an ssh kernelspec named ``name`` for the given hosts and extra config."""
+
+    def make(name: str, hosts: list[str], **config: Any) -> str:
+        base = {
+            "hosts": hosts,
+            "ssh_config": str(sshnet.ssh_config),
+            "python": sys.executable,
+            "remote_dir": str(remote_dir),
+            "connect_timeout": 5,
+        }
+        base.update(config)
+        write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], name, "ssh-provisioner", base)
+        return name
+
+    return make
+
+
+async def run(km: Any, code: str, timeout: float = 60) -> dict[str, Any]:
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        out: list[str] = []
+
+        def hook(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                out.append(msg["content"]["text"])
+
+        reply = await kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+        return {**reply["content"], "out": "".join(out)}
+    finally:
+        kc.stop_channels()
+
+
+async def test_lifecycle_on_a_remote_host(
+    sshspec: Any, store: Any, sshnet: Any, remote_dir: Path
+) -> None:
+    name = sshspec("on-a", ["hosta"])
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    kid = km.kernel_id
+    try:
+        assert km.provisioner.host == "hosta" and km.ip == "127.0.0.1"
+        # the kernel listens on hosta's own loopback: its ports are not ours
+        remote_ports = km.provisioner.remote["ports"]
+        assert set(remote_ports.values()).isdisjoint(
+            {km.shell_port, km.iopub_port, km.control_port}
+        )
+        netns = sshnet.run("hosta", ["ip", "netns", "identify", str(km.provisioner.remote["pid"])])
+        assert netns.stdout.strip() == sshnet.hosts["hosta"].ns
+        conn_file = Path(km.provisioner.remote["connection_file"])
+        assert oct(conn_file.stat().st_mode & 0o777) == "0o600"
+        assert oct(conn_file.parent.stat().st_mode & 0o777) == "0o700"
+
+        assert (await run(km, "state = 3"))["status"] == "ok"
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=30)
+        kc.execute("import time; time.sleep(60)")
+        await asyncio.sleep(1.5)
+        await km.interrupt_kernel()
+        reply = await kc.get_shell_msg(timeout=20)
+        assert reply["content"]["ename"] == "KeyboardInterrupt"
+        kc.stop_channels()
+        assert (await run(km, "print(state)"))["out"] == "3\n"
+
+        ports = (km.shell_port, km.iopub_port, km.stdin_port, km.hb_port, km.control_port)
+        old_pid = km.provisioner.remote["pid"]
+        await km.restart_kernel()
+        assert (km.shell_port, km.iopub_port, km.stdin_port, km.hb_port, km.control_port) == ports
+        assert km.provisioner.remote["pid"] != old_pid
+        assert (await run(km, "state"))["ename"] == "NameError"
+    finally:
+        await km.shutdown_kernel()
+    assert kernel_processes(kid) == []
+    assert not (remote_dir / kid).exists()
+    assert await store.get(kid) is None
+
+
+async def test_round_robin_and_fewest_kernels(sshspec: Any, store: Any) -> None:
+    rr = sshspec("rr", ["hosta", "hostb"])
+    kms = [orchestrator.AsyncKernelManager(kernel_name=rr, kernel_store=store) for _ in range(2)]
+    try:
+        for km in kms:
+            await km.start_kernel()
+        assert sorted(km.provisioner.host for km in kms) == ["hosta", "hostb"]
+        few = sshspec("few", ["hosta", "hostb"], host_selection="fewest-kernels")
+        km3 = orchestrator.AsyncKernelManager(kernel_name=few, kernel_store=store)
+        kms.append(km3)
+        await km3.start_kernel()
+        busiest = "hosta"
+        km4 = orchestrator.AsyncKernelManager(kernel_name=few, kernel_store=store)
+        kms.append(km4)
+        await km4.start_kernel()
+        hosts = [km.provisioner.host for km in kms]
+        assert hosts.count("hosta") == 2 and hosts.count("hostb") == 2, hosts
+        assert busiest in hosts
+    finally:
+        await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms if km.has_kernel))
+
+
+async def test_jump_host_and_one_shared_connection(sshspec: Any, store: Any, sshnet: Any) -> None:
+    """hostb is reachable only through jump; its kernels share one SSH connection."""
+    from orchestrator.tunnels.ssh import pool
+
+    name = sshspec("on-b", ["hostb"])
+    kms = [orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store) for _ in range(3)]
+    try:
+        await asyncio.gather(*(km.start_kernel() for km in kms))
+        conns = {id(km.provisioner._conn) for km in kms}
+        assert len(conns) == 1
+        target = kms[0].provisioner._conn.target
+        assert target.jump and target.jump[0].host == sshnet.hosts["jump"].ip
+        assert len(sshnet.connection_pids("hostb")) == 1
+        results = await asyncio.gather(*(run(km, "print(40 + 2)") for km in kms))
+        assert [r["out"] for r in results] == ["42\n"] * 3
+        # explicit proxy_jump in the kernelspec instead of the ssh config
+        explicit = sshspec(
+            "explicit-jump",
+            [sshnet.hosts["hostb"].ip],
+            user="root",
+            proxy_jump=f"root@{sshnet.hosts['jump'].ip}",
+            identity_file=str(sshnet.user_key),
+            known_hosts=str(sshnet.known_hosts),
+            ssh_config=str(sshnet.workdir / "none"),
+        )
+        Path(sshnet.workdir / "none").write_text("")
+        km = orchestrator.AsyncKernelManager(kernel_name=explicit, kernel_store=store)
+        kms.append(km)
+        await km.start_kernel()
+        assert (await run(km, "print('via jump')"))["out"] == "via jump\n"
+    finally:
+        await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms if km.has_kernel))
+    assert [c for c in pool.connections() if c.target.host == sshnet.hosts["hostb"].ip] == []
+
+
+@pytest.mark.parametrize("case", ["unknown-host-key", "bad-key", "unreachable"])
+async def test_connection_failures_are_clear(
+    case: str, sshspec: Any, store: Any, sshnet: Any, tmp_path: Path
+) -> None:
+    empty = tmp_path / "empty_known_hosts"
+    empty.write_text("")
+    a = sshnet.hosts["hosta"]
+    config: dict[str, Any] = {
+        "user": "root",
+        "identity_file": str(sshnet.user_key),
+        "known_hosts": str(sshnet.known_hosts),
+        "ssh_config": str(empty),
+    }
+    host = a.ip
+    if case == "unknown-host-key":
+        config["known_hosts"] = str(empty)
+        message = f"host key of {a.ip} is not in {empty}"
+    elif case == "bad-key":
+        config["identity_file"] = str(sshnet.bad_key)
+        message = f"authentication to root@{a.ip} failed"
+    else:
+        host = sshnet.hosts["hosta"].ip.rsplit(".", 1)[0] + ".99"  # our own subnet, no host
+        message = "no host of the pool can be reached"
+    name = sshspec(f"fail-{case}", [host], **config)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(OrchestratorError) as info:
+        await km.start_kernel()
+    assert message in str(info.value)
+    assert await store.list() == []
+
+
+async def test_accept_new_records_the_host_key(
+    sshspec: Any, store: Any, sshnet: Any, tmp_path: Path
+) -> None:
+    known = tmp_path / "kh"
+    empty = tmp_path / "empty"
+    empty.write_text("")
+    a = sshnet.hosts["hosta"]
+    name = sshspec(
+        "accept-new",
+        [a.ip],
+        user="root",
+        identity_file=str(sshnet.user_key),
+        known_hosts=str(known),
+        host_key_policy="accept-new",
+        ssh_config=str(empty),
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    try:
+        assert a.host_key_pub.split()[1] in known.read_text()
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_unreachable_host_is_skipped(
+    sshspec: Any, store: Any, sshnet: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    dead = sshnet.hosts["hosta"].ip.rsplit(".", 1)[0] + ".99"
+    name = sshspec("skip", [dead, "hosta"], host_selection="fewest-kernels")
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=name, kernel_store=store, log=logging.getLogger("ko-test")
+    )
+    with caplog.at_level("WARNING"):
+        await km.start_kernel()
+    try:
+        assert km.provisioner.host == "hosta"
+        assert f"skipping host {dead}" in caplog.text
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_hostile_environment_values(sshspec: Any, store: Any, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    hostile = f"$(touch {marker}); `touch {marker}`; ' \" ; touch {marker} \n"
+    name = sshspec("hostile", ["hosta"], working_dir=str(tmp_path))
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel(env={**os.environ, "KERNEL_WEIRD": hostile, "SECRET_OF_ORCH": "x"})
+    try:
+        out = (await run(km, "import os, json; print(json.dumps(dict(os.environ)))"))["out"]
+        env = json.loads(out)
+        assert env["KERNEL_WEIRD"] == hostile
+        assert "SECRET_OF_ORCH" not in env and "JUPYTER_RUNTIME_DIR" not in env
+        assert not marker.exists()
+        key = km.session.key.decode()
+        cmdline = Path(f"/proc/{km.provisioner.remote['pid']}/cmdline").read_bytes()
+        assert key.encode() not in cmdline
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_connection_cut_mid_computation(sshspec: Any, store: Any, sshnet: Any) -> None:
+    """The link drops while a cell runs; when it returns the result arrives, state intact."""
+    name = sshspec("cut", ["hosta"])
+    km = orchestrator.AsyncIOLoopKernelManager(kernel_name=name, kernel_store=store)
+    km.restarter_class.time_to_dead = 1.0  # type: ignore[attr-defined]
+    await km.start_kernel()
+    restarts: list[str] = []
+    km.add_restart_callback(lambda: restarts.append("restart"), "restart")
+    try:
+        assert (await run(km, "kept = 21"))["status"] == "ok"
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=30)
+        msg_id = kc.execute("import time\ntime.sleep(25)\nprint(kept * 2)")
+        await asyncio.sleep(2)
+        sshnet.cut("hosta")
+        for _ in range(120):  # the watchdog notices within interval + timeout
+            if km.provisioner.tunnel_state == "reconnecting":
+                break
+            await asyncio.sleep(0.1)
+        assert km.provisioner.tunnel_state == "reconnecting"
+        assert await km.is_alive()  # unknown is not dead
+        await asyncio.sleep(1.5)  # let the restarter poll while the tunnel is down
+        sshnet.restore("hosta")
+        reply = await kc.get_shell_msg(timeout=60)
+        assert reply["parent_header"]["msg_id"] == msg_id
+        assert reply["content"]["status"] == "ok"
+        kc.stop_channels()
+        assert km.provisioner.tunnel_state == "up"
+        assert (await run(km, "print(kept)"))["out"] == "21\n"
+        assert restarts == []
+    finally:
+        sshnet.restore("hosta")
+        km.restarter_class.time_to_dead = 3.0  # type: ignore[attr-defined]
+        await km.shutdown_kernel(now=True)
+
+
+async def test_killed_ssh_sessions_are_rebuilt(sshspec: Any, store: Any, sshnet: Any) -> None:
+    name = sshspec("killed", ["hosta"])
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    try:
+        assert (await run(km, "v = 'still here'"))["status"] == "ok"
+        assert sshnet.kill_connections("hosta") >= 1
+        for _ in range(100):
+            if km.provisioner.tunnel_state == "up" and km.provisioner._conn.generation > 1:
+                break
+            await asyncio.sleep(0.1)
+        assert km.provisioner._conn.generation > 1
+        assert (await run(km, "print(v)"))["out"] == "still here\n"
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+def ko(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
+    )
+
+
+def test_orchestrator_restart_reattaches_and_gc(sshspec: Any, store: Any, remote_dir: Path) -> None:
+    name = sshspec("cli-ssh", ["hosta"])
+    kid = ko("start", name).stdout.strip()
+    assert kid, "start failed"
+    try:
+        pid = json.loads(ko("list", "--json").stdout)[0]["provisioner_info"]["remote"]["pid"]
+        assert ko("exec", kid, "x = 7").returncode == 0
+        assert ko("exec", kid, "print(x * 6)").stdout == "42\n"  # new process: tunnel rebuilt
+        assert (
+            json.loads(ko("list", "--json").stdout)[0]["provisioner_info"]["remote"]["pid"] == pid
+        )
+        # an orphan: a remote kernel whose record was lost
+        orphan = ko("start", name).stdout.strip()
+        asyncio.run(store.delete(orphan))
+        out = ko("gc", "--grace", "0").stdout
+        assert f"remote kernel {orphan} on hosta" in out
+        assert kernel_processes(orphan) == []
+        assert not (remote_dir / orphan).exists()
+        assert kernel_processes(kid)  # owned: untouched
+    finally:
+        ko("shutdown", "--all")
+    time.sleep(0.5)
+    assert kernel_processes(kid) == [] and list(remote_dir.iterdir()) == []
+
+
+def test_kernelspec_install_ssh(jupyter_env: dict[str, str], sshnet: Any) -> None:
+    result = ko(
+        "kernelspec",
+        "install",
+        "ssh-provisioner",
+        "--name",
+        "hpc",
+        "--host",
+        "hosta",
+        "--host",
+        "root@10.0.0.1:2222",
+        "--user",
+        "alice",
+        "--port",
+        "22",
+        "--identity-file",
+        "/k",
+        "--known-hosts",
+        "/kh",
+        "--proxy-jump",
+        "root@jump:22",
+        "--python",
+        "/opt/py/bin/python3",
+    )
+    assert result.returncode == 0, result.stderr
+    spec = json.loads((Path(result.stdout.strip()) / "kernel.json").read_text())
+    assert spec["argv"][0] == "/opt/py/bin/python3"
+    assert spec["metadata"]["kernel_provisioner"]["config"] == {
+        "hosts": ["hosta", "root@10.0.0.1:2222"],
+        "python": "/opt/py/bin/python3",
+        "user": "alice",
+        "port": "22",
+        "identity_file": "/k",
+        "known_hosts": "/kh",
+        "proxy_jump": "root@jump:22",
+    }
+    bad = ko("kernelspec", "install", "ssh-provisioner", "--name", "x", "--host", "a b@c")
+    assert bad.returncode == 1 and "bad SSH destination 'a b@c'" in bad.stderr
