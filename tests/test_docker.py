@@ -432,3 +432,48 @@ async def test_start_error_types(jupyter_env: dict[str, str], store: Any) -> Non
     with pytest.raises(OrchestratorError, match="must be numeric uid"):
         await km.start_kernel()
     assert issubclass(KernelStartError, OrchestratorError)
+
+
+async def test_remote_engine_over_ssh(
+    jupyter_env: dict[str, str], store: Any, dclient: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DOCKER_HOST=ssh://: the SDK drives the engine over SSH and our tunnel layer carries
+    the kernel ports (published on the engine host's loopback) back to local ports."""
+    from orchestrator.tunnels import get_tunneler
+    from orchestrator.tunnels.ssh import pool
+
+    from .loopback_sshd import LoopbackSSHD
+
+    sshd = LoopbackSSHD()
+    try:
+        monkeypatch.setenv("HOME", str(sshd.home))
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "remote-engine",
+            "docker-provisioner",
+            {"docker_host": "ssh://dockerhost"},
+        )
+        km = orchestrator.AsyncKernelManager(kernel_name="remote-engine", kernel_store=store)
+        await km.start_kernel()
+        try:
+            assert len(our_containers(dclient, km.kernel_id)) == 1
+            published = km.provisioner.published_ports
+            assert km.provisioner.mode == "ssh"
+            assert set(published.values()).isdisjoint(km.provisioner.host_ports.values())
+            assert (await run(km, "x = 6; print(x * 7)"))["out"] == "42\n"
+            # another process re-attaches: the tunnel is rebuilt on the same local ports
+            record = await store.get(km.kernel_id)
+            km.detach()
+            await get_tunneler("ssh://dockerhost").close(km.kernel_id)  # as if we exited
+            km2 = orchestrator.AsyncKernelManager(kernel_name="remote-engine", kernel_store=store)
+            await km2.reattach(record)
+            assert km2.provisioner.host_ports == km.provisioner.host_ports
+            assert (await run(km2, "print(x)"))["out"] == "6\n"
+            await km2.shutdown_kernel()
+        finally:
+            if km.has_kernel and our_containers(dclient, km.kernel_id):
+                await km.shutdown_kernel(now=True)
+        assert our_containers(dclient, km.kernel_id) == []
+        assert pool.connections() == []
+    finally:
+        sshd.stop()

@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import docker
 import docker.errors
+import paramiko
 import requests.exceptions
 
 from orchestrator.errors import OrchestratorError
@@ -37,19 +38,33 @@ def engine_url(configured: str) -> str:
     return configured or os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
 
 
+def _sdk_url(url: str) -> str:
+    """The URL to hand the docker SDK.
+
+    For ``ssh://alias`` the SDK would default the port to 22 before reading
+    ``~/.ssh/config``, so the alias is resolved here (HostName, User, Port).
+    """
+    if not url.startswith("ssh://"):
+        return url
+    from orchestrator.tunnels.ssh import resolve_target
+
+    target = resolve_target(url)
+    return f"ssh://{target.user}@{target.host}:{target.port}"
+
+
 def _connect(url: str) -> docker.DockerClient:
     with _lock:
         client = _clients.get(url)
         if client is None:
             try:
                 client = docker.DockerClient(
-                    base_url=url,
+                    base_url=_sdk_url(url),
                     version="auto",
                     timeout=60,
                     max_pool_size=64,
                     use_ssh_client=False,
                 )
-            except docker.errors.DockerException as e:
+            except (docker.errors.DockerException, OSError, paramiko.SSHException) as e:
                 raise DockerEngineError(f"Docker engine at {url} is unreachable: {e}") from e
             _clients[url] = client
         return client

@@ -5,7 +5,8 @@ included, and copies it into the container as a 0600 file before the container
 starts, so the key is in neither the command line nor ``docker inspect``. The kernel
 listens on fixed ports inside its own network namespace; clients reach them by one of:
 
-* ``loopback`` (default): ports published on the engine host's 127.0.0.1;
+* ``auto`` (default): ``ssh`` for an ``ssh://`` engine, else ``loopback``;
+* ``loopback``: ports published on the engine host's 127.0.0.1;
 * ``network``: the container's address on a shared Docker network (when the
   orchestrator runs in a container on that network);
 * ``ssh``: ports published on the remote engine host's loopback and carried back
@@ -86,7 +87,7 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     docker_host = Unicode(
         "", config=True, help="Engine URL; default $DOCKER_HOST or the local socket."
     )
-    reachability = CaselessStrEnum(["loopback", "network", "ssh"], "loopback", config=True)
+    reachability = CaselessStrEnum(["auto", "loopback", "network", "ssh"], "auto", config=True)
     network = Unicode("", config=True, help="Docker network to attach the container to.")
     network_address = CaselessStrEnum(
         ["ip", "name"],
@@ -133,7 +134,8 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     container_name: str = ""
     engine_url: str = ""
     address: str = ""
-    host_ports: dict[str, int] | None = None
+    host_ports: dict[str, int] | None = None  # what clients connect to
+    published_ports: dict[str, int] | None = None  # on the engine host's loopback
     settings: ContainerSettings | None = None
     _cmd: list[str] | None = None
 
@@ -265,8 +267,8 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             create["volumes"] = list(self.volumes)
         if self.network:
             create["network"] = self.network
-        if self.reachability in ("loopback", "ssh"):
-            previous = self.host_ports or {}
+        if self.mode in ("loopback", "ssh"):
+            previous = self.published_ports or {}
             create["ports"] = {
                 f"{CONTAINER_PORTS[ch]}/tcp": ("127.0.0.1", previous.get(ch)) for ch in CHANNELS
             }
@@ -290,7 +292,7 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             try:
                 return str(client.containers.create(**create).id)
             except docker.errors.APIError as e:
-                if create.get("ports") and self.host_ports and "port is already" in str(e):
+                if create.get("ports") and self.published_ports and "port is already" in str(e):
                     # Our old ports were taken meanwhile: take new ones rather than fail.
                     create["ports"] = {k: ("127.0.0.1", None) for k in create["ports"]}
                     return str(client.containers.create(**create).id)
@@ -319,7 +321,7 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
 
     async def _record_addresses(self, attrs: dict[str, Any]) -> None:
         net = attrs["NetworkSettings"]
-        if self.reachability == "network":
+        if self.mode == "network":
             networks: dict[str, Any] = net.get("Networks") or {}
             chosen: dict[str, Any] = networks.get(str(self.network)) or {} if self.network else {}
             chosen = chosen or next(iter(networks.values()), {})
@@ -334,22 +336,41 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
                 if not bindings:
                     raise KernelStartError(f"the engine published no port for {ch}")
                 ports[ch] = int(bindings[0]["HostPort"])
-            self.host_ports = ports
+            self.published_ports = ports
             self.address = "127.0.0.1"
-            if self.reachability == "ssh":
-                tunneler = get_tunneler(self.ssh_destination or self.engine_url)
-                ports = await tunneler.open(str(self.kernel_id), ports)
-                self.host_ports = ports
-        km = self.parent
-        info: dict[str, Any] = {f"{ch}_port": self.host_ports[ch] for ch in CHANNELS}
-        info.update(
-            ip=self.address,
-            transport="tcp",
-            key=km.session.key,
-            signature_scheme=km.session.signature_scheme,
-            kernel_name=km.kernel_name,
-        )
+            self.host_ports = await self._tunnel(ports) if self.mode == "ssh" else ports
+        self._set_connection_info()
+
+    def _set_connection_info(self) -> None:
+        assert self.host_ports is not None
+        # Keep a saved key when re-attaching; take the manager's on a new launch.
+        info: dict[str, Any] = dict(self.connection_info or {})
+        if not info.get("key"):
+            km = self.parent
+            info.update(
+                key=km.session.key,
+                signature_scheme=km.session.signature_scheme,
+                kernel_name=km.kernel_name,
+            )
+        info.update({f"{ch}_port": self.host_ports[ch] for ch in CHANNELS})
+        info.update(ip=self.address, transport="tcp")
         self.connection_info = info  # type: ignore[assignment]
+
+    @property
+    def mode(self) -> str:
+        """The reachability in effect (``auto`` resolved by the engine URL)."""
+        if self.reachability != "auto":
+            return str(self.reachability)
+        return (
+            "ssh"
+            if (self.engine_url or engine.engine_url(self.docker_host)).startswith("ssh://")
+            else "loopback"
+        )
+
+    async def _tunnel(self, published: dict[str, int]) -> dict[str, int]:
+        """Forward the ports published on the remote engine host to local loopback ports."""
+        tunneler = get_tunneler(self.ssh_destination or self.engine_url)
+        return await tunneler.open(str(self.kernel_id), published, self.host_ports)
 
     async def _wait_until_ready(self) -> None:
         assert self.settings is not None
@@ -443,11 +464,12 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     async def cleanup(self, restart: bool = False) -> None:
         await self._remove_container()
         if not restart:
-            if self.reachability == "ssh" and self.host_ports:
+            if self.mode == "ssh" and self.host_ports:
                 await get_tunneler(self.ssh_destination or self.engine_url).close(
                     str(self.kernel_id)
                 )
             self.host_ports = None
+            self.published_ports = None
 
     def get_shutdown_wait_time(self, recommended: float = 5.0) -> float:
         return max(recommended, 5.0)
@@ -462,7 +484,8 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
                 "container_name": self.container_name,
                 "address": self.address,
                 "host_ports": self.host_ports,
-                "reachability": self.reachability,
+                "published_ports": self.published_ports,
+                "reachability": self.mode,
                 "settings": dict(self.settings.__dict__) if self.settings else None,
                 "cmd": self._cmd,
             }
@@ -476,10 +499,15 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         self.container_name = provisioner_info.get("container_name") or ""
         self.address = provisioner_info.get("address") or ""
         self.host_ports = provisioner_info.get("host_ports")
+        self.published_ports = provisioner_info.get("published_ports")
         self.reachability = provisioner_info.get("reachability") or self.reachability
         settings = provisioner_info.get("settings")
         self.settings = ContainerSettings(**settings) if settings else None
         self._cmd = provisioner_info.get("cmd")
+        if self.mode == "ssh" and self.container_id and self.published_ports:
+            # A new process: rebuild the tunnel, on the same local ports if still free.
+            self.host_ports = await self._tunnel(self.published_ports)
+            self._set_connection_info()
 
     # ------------------------------------------------------------------ gc
     @classmethod
@@ -524,7 +552,9 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             help="image a client may ask for with KERNEL_IMAGE (repeatable)",
         )
         g.add_argument("--docker-host", default="", help="engine URL (default: $DOCKER_HOST)")
-        g.add_argument("--reachability", choices=["loopback", "network", "ssh"], default="loopback")
+        g.add_argument(
+            "--reachability", choices=["auto", "loopback", "network", "ssh"], default="auto"
+        )
         g.add_argument("--network", default="", help="Docker network for the container")
         g.add_argument("--volume", action="append", default=[], metavar="SRC:DST[:ro]")
         g.add_argument("--cpus", type=float, default=0.0)
@@ -553,7 +583,7 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
                 config[key] = getattr(args, key)
         if args.volume:
             config["volumes"] = args.volume
-        if args.reachability != "loopback":
+        if args.reachability != "auto":
             config["reachability"] = args.reachability
         if args.container_user != "1000:1000":
             config["user"] = args.container_user
