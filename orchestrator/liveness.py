@@ -37,9 +37,12 @@ async def kernel_info(
     try:
         pub, sec = connection_info.get("curve_publickey"), connection_info.get("curve_secretkey")
         if pub and sec:
+            # jupyter_client's scheme: the client uses the kernel's keypair and pins the
+            # kernel's public key as the server key.
+            public = pub.encode() if isinstance(pub, str) else pub
             sock.curve_secretkey = sec.encode() if isinstance(sec, str) else sec
-            sock.curve_publickey = pub.encode() if isinstance(pub, str) else pub
-            sock.curve_serverkey = sock.curve_publickey
+            sock.curve_publickey = public
+            sock.curve_serverkey = public
         sock.connect(_url(connection_info, "control"))
         request = session.msg("kernel_info_request", content={})
         session.send(sock, request)

@@ -97,6 +97,12 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     reattach_timeout = Float(
         10.0, config=True, help="Seconds a re-attached kernel has to answer kernel_info."
     )
+    remote_transport_encryption = Unicode(
+        "",
+        config=True,
+        help="CurveZMQ policy for kernels reached over a network (auto, required, disabled);"
+        " a kernelspec's provisioner config overrides it. Empty: auto.",
+    )
 
     @default("kernel_store")
     def _default_kernel_store(self) -> KernelStore | None:

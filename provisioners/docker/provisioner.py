@@ -34,9 +34,10 @@ from docker.types import DeviceRequest
 from jupyter_client.provisioning import KernelProvisionerBase
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode
 
+from orchestrator.encryption import keypair, resolve_policy, should_encrypt, without_curve
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
-from orchestrator.liveness import wait_for_kernel_info
+from orchestrator.liveness import kernel_info, wait_for_kernel_info
 from orchestrator.tunnels import get_tunneler
 
 from ..base import GarbageContext, OrchestratorProvisionerMixin
@@ -87,7 +88,9 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     docker_host = Unicode(
         "", config=True, help="Engine URL; default $DOCKER_HOST or the local socket."
     )
-    reachability = CaselessStrEnum(["auto", "loopback", "network", "ssh"], "auto", config=True)
+    reachability = CaselessStrEnum(
+        ["auto", "loopback", "published", "network", "ssh"], "auto", config=True
+    )
     network = Unicode("", config=True, help="Docker network to attach the container to.")
     network_address = CaselessStrEnum(
         ["ip", "name"],
@@ -125,6 +128,17 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         config=True,
         help="Settings a client may override (image, cpus, memory, working_dir, startup_timeout).",
     )
+    transport_encryption = Unicode(
+        "",
+        config=True,
+        help="CurveZMQ: auto (encrypt when traffic leaves the machine), required, disabled;"
+        " '' : the orchestrator's setting.",
+    )
+    publish_address = Unicode(
+        "0.0.0.0",
+        config=True,
+        help="With reachability=published: the engine host interface ports are published on.",
+    )
     ssh_destination = Unicode(
         "", config=True, help="With reachability=ssh: ssh://user@host of the engine host."
     )
@@ -137,6 +151,8 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     host_ports: dict[str, int] | None = None  # what clients connect to
     published_ports: dict[str, int] | None = None  # on the engine host's loopback
     settings: ContainerSettings | None = None
+    _curve: tuple[str, str] | None = None
+    _policy: str = "auto"
     _cmd: list[str] | None = None
 
     @property
@@ -267,10 +283,11 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             create["volumes"] = list(self.volumes)
         if self.network:
             create["network"] = self.network
-        if self.mode in ("loopback", "ssh"):
+        if self.mode in ("loopback", "ssh", "published"):
             previous = self.published_ports or {}
+            bind = self.publish_address if self.mode == "published" else "127.0.0.1"
             create["ports"] = {
-                f"{CONTAINER_PORTS[ch]}/tcp": ("127.0.0.1", previous.get(ch)) for ch in CHANNELS
+                f"{CONTAINER_PORTS[ch]}/tcp": (bind, previous.get(ch)) for ch in CHANNELS
             }
         return create
 
@@ -285,6 +302,12 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": km.kernel_name,
         }
+        policy = resolve_policy(self.transport_encryption, km)
+        self._curve = None
+        if should_encrypt(policy, leaves_machine=self.mode in ("network", "published")):
+            self._curve = keypair(km)
+            inside.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
+        self._policy = policy
         payload = json.dumps(inside).encode()
         create = self._create_kwargs(cmd)
 
@@ -294,7 +317,7 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             except docker.errors.APIError as e:
                 if create.get("ports") and self.published_ports and "port is already" in str(e):
                     # Our old ports were taken meanwhile: take new ones rather than fail.
-                    create["ports"] = {k: ("127.0.0.1", None) for k in create["ports"]}
+                    create["ports"] = {k: (v[0], None) for k, v in create["ports"].items()}
                     return str(client.containers.create(**create).id)
                 raise
 
@@ -337,7 +360,7 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
                     raise KernelStartError(f"the engine published no port for {ch}")
                 ports[ch] = int(bindings[0]["HostPort"])
             self.published_ports = ports
-            self.address = "127.0.0.1"
+            self.address = _url_host(self.engine_url) if self.mode == "published" else "127.0.0.1"
             self.host_ports = await self._tunnel(ports) if self.mode == "ssh" else ports
         self._set_connection_info()
 
@@ -354,6 +377,8 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             )
         info.update({f"{ch}_port": self.host_ports[ch] for ch in CHANNELS})
         info.update(ip=self.address, transport="tcp")
+        if self._curve:
+            info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
         self.connection_info = info  # type: ignore[assignment]
 
     @property
@@ -361,11 +386,17 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         """The reachability in effect (``auto`` resolved by the engine URL)."""
         if self.reachability != "auto":
             return str(self.reachability)
-        return (
-            "ssh"
-            if (self.engine_url or engine.engine_url(self.docker_host)).startswith("ssh://")
-            else "loopback"
-        )
+        url = self.engine_url or engine.engine_url(self.docker_host)
+        if url.startswith("ssh://"):
+            return "ssh"
+        if url.startswith(("tcp://", "http://", "https://")) and not _is_loopback_url(url):
+            return "published"
+        return "loopback"
+
+    @property
+    def encrypting(self) -> bool:
+        """Whether this kernel's connection carries CurveZMQ keys."""
+        return bool((self.connection_info or {}).get("curve_secretkey"))
 
     async def _tunnel(self, published: dict[str, int]) -> dict[str, int]:
         """Forward the ports published on the remote engine host to local loopback ports."""
@@ -379,9 +410,7 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         async def running() -> bool:
             return await self.poll() is None
 
-        reply = await wait_for_kernel_info(
-            self.connection_info, self.parent.session, timeout, alive=running
-        )
+        reply = await self._wait_for_reply(timeout, running)
         if reply is not None:
             return
         exited = not await running()
@@ -391,6 +420,46 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         if tail:
             message += "\n--- last lines of its log ---\n" + tail
         raise KernelStartError(message)
+
+    async def _wait_for_reply(self, timeout: float, running: Any) -> dict[str, Any] | None:
+        """kernel_info within ``timeout``; when encrypting, also detect a kernel that
+        ignores the Curve keys (it answers in plain text) and apply the policy."""
+        if not self.encrypting:
+            return await wait_for_kernel_info(
+                self.connection_info, self.parent.session, timeout, alive=running
+            )
+        session = self.parent.session
+        plain = without_curve(dict(self.connection_info))
+        deadline = time.monotonic() + timeout
+        attempt = 0.5
+        while time.monotonic() < deadline:
+            if await kernel_info(self.connection_info, session, attempt) is not None:
+                return {"encrypted": True}
+            if await kernel_info(plain, session, 0.3) is not None:
+                return self._unencrypted_kernel()
+            if not await running():
+                return None
+            attempt = min(attempt * 2, 3.0)
+        return None
+
+    def _unencrypted_kernel(self) -> dict[str, Any]:
+        image = self.settings.image if self.settings else "?"
+        if self._policy == "required":
+            raise KernelStartError(
+                f"kernel image {image!r} does not support CurveZMQ transport encryption"
+                " (it ignored the keys; ipykernel >= 7 is needed) and transport_encryption"
+                " is 'required'"
+            )
+        self.log.warning(
+            "kernel %s: image %s does not support CurveZMQ; its traffic to %s is NOT"
+            " encrypted (set transport_encryption to 'required' to refuse such kernels)",
+            self.kernel_id,
+            image,
+            self.address,
+        )
+        self._curve = None
+        self.connection_info = without_curve(dict(self.connection_info))  # type: ignore[assignment]
+        return {"encrypted": False}
 
     async def startup_diagnostics(self, lines: int = 20) -> str:
         cid = self.container_id
@@ -553,7 +622,9 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         )
         g.add_argument("--docker-host", default="", help="engine URL (default: $DOCKER_HOST)")
         g.add_argument(
-            "--reachability", choices=["auto", "loopback", "network", "ssh"], default="auto"
+            "--reachability",
+            choices=["auto", "loopback", "published", "network", "ssh"],
+            default="auto",
         )
         g.add_argument("--network", default="", help="Docker network for the container")
         g.add_argument("--volume", action="append", default=[], metavar="SRC:DST[:ro]")
@@ -590,6 +661,24 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         if args.pull_policy != "if-not-present":
             config["pull_policy"] = args.pull_policy
         return config
+
+
+def _url_host(url: str) -> str:
+    from urllib.parse import urlparse
+
+    return urlparse(url).hostname or "127.0.0.1"
+
+
+def _is_loopback_url(url: str) -> bool:
+    import ipaddress
+
+    host = _url_host(url)
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _remover(container_id: str) -> Any:

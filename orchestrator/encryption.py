@@ -1,0 +1,68 @@
+"""CurveZMQ transport encryption for kernels reached over a network.
+
+Kernel messages are HMAC-signed but not encrypted: code and outputs cross the wire
+in plain text. jupyter_client 8.9+ can provision CurveZMQ keys in the connection
+file and ipykernel 7+ uses them. Our policy, per kernel:
+
+* ``auto`` (default): encrypt whenever kernel traffic leaves the machine without an
+  SSH tunnel (a container's address on a Docker network, a remote engine's published
+  ports, a pod IP); if the kernel turns out not to support it, continue unencrypted
+  with a warning;
+* ``required``: always encrypt; a kernel that cannot is refused with a clear error;
+* ``disabled``: never (only when an operator asks for it).
+
+The kernelspec's provisioner config (``transport_encryption``) wins over the
+orchestrator's (``AsyncKernelManager.remote_transport_encryption``), which wins over
+the default. The secret key travels like the HMAC key: inside the 0600 connection
+file (or mounted Secret), never in argv, env or a pod spec; it is saved in the
+kernel store (0600) so re-attach keeps working.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import zmq
+
+from .errors import OrchestratorError
+
+POLICIES = ("auto", "required", "disabled")
+
+
+def resolve_policy(kernelspec_setting: str, parent: Any) -> str:
+    """The policy in force for one kernel."""
+    for value in (kernelspec_setting, getattr(parent, "remote_transport_encryption", "")):
+        if value:
+            value = str(value).lower()
+            if value not in POLICIES:
+                raise OrchestratorError(
+                    f"transport_encryption {value!r} is not one of {', '.join(POLICIES)}"
+                )
+            return value
+    return "auto"
+
+
+def should_encrypt(policy: str, leaves_machine: bool) -> bool:
+    if policy == "required":
+        return True
+    if policy == "disabled":
+        return False
+    return leaves_machine
+
+
+def keypair(parent: Any) -> tuple[str, str]:
+    """The kernel's Curve keypair (Z85 text): the manager's on a restart, else a new one."""
+    if not zmq.has("curve"):
+        raise OrchestratorError("this pyzmq/libzmq build has no CurveZMQ support")
+    pub, sec = getattr(parent, "curve_publickey", None), getattr(parent, "curve_secretkey", None)
+    if pub and sec:
+        return (
+            pub.decode() if isinstance(pub, bytes) else pub,
+            sec.decode() if isinstance(sec, bytes) else sec,
+        )
+    new_pub, new_sec = zmq.curve_keypair()
+    return new_pub.decode(), new_sec.decode()
+
+
+def without_curve(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in info.items() if k not in ("curve_publickey", "curve_secretkey")}
