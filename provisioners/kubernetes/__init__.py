@@ -1,0 +1,5 @@
+"""The Kubernetes provisioner: one pod per kernel."""
+
+from .provisioner import KubernetesProvisioner
+
+__all__ = ["KubernetesProvisioner"]

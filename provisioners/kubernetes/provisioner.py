@@ -1,0 +1,712 @@
+"""Kernels in Kubernetes pods: one pod per kernel, fail-fast, least privilege.
+
+* The pod is built from typed models (:mod:`.podspec`); the connection info, HMAC key
+  and Curve keys included, reaches it through a per-kernel Secret mounted as a file
+  and owned by the pod, so nothing secret is in the pod spec and the Secret dies with
+  the pod.
+* Readiness comes from one shared watch of this deployment's pods (:mod:`.watcher`),
+  not a poll per kernel; image-pull failures, an unschedulable pod or a container that
+  crashes during start-up fail the start at once with the cluster's own reason, and
+  whatever was created is deleted.
+* Clients reach the kernel at its pod IP (the orchestrator runs in the cluster), with
+  CurveZMQ on by default since that traffic crosses the network.
+* Interrupts go as ``interrupt_request`` messages (no exec into the pod needed);
+  terminate/kill delete the pod with a grace period of 10 s / 0 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import signal
+import time
+from typing import Any
+
+from jupyter_client.provisioning import KernelProvisionerBase
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+from traitlets import Bool, Dict, Float, Int, List, Unicode
+
+from orchestrator.encryption import keypair, resolve_policy, should_encrypt, without_curve
+from orchestrator.errors import KernelStartError, OrchestratorError
+from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
+from orchestrator.liveness import kernel_info
+
+from ..base import GarbageContext, OrchestratorProvisionerMixin
+from ..envpolicy import client_variables, validate_env_item
+from .names import dns_label, label_value
+from .podspec import (
+    CHANNELS,
+    CONNECTION_FILE,
+    CONTAINER_PORTS,
+    PodSettings,
+    build_pod,
+    build_secret,
+)
+from .watcher import PodWatcher, shared_watcher
+
+FAIL_FAST_REASONS = {
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+    "ErrImageNeverPull",
+}
+LABEL_USER = "kernel-orchestrator.user"
+
+
+def api_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
+    """An API client: explicit URL, else in-cluster config, else kubeconfig."""
+    if api_url:
+        configuration = client.Configuration()
+        configuration.host = api_url
+        return client.ApiClient(configuration)
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)
+    except config.ConfigException:
+        try:
+            config.load_kube_config(
+                config_file=kubeconfig or None,
+                context=context or None,
+                client_configuration=configuration,
+            )
+        except Exception as e:
+            raise OrchestratorError(f"no Kubernetes configuration found: {e}") from None
+    return client.ApiClient(configuration)
+
+
+_clients: dict[tuple[str, str, str], client.ApiClient] = {}
+
+
+def shared_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
+    key = (api_url, kubeconfig, context)
+    if key not in _clients:
+        _clients[key] = api_client(api_url, kubeconfig, context)
+    return _clients[key]
+
+
+class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
+    """One pod per kernel."""
+
+    kernelspec_summary = "kernels in Kubernetes pods (one pod per kernel)"
+
+    api_url = Unicode("", config=True, help="API server URL ('' : in-cluster, else kubeconfig).")
+    kubeconfig = Unicode("", config=True)
+    kube_context = Unicode("", config=True)
+    namespace = Unicode("default", config=True, help="Shared kernel namespace.")
+    namespace_template = Unicode(
+        "", config=True, help="Per-user namespace, e.g. 'kernels-{username}' ('' : shared)."
+    )
+    create_namespace = Bool(
+        False, config=True, help="Create the per-user namespace (and its RoleBinding) if absent."
+    )
+    namespace_role = Unicode(
+        "", config=True, help="ClusterRole bound in created namespaces for the orchestrator."
+    )
+    orchestrator_service_account = Unicode(
+        "", config=True, help="namespace/name of the orchestrator's ServiceAccount."
+    )
+    image = Unicode("kernel-orchestrator/kernel-python:latest", config=True)
+    image_allowlist = List(Unicode(), config=True)
+    image_pull_policy = Unicode("IfNotPresent", config=True)
+    image_pull_secrets = List(Unicode(), config=True)
+    cpu_request = Unicode("", config=True)
+    cpu_limit = Unicode("", config=True)
+    memory_request = Unicode("", config=True)
+    memory_limit = Unicode("", config=True)
+    gpus = Int(0, config=True)
+    gpu_resource = Unicode("nvidia.com/gpu", config=True)
+    extra_resources = Dict(config=True)
+    node_selector = Dict(config=True)
+    tolerations: List[Any] = List(config=True)
+    affinity = Dict(config=True)
+    priority_class_name = Unicode("", config=True)
+    service_account_name = Unicode("", config=True)
+    volumes: List[Any] = List(config=True, help="V1Volume objects; '{username}' is substituted.")
+    volume_mounts: List[Any] = List(
+        config=True, help="V1VolumeMount objects; '{username}' substituted."
+    )
+    run_as_user = Int(1000, config=True)
+    run_as_group = Int(1000, config=True)
+    profiles = Dict(config=True, help="name -> settings a client picks with KERNEL_PROFILE.")
+    default_profile = Unicode("", config=True)
+    environment = Dict(config=True)
+    env_allowlist = List(Unicode(), ["KERNEL_*"], config=True)
+    labels = Dict(config=True)
+    annotations = Dict(config=True)
+    startup_timeout = Float(120.0, config=True)
+    transport_encryption = Unicode("", config=True)
+
+    # state
+    pod_namespace: str = ""
+    pod_name: str = ""
+    pod_uid: str = ""
+    pod_ip: str = ""
+    created_namespace: bool = False
+    settings: PodSettings | None = None
+    _curve: tuple[str, str] | None = None
+    _policy: str = "auto"
+    _cmd: list[str] | None = None
+
+    @property
+    def has_process(self) -> bool:
+        return bool(self.pod_name)
+
+    @property
+    def api(self) -> client.ApiClient:
+        return shared_client(self.api_url, self.kubeconfig, self.kube_context)
+
+    @property
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def _selector(self) -> str:
+        return f"{LABEL_INSTANCE}={label_value(self.orchestrator_instance or 'unmanaged')}"
+
+    def _watcher(self) -> PodWatcher:
+        scope = None if self.namespace_template else self.namespace
+        return shared_watcher(self.api, scope, self._selector())
+
+    # ----------------------------------------------------------- settings
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        env = kwargs.pop("env", {}) or {}
+        client_env = client_variables(env, self.env_allowlist)
+        for key, value in self.environment.items():
+            validate_env_item(key, value)
+        username = client_env.get("KERNEL_USERNAME", "")
+        safe_user = dns_label(username) if username else ""
+        s = PodSettings(
+            image=self.image,
+            image_pull_policy=self.image_pull_policy,
+            image_pull_secrets=list(self.image_pull_secrets),
+            cpu_request=self.cpu_request,
+            cpu_limit=self.cpu_limit,
+            memory_request=self.memory_request,
+            memory_limit=self.memory_limit,
+            gpus=self.gpus,
+            gpu_resource=self.gpu_resource,
+            extra_resources=dict(self.extra_resources),
+            node_selector=dict(self.node_selector),
+            tolerations=list(self.tolerations),
+            affinity=dict(self.affinity),
+            priority_class_name=self.priority_class_name,
+            service_account_name=self.service_account_name,
+            volumes=list(self.volumes),
+            volume_mounts=list(self.volume_mounts),
+            run_as_user=self.run_as_user,
+            run_as_group=self.run_as_group,
+            username=safe_user,
+        )
+        profile = client_env.get("KERNEL_PROFILE", self.default_profile)
+        if profile:
+            if profile not in self.profiles:
+                raise OrchestratorError(
+                    f"unknown profile {profile!r} (choose from: {', '.join(self.profiles)})"
+                )
+            s = s.with_profile(self.profiles[profile])
+        if "KERNEL_IMAGE" in client_env:
+            s.image = client_env["KERNEL_IMAGE"]
+        allowed = list(self.image_allowlist) or [self.image] + [
+            str(p.get("image")) for p in self.profiles.values() if p.get("image")
+        ]
+        if not any(fnmatch.fnmatchcase(s.image, pattern) for pattern in allowed):
+            raise OrchestratorError(
+                f"image {s.image!r} is not allowed (allowed: {', '.join(allowed)})"
+            )
+        spec_env = {k: env[k] for k in (self.kernel_spec.env or {}) if k in env}
+        s.environment = {**spec_env, **self.environment, **client_env}
+        s.labels = {
+            **{str(k): label_value(str(v)) for k, v in self.labels.items()},
+            LABEL_KERNEL_ID: label_value(str(self.kernel_id)),
+            LABEL_INSTANCE: label_value(self.orchestrator_instance or "unmanaged"),
+            "app.kubernetes.io/component": "kernel",
+        }
+        if safe_user:
+            s.labels[LABEL_USER] = safe_user
+        s.annotations = {str(k): str(v) for k, v in self.annotations.items()}
+        self.settings = s
+        if self.namespace_template:
+            if not safe_user:
+                raise OrchestratorError(
+                    "this kernelspec runs kernels in per-user namespaces: KERNEL_USERNAME"
+                    " must be given"
+                )
+            self.pod_namespace = dns_label(self.namespace_template.replace("{username}", safe_user))
+        else:
+            self.pod_namespace = self.namespace
+        extra = kwargs.pop("extra_arguments", []) or []
+        argv = list(self.kernel_spec.argv or []) + list(extra)
+        kwargs["cmd"] = [a.replace("{connection_file}", CONNECTION_FILE) for a in argv]
+        return kwargs
+
+    # ------------------------------------------------------------- launch
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        assert self.settings is not None
+        self._cmd = cmd
+        self.pod_name = dns_label(str(self.kernel_id), prefix="kernel-")
+        watcher = self._watcher()
+        await watcher.ready()
+        try:
+            await self._ensure_namespace()
+            pod = build_pod(
+                self.pod_name, self.pod_namespace, self.settings, cmd, secret_name=self.pod_name
+            )
+            created = await self._call(self.core.create_namespaced_pod, self.pod_namespace, pod)
+            self.pod_uid = created.metadata.uid
+            await self._call(
+                self.core.create_namespaced_secret,
+                self.pod_namespace,
+                build_secret(
+                    self.pod_name,
+                    self.pod_namespace,
+                    self.settings.labels,
+                    created,
+                    self._connection(),
+                ),
+            )
+            await self._wait_running(watcher)
+            self._set_connection_info()
+            await self._wait_kernel()
+        except BaseException:
+            await self._delete_everything(grace=0)
+            raise
+        await self.state_changed()
+        return self.connection_info
+
+    async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except ApiException as e:
+            raise KernelStartError(
+                f"Kubernetes API: {e.status} {e.reason}: {_message(e)}"
+            ) from None
+
+    async def _ensure_namespace(self) -> None:
+        if not self.namespace_template:
+            return
+        try:
+            await asyncio.to_thread(self.core.read_namespace, self.pod_namespace)
+            return
+        except ApiException as e:
+            if e.status != 404:
+                raise KernelStartError(
+                    f"cannot read namespace {self.pod_namespace}: {_message(e)}"
+                ) from None
+        if not self.create_namespace:
+            raise KernelStartError(f"namespace {self.pod_namespace} does not exist")
+        ns = client.V1Namespace(
+            metadata=client.V1ObjectMeta(
+                name=self.pod_namespace,
+                labels={
+                    LABEL_INSTANCE: label_value(self.orchestrator_instance or "unmanaged"),
+                    LABEL_KERNEL_ID: label_value(str(self.kernel_id)),
+                },
+            )
+        )
+        await self._call(self.core.create_namespace, ns)
+        self.created_namespace = True
+        if self.namespace_role and self.orchestrator_service_account:
+            sa_ns, _, sa_name = self.orchestrator_service_account.partition("/")
+            binding = client.V1RoleBinding(
+                metadata=client.V1ObjectMeta(
+                    name="kernel-orchestrator", namespace=self.pod_namespace
+                ),
+                role_ref=client.V1RoleRef(
+                    api_group="rbac.authorization.k8s.io",
+                    kind="ClusterRole",
+                    name=self.namespace_role,
+                ),
+                subjects=[
+                    client.RbacV1Subject(kind="ServiceAccount", name=sa_name, namespace=sa_ns)
+                ],
+            )
+            await self._call(
+                client.RbacAuthorizationV1Api(self.api).create_namespaced_role_binding,
+                self.pod_namespace,
+                binding,
+            )
+
+    def _connection(self) -> dict[str, Any]:
+        km = self.parent
+        info: dict[str, Any] = {f"{ch}_port": CONTAINER_PORTS[ch] for ch in CHANNELS}
+        info.update(
+            ip="0.0.0.0",
+            transport="tcp",
+            key=km.session.key.decode(),
+            signature_scheme=km.session.signature_scheme,
+            kernel_name=km.kernel_name,
+        )
+        self._policy = resolve_policy(self.transport_encryption, km)
+        self._curve = keypair(km) if should_encrypt(self._policy, leaves_machine=True) else None
+        if self._curve:
+            info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
+        return info
+
+    async def _wait_running(self, watcher: PodWatcher) -> None:
+        key = (self.pod_namespace, self.pod_name)
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            pod = watcher.get(key)
+            if pod is not None:
+                problem = _startup_problem(pod)
+                if problem:
+                    tail = await self._log_tail()
+                    raise KernelStartError(
+                        f"kernel pod {self.pod_namespace}/{self.pod_name} failed to start:"
+                        f" {problem}" + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
+                    )
+                status = pod.get("status") or {}
+                if status.get("phase") == "Running" and status.get("podIP"):
+                    self.pod_ip = status["podIP"]
+                    return
+            elif key in watcher.deleted:
+                raise KernelStartError(f"kernel pod {self.pod_name} was deleted while starting")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                phase = ((pod or {}).get("status") or {}).get("phase", "not created")
+                raise KernelStartError(
+                    f"kernel pod {self.pod_namespace}/{self.pod_name} was not running within"
+                    f" {self.startup_timeout:g}s (phase: {phase})"
+                )
+            await watcher.wait_change(min(remaining, 2.0))
+
+    def _set_connection_info(self) -> None:
+        info: dict[str, Any] = dict(self.connection_info or {})
+        if not info.get("key"):
+            km = self.parent
+            info.update(
+                key=km.session.key,
+                signature_scheme=km.session.signature_scheme,
+                kernel_name=km.kernel_name,
+            )
+        info.update({f"{ch}_port": CONTAINER_PORTS[ch] for ch in CHANNELS})
+        info.update(ip=self.pod_ip, transport="tcp")
+        if self._curve:
+            info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
+        self.connection_info = info  # type: ignore[assignment]
+
+    async def _wait_kernel(self) -> None:
+        session = self.parent.session
+        plain = without_curve(dict(self.connection_info))
+        deadline = time.monotonic() + self.startup_timeout
+        attempt = 0.5
+        while time.monotonic() < deadline:
+            if await kernel_info(self.connection_info, session, attempt) is not None:
+                return
+            if self._curve and await kernel_info(plain, session, 0.3) is not None:
+                if self._policy == "required":
+                    raise KernelStartError(
+                        f"kernel image {self.settings.image if self.settings else '?'!r} does"
+                        " not support CurveZMQ transport encryption and transport_encryption"
+                        " is 'required'"
+                    )
+                self.log.warning(
+                    "kernel %s does not support CurveZMQ; its traffic to %s is NOT encrypted",
+                    self.kernel_id,
+                    self.pod_ip,
+                )
+                self._curve = None
+                self.connection_info = plain  # type: ignore[assignment]
+                return
+            if await self.poll() is not None:
+                tail = await self._log_tail()
+                raise KernelStartError(
+                    f"kernel pod {self.pod_name} exited during start-up"
+                    + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
+                )
+            attempt = min(attempt * 2, 3.0)
+        raise KernelStartError(
+            f"kernel in pod {self.pod_name} did not answer within {self.startup_timeout:g}s"
+        )
+
+    async def _log_tail(self, lines: int = 20) -> str:
+        try:
+            text = await asyncio.to_thread(
+                self.core.read_namespaced_pod_log,
+                self.pod_name,
+                self.pod_namespace,
+                tail_lines=lines,
+            )
+        except Exception:
+            return ""
+        return str(text or "").rstrip()
+
+    async def startup_diagnostics(self, lines: int = 20) -> str:
+        return await self._log_tail(lines)
+
+    # ---------------------------------------------------------- lifecycle
+    async def poll(self) -> int | None:
+        if not self.pod_name:
+            return 0
+        watcher = self._watcher()
+        key = (self.pod_namespace, self.pod_name)
+        pod = watcher.get(key)
+        if pod is None:
+            return 1 if key in watcher.deleted or watcher._ready.is_set() else None
+        if pod.get("metadata", {}).get("uid") not in (None, self.pod_uid) and self.pod_uid:
+            return 1  # a different pod with the same name
+        phase = (pod.get("status") or {}).get("phase")
+        if phase in ("Succeeded", "Failed"):
+            return _exit_code(pod)
+        return None
+
+    async def wait(self) -> int | None:
+        while True:
+            status = await self.poll()
+            if status is not None:
+                return status
+            await self._watcher().wait_change(1.0)
+
+    async def send_signal(self, signum: int) -> None:
+        if not self.pod_name or signum == 0:
+            return
+        if signum == signal.SIGINT:
+            # No exec into the pod: an interrupt_request does what SIGINT would.
+            km = self.parent
+            msg = km.session.msg("interrupt_request", content={})
+            km._connect_control_socket()
+            km.session.send(km._control_socket, msg)
+            return
+        await self._delete_pod(grace=0 if signum == signal.SIGKILL else 10)
+
+    async def kill(self, restart: bool = False) -> None:
+        await self._delete_pod(grace=0)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self._delete_pod(grace=10)
+
+    async def _delete_pod(self, grace: int) -> None:
+        if not self.pod_name:
+            return
+        with contextlib.suppress(ApiException):
+            await asyncio.to_thread(
+                self.core.delete_namespaced_pod,
+                self.pod_name,
+                self.pod_namespace,
+                grace_period_seconds=grace,
+                propagation_policy="Background",
+            )
+
+    async def _delete_everything(self, grace: int = 0) -> None:
+        """Pod, Secret, and the namespace if this kernel created it; then confirm."""
+        if not self.pod_name:
+            return
+        await self._delete_pod(grace)
+        with contextlib.suppress(ApiException):
+            await asyncio.to_thread(
+                self.core.delete_namespaced_secret, self.pod_name, self.pod_namespace
+            )
+        if self.created_namespace:
+            with contextlib.suppress(ApiException):
+                await asyncio.to_thread(self.core.delete_namespace, self.pod_namespace)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.to_thread(
+                    self.core.read_namespaced_pod, self.pod_name, self.pod_namespace
+                )
+            except ApiException as e:
+                if e.status == 404:
+                    break
+            await asyncio.sleep(0.2)
+        self.pod_name = ""
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if restart:
+            # The next launch creates a fresh pod with the same name and kernel id.
+            await self._delete_everything_but_namespace()
+            return
+        await self._delete_everything(grace=0)
+
+    async def _delete_everything_but_namespace(self) -> None:
+        created, self.created_namespace = self.created_namespace, False
+        await self._delete_everything(grace=0)
+        self.created_namespace = created
+
+    # -------------------------------------------------------- persistence
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update(
+            {
+                "namespace": self.pod_namespace,
+                "pod_name": self.pod_name,
+                "pod_uid": self.pod_uid,
+                "pod_ip": self.pod_ip,
+                "created_namespace": self.created_namespace,
+                "cmd": self._cmd,
+                "settings": dict(self.settings.__dict__) if self.settings else None,
+            }
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.pod_namespace = provisioner_info.get("namespace") or ""
+        self.pod_name = provisioner_info.get("pod_name") or ""
+        self.pod_uid = provisioner_info.get("pod_uid") or ""
+        self.pod_ip = provisioner_info.get("pod_ip") or ""
+        self.created_namespace = bool(provisioner_info.get("created_namespace"))
+        self._cmd = provisioner_info.get("cmd")
+        settings = provisioner_info.get("settings")
+        self.settings = PodSettings(**settings) if settings else None
+        ci = self.connection_info or {}
+        if ci.get("curve_publickey") and ci.get("curve_secretkey"):
+            self._curve = (_text(ci["curve_publickey"]), _text(ci["curve_secretkey"]))
+        if self.pod_name:
+            await self._watcher().ready()
+
+    # ----------------------------------------------------------------- gc
+    @classmethod
+    async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
+        found: list[str] = []
+        for cfg in _kubernetes_kernelspec_configs():
+            prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **cfg)
+            selector = f"{LABEL_INSTANCE}={label_value(ctx.instance)}"
+            try:
+                if prov.namespace_template:
+                    pods = await asyncio.to_thread(
+                        prov.core.list_pod_for_all_namespaces, label_selector=selector
+                    )
+                else:
+                    pods = await asyncio.to_thread(
+                        prov.core.list_namespaced_pod, prov.namespace, label_selector=selector
+                    )
+            except Exception as e:
+                ctx.log.warning("gc: cannot list pods: %s", e)
+                continue
+            for pod in pods.items:
+                kid = (pod.metadata.labels or {}).get(LABEL_KERNEL_ID, "")
+                if kid in {label_value(k) for k in ctx.owned_kernel_ids}:
+                    continue
+                created = pod.metadata.creation_timestamp
+                if created is not None and (time.time() - created.timestamp() < ctx.grace_seconds):
+                    continue
+                found.append(f"pod {pod.metadata.namespace}/{pod.metadata.name} (kernel {kid})")
+                if not ctx.dry_run:
+                    with contextlib.suppress(ApiException):
+                        await asyncio.to_thread(
+                            prov.core.delete_namespaced_pod,
+                            pod.metadata.name,
+                            pod.metadata.namespace,
+                            grace_period_seconds=0,
+                        )
+        return found
+
+    # -------------------------------------------------------- kernelspecs
+    @classmethod
+    def add_kernelspec_arguments(cls, parser: Any) -> None:
+        g = parser.add_argument_group("kubernetes-provisioner")
+        g.add_argument("--image", default="kernel-orchestrator/kernel-python:latest")
+        g.add_argument("--allow-image", action="append", default=[], metavar="PATTERN")
+        g.add_argument("--namespace", default="default")
+        g.add_argument("--namespace-template", default="", help="e.g. kernels-{username}")
+        g.add_argument("--create-namespace", action="store_true")
+        g.add_argument("--api-url", default="")
+        g.add_argument("--cpu-request", default="")
+        g.add_argument("--cpu-limit", default="")
+        g.add_argument("--memory-request", default="")
+        g.add_argument("--memory-limit", default="")
+        g.add_argument("--gpus", type=int, default=0)
+        g.add_argument("--gpu-resource", default="nvidia.com/gpu")
+        g.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE")
+        g.add_argument("--priority-class", default="")
+        g.add_argument("--service-account", default="")
+        g.add_argument("--startup-timeout", type=float, default=120.0)
+
+    @classmethod
+    def kernelspec_config(cls, args: Any) -> dict[str, Any]:
+        cfg: dict[str, Any] = {"image": args.image, "namespace": args.namespace}
+        if args.allow_image:
+            cfg["image_allowlist"] = [args.image, *args.allow_image]
+        for key in (
+            "namespace_template",
+            "api_url",
+            "cpu_request",
+            "cpu_limit",
+            "memory_request",
+            "memory_limit",
+        ):
+            if getattr(args, key):
+                cfg[key] = getattr(args, key)
+        if args.create_namespace:
+            cfg["create_namespace"] = True
+        if args.gpus:
+            cfg["gpus"] = args.gpus
+            cfg["gpu_resource"] = args.gpu_resource
+        if args.node_selector:
+            pairs = [p.partition("=") for p in args.node_selector]
+            cfg["node_selector"] = {k: v for k, _, v in pairs}
+        if args.priority_class:
+            cfg["priority_class_name"] = args.priority_class
+        if args.service_account:
+            cfg["service_account_name"] = args.service_account
+        if args.startup_timeout != 120.0:
+            cfg["startup_timeout"] = args.startup_timeout
+        return cfg
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _message(e: ApiException) -> str:
+    import json
+
+    try:
+        return str(json.loads(e.body).get("message") or e.reason)
+    except Exception:
+        return str(e.reason)
+
+
+def _startup_problem(pod: dict[str, Any]) -> str:
+    """The cluster's reason a starting pod will not come up, or ''."""
+    status = pod.get("status") or {}
+    for condition in status.get("conditions") or []:
+        if (
+            condition.get("type") == "PodScheduled"
+            and condition.get("status") == "False"
+            and condition.get("reason") == "Unschedulable"
+        ):
+            return f"Unschedulable: {condition.get('message', '')}".strip()
+    for cs in status.get("containerStatuses") or []:
+        state = cs.get("state") or {}
+        waiting = state.get("waiting") or {}
+        if waiting.get("reason") in FAIL_FAST_REASONS:
+            return f"{waiting['reason']}: {waiting.get('message', '')}".strip()
+        terminated = state.get("terminated") or {}
+        if terminated:
+            return (
+                f"container terminated ({terminated.get('reason', 'Error')}, exit code"
+                f" {terminated.get('exitCode')})"
+            )
+    if status.get("phase") in ("Failed", "Succeeded"):
+        return f"pod phase {status['phase']}"
+    return ""
+
+
+def _exit_code(pod: dict[str, Any]) -> int:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        if terminated:
+            return int(terminated.get("exitCode") or 1)
+    return 1
+
+
+def _kubernetes_kernelspec_configs() -> list[dict[str, Any]]:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    configs = []
+    try:
+        specs = KernelSpecManager().get_all_specs()
+    except Exception:
+        return []
+    for spec in specs.values():
+        stanza = (spec.get("spec", {}).get("metadata") or {}).get("kernel_provisioner") or {}
+        if stanza.get("provisioner_name") == "kubernetes-provisioner":
+            configs.append(dict(stanza.get("config") or {}))
+    return configs
