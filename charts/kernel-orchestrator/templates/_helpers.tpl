@@ -1,0 +1,188 @@
+{{/*
+Chart name, truncated to 63 characters (DNS label).
+*/}}
+{{- define "kernel-orchestrator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name: <release>-<chart name>, or the release name when it contains the chart name.
+*/}}
+{{- define "kernel-orchestrator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+helm.sh/chart label value.
+*/}}
+{{- define "kernel-orchestrator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Standard labels of every object.
+*/}}
+{{- define "kernel-orchestrator.labels" -}}
+helm.sh/chart: {{ include "kernel-orchestrator.chart" . }}
+app.kubernetes.io/name: {{ include "kernel-orchestrator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kernel-orchestrator
+{{- end }}
+
+{{/*
+Selector labels of the orchestrator pod. The component label keeps them from ever
+matching kernel pods (app.kubernetes.io/component: kernel).
+*/}}
+{{- define "kernel-orchestrator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kernel-orchestrator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: orchestrator
+{{- end }}
+
+{{/*
+Name of the orchestrator's ServiceAccount.
+*/}}
+{{- define "kernel-orchestrator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kernel-orchestrator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+Namespace the kernel pods run in.
+*/}}
+{{- define "kernel-orchestrator.kernelNamespace" -}}
+{{- default .Release.Namespace .Values.kernels.namespace }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the token (the existing one, or the chart's).
+*/}}
+{{- define "kernel-orchestrator.tokenSecretName" -}}
+{{- if .Values.auth.existingSecret }}
+{{- .Values.auth.existingSecret }}
+{{- else }}
+{{- printf "%s-token" (include "kernel-orchestrator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of the ConfigMap with the kernelspecs and the server config.
+*/}}
+{{- define "kernel-orchestrator.configMapName" -}}
+{{- printf "%s-config" (include "kernel-orchestrator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Name of the store's PersistentVolumeClaim.
+*/}}
+{{- define "kernel-orchestrator.claimName" -}}
+{{- if .Values.persistence.existingClaim }}
+{{- .Values.persistence.existingClaim }}
+{{- else }}
+{{- printf "%s-store" (include "kernel-orchestrator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Image reference.
+*/}}
+{{- define "kernel-orchestrator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/*
+Where the ConfigMap is mounted: JUPYTER_PATH (kernelspecs under kernels/<name>/) and,
+below it, the config directory (JUPYTER_CONFIG_PATH).
+*/}}
+{{- define "kernel-orchestrator.jupyterPath" -}}
+/etc/kernel-orchestrator/jupyter
+{{- end }}
+{{- define "kernel-orchestrator.configPath" -}}
+/etc/kernel-orchestrator/jupyter/config
+{{- end }}
+
+{{/*
+Store URL: an SQLite file on the store volume.
+*/}}
+{{- define "kernel-orchestrator.storeURL" -}}
+{{- printf "sqlite:///%s/kernels.db" (.Values.persistence.mountPath | trimSuffix "/") }}
+{{- end }}
+
+{{/*
+ConfigMap key of a kernelspec (keys cannot contain "/"; the volume's items put each at
+kernels/<name>/kernel.json).
+*/}}
+{{- define "kernel-orchestrator.kernelspecKey" -}}
+{{- printf "kernelspec.%s.json" . }}
+{{- end }}
+
+{{/*
+A kernelspec as rendered: the Kubernetes provisioner's namespace defaults to the kernel
+namespace. Call with (dict "root" $ "spec" $spec).
+*/}}
+{{- define "kernel-orchestrator.kernelspec" -}}
+{{- $spec := deepCopy .spec }}
+{{- $meta := default (dict) (get $spec "metadata") }}
+{{- $prov := default (dict) (get $meta "kernel_provisioner") }}
+{{- if eq (toString (get $prov "provisioner_name")) "kubernetes-provisioner" }}
+{{- $config := default (dict) (get $prov "config") }}
+{{- if not (get $config "namespace") }}
+{{- $_ := set $config "namespace" (include "kernel-orchestrator.kernelNamespace" .root) }}
+{{- end }}
+{{- if and .root.Values.kernels.namespacePerUser (not (hasKey $config "namespace_template")) }}
+{{- $_ := set $config "namespace_template" .root.Values.kernels.namespaceTemplate }}
+{{- if not (hasKey $config "create_namespace") }}
+{{- $_ := set $config "create_namespace" true }}
+{{- end }}
+{{- end }}
+{{- $_ := set $prov "config" $config }}
+{{- $_ := set $meta "kernel_provisioner" $prov }}
+{{- $_ := set $spec "metadata" $meta }}
+{{- end }}
+{{- toPrettyJson $spec }}
+{{- end }}
+
+{{/*
+RBAC rules of the Kubernetes provisioner on kernel pods (the same in a Role and in the
+cluster-wide ClusterRole).
+*/}}
+{{- define "kernel-orchestrator.kernelRules" -}}
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["create", "get", "list", "watch", "delete"]
+{{- if .Values.kernels.portForward }}
+- apiGroups: [""]
+  resources: ["pods/portforward"]
+  verbs: ["create", "get"]
+{{- end }}
+{{- if .Values.kernels.execForSignals }}
+- apiGroups: [""]
+  resources: ["pods/exec"]
+  verbs: ["create", "get"]
+{{- end }}
+{{- if .Values.kernels.readPodLogs }}
+- apiGroups: [""]
+  resources: ["pods/log"]
+  verbs: ["get"]
+{{- end }}
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["create", "get", "delete"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
