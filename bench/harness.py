@@ -236,7 +236,9 @@ class Stats:
 
 # --------------------------------------------------------------------------- rows, targets
 
-UNIT_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "count": 1.0}
+# Samples are passed in seconds and scaled to the row's unit; rates ("MB/s", 10^6
+# bytes per second) and counts are passed as they are.
+UNIT_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "count": 1.0, "MB/s": 1.0}
 
 
 @dataclass
@@ -244,8 +246,9 @@ class Target:
     """An informational goal for one row. Misses are reported, never asserted."""
 
     description: str
-    # "ratio_max": ratio <= limit; "value_max": <stat> < limit; "value_min": <stat> >= limit
-    # (values in the row's unit)
+    # "ratio_max": ratio <= limit; "ratio_min": ratio >= limit (rates: higher is better);
+    # "value_max": <stat> < limit; "value_at_most": <stat> <= limit;
+    # "value_min": <stat> >= limit (values in the row's unit)
     kind: str
     limit: float
     stat: str = "median"
@@ -253,6 +256,14 @@ class Target:
     @classmethod
     def ratio_at_most(cls, limit: float) -> Target:
         return cls(f"ratio <= {limit:g}", "ratio_max", limit)
+
+    @classmethod
+    def ratio_at_least(cls, limit: float) -> Target:
+        return cls(f"ratio >= {limit:g}", "ratio_min", limit)
+
+    @classmethod
+    def at_most(cls, limit: float, unit: str = "", stat: str = "median") -> Target:
+        return cls(f"{stat} <= {limit:g} {unit}".rstrip(), "value_at_most", limit, stat)
 
     @classmethod
     def below(cls, limit: float, unit: str, stat: str = "median") -> Target:
@@ -269,6 +280,12 @@ class Target:
             if row.ratio is None or math.isnan(row.ratio):
                 return "n/a"
             return "PASS" if row.ratio <= self.limit else "MISS"
+        if self.kind == "ratio_min":
+            if row.ratio is None or math.isnan(row.ratio):
+                return "n/a"
+            return "PASS" if row.ratio >= self.limit else "MISS"
+        if self.kind == "value_at_most":
+            return "PASS" if getattr(row.stats, self.stat) <= self.limit else "MISS"
         if self.kind == "value_max":
             return "PASS" if getattr(row.stats, self.stat) < self.limit else "MISS"
         if self.kind == "value_min":

@@ -16,6 +16,8 @@ from types import ModuleType
 SCENARIOS: dict[str, str] = {
     "core": "bench.scenarios.core",
     "docker": "bench.scenarios.docker",
+    "encryption": "bench.scenarios.encryption",
+    "ssh": "bench.scenarios.ssh",
 }
 
 

@@ -18,6 +18,7 @@ import asyncio
 import itertools
 import re
 import signal
+import time
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
@@ -33,6 +34,7 @@ from .remote import run_launcher
 
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 _round_robin = itertools.count()
+POLL_CACHE_SECONDS = 0.5
 
 
 class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
@@ -71,6 +73,11 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     _tunnel: KernelTunnel | None = None
     _env: dict[str, str] | None = None
     _cmd: list[str] | None = None
+    _poll_cache: tuple[float, int | None] | None = None
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._poll_lock = asyncio.Lock()
 
     @property
     def has_process(self) -> bool:
@@ -162,6 +169,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             "port_range": self._port_range(),
         }
         try:
+            self._poll_cache = None
             self.remote = await run_launcher(
                 self._conn, self.python, request, timeout=self.startup_timeout + 30
             )
@@ -255,12 +263,24 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             return 0
         if self._conn is None or self._conn.state != "up":
             return None  # tunnel down or being rebuilt: unknown, not dead
-        try:
-            reply = await run_launcher(self._conn, self.python, self._request("status"), timeout=15)
-        except OrchestratorError as e:
-            self.log.debug("ssh status of %s failed: %s", self.kernel_id, e)
-            return None
-        return None if reply.get("running") else 1
+        # jupyter_client polls every 0.1 s while shutting down; each status is a remote
+        # command, so a fresh answer is reused for a moment (and concurrent polls share it).
+        now = time.monotonic()
+        if self._poll_cache and now - self._poll_cache[0] < POLL_CACHE_SECONDS:
+            return self._poll_cache[1]
+        async with self._poll_lock:
+            if self._poll_cache and time.monotonic() - self._poll_cache[0] < POLL_CACHE_SECONDS:
+                return self._poll_cache[1]
+            try:
+                reply = await run_launcher(
+                    self._conn, self.python, self._request("status"), timeout=15
+                )
+            except OrchestratorError as e:
+                self.log.debug("ssh status of %s failed: %s", self.kernel_id, e)
+                return None
+            result = None if reply.get("running") else 1
+            self._poll_cache = (time.monotonic(), result)
+            return result
 
     async def wait(self) -> int | None:
         while True:
@@ -272,6 +292,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     async def send_signal(self, signum: int) -> None:
         if self.remote is None or self._conn is None or signum == 0:
             return
+        self._poll_cache = None
         await run_launcher(
             self._conn, self.python, self._request("signal", signum=int(signum)), timeout=15
         )

@@ -125,6 +125,7 @@ def _connect_hop(target: SSHTarget, sock: Any) -> paramiko.SSHClient:
             auth_timeout=target.connect_timeout,
             allow_agent=target.use_agent,
             look_for_keys=False,
+            transport_factory=_transport,
         )
     except HostKeyError:
         client.close()
