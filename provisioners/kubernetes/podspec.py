@@ -18,6 +18,12 @@ from kubernetes import client
 
 CONNECTION_DIR = "/var/run/kernel"
 CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
+SECRET_DIR = "/var/run/kernel-secret"
+# ipykernel rewrites its connection file at start-up when it holds Curve keys, and a
+# Secret volume is read-only: the file is copied, 0600, into a memory-backed emptyDir
+# first. The kernel's own argv follows as separate arguments ("$@"): no quoting, no
+# templating, nothing user-supplied is ever parsed by the shell.
+COPY_THEN_EXEC = f'install -m 600 {SECRET_DIR}/connection.json {CONNECTION_FILE} && exec "$@"'
 CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 
@@ -116,12 +122,19 @@ def build_pod(
     """The kernel pod: one container, connection Secret mounted read-only."""
     volumes = [
         client.V1Volume(
-            name="kernel-connection",
+            name="kernel-connection-secret",
             secret=client.V1SecretVolumeSource(secret_name=secret_name, default_mode=0o440),
-        )
+        ),
+        client.V1Volume(
+            name="kernel-connection",
+            empty_dir=client.V1EmptyDirVolumeSource(medium="Memory", size_limit="1Mi"),
+        ),
     ]
     mounts = [
-        client.V1VolumeMount(name="kernel-connection", mount_path=CONNECTION_DIR, read_only=True)
+        client.V1VolumeMount(
+            name="kernel-connection-secret", mount_path=SECRET_DIR, read_only=True
+        ),
+        client.V1VolumeMount(name="kernel-connection", mount_path=CONNECTION_DIR),
     ]
     volumes += [_substitute(v, s.username) for v in s.volumes]  # operator-defined objects
     mounts += [_substitute(m, s.username) for m in s.volume_mounts]
@@ -129,7 +142,7 @@ def build_pod(
         name="kernel",
         image=s.image,
         image_pull_policy=s.image_pull_policy,
-        command=command or None,
+        command=["sh", "-c", COPY_THEN_EXEC, "kernel", *command] if command else None,
         env=[client.V1EnvVar(name=k, value=v) for k, v in sorted(s.environment.items())] or None,
         ports=[
             client.V1ContainerPort(

@@ -413,10 +413,12 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
                 self._curve = None
                 self.connection_info = plain  # type: ignore[assignment]
                 return
-            if await self.poll() is not None:
+            status = await self.poll()
+            if status is not None:
                 tail = await self._log_tail()
                 raise KernelStartError(
                     f"kernel pod {self.pod_name} exited during start-up"
+                    f" (exit code {status})"
                     + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
                 )
             attempt = min(attempt * 2, 3.0)
