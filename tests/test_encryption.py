@@ -23,7 +23,9 @@ import orchestrator
 from orchestrator.errors import OrchestratorError
 
 from .conftest import write_kernelspec
+from .kube.fixtures import kube_pod_runner, kube_standin  # noqa: F401
 from .test_docker import our_containers, run
+from .test_kubernetes import kspec, kube  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("docker_engine", "jupyter_env")]
 LEGACY_IMAGE = "kernel-orchestrator/kernel-python-legacy:test"
@@ -262,5 +264,31 @@ async def test_auto_falls_back_with_a_warning(
         assert not km.curve_secretkey
         assert "does not support CurveZMQ" in caplog.text and "NOT encrypted" in caplog.text
         assert (await run(km, "print('works')"))["out"] == "works\n"
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_kubernetes_pod_kernel_is_encrypted_on_the_wire(
+    kspec: Any,  # noqa: F811
+    kube: Any,  # noqa: F811
+    store: Any,
+    tcpdump: str,
+    tmp_path: Path,
+) -> None:
+    """Pods are reached by pod IP (here: the stand-in's pods on the docker0 bridge)."""
+    name = kspec("kenc")
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    try:
+        assert km.curve_secretkey
+        cap = Capture(tcpdump, "docker0", tmp_path / "pod.pcap")
+        try:
+            result = await run(km, "# CODE-MARK-7f3e\nprint('OUT' + '-MARK-' + '9c1d' * 3)")
+            await asyncio.sleep(0.5)
+        finally:
+            pcap = cap.stop()
+        assert result["out"] == "OUT-MARK-" + "9c1d" * 3 + "\n"
+        assert len(pcap) > 2000, "no kernel traffic was captured"
+        assert b"MARK-9c1d" not in pcap and b"CODE-MARK-7f3e" not in pcap
     finally:
         await km.shutdown_kernel(now=True)
