@@ -264,3 +264,25 @@ async def test_gc_removes_orphaned_pods(kspec: Any, kube: Any, store: Any) -> No
             break
         await asyncio.sleep(0.1)
     assert pods(kube, "default") == []
+
+
+async def test_port_forward_reachability(kspec: Any, kube: Any, store: Any) -> None:
+    """From outside a cluster: the kernel's ports through the API server's port-forward."""
+    name = kspec("kpf", reachability="port-forward")
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    try:
+        assert km.ip == "127.0.0.1" and km.shell_port not in range(50001, 50006)
+        assert (await run(km, "pf = 2; print(pf * 21)"))["out"] == "42\n"
+        assert kube.open_portforwards >= 1
+        ports = (km.shell_port, km.iopub_port, km.control_port)
+        km.detach()
+        km.provisioner._close_forwards()  # as if this process had exited
+        km2 = await orchestrator.attach(km.kernel_id, store=store)
+        assert (km2.shell_port, km2.iopub_port, km2.control_port) == ports
+        assert (await run(km2, "print(pf)"))["out"] == "2\n"
+        await km2.shutdown_kernel()
+    finally:
+        if pods(kube, "default"):
+            await km.shutdown_kernel(now=True)
+    assert pods(kube, "default") == [] and secrets(kube) == []

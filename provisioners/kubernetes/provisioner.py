@@ -26,7 +26,7 @@ from typing import Any
 from jupyter_client.provisioning import KernelProvisionerBase
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
-from traitlets import Bool, Dict, Float, Int, List, Unicode
+from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode
 
 from orchestrator.encryption import keypair, resolve_policy, should_encrypt, without_curve
 from orchestrator.errors import KernelStartError, OrchestratorError
@@ -140,6 +140,13 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     annotations = Dict(config=True)
     startup_timeout = Float(120.0, config=True)
     transport_encryption = Unicode("", config=True)
+    reachability = CaselessStrEnum(
+        ["pod-ip", "port-forward"],
+        "pod-ip",
+        config=True,
+        help="pod-ip when the orchestrator runs in the cluster; port-forward (through the API"
+        " server) from outside it.",
+    )
 
     # state
     pod_namespace: str = ""
@@ -151,6 +158,8 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     _curve: tuple[str, str] | None = None
     _policy: str = "auto"
     _cmd: list[str] | None = None
+    local_ports: dict[str, int] | None = None
+    _forwards: Any = None
 
     @property
     def has_process(self) -> bool:
@@ -270,6 +279,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
                 ),
             )
             await self._wait_running(watcher)
+            await self._open_forwards()
             self._set_connection_info()
             await self._wait_kernel()
         except BaseException:
@@ -342,7 +352,10 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             kernel_name=km.kernel_name,
         )
         self._policy = resolve_policy(self.transport_encryption, km)
-        self._curve = keypair(km) if should_encrypt(self._policy, leaves_machine=True) else None
+        # Pod IPs are crossed over the cluster network; a port-forward rides the API
+        # server's (TLS) connection instead.
+        leaves = self.reachability == "pod-ip"
+        self._curve = keypair(km) if should_encrypt(self._policy, leaves_machine=leaves) else None
         if self._curve:
             info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
         return info
@@ -375,6 +388,27 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
                 )
             await watcher.wait_change(min(remaining, 2.0))
 
+    async def _open_forwards(self) -> None:
+        if self.reachability != "port-forward":
+            return
+        from .portforward import PodPortForwards
+
+        if self._forwards is None:
+            self._forwards = PodPortForwards()
+        self.local_ports = await asyncio.to_thread(
+            self._forwards.open,
+            self.api,
+            self.pod_namespace,
+            self.pod_name,
+            dict(CONTAINER_PORTS),
+            self.local_ports,
+        )
+
+    def _close_forwards(self) -> None:
+        if self._forwards is not None:
+            self._forwards.close()
+            self._forwards = None
+
     def _set_connection_info(self) -> None:
         info: dict[str, Any] = dict(self.connection_info or {})
         if not info.get("key"):
@@ -384,8 +418,12 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
                 signature_scheme=km.session.signature_scheme,
                 kernel_name=km.kernel_name,
             )
-        info.update({f"{ch}_port": CONTAINER_PORTS[ch] for ch in CHANNELS})
-        info.update(ip=self.pod_ip, transport="tcp")
+        if self.reachability == "port-forward" and self.local_ports:
+            info.update({f"{ch}_port": self.local_ports[ch] for ch in CHANNELS})
+            info.update(ip="127.0.0.1", transport="tcp")
+        else:
+            info.update({f"{ch}_port": CONTAINER_PORTS[ch] for ch in CHANNELS})
+            info.update(ip=self.pod_ip, transport="tcp")
         if self._curve:
             info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
         self.connection_info = info  # type: ignore[assignment]
@@ -519,6 +557,9 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         self.pod_name = ""
 
     async def cleanup(self, restart: bool = False) -> None:
+        if not restart:
+            self._close_forwards()
+            self.local_ports = None
         if restart:
             # The next launch creates a fresh pod with the same name and kernel id.
             await self._delete_everything_but_namespace()
@@ -541,6 +582,8 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
                 "pod_ip": self.pod_ip,
                 "created_namespace": self.created_namespace,
                 "cmd": self._cmd,
+                "local_ports": self.local_ports,
+                "reachability": self.reachability,
                 "settings": dict(self.settings.__dict__) if self.settings else None,
             }
         )
@@ -559,8 +602,13 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         ci = self.connection_info or {}
         if ci.get("curve_publickey") and ci.get("curve_secretkey"):
             self._curve = (_text(ci["curve_publickey"]), _text(ci["curve_secretkey"]))
+        self.local_ports = provisioner_info.get("local_ports")
+        self.reachability = provisioner_info.get("reachability") or self.reachability
         if self.pod_name:
             await self._watcher().ready()
+            if self.reachability == "port-forward":
+                await self._open_forwards()
+                self._set_connection_info()
 
     # ----------------------------------------------------------------- gc
     @classmethod
@@ -619,6 +667,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         g.add_argument("--priority-class", default="")
         g.add_argument("--service-account", default="")
         g.add_argument("--startup-timeout", type=float, default=120.0)
+        g.add_argument("--reachability", choices=["pod-ip", "port-forward"], default="pod-ip")
 
     @classmethod
     def kernelspec_config(cls, args: Any) -> dict[str, Any]:
@@ -649,6 +698,8 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             cfg["service_account_name"] = args.service_account
         if args.startup_timeout != 120.0:
             cfg["startup_timeout"] = args.startup_timeout
+        if args.reachability != "pod-ip":
+            cfg["reachability"] = args.reachability
         return cfg
 
 
