@@ -110,6 +110,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=commands.cmd_gc)
 
+    p = sub.add_parser("serve", help="serve kernels over HTTP/WebSocket (a kernel gateway)")
+    p.add_argument("--ip", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8888)
+    p.add_argument(
+        "--token",
+        help="access token (default: $KERNEL_ORCHESTRATOR_TOKEN, else generated and printed once)",
+    )
+    p.add_argument("--users-file", help="JSON file {token: user name} for per-user access")
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve WITHOUT authentication (never on a shared network)",
+    )
+    p.add_argument("--allow-root", action="store_true", help="allow running as root")
+    p.add_argument("--max-kernels", type=int, default=0)
+    p.add_argument("--max-kernels-per-user", type=int, default=0)
+    p.add_argument(
+        "--cull-idle-timeout",
+        type=int,
+        default=0,
+        help="shut down kernels idle this many seconds (0: never)",
+    )
+    p.add_argument(
+        "extra",
+        nargs=argparse.REMAINDER,
+        help="further Jupyter Server options, e.g. --ServerApp.port_retries=0",
+    )
+    p.set_defaults(run=None)
+
     p = sub.add_parser("kernelspec", help="manage kernelspecs for our provisioners")
     ks = p.add_subparsers(dest="kernelspec_command", metavar="ACTION")
     ks.required = True
@@ -128,6 +157,38 @@ async def _run(fn: Callable[[KernelStore, Any], Awaitable[int]], args: Any) -> i
         store.close()
 
 
+def _serve(args: Any) -> int:
+    import os
+
+    from ..gateway.app import TOKEN_ENV
+    from ..gateway.app import main as serve_main
+
+    argv = [f"--ip={args.ip}", f"--port={args.port}", "--ServerApp.port_retries=0"]
+    if args.token:
+        os.environ[TOKEN_ENV] = args.token
+    if args.no_auth:
+        argv.append("--GatewayApp.no_auth=True")
+    if args.allow_root:
+        argv.append("--allow-root")
+    if args.users_file:
+        argv.append(f"--OrchestratorIdentityProvider.user_tokens_file={args.users_file}")
+    if args.store:
+        argv.append(f"--OrchestratorMappingKernelManager.store_url={args.store}")
+    if args.max_kernels:
+        argv.append(f"--OrchestratorMappingKernelManager.max_kernels={args.max_kernels}")
+    if args.max_kernels_per_user:
+        argv.append(
+            f"--OrchestratorMappingKernelManager.max_kernels_per_user={args.max_kernels_per_user}"
+        )
+    if args.cull_idle_timeout:
+        argv += [
+            f"--MappingKernelManager.cull_idle_timeout={args.cull_idle_timeout}",
+            "--MappingKernelManager.cull_interval=" + str(min(60, args.cull_idle_timeout)),
+        ]
+    serve_main(argv + [a for a in args.extra if a != "--"])
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -136,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         # jupyter_client's own warnings repeat what our one-line errors say.
         logging.getLogger("traitlets").setLevel(logging.ERROR)
     try:
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "kernelspec":
             from .kernelspecs import install_kernelspec
 

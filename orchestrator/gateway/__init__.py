@@ -1,0 +1,1 @@
+"""The kernel gateway service: Jupyter Server's kernels API over our managers."""

@@ -1,0 +1,116 @@
+"""``kernel-orchestrator serve``: a kernel gateway built on Jupyter Server.
+
+It serves the standard kernels and kernelspecs REST API and the kernel WebSocket
+channels (what Jupyter Server's ``--gateway-url`` client and JupyterLab speak) with
+our multi-kernel manager behind them, and nothing else (no contents, no terminals).
+
+Unlike a notebook server, stopping the gateway does not stop its kernels: they are
+detached, their last activity saved, and the next gateway process re-attaches them,
+so clients reconnect to the same kernels with the same state.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import typing as t
+
+from jupyter_server.serverapp import ServerApp
+from traitlets import Bool, List, Unicode, default
+
+from .auth import OrchestratorIdentityProvider
+
+TOKEN_ENV = "KERNEL_ORCHESTRATOR_TOKEN"
+
+
+class GatewayApp(ServerApp):
+    """Jupyter Server, reduced to a kernel gateway over kernel-orchestrator's managers."""
+
+    name = "kernel-orchestrator-gateway"
+    description = "Serve remote Jupyter kernels over the standard kernels API."
+    default_services = ("api", "auth", "kernels", "kernelspecs", "security")  # type: ignore[assignment]
+
+    no_auth = Bool(False, config=True, help="Serve without authentication (never in production).")
+    env_allowlist = List(
+        Unicode(),
+        ["KERNEL_*"],
+        config=True,
+        help="Client environment variables accepted in a start request.",
+    )
+
+    @default("extra_services")
+    def _default_extra_services(self) -> list[str]:
+        return ["orchestrator.gateway.handlers"]
+
+    @default("kernel_manager_class")
+    def _default_kernel_manager_class(self) -> t.Any:
+        from .kernelmanager import OrchestratorMappingKernelManager
+
+        return OrchestratorMappingKernelManager
+
+    @default("identity_provider_class")
+    def _default_identity_provider_class(self) -> t.Any:
+        return OrchestratorIdentityProvider
+
+    def find_server_extensions(self) -> None:
+        """No server extensions: a gateway serves kernels, not terminals or files."""
+        self.jpserver_extensions = {}
+
+    @default("open_browser")
+    def _default_open_browser(self) -> bool:
+        return False
+
+    def init_configurables(self) -> None:
+        token = os.environ.get(TOKEN_ENV, "")
+        idp_config = self.config.setdefault("IdentityProvider", {})
+        if self.no_auth:
+            idp_config["token"] = ""
+            self.log.warning(
+                "!!! AUTHENTICATION IS OFF (--no-auth): anyone who can reach %s:%s can run"
+                " code as this service !!!",
+                self.ip,
+                self.port,
+            )
+        elif "token" not in idp_config or not idp_config["token"]:
+            generated = not token
+            idp_config["token"] = token or secrets.token_urlsafe(32)
+            if generated:
+                # Shown once, on the terminal only (never in a log file).
+                print(
+                    f"kernel-orchestrator gateway token: {idp_config['token']}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+        super().init_configurables()
+
+    def init_webapp(self) -> None:
+        super().init_webapp()
+        self.web_app.settings["orchestrator_env_allowlist"] = list(self.env_allowlist)
+
+    def start_ioloop(self) -> None:
+        self.io_loop.add_callback(self._restore_kernels)
+        super().start_ioloop()
+
+    async def _restore_kernels(self) -> None:
+        report = await self.kernel_manager.restored()  # type: ignore[attr-defined]
+        if report is not None:
+            self.log.info("gateway ready: %d kernel(s) re-attached", len(report.reattached))
+
+    async def cleanup_kernels(self) -> None:
+        """Keep kernels running across a gateway restart: detach, don't shut down."""
+        km = self.kernel_manager
+        try:
+            await km.save_activity()  # type: ignore[attr-defined]
+        except Exception as e:  # the store may be the reason we stop
+            self.log.warning("could not save kernel activity: %s", e)
+        km.detach_all()  # type: ignore[attr-defined]
+        self.log.info("kernels detached; the next gateway process re-attaches them")
+
+
+def main(argv: list[str] | None = None) -> None:
+    GatewayApp.launch_instance(argv=argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""The kernels REST API and WebSocket channels, with ownership, limits and validation.
+
+They subclass jupyter_server's own handlers (so the wire protocol is exactly what
+Jupyter Server's gateway client and JupyterLab speak) and add, before anything
+happens: the caller owns the kernel (else 404, as if it did not exist), the start
+request is small and its environment holds only allow-listed, valid variables, and
+the limits on kernels in total and per user are respected (4xx with a clear message).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import typing as t
+
+from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.services.kernels import handlers as kernel_handlers
+from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from jupyter_server.utils import url_escape, url_path_join
+from tornado import web
+
+from ..errors import OrchestratorError
+from .auth import ADMIN
+
+MAX_BODY = 64 * 1024
+
+
+def _km(handler: JupyterHandler) -> t.Any:
+    """The gateway's kernel manager (an OrchestratorMappingKernelManager)."""
+    return handler.kernel_manager
+
+
+def _username(handler: JupyterHandler) -> str:
+    user = handler.current_user
+    return str(getattr(user, "username", "") or "")
+
+
+def _is_admin(handler: JupyterHandler) -> bool:
+    return _username(handler) == ADMIN
+
+
+def _check_owner(handler: JupyterHandler, kernel_id: str) -> None:
+    km = _km(handler)
+    if kernel_id not in km or (
+        not _is_admin(handler) and km.owner_of(kernel_id) != _username(handler)
+    ):
+        raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
+
+
+class MainKernelHandler(kernel_handlers.MainKernelHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        km = _km(self)
+        owner = None if _is_admin(self) else _username(self)
+        models = [km.kernel_model(k) for k in km.kernels_of(owner) if k in km]
+        self.finish(json.dumps(models, default=str))
+
+    @web.authenticated
+    async def post(self) -> None:
+        if len(self.request.body or b"") > MAX_BODY:
+            raise web.HTTPError(413, f"request body larger than {MAX_BODY} bytes")
+        km = _km(self)
+        model = self.get_json_body() or {}
+        if not isinstance(model, dict):
+            raise web.HTTPError(400, "request body must be a JSON object")
+        name = model.get("name") or km.default_kernel_name
+        env = model.get("env") or {}
+        if not isinstance(env, dict):
+            raise web.HTTPError(400, "env must be an object of strings")
+        allow = self.settings.get("orchestrator_env_allowlist", ["KERNEL_*"])
+        clean: dict[str, str] = {}
+        for key, value in env.items():
+            if not any(fnmatch.fnmatchcase(str(key), p) for p in allow):
+                raise web.HTTPError(400, f"environment variable {key!r} is not allowed")
+            if not isinstance(value, str) or "\0" in value or len(value) > 32768:
+                raise web.HTTPError(400, f"environment variable {key!r} has an invalid value")
+            clean[str(key)] = value
+        owner = _username(self)
+        clean["KERNEL_USERNAME"] = owner  # who the kernel belongs to is not the client's say
+        import os
+
+        try:
+            kernel_id = await km.start_kernel_for(
+                owner, kernel_name=name, path=model.get("path"), env={**os.environ, **clean}
+            )
+        except OrchestratorError as e:
+            status = 429 if "maximum" in str(e) else 400
+            raise web.HTTPError(status, str(e)) from None
+        except KeyError as e:
+            raise web.HTTPError(404, f"no such kernelspec: {name}") from e
+        model = (
+            await km.kernel_model(kernel_id)
+            if _awaitable(km.kernel_model)
+            else km.kernel_model(kernel_id)
+        )
+        self.set_header(
+            "Location", url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
+        )
+        self.set_status(201)
+        self.finish(json.dumps(model, default=str))
+
+    def write_error(self, status_code: int, **kwargs: t.Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        message = getattr(exc, "log_message", None) or self._reason
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"message": message, "reason": self._reason}))
+
+
+def _awaitable(fn: t.Any) -> bool:
+    import inspect
+
+    return inspect.iscoroutinefunction(fn)
+
+
+class KernelHandler(kernel_handlers.KernelHandler):
+    @web.authenticated
+    async def get(self, kernel_id: str) -> None:
+        _check_owner(self, kernel_id)
+        await super().get(kernel_id)  # type: ignore[misc]
+
+    @web.authenticated
+    async def delete(self, kernel_id: str) -> None:
+        _check_owner(self, kernel_id)
+        await super().delete(kernel_id)  # type: ignore[misc]
+
+
+class KernelActionHandler(kernel_handlers.KernelActionHandler):
+    @web.authenticated
+    async def post(self, kernel_id: str, action: str) -> None:
+        _check_owner(self, kernel_id)
+        await super().post(kernel_id, action)  # type: ignore[misc]
+
+
+class ChannelsHandler(KernelWebsocketHandler):
+    async def pre_get(self) -> None:
+        await super().pre_get()
+        _check_owner(self, self.kernel_id)
+
+
+class HealthHandler(APIHandler):
+    """Liveness: the process serves requests. No authentication."""
+
+    def check_xsrf_cookie(self) -> None:
+        pass
+
+    async def prepare(self, *args: t.Any, **kwargs: t.Any) -> None:  # type: ignore[override]
+        # liveness and readiness need no authentication
+        pass
+
+    def get(self) -> None:
+        self.finish({"status": "ok"})
+
+
+class ReadyHandler(HealthHandler):
+    """Readiness: saved kernels have been restored and the store answers."""
+
+    async def get(self) -> None:  # type: ignore[override]
+        km = _km(self)
+        task = getattr(km, "_restore_task", None)
+        if task is None or not task.done():
+            self.set_status(503)
+            self.finish({"status": "restoring kernels"})
+            return
+        try:
+            await km.kernel_store.list()  # type: ignore[attr-defined]
+        except Exception as e:
+            self.set_status(503)
+            self.finish({"status": f"kernel store unavailable: {e}"})
+            return
+        self.finish({"status": "ready", "kernels": len(km)})
+
+
+_kid = kernel_handlers._kernel_id_regex
+_action = kernel_handlers._kernel_action_regex
+
+default_handlers = [
+    (r"/healthz", HealthHandler),
+    (r"/readyz", ReadyHandler),
+    (r"/api/kernels", MainKernelHandler),
+    (rf"/api/kernels/{_kid}", KernelHandler),
+    (rf"/api/kernels/{_kid}/{_action}", KernelActionHandler),
+    (rf"/api/kernels/{_kid}/channels", ChannelsHandler),
+]

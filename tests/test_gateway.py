@@ -1,0 +1,393 @@
+"""The gateway service, driven by a real Jupyter Server in gateway mode.
+
+A Jupyter Server started with ``--gateway-url`` pointing at ``kernel-orchestrator
+serve`` is the client: kernels are created, used over WebSocket, interrupted,
+restarted and shut down through it, as JupyterLab would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.websocket import websocket_connect
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
+CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
+ADMIN_TOKEN = "admin-" + uuid.uuid4().hex
+USERS = {"alice-" + uuid.uuid4().hex: "alice", "bob-" + uuid.uuid4().hex: "bob"}
+ALICE = next(t for t, u in USERS.items() if u == "alice")
+BOB = next(t for t, u in USERS.items() if u == "bob")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} did not come up")
+
+
+class Gateway:
+    """``kernel-orchestrator serve`` as a subprocess that a test can kill and restart."""
+
+    def __init__(self, tmp: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.users = tmp / "users.json"
+        self.users.write_text(json.dumps(USERS))
+        self.log = tmp / "gateway.log"
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Gateway:
+        self.proc = subprocess.Popen(
+            [
+                CLI,
+                "serve",
+                "--port",
+                str(self.port),
+                "--token",
+                ADMIN_TOKEN,
+                "--allow-root",
+                "--users-file",
+                str(self.users),
+                *self.extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log, "ab"),  # noqa: SIM115
+        )
+        wait_http(f"{self.url}/readyz")
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(30)
+
+
+class JupyterServer:
+    """A stock Jupyter Server whose kernels live in the gateway."""
+
+    def __init__(self, gateway: Gateway, tmp: Path) -> None:
+        self.port = free_port()
+        self.token = "js-" + uuid.uuid4().hex
+        env = {
+            **os.environ,
+            "JUPYTER_CONFIG_DIR": str(tmp / "js-config"),
+            "JUPYTER_RUNTIME_DIR": str(tmp / "js-runtime"),
+        }
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "jupyter_server",
+                "--no-browser",
+                "--allow-root",
+                f"--port={self.port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={self.token}",
+                f"--gateway-url={gateway.url}",
+                f"--GatewayClient.auth_token={ALICE}",
+                "--GatewayClient.request_timeout=120",
+                f"--ServerApp.root_dir={tmp}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(tmp / "jupyter-server.log", "ab"),  # noqa: SIM115
+            env=env,
+        )
+        wait_http(f"http://127.0.0.1:{self.port}/api/status?token={self.token}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+async def call(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    request = HTTPRequest(
+        f"{base}{path}",
+        method=method,
+        headers={"Authorization": f"token {token}"},
+        body=json.dumps(body) if body is not None else (b"" if method == "POST" else None),
+        request_timeout=180,
+    )
+    response = await AsyncHTTPClient().fetch(request)
+    return json.loads(response.body) if response.body else None
+
+
+async def status_of(
+    base: str, token: str, method: str, path: str, body: Any = None
+) -> tuple[int, Any]:
+    try:
+        return 200, await call(base, token, method, path, body)
+    except HTTPClientError as e:
+        payload = e.response.body if e.response is not None else b""
+        try:
+            return e.code, json.loads(payload)
+        except ValueError:
+            return e.code, payload
+
+
+class KernelSocket:
+    """The kernel's WebSocket channels, speaking JSON messages like JupyterLab."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.session = uuid.uuid4().hex
+
+    @classmethod
+    async def open(cls, base: str, token: str, kernel_id: str) -> KernelSocket:
+        url = base.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?token={token}"
+        return cls(await websocket_connect(url))
+
+    def send(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:
+        msg_id = uuid.uuid4().hex
+        self.conn.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "msg_type": msg_type,
+                        "username": "t",
+                        "session": self.session,
+                        "date": "",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": content,
+                    "channel": channel,
+                    "buffers": [],
+                }
+            )
+        )
+        return msg_id
+
+    async def execute(self, code: str, timeout: float = 60) -> dict[str, Any]:
+        msg_id = self.send(
+            "execute_request",
+            {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
+        )
+        out: list[str] = []
+        reply: dict[str, Any] | None = None
+        idle = False
+        deadline = time.monotonic() + timeout
+        while not (reply and idle):
+            raw = await asyncio.wait_for(self.conn.read_message(), deadline - time.monotonic())
+            if raw is None:
+                raise ConnectionError("websocket closed")
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "execute_reply":
+                reply = msg["content"]
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                idle = True
+        return {**reply, "out": "".join(out)}
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path) -> Iterator[Gateway]:
+    gw = Gateway(tmp_path).start()
+    yield gw
+    # kernels left by a failed test: the operator shuts everything down
+    try:
+        asyncio.run(_shutdown_all(gw))
+    finally:
+        gw.kill(signal.SIGTERM)
+
+
+async def _shutdown_all(gw: Gateway) -> None:
+    for k in await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels"):
+        await status_of(gw.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{k['id']}")
+
+
+@pytest.fixture
+def jupyter(gateway: Gateway, tmp_path: Path) -> Iterator[JupyterServer]:
+    js = JupyterServer(gateway, tmp_path)
+    yield js
+    js.stop()
+
+
+async def test_jupyter_server_drives_kernels_through_the_gateway(
+    gateway: Gateway, jupyter: JupyterServer
+) -> None:
+    base, token = jupyter.url, jupyter.token
+    specs = await call(base, token, "GET", "/api/kernelspecs")
+    assert "python3" in specs["kernelspecs"]
+    kernel = await call(base, token, "POST", "/api/kernels", {"name": "python3"})
+    ws = await KernelSocket.open(base, token, kernel["id"])
+    try:
+        assert (await ws.execute("x = 20; print(x + 22)"))["out"] == "42\n"
+        # interrupt a running cell
+        running = asyncio.ensure_future(ws.execute("import time; time.sleep(60)"))
+        await asyncio.sleep(2)
+        await call(base, token, "POST", f"/api/kernels/{kernel['id']}/interrupt")
+        reply = await asyncio.wait_for(running, 30)
+        assert reply["status"] == "error" and reply["ename"] == "KeyboardInterrupt"
+        assert (await ws.execute("print(x)"))["out"] == "20\n"
+    finally:
+        ws.close()
+    restarted = await call(base, token, "POST", f"/api/kernels/{kernel['id']}/restart")
+    assert restarted["id"] == kernel["id"]
+    ws = await KernelSocket.open(base, token, kernel["id"])
+    try:
+        reply = await ws.execute("x")
+        assert reply["status"] == "error" and reply["ename"] == "NameError"
+    finally:
+        ws.close()
+    # the gateway knows the kernel as alice's
+    owned = await call(gateway.url, ALICE, "GET", "/api/kernels")
+    assert [k["id"] for k in owned] == [kernel["id"]]
+    await call(base, token, "DELETE", f"/api/kernels/{kernel['id']}")
+    assert await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
+
+
+async def test_kernels_survive_a_gateway_restart(gateway: Gateway, jupyter: JupyterServer) -> None:
+    base, token = jupyter.url, jupyter.token
+    kernel = await call(base, token, "POST", "/api/kernels", {"name": "python3"})
+    ws = await KernelSocket.open(base, token, kernel["id"])
+    assert (await ws.execute("kept = 'state'"))["status"] == "ok"
+    ws.close()
+    gateway.kill(signal.SIGKILL)  # a crash, not a clean stop
+    gateway.start()
+    ws = await KernelSocket.open(base, token, kernel["id"])  # the client reconnects
+    try:
+        assert (await ws.execute("print(kept)"))["out"] == "state\n"
+    finally:
+        ws.close()
+    listed = await call(gateway.url, ALICE, "GET", "/api/kernels")
+    assert [k["id"] for k in listed] == [kernel["id"]]
+
+
+async def test_auth_ownership_limits_and_validation(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "--max-kernels-per-user", "1").start()
+    try:
+        code, _ = await status_of(gw.url, "", "GET", "/api/kernels")
+        assert code in (401, 403)
+        code, _ = await status_of(gw.url, "wrong-token", "GET", "/api/kernels")
+        assert code in (401, 403)
+        kernel = await call(gw.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+        assert await call(gw.url, BOB, "GET", "/api/kernels") == []
+        for method, path in (
+            ("GET", f"/api/kernels/{kernel['id']}"),
+            ("DELETE", f"/api/kernels/{kernel['id']}"),
+            ("POST", f"/api/kernels/{kernel['id']}/interrupt"),
+        ):
+            code, _ = await status_of(gw.url, BOB, method, path)
+            assert code == 404, (method, path)
+        with pytest.raises(HTTPClientError) as info:
+            await KernelSocket.open(gw.url, BOB, kernel["id"])
+        assert info.value.code == 404
+        code, body = await status_of(gw.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+        assert code == 429 and "maximum of 1 kernels" in body["message"]
+        code, body = await status_of(
+            gw.url, BOB, "POST", "/api/kernels", {"name": "python3", "env": {"LD_PRELOAD": "/x.so"}}
+        )
+        assert code == 400 and "LD_PRELOAD" in body["message"]
+        code, body = await status_of(
+            gw.url,
+            BOB,
+            "POST",
+            "/api/kernels",
+            {"name": "python3", "env": {"KERNEL_X": "a" * 70000}},
+        )
+        assert code in (400, 413)
+        # the kernel is alice's whatever the client claims
+        ws = await KernelSocket.open(gw.url, ALICE, kernel["id"])
+        try:
+            out = (await ws.execute("import os; print(os.environ['KERNEL_USERNAME'])"))["out"]
+            assert out == "alice\n"
+        finally:
+            ws.close()
+        admin = await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")
+        assert [k["id"] for k in admin] == [kernel["id"]]
+        await call(gw.url, ALICE, "DELETE", f"/api/kernels/{kernel['id']}")
+        for path in ("/healthz", "/readyz"):
+            assert (await status_of(gw.url, "", "GET", path))[0] == 200
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)
+
+
+async def test_idle_kernels_are_culled(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "--cull-idle-timeout", "3").start()
+    try:
+        kernel = await call(gw.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if await call(gw.url, ALICE, "GET", "/api/kernels") == []:
+                break
+            await asyncio.sleep(0.5)
+        assert await call(gw.url, ALICE, "GET", "/api/kernels") == [], "not culled"
+        assert (await status_of(gw.url, ALICE, "GET", f"/api/kernels/{kernel['id']}"))[0] == 404
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)
+
+
+async def test_docker_kernel_through_the_gateway(
+    docker_engine: str, jupyter_env: dict[str, str], gateway: Gateway, jupyter: JupyterServer
+) -> None:
+    from .conftest import write_kernelspec
+
+    write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], "py-docker", "docker-provisioner", {})
+    base, token = jupyter.url, jupyter.token
+    kernel = await call(base, token, "POST", "/api/kernels", {"name": "py-docker"})
+    ws = await KernelSocket.open(base, token, kernel["id"])
+    try:
+        reply = await ws.execute("import socket, os; print(os.getuid(), len(socket.gethostname()))")
+        assert reply["out"] == "1000 12\n"  # uid 1000 in a container (12-char container id)
+    finally:
+        ws.close()
+    await call(base, token, "DELETE", f"/api/kernels/{kernel['id']}")
+    import docker
+
+    client = docker.from_env()
+    try:
+        left = client.containers.list(
+            all=True, filters={"label": f"kernel-orchestrator.kernel-id={kernel['id']}"}
+        )
+        assert left == []
+    finally:
+        client.close()
