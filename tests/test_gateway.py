@@ -391,3 +391,55 @@ async def test_docker_kernel_through_the_gateway(
         assert left == []
     finally:
         client.close()
+
+
+async def test_warm_pool_hands_out_ready_kernels_once(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "--warm-pool", "python3=2").start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # the pool fills in the background
+            metrics = (
+                await AsyncHTTPClient().fetch(
+                    f"{gw.url}/metrics", headers={"Authorization": f"token {ADMIN_TOKEN}"}
+                )
+            ).body
+            if b'state="pooled"} 2.0' in metrics:
+                break
+            await asyncio.sleep(0.3)
+        pooled_before = {k["id"] for k in await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")}
+        assert len(pooled_before) == 2
+        started = time.monotonic()
+        a, b = await asyncio.gather(
+            call(gw.url, ALICE, "POST", "/api/kernels", {"name": "python3"}),
+            call(gw.url, BOB, "POST", "/api/kernels", {"name": "python3"}),
+        )
+        elapsed = time.monotonic() - started
+        assert a["id"] != b["id"] and {a["id"], b["id"]} == pooled_before
+        assert elapsed < 2.0, elapsed  # served from the pool, not a cold start
+        assert [k["id"] for k in await call(gw.url, ALICE, "GET", "/api/kernels")] == [a["id"]]
+        assert [k["id"] for k in await call(gw.url, BOB, "GET", "/api/kernels")] == [b["id"]]
+        ws = await KernelSocket.open(gw.url, BOB, b["id"])
+        try:
+            assert (await ws.execute("print('pooled')"))["out"] == "pooled\n"
+        finally:
+            ws.close()
+        # the pool refills
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if len(await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")) == 4:
+                break
+            await asyncio.sleep(0.3)
+        assert len(await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")) == 4
+        metrics = (
+            await AsyncHTTPClient().fetch(
+                f"{gw.url}/metrics", headers={"Authorization": f"token {ADMIN_TOKEN}"}
+            )
+        ).body.decode()
+        series = (
+            "kernel_orchestrator_kernel_start_seconds_count"
+            '{provisioner="orchestrator-local-provisioner",source="pool"} 2.0'
+        )
+        assert series in metrics
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)

@@ -124,6 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve WITHOUT authentication (never on a shared network)",
     )
     p.add_argument("--allow-root", action="store_true", help="allow running as root")
+    p.add_argument(
+        "--warm-pool",
+        action="append",
+        default=[],
+        metavar="KERNELSPEC=N",
+        help="keep N started kernels of KERNELSPEC ready (repeatable)",
+    )
     p.add_argument("--max-kernels", type=int, default=0)
     p.add_argument("--max-kernels-per-user", type=int, default=0)
     p.add_argument(
@@ -176,6 +183,16 @@ def _serve(args: Any) -> int:
         argv.append(f"--OrchestratorMappingKernelManager.store_url={args.store}")
     if args.max_kernels:
         argv.append(f"--OrchestratorMappingKernelManager.max_kernels={args.max_kernels}")
+    if args.warm_pool:
+        pools = {}
+        for item in args.warm_pool:
+            name, sep, count = item.partition("=")
+            if not sep or not count.isdigit():
+                raise OrchestratorError(f"bad --warm-pool value {item!r}: expected KERNELSPEC=N")
+            pools[name] = int(count)
+        import json
+
+        argv.append(f"--OrchestratorMappingKernelManager.warm_pools={json.dumps(pools)}")
     if args.max_kernels_per_user:
         argv.append(
             f"--OrchestratorMappingKernelManager.max_kernels_per_user={args.max_kernels_per_user}"

@@ -57,6 +57,10 @@ class GatewayApp(ServerApp):
         """No server extensions: a gateway serves kernels, not terminals or files."""
         self.jpserver_extensions = {}
 
+    @default("config_file_name")
+    def _default_config_file_name(self) -> str:
+        return "jupyter_server_config"  # what the Helm chart mounts
+
     @default("open_browser")
     def _default_open_browser(self) -> bool:
         return False
@@ -93,9 +97,11 @@ class GatewayApp(ServerApp):
         super().start_ioloop()
 
     async def _restore_kernels(self) -> None:
-        report = await self.kernel_manager.restored()  # type: ignore[attr-defined]
+        km: t.Any = self.kernel_manager
+        report = await km.restored()
         if report is not None:
             self.log.info("gateway ready: %d kernel(s) re-attached", len(report.reattached))
+        await km.fill_pools()
 
     async def cleanup_kernels(self) -> None:
         """Keep kernels running across a gateway restart: detach, don't shut down."""

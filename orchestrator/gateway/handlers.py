@@ -51,8 +51,9 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
     @web.authenticated
     async def get(self) -> None:
         km = _km(self)
-        owner = None if _is_admin(self) else _username(self)
-        models = [km.kernel_model(k) for k in km.kernels_of(owner) if k in km]
+        # The operator sees every kernel, pooled ones included; a user only their own.
+        ids = km.list_kernel_ids() if _is_admin(self) else km.kernels_of(_username(self))
+        models = [km.kernel_model(k) for k in ids if k in km]
         self.finish(json.dumps(models, default=str))
 
     @web.authenticated

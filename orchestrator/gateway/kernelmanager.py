@@ -17,12 +17,13 @@ from jupyter_server.services.kernels.kernelmanager import (
     AsyncMappingKernelManager,
     ServerKernelManager,
 )
-from traitlets import DottedObjectName, Float, Int, default
+from traitlets import Dict, DottedObjectName, Float, Int, default
 
 from ..manager import PersistentKernelManagerMixin
 from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreReport
 
 OWNER_LABEL = "owner"
+POOL_LABEL = "pool"
 
 
 class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernelManager):
@@ -57,6 +58,11 @@ class OrchestratorMappingKernelManager(
     max_kernels = Int(
         0, config=True, help="Most kernels in total, starting ones included (0: no limit)."
     )
+    warm_pools = Dict(
+        config=True,
+        help="kernelspec name -> number of kernels kept started and ready; a start request"
+        " for that kernelspec (without its own environment) is served from the pool.",
+    )
     max_kernels_per_user = Int(0, config=True, help="Most kernels per user (0: no limit).")
 
     @default("kernel_manager_class")
@@ -67,6 +73,12 @@ class OrchestratorMappingKernelManager(
         super().__init__(**kwargs)
         self._starting_owners: dict[str, str] = {}
         self._activity_task: asyncio.Task[None] | None = None
+        self._pools: dict[str, list[str]] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        self._refilling: dict[str, int] = {}
+        from .metrics import register
+
+        register(self)
 
     # ------------------------------------------------------------- ownership
     def owner_of(self, kernel_id: str) -> str:
@@ -76,8 +88,10 @@ class OrchestratorMappingKernelManager(
         return self._starting_owners.get(kernel_id, "")
 
     def kernels_of(self, owner: str | None) -> list[str]:
+        """Kernels of ``owner`` (None: everyone's), starting ones included, pooled excluded."""
+        pooled = {k for ids in self._pools.values() for k in ids}
         ids = list(self._kernels) + [k for k in self._starting_owners if k not in self._kernels]
-        return [k for k in ids if owner is None or self.owner_of(k) == owner]
+        return [k for k in ids if k not in pooled and (owner is None or self.owner_of(k) == owner)]
 
     def pre_start_kernel(self, kernel_name: str | None, kwargs: t.Any) -> t.Any:
         owner = kwargs.pop("owner", "")
@@ -87,7 +101,24 @@ class OrchestratorMappingKernelManager(
         return km, name, kernel_id
 
     async def start_kernel_for(self, owner: str, **kwargs: t.Any) -> str:
-        """Start a kernel owned by ``owner``, counted against the limits while starting."""
+        """Start a kernel owned by ``owner``: from a warm pool when possible, else cold."""
+        import time
+
+        from .metrics import START_FAILURES, START_SECONDS, failure_reason
+
+        started = time.monotonic()
+        try:
+            kernel_id, source = await self._start_kernel_for(owner, **kwargs)
+        except Exception as e:
+            START_FAILURES.labels(reason=failure_reason(e)).inc()
+            raise
+        km = self._kernels.get(kernel_id)
+        START_SECONDS.labels(
+            provisioner=getattr(km, "_provisioner_name", "") or "unknown", source=source
+        ).observe(time.monotonic() - started)
+        return kernel_id
+
+    async def _start_kernel_for(self, owner: str, **kwargs: t.Any) -> tuple[str, str]:
         from ..errors import OrchestratorError
 
         if self.max_kernels and len(self.kernels_of(None)) >= self.max_kernels:
@@ -96,12 +127,78 @@ class OrchestratorMappingKernelManager(
             raise OrchestratorError(
                 f"user {owner!r} already has the maximum of {self.max_kernels_per_user} kernels"
             )
+        pooled = self._take_from_pool(kwargs.get("kernel_name") or "", kwargs.get("env"))
+        if pooled is not None:
+            km = self._kernels[pooled]
+            km.labels = {OWNER_LABEL: owner}
+            await km.save_record()
+            self.log.info(
+                "kernel %s handed out from the %s pool to %s", pooled, km.kernel_name, owner
+            )
+            return pooled, "pool"
         placeholder = f"starting-{id(kwargs)}"
         self._starting_owners[placeholder] = owner
         try:
-            return await self.start_kernel(owner=owner, **kwargs)
+            return await self.start_kernel(owner=owner, **kwargs), "cold"
         finally:
             self._starting_owners.pop(placeholder, None)
+
+    # ------------------------------------------------------------ warm pools
+    def _take_from_pool(self, kernel_name: str, env: t.Any) -> str | None:
+        """A ready pooled kernel for ``kernel_name``, removed from its pool (or None).
+
+        Only requests without an environment of their own qualify: a pooled kernel was
+        started before the request. Taking is synchronous, so no two requests can get
+        the same kernel.
+        """
+        import os
+
+        extra = {k for k, v in (env or {}).items() if os.environ.get(k) != v}
+        if extra - {"KERNEL_USERNAME"}:
+            return None
+        pool = self._pools.get(kernel_name) or []
+        while pool:
+            kernel_id = pool.pop(0)
+            if kernel_id in self._kernels:
+                self._schedule_refill(kernel_name)
+                return kernel_id
+        self._schedule_refill(kernel_name)
+        return None
+
+    def _schedule_refill(self, kernel_name: str) -> None:
+        if kernel_name in self.warm_pools:
+            task = asyncio.ensure_future(self._refill(kernel_name))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _refill(self, kernel_name: str) -> None:
+        """Start pooled kernels until the pool holds its configured size."""
+        want = int(self.warm_pools.get(kernel_name, 0))
+        pool = self._pools.setdefault(kernel_name, [])
+        while len(pool) + self._refilling.get(kernel_name, 0) < want:
+            self._refilling[kernel_name] = self._refilling.get(kernel_name, 0) + 1
+            try:
+                kernel_id = await self.start_kernel(kernel_name=kernel_name, owner="")
+                km = self._kernels[kernel_id]
+                km.labels = {POOL_LABEL: kernel_name}
+                await km.save_record()
+                pool.append(kernel_id)
+            except Exception as e:
+                self.log.warning("warm pool %s: could not start a kernel: %s", kernel_name, e)
+                return
+            finally:
+                self._refilling[kernel_name] -= 1
+
+    async def fill_pools(self) -> None:
+        await asyncio.gather(*(self._refill(name) for name in self.warm_pools))
+
+    def pool_size(self, kernel_name: str) -> int:
+        return len(self._pools.get(kernel_name, []))
+
+    async def cull_kernel_if_idle(self, kernel_id: str) -> None:
+        if any(kernel_id in ids for ids in self._pools.values()):
+            return  # pooled kernels are idle by design
+        await super().cull_kernel_if_idle(kernel_id)
 
     # --------------------------------------------------------------- restore
     async def _async_restore_kernels(self) -> RestoreReport:
@@ -122,6 +219,9 @@ class OrchestratorMappingKernelManager(
                 if stamp
                 else dt.datetime.now(dt.timezone.utc)
             )
+            pool = (km.labels or {}).get(POOL_LABEL)
+            if pool and not (km.labels or {}).get(OWNER_LABEL):
+                self._pools.setdefault(pool, []).append(kernel_id)
         if report.reattached and not self._initialized_culler:
             self.initialize_culler()
         self._ensure_activity_saver()
