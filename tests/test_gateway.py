@@ -443,3 +443,40 @@ async def test_warm_pool_hands_out_ready_kernels_once(tmp_path: Path) -> None:
     finally:
         await _shutdown_all(gw)
         gw.kill(signal.SIGTERM)
+
+
+async def test_culling_keeps_activity_across_a_gateway_restart(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "--cull-idle-timeout", "6", "--cull-interval", "1").start()
+    try:
+        kernel = await call(gw.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+        await asyncio.sleep(3.5)
+        gw.kill(signal.SIGKILL)
+        gw.start()
+        ready = time.monotonic()
+        assert [k["id"] for k in await call(gw.url, ALICE, "GET", "/api/kernels")] == [kernel["id"]]
+        while time.monotonic() - ready < 15:
+            if await call(gw.url, ALICE, "GET", "/api/kernels") == []:
+                break
+            await asyncio.sleep(0.25)
+        culled_after = time.monotonic() - ready
+        # idle since before the restart: culled well before a fresh 6 s idle period
+        assert culled_after < 5, culled_after
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)
+
+
+async def test_json_logs_name_the_kernel(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "--log-json").start()
+    try:
+        kernel = await call(gw.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+        await call(gw.url, ALICE, "DELETE", f"/api/kernels/{kernel['id']}")
+        lines = [
+            json.loads(line) for line in gw.log.read_text().splitlines() if line.startswith("{")
+        ]
+        about = [e for e in lines if e.get("kernel_id") == kernel["id"]]
+        assert len(about) >= 2 and {"ts", "level", "logger", "msg"} <= set(about[0])
+        assert ADMIN_TOKEN not in gw.log.read_text() and ALICE not in gw.log.read_text()
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)

@@ -140,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="shut down kernels idle this many seconds (0: never)",
     )
     p.add_argument(
+        "--cull-interval",
+        type=int,
+        default=0,
+        help="seconds between idle checks (default: a third of the timeout, <= 60)",
+    )
+    p.add_argument("--cull-busy", action="store_true", help="also cull busy kernels")
+    p.add_argument(
+        "--cull-connected", action="store_true", help="also cull kernels with connected clients"
+    )
+    p.add_argument("--log-json", action="store_true", help="JSON log lines with kernel_id")
+    p.add_argument(
         "extra",
         nargs=argparse.REMAINDER,
         help="further Jupyter Server options, e.g. --ServerApp.port_retries=0",
@@ -198,10 +209,17 @@ def _serve(args: Any) -> int:
             f"--OrchestratorMappingKernelManager.max_kernels_per_user={args.max_kernels_per_user}"
         )
     if args.cull_idle_timeout:
+        interval = args.cull_interval or max(1, min(60, args.cull_idle_timeout // 3))
         argv += [
             f"--MappingKernelManager.cull_idle_timeout={args.cull_idle_timeout}",
-            "--MappingKernelManager.cull_interval=" + str(min(60, args.cull_idle_timeout)),
+            f"--MappingKernelManager.cull_interval={interval}",
         ]
+        if args.cull_busy:
+            argv.append("--MappingKernelManager.cull_busy=True")
+        if args.cull_connected:
+            argv.append("--MappingKernelManager.cull_connected=True")
+    if args.log_json:
+        argv.append("--GatewayApp.json_logs=True")
     serve_main(argv + [a for a in args.extra if a != "--"])
     return 0
 

@@ -32,6 +32,13 @@ class GatewayApp(ServerApp):
     default_services = ("api", "auth", "kernels", "kernelspecs", "security")  # type: ignore[assignment]
 
     no_auth = Bool(False, config=True, help="Serve without authentication (never in production).")
+    json_logs = Bool(False, config=True, help="Log JSON lines with a kernel_id field.")
+    default_kernelspecs = Bool(
+        True,
+        config=True,
+        help="Install kernelspecs for the provisioners this machine has (Docker when an"
+        " engine answers) if missing.",
+    )
     env_allowlist = List(
         Unicode(),
         ["KERNEL_*"],
@@ -65,7 +72,18 @@ class GatewayApp(ServerApp):
     def _default_open_browser(self) -> bool:
         return False
 
+    def init_logging(self) -> None:
+        super().init_logging()
+        if self.json_logs:
+            from .logs import use_json_logs
+
+            use_json_logs(self.log)
+
     def init_configurables(self) -> None:
+        if self.default_kernelspecs:
+            from .defaults import ensure_default_kernelspecs
+
+            ensure_default_kernelspecs()
         token = os.environ.get(TOKEN_ENV, "")
         idp_config = self.config.setdefault("IdentityProvider", {})
         if self.no_auth:

@@ -213,12 +213,16 @@ class OrchestratorMappingKernelManager(
             await self._finish_kernel_start(kernel_id)
             record = records.get(kernel_id)
             stamp = record.last_activity if record else None
-            # after _finish_kernel_start, which stamps "now": keep the saved activity
-            km.last_activity = (
+            # _finish_kernel_start stamps "now", and the iopub status messages of our
+            # re-attach check may still arrive: put the saved activity back once they
+            # have, unless a client connected meanwhile.
+            saved = (
                 dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc)
                 if stamp
                 else dt.datetime.now(dt.timezone.utc)
             )
+            km.last_activity = saved
+            asyncio.get_running_loop().call_later(1.0, self._restore_activity, kernel_id, saved)
             pool = (km.labels or {}).get(POOL_LABEL)
             if pool and not (km.labels or {}).get(OWNER_LABEL):
                 self._pools.setdefault(pool, []).append(kernel_id)
@@ -226,6 +230,11 @@ class OrchestratorMappingKernelManager(
             self.initialize_culler()
         self._ensure_activity_saver()
         return report
+
+    def _restore_activity(self, kernel_id: str, saved: dt.datetime) -> None:
+        km = self._kernels.get(kernel_id)
+        if km is not None and not self._kernel_connections.get(kernel_id):
+            km.last_activity = saved
 
     def _ensure_activity_saver(self) -> None:
         if self._activity_task is None:
