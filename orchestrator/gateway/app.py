@@ -109,6 +109,21 @@ class GatewayApp(ServerApp):
     def init_webapp(self) -> None:
         super().init_webapp()
         self.web_app.settings["orchestrator_env_allowlist"] = list(self.env_allowlist)
+        # Probes hit /healthz and /readyz every few seconds; a 503 while kernels are
+        # being restored is expected, not an error worth a header dump in the log.
+        from .handlers import HealthHandler
+
+        original = self.web_app.settings.get("log_function")
+
+        def log_request(handler: t.Any) -> None:
+            if isinstance(handler, HealthHandler):
+                self.log.debug(
+                    "%s %s %s", handler.get_status(), handler.request.method, handler.request.uri
+                )
+            elif original is not None:
+                original(handler)
+
+        self.web_app.settings["log_function"] = log_request
 
     def start_ioloop(self) -> None:
         self.io_loop.add_callback(self._restore_kernels)

@@ -13,6 +13,7 @@ import fnmatch
 import json
 import typing as t
 
+from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.services.kernels import handlers as kernel_handlers
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
@@ -148,6 +149,7 @@ class HealthHandler(APIHandler):
         # liveness and readiness need no authentication
         pass
 
+    @allow_unauthenticated
     def get(self) -> None:
         self.finish({"status": "ok"})
 
@@ -155,6 +157,7 @@ class HealthHandler(APIHandler):
 class ReadyHandler(HealthHandler):
     """Readiness: saved kernels have been restored and the store answers."""
 
+    @allow_unauthenticated
     async def get(self) -> None:  # type: ignore[override]
         km = _km(self)
         task = getattr(km, "_restore_task", None)
