@@ -18,6 +18,8 @@ SCENARIOS: dict[str, str] = {
     "docker": "bench.scenarios.docker",
     "encryption": "bench.scenarios.encryption",
     "ssh": "bench.scenarios.ssh",
+    "kubernetes": "bench.scenarios.kubernetes",
+    "gateway": "bench.scenarios.gateway",
 }
 
 

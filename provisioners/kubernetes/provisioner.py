@@ -19,8 +19,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
+import functools
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
@@ -80,6 +82,16 @@ def api_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
 
 
 _clients: dict[tuple[str, str, str], client.ApiClient] = {}
+
+# The kubernetes client is synchronous. Its calls get their own pool: on a small
+# machine asyncio's default pool has ~6 threads, and 50 concurrent starts would queue
+# each kernel's Secret behind other kernels' pods (a pod waits for its Secret volume).
+_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kubernetes-api")
+
+
+async def _api(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_executor, functools.partial(fn, *args, **kwargs))
 
 
 def shared_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
@@ -290,7 +302,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await _api(fn, *args, **kwargs)
         except ApiException as e:
             raise KernelStartError(
                 f"Kubernetes API: {e.status} {e.reason}: {_message(e)}"
@@ -300,7 +312,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         if not self.namespace_template:
             return
         try:
-            await asyncio.to_thread(self.core.read_namespace, self.pod_namespace)
+            await _api(self.core.read_namespace, self.pod_namespace)
             return
         except ApiException as e:
             if e.status != 404:
@@ -395,7 +407,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
 
         if self._forwards is None:
             self._forwards = PodPortForwards()
-        self.local_ports = await asyncio.to_thread(
+        self.local_ports = await _api(
             self._forwards.open,
             self.api,
             self.pod_namespace,
@@ -466,7 +478,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
 
     async def _log_tail(self, lines: int = 20) -> str:
         try:
-            text = await asyncio.to_thread(
+            text = await _api(
                 self.core.read_namespaced_pod_log,
                 self.pod_name,
                 self.pod_namespace,
@@ -524,7 +536,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         if not self.pod_name:
             return
         with contextlib.suppress(ApiException):
-            await asyncio.to_thread(
+            await _api(
                 self.core.delete_namespaced_pod,
                 self.pod_name,
                 self.pod_namespace,
@@ -538,18 +550,14 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             return
         await self._delete_pod(grace)
         with contextlib.suppress(ApiException):
-            await asyncio.to_thread(
-                self.core.delete_namespaced_secret, self.pod_name, self.pod_namespace
-            )
+            await _api(self.core.delete_namespaced_secret, self.pod_name, self.pod_namespace)
         if self.created_namespace:
             with contextlib.suppress(ApiException):
-                await asyncio.to_thread(self.core.delete_namespace, self.pod_namespace)
+                await _api(self.core.delete_namespace, self.pod_namespace)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                await asyncio.to_thread(
-                    self.core.read_namespaced_pod, self.pod_name, self.pod_namespace
-                )
+                await _api(self.core.read_namespaced_pod, self.pod_name, self.pod_namespace)
             except ApiException as e:
                 if e.status == 404:
                     break
@@ -619,11 +627,11 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             selector = f"{LABEL_INSTANCE}={label_value(ctx.instance)}"
             try:
                 if prov.namespace_template:
-                    pods = await asyncio.to_thread(
+                    pods = await _api(
                         prov.core.list_pod_for_all_namespaces, label_selector=selector
                     )
                 else:
-                    pods = await asyncio.to_thread(
+                    pods = await _api(
                         prov.core.list_namespaced_pod, prov.namespace, label_selector=selector
                     )
             except Exception as e:
@@ -639,7 +647,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
                 found.append(f"pod {pod.metadata.namespace}/{pod.metadata.name} (kernel {kid})")
                 if not ctx.dry_run:
                     with contextlib.suppress(ApiException):
-                        await asyncio.to_thread(
+                        await _api(
                             prov.core.delete_namespaced_pod,
                             pod.metadata.name,
                             pod.metadata.namespace,
