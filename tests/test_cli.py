@@ -88,14 +88,9 @@ def test_interrupt_and_restart() -> None:
     kernel_id = ko("start", "python3").stdout.strip()
     try:
         ko("exec", kernel_id, "state = 1")
-        runner = subprocess.Popen(
-            [CLI, "exec", kernel_id, "import time; time.sleep(60)"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(2)
+        runner = start_sleeping_exec(kernel_id)
         ko("interrupt", kernel_id)
-        _, err = runner.communicate(timeout=30)
+        _, err = runner.communicate(timeout=60)
         assert runner.returncode == 1 and "KeyboardInterrupt" in err
         ko("exec", kernel_id, "state")  # state survives an interrupt
         ko("restart", kernel_id)
@@ -109,18 +104,26 @@ def test_interrupt_and_restart() -> None:
 def test_ctrl_c_during_exec_interrupts_the_kernel() -> None:
     kernel_id = ko("start", "python3").stdout.strip()
     try:
-        runner = subprocess.Popen(
-            [CLI, "exec", kernel_id, "import time; time.sleep(60)"],
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        time.sleep(2)
+        runner = start_sleeping_exec(kernel_id)
         runner.send_signal(signal.SIGINT)
-        _, err = runner.communicate(timeout=30)
+        _, err = runner.communicate(timeout=60)
         assert runner.returncode == 130 and "KeyboardInterrupt" in err
         assert ko("exec", kernel_id, "print('alive')").stdout == "alive\n"
     finally:
         ko("shutdown", kernel_id)
+
+
+def start_sleeping_exec(kernel_id: str) -> subprocess.Popen[str]:
+    """An ``exec`` of a long cell, returned once the cell is really running."""
+    runner = subprocess.Popen(
+        [CLI, "exec", kernel_id, "import time; print('started', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert runner.stdout is not None
+    assert runner.stdout.readline() == "started\n"
+    return runner
 
 
 def test_shutdown_all() -> None:

@@ -140,6 +140,14 @@ async def test_restart_callbacks_fire_on_kernel_death(cls: type) -> None:
                 break
             await asyncio.sleep(0.05)
         assert events == ["restart"]
+        km.stop_restarter()
+        # The restarter's restart runs on its own: let it finish before shutting down
+        # (jupyter_client's pending-state future is not safe against overlapping calls).
+        for _ in range(600):
+            if km.ready.done() and await km.is_alive():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
         assert await km.is_alive()
     finally:
         await km.shutdown_kernel(now=True)

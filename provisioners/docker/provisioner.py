@@ -340,6 +340,14 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             raise KernelStartError(
                 f"cannot start the kernel container: {engine.explain(e)}"
             ) from None
+        if not (attrs.get("State") or {}).get("Running"):
+            # Exited already (a fast crash): it has no published ports to look at.
+            tail = await self.startup_diagnostics()
+            image = create["image"]
+            raise KernelStartError(
+                f"kernel container {self.container_name} ({image}) exited during start-up"
+                + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
+            )
         await self._record_addresses(attrs)
 
     async def _record_addresses(self, attrs: dict[str, Any]) -> None:
