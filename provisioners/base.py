@@ -92,3 +92,49 @@ class OrchestratorProvisionerMixin:
         """The kernel command line written into the kernelspec."""
         python = getattr(args, "python", None) or "python"
         return [python, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+
+
+CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+
+def client_connection_info(
+    provisioner: Any, ip: str, ports: dict[str, int], curve: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """What clients connect to: ``ip`` and ``ports``, the session key, Curve keys if any.
+
+    A re-attached provisioner keeps the key it saved (the manager's session gets it
+    from us); a new launch takes the manager's.
+    """
+    info: dict[str, Any] = dict(provisioner.connection_info or {})
+    if not info.get("key"):
+        km = provisioner.parent
+        info.update(
+            key=km.session.key,
+            signature_scheme=km.session.signature_scheme,
+            kernel_name=km.kernel_name,
+        )
+    info.update({f"{ch}_port": int(ports[ch]) for ch in CHANNELS})
+    info.update(ip=ip, transport="tcp")
+    if curve:
+        info.update(curve_publickey=curve[0], curve_secretkey=curve[1])
+    return info
+
+
+def kernelspec_configs(provisioner_name: str) -> list[dict[str, Any]]:
+    """The ``kernel_provisioner.config`` of every installed kernelspec using a provisioner.
+
+    ``gc`` uses it to find the hosts, engines and clusters this machine's kernelspecs
+    point at.
+    """
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    try:
+        specs = KernelSpecManager().get_all_specs()
+    except Exception:
+        return []
+    configs = []
+    for spec in specs.values():
+        stanza = (spec.get("spec", {}).get("metadata") or {}).get("kernel_provisioner") or {}
+        if stanza.get("provisioner_name") == provisioner_name:
+            configs.append(dict(stanza.get("config") or {}))
+    return configs

@@ -19,6 +19,7 @@ from orchestrator import procinfo
 from orchestrator.errors import OrchestratorError
 
 from .conftest import write_kernelspec
+from .test_docker import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
 CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
@@ -56,23 +57,6 @@ def sshspec(sshnet: Any, jupyter_env: dict[str, str], remote_dir: Path):  # type
         return name
 
     return make
-
-
-async def run(km: Any, code: str, timeout: float = 60) -> dict[str, Any]:
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=60)
-        out: list[str] = []
-
-        def hook(msg: dict[str, Any]) -> None:
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-
-        reply = await kc.execute_interactive(code, timeout=timeout, output_hook=hook)
-        return {**reply["content"], "out": "".join(out)}
-    finally:
-        kc.stop_channels()
 
 
 async def test_lifecycle_on_a_remote_host(

@@ -40,12 +40,17 @@ from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.liveness import kernel_info, wait_for_kernel_info
 from orchestrator.tunnels import get_tunneler
 
-from ..base import GarbageContext, OrchestratorProvisionerMixin
+from ..base import (
+    CHANNELS,
+    GarbageContext,
+    OrchestratorProvisionerMixin,
+    client_connection_info,
+    kernelspec_configs,
+)
 from ..envpolicy import client_variables, validate_env_item
 from . import engine
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
 
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 # Inside its own network namespace every kernel can use the same ports.
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 CONNECTION_DIR = "/run/kernel"
@@ -374,20 +379,9 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
 
     def _set_connection_info(self) -> None:
         assert self.host_ports is not None
-        # Keep a saved key when re-attaching; take the manager's on a new launch.
-        info: dict[str, Any] = dict(self.connection_info or {})
-        if not info.get("key"):
-            km = self.parent
-            info.update(
-                key=km.session.key,
-                signature_scheme=km.session.signature_scheme,
-                kernel_name=km.kernel_name,
-            )
-        info.update({f"{ch}_port": self.host_ports[ch] for ch in CHANNELS})
-        info.update(ip=self.address, transport="tcp")
-        if self._curve:
-            info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
-        self.connection_info = info  # type: ignore[assignment]
+        self.connection_info = client_connection_info(  # type: ignore[assignment]
+            self, self.address, self.host_ports, self._curve
+        )
 
     @property
     def mode(self) -> str:
@@ -698,19 +692,11 @@ def _remover(container_id: str) -> Any:
 
 def _engines_in_use() -> list[str]:
     """The default engine plus every engine a docker kernelspec names."""
-    from jupyter_client.kernelspec import KernelSpecManager
-
     urls = [engine.engine_url("")]
-    try:
-        specs = KernelSpecManager().get_all_specs()
-    except Exception:
-        specs = {}
-    for spec in specs.values():
-        stanza = (spec.get("spec", {}).get("metadata") or {}).get("kernel_provisioner") or {}
-        if stanza.get("provisioner_name") == "docker-provisioner":
-            url = (stanza.get("config") or {}).get("docker_host")
-            if url and url not in urls:
-                urls.append(url)
+    for config in kernelspec_configs("docker-provisioner"):
+        url = config.get("docker_host")
+        if url and url not in urls:
+            urls.append(url)
     return urls
 
 

@@ -24,7 +24,6 @@ SECRET_DIR = "/var/run/kernel-secret"
 # first. The kernel's own argv follows as separate arguments ("$@"): no quoting, no
 # templating, nothing user-supplied is ever parsed by the shell.
 COPY_THEN_EXEC = f'install -m 600 {SECRET_DIR}/connection.json {CONNECTION_FILE} && exec "$@"'
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 
 # Settings a profile may set (kubespawner's profile_list idea, validated keys only).

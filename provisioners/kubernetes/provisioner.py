@@ -35,11 +35,16 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.liveness import kernel_info
 
-from ..base import GarbageContext, OrchestratorProvisionerMixin
+from ..base import (
+    CHANNELS,
+    GarbageContext,
+    OrchestratorProvisionerMixin,
+    client_connection_info,
+    kernelspec_configs,
+)
 from ..envpolicy import client_variables, validate_env_item
 from .names import dns_label, label_value
 from .podspec import (
-    CHANNELS,
     CONNECTION_FILE,
     CONTAINER_PORTS,
     PodSettings,
@@ -422,23 +427,13 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             self._forwards = None
 
     def _set_connection_info(self) -> None:
-        info: dict[str, Any] = dict(self.connection_info or {})
-        if not info.get("key"):
-            km = self.parent
-            info.update(
-                key=km.session.key,
-                signature_scheme=km.session.signature_scheme,
-                kernel_name=km.kernel_name,
-            )
         if self.reachability == "port-forward" and self.local_ports:
-            info.update({f"{ch}_port": self.local_ports[ch] for ch in CHANNELS})
-            info.update(ip="127.0.0.1", transport="tcp")
+            ip, ports = "127.0.0.1", self.local_ports
         else:
-            info.update({f"{ch}_port": CONTAINER_PORTS[ch] for ch in CHANNELS})
-            info.update(ip=self.pod_ip, transport="tcp")
-        if self._curve:
-            info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
-        self.connection_info = info  # type: ignore[assignment]
+            ip, ports = self.pod_ip, dict(CONTAINER_PORTS)
+        self.connection_info = client_connection_info(  # type: ignore[assignment]
+            self, ip, ports, self._curve
+        )
 
     async def _wait_kernel(self) -> None:
         session = self.parent.session
@@ -622,7 +617,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     @classmethod
     async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
         found: list[str] = []
-        for cfg in _kubernetes_kernelspec_configs():
+        for cfg in kernelspec_configs("kubernetes-provisioner"):
             prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **cfg)
             selector = f"{LABEL_INSTANCE}={label_value(ctx.instance)}"
             try:
@@ -756,18 +751,3 @@ def _exit_code(pod: dict[str, Any]) -> int:
         if terminated:
             return int(terminated.get("exitCode") or 1)
     return 1
-
-
-def _kubernetes_kernelspec_configs() -> list[dict[str, Any]]:
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    configs = []
-    try:
-        specs = KernelSpecManager().get_all_specs()
-    except Exception:
-        return []
-    for spec in specs.values():
-        stanza = (spec.get("spec", {}).get("metadata") or {}).get("kernel_provisioner") or {}
-        if stanza.get("provisioner_name") == "kubernetes-provisioner":
-            configs.append(dict(stanza.get("config") or {}))
-    return configs

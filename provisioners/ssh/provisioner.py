@@ -28,11 +28,15 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.liveness import wait_for_kernel_info
 from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
 
-from ..base import GarbageContext, OrchestratorProvisionerMixin
+from ..base import (
+    GarbageContext,
+    OrchestratorProvisionerMixin,
+    client_connection_info,
+    kernelspec_configs,
+)
 from ..envpolicy import client_variables, validate_env_item
 from .remote import run_launcher
 
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
 _round_robin = itertools.count()
 POLL_CACHE_SECONDS = 0.5
 
@@ -219,18 +223,9 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
                 self._tunnel.open, remote_ports, self.local_ports
             )
         self.local_ports = {ch: f.local_port for ch, f in self._tunnel.forwards.items()}
-        # Keep the saved key when re-attaching: the manager's session gets it from us.
-        info: dict[str, Any] = dict(self.connection_info or {})
-        if not info.get("key"):
-            km = self.parent
-            info.update(
-                key=km.session.key,
-                signature_scheme=km.session.signature_scheme,
-                kernel_name=km.kernel_name,
-            )
-        info.update({f"{ch}_port": self.local_ports[ch] for ch in CHANNELS})
-        info.update(ip="127.0.0.1", transport="tcp")
-        self.connection_info = info  # type: ignore[assignment]
+        self.connection_info = client_connection_info(  # type: ignore[assignment]
+            self, "127.0.0.1", self.local_ports
+        )
 
     async def _wait_until_ready(self) -> None:
         async def running() -> bool:
@@ -372,7 +367,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     @classmethod
     async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
         found: list[str] = []
-        for config in _ssh_kernelspec_configs():
+        for config in kernelspec_configs("ssh-provisioner"):
             prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **config)
             for host in prov.hosts:
                 try:
@@ -456,18 +451,3 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         if args.host_selection != "round-robin":
             config["host_selection"] = args.host_selection
         return config
-
-
-def _ssh_kernelspec_configs() -> list[dict[str, Any]]:
-    from jupyter_client.kernelspec import KernelSpecManager
-
-    configs = []
-    try:
-        specs = KernelSpecManager().get_all_specs()
-    except Exception:
-        return []
-    for spec in specs.values():
-        stanza = (spec.get("spec", {}).get("metadata") or {}).get("kernel_provisioner") or {}
-        if stanza.get("provisioner_name") == "ssh-provisioner":
-            configs.append(dict(stanza.get("config") or {}))
-    return configs
