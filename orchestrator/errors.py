@@ -32,3 +32,7 @@ class ReattachError(OrchestratorError):
 
 class KernelStartError(OrchestratorError):
     """A kernel could not be started (the message says which step failed)."""
+
+
+class KernelLimitError(OrchestratorError):
+    """A limit on the number of kernels (in total or per user) would be exceeded."""

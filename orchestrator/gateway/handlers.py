@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import typing as t
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.services.kernels import handlers as kernel_handlers
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
-from jupyter_server.utils import url_escape, url_path_join
+from jupyter_server.utils import ensure_async, url_escape, url_path_join
 from tornado import web
 
-from ..errors import OrchestratorError
+from ..errors import KernelLimitError, OrchestratorError
 from .auth import ADMIN
 
 MAX_BODY = 64 * 1024
@@ -79,22 +80,17 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
             clean[str(key)] = value
         owner = _username(self)
         clean["KERNEL_USERNAME"] = owner  # who the kernel belongs to is not the client's say
-        import os
-
         try:
             kernel_id = await km.start_kernel_for(
                 owner, kernel_name=name, path=model.get("path"), env={**os.environ, **clean}
             )
+        except KernelLimitError as e:
+            raise web.HTTPError(429, str(e)) from None
         except OrchestratorError as e:
-            status = 429 if "maximum" in str(e) else 400
-            raise web.HTTPError(status, str(e)) from None
+            raise web.HTTPError(400, str(e)) from None
         except KeyError as e:
             raise web.HTTPError(404, f"no such kernelspec: {name}") from e
-        model = (
-            await km.kernel_model(kernel_id)
-            if _awaitable(km.kernel_model)
-            else km.kernel_model(kernel_id)
-        )
+        model = await ensure_async(km.kernel_model(kernel_id))
         self.set_header(
             "Location", url_path_join(self.base_url, "api", "kernels", url_escape(kernel_id))
         )
@@ -106,12 +102,6 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         message = getattr(exc, "log_message", None) or self._reason
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"message": message, "reason": self._reason}))
-
-
-def _awaitable(fn: t.Any) -> bool:
-    import inspect
-
-    return inspect.iscoroutinefunction(fn)
 
 
 class KernelHandler(kernel_handlers.KernelHandler):

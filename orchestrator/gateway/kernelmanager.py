@@ -119,12 +119,12 @@ class OrchestratorMappingKernelManager(
         return kernel_id
 
     async def _start_kernel_for(self, owner: str, **kwargs: t.Any) -> tuple[str, str]:
-        from ..errors import OrchestratorError
+        from ..errors import KernelLimitError
 
         if self.max_kernels and len(self.kernels_of(None)) >= self.max_kernels:
-            raise OrchestratorError(f"the gateway runs its maximum of {self.max_kernels} kernels")
+            raise KernelLimitError(f"the gateway runs its maximum of {self.max_kernels} kernels")
         if self.max_kernels_per_user and len(self.kernels_of(owner)) >= self.max_kernels_per_user:
-            raise OrchestratorError(
+            raise KernelLimitError(
                 f"user {owner!r} already has the maximum of {self.max_kernels_per_user} kernels"
             )
         pooled = self._take_from_pool(kwargs.get("kernel_name") or "", kwargs.get("env"))
