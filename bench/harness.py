@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import os
@@ -600,3 +601,45 @@ def check_leftovers(marker: str, label: str) -> list[tuple[int, str]]:
         if still:
             progress(f"WARNING {label}: could not kill pids {still}")
     return left
+
+
+async def interleaved_round_trips(
+    clients: Mapping[str, Any],
+    execute: Callable[[Any], Awaitable[float]],
+    samples: dict[str, list[float]],
+    *,
+    warmup: int,
+    reps: int,
+    block: int,
+    execute_timeout: float,
+) -> None:
+    """Warm each client up, then time ``reps`` executes per client in interleaved blocks.
+
+    Blocks of ``block`` executes alternate between clients (ABBA), so load that comes
+    and goes hits every variant alike; each execute's seconds go to ``samples[name]``.
+    """
+    for name, client in clients.items():
+        for _ in Bounded(f"{name} warm-up", warmup, 60, on_timeout="raise"):
+            await asyncio.wait_for(execute(client), execute_timeout)
+
+    async def one_block(name: str) -> float:
+        total = 0.0
+        for _ in Bounded(f"{name} block", block, 60, on_timeout="raise"):
+            seconds = await asyncio.wait_for(execute(clients[name]), execute_timeout)
+            samples[name].append(seconds)
+            total += seconds
+        return total
+
+    blocks = max(1, reps // block)
+    progress(
+        f"round trip: {warmup} warm-up + {blocks} blocks of {block} executes each,"
+        " interleaved (ABBA over blocks)"
+    )
+    await run_interleaved(
+        "round trip",
+        {name: functools.partial(one_block, name) for name in clients},
+        blocks,
+        max_seconds=300,
+        op_timeout=65,
+        report_every=max(1, blocks // 4),
+    )

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import os
 import subprocess
@@ -47,12 +46,12 @@ import zmq.asyncio
 import orchestrator
 from bench.harness import (
     Benchmark,
-    Bounded,
     Context,
     Row,
     Target,
     comparison,
     error_row,
+    interleaved_round_trips,
     measurement,
     progress,
     run_interleaved,
@@ -308,30 +307,14 @@ async def bench_roundtrip(ctx: Context) -> list[Row]:
             finally:
                 owned.add_km(km)
             kcs[name] = await _ready_client(km)
-        for name, kc in kcs.items():
-            for _ in Bounded(f"{name} warm-up", p["rt_warmup"], 60, on_timeout="raise"):
-                await _execute(kc)
-
-        async def block(name: str) -> float:
-            total = 0.0
-            for _ in Bounded(f"{name} block", p["rt_block"], 60, on_timeout="raise"):
-                s = await asyncio.wait_for(_execute(kcs[name]), EXECUTE_TIMEOUT + 5)
-                samples[name].append(s)
-                total += s
-            return total
-
-        blocks = max(1, p["rt_reps"] // p["rt_block"])
-        progress(
-            f"round trip: {p['rt_warmup']} warm-up + {blocks} blocks of {p['rt_block']}"
-            " executes each, interleaved (ABBA over blocks)"
-        )
-        await run_interleaved(
-            "round trip",
-            {name: functools.partial(block, name) for name in kcs},
-            blocks,
-            max_seconds=300,
-            op_timeout=60 + 5,
-            report_every=max(1, blocks // 4),
+        await interleaved_round_trips(
+            kcs,
+            _execute,
+            samples,
+            warmup=p["rt_warmup"],
+            reps=p["rt_reps"],
+            block=p["rt_block"],
+            execute_timeout=EXECUTE_TIMEOUT + 5,
         )
     finally:
         for kc in kcs.values():

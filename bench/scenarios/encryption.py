@@ -55,6 +55,7 @@ from bench.harness import (
     Target,
     comparison,
     error_row,
+    interleaved_round_trips,
     poll_until,
     progress,
     run_interleaved,
@@ -349,30 +350,14 @@ async def bench_kernels(ctx: Context) -> list[Row]:
         _kernel_pair(ctx, network, problems) as (kcs, verified),
     ):
         # (1) round trip
-        for variant, kc in kcs.items():
-            for _ in Bounded(f"{variant} warm-up", p["rt_warmup"], 60, on_timeout="raise"):
-                await asyncio.wait_for(_execute(kc), EXECUTE_TIMEOUT + 5)
-
-        async def block(variant: str) -> float:
-            total = 0.0
-            for _ in Bounded(f"{variant} block", p["rt_block"], 60, on_timeout="raise"):
-                s = await asyncio.wait_for(_execute(kcs[variant]), EXECUTE_TIMEOUT + 5)
-                rt[variant].append(s)
-                total += s
-            return total
-
-        blocks = max(1, p["rt_reps"] // p["rt_block"])
-        progress(
-            f"round trip: {p['rt_warmup']} warm-up + {blocks} blocks of {p['rt_block']}"
-            " executes each, interleaved (ABBA over blocks)"
-        )
-        await run_interleaved(
-            "round trip",
-            {variant: functools.partial(block, variant) for variant in kcs},
-            blocks,
-            max_seconds=300,
-            op_timeout=65,
-            report_every=max(1, blocks // 4),
+        await interleaved_round_trips(
+            kcs,
+            _execute,
+            rt,
+            warmup=p["rt_warmup"],
+            reps=p["rt_reps"],
+            block=p["rt_block"],
+            execute_timeout=EXECUTE_TIMEOUT + 5,
         )
         for variant, values in rt.items():
             st = Stats.of(values)
