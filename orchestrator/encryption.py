@@ -24,7 +24,7 @@ from typing import Any
 
 import zmq
 
-from .errors import OrchestratorError
+from .errors import KernelStartError, OrchestratorError
 
 POLICIES = ("auto", "required", "disabled")
 
@@ -66,3 +66,20 @@ def keypair(parent: Any) -> tuple[str, str]:
 
 def without_curve(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k not in ("curve_publickey", "curve_secretkey")}
+
+
+def accept_unencrypted(policy: str, log: Any, kernel_id: str, image: str, address: str) -> None:
+    """A kernel ignored its Curve keys: refuse it under ``required``, else warn loudly."""
+    if policy == "required":
+        raise KernelStartError(
+            f"kernel image {image!r} does not support CurveZMQ transport encryption"
+            " (it ignored the keys; ipykernel >= 7 is needed) and transport_encryption"
+            " is 'required'"
+        )
+    log.warning(
+        "kernel %s: image %s does not support CurveZMQ; its traffic to %s is NOT"
+        " encrypted (set transport_encryption to 'required' to refuse such kernels)",
+        kernel_id,
+        image,
+        address,
+    )

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
 import zmq.asyncio
 from jupyter_client.session import Session
+
+from .encryption import without_curve
 
 
 def _url(info: Mapping[str, Any], channel: str) -> str:
@@ -65,14 +68,32 @@ async def kernel_info(
         sock.close(linger=0)
 
 
-async def wait_for_kernel_info(
-    connection_info: Mapping[str, Any], session: Session, timeout: float, *, alive: Any = None
-) -> dict[str, Any] | None:
+@dataclass
+class Answer:
+    """A kernel's ``kernel_info_reply``, and whether it came over CurveZMQ."""
+
+    reply: dict[str, Any]
+    encrypted: bool
+
+
+async def wait_for_answer(
+    connection_info: Mapping[str, Any],
+    session: Session,
+    timeout: float,
+    *,
+    alive: Any = None,
+    detect_plaintext: bool = True,
+) -> Answer | None:
     """Retry :func:`kernel_info` until a reply or ``timeout``; stop early if ``alive()`` says no.
 
     ``alive`` is an optional coroutine function; a kernel process that died while
-    starting should fail the wait at once rather than at the deadline.
+    starting should fail the wait at once rather than at the deadline. When the
+    connection info carries Curve keys and ``detect_plaintext`` is set, each round also
+    asks in plain text: a kernel that ignores the keys (an ipykernel without CurveZMQ
+    support) answers there, and is reported as ``Answer(..., encrypted=False)``.
     """
+    curve = bool(connection_info.get("curve_secretkey"))
+    plain = without_curve(dict(connection_info)) if curve and detect_plaintext else None
     deadline = time.monotonic() + timeout
     attempt = 0.5
     while True:
@@ -81,8 +102,22 @@ async def wait_for_kernel_info(
             return None
         reply = await kernel_info(connection_info, session, min(attempt, remaining))
         if reply is not None:
-            return reply
+            return Answer(reply, encrypted=curve)
+        if plain is not None:
+            reply = await kernel_info(plain, session, 0.3)
+            if reply is not None:
+                return Answer(reply, encrypted=False)
         if alive is not None and not await alive():
             return None
-        attempt = min(attempt * 2, 5.0)
+        attempt = min(attempt * 2, 3.0)
         await asyncio.sleep(0)
+
+
+async def wait_for_kernel_info(
+    connection_info: Mapping[str, Any], session: Session, timeout: float, *, alive: Any = None
+) -> dict[str, Any] | None:
+    """The kernel's ``kernel_info_reply`` within ``timeout`` (see :func:`wait_for_answer`)."""
+    answer = await wait_for_answer(
+        connection_info, session, timeout, alive=alive, detect_plaintext=False
+    )
+    return answer.reply if answer is not None else None

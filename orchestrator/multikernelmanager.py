@@ -136,6 +136,18 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             )
         return report
 
+    async def _restore_once(self) -> RestoreReport:
+        """Run the restore now (or wait for the one already under way)."""
+        if self._restore_task is None:
+            self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
+        return await self._restore_task
+
+    async def restored(self) -> RestoreReport | None:
+        """Wait for the start-up restore (starting it if needed), if one is configured."""
+        if not self.restore_on_start:
+            return None
+        return await self._restore_once()
+
 
 class MultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.MultiKernelManager):
     """jupyter_client's ``MultiKernelManager`` whose kernels survive its process."""
@@ -176,17 +188,7 @@ class AsyncMultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.AsyncMul
                 return
             self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
 
-    async def restore_kernels(self) -> RestoreReport:
-        """Run the restore now (or wait for the one already under way)."""
-        if self._restore_task is None:
-            self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
-        return await self._restore_task
-
-    async def restored(self) -> RestoreReport | None:
-        """Wait for the start-up restore, if one is configured."""
-        if not self.restore_on_start:
-            return None
-        return await self.restore_kernels()
+    restore_kernels = PersistentMultiKernelManagerMixin._restore_once
 
     async def start_kernel(  # type: ignore[override]
         self, *, kernel_name: str | None = None, **kwargs: t.Any

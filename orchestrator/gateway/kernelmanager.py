@@ -269,13 +269,6 @@ class OrchestratorMappingKernelManager(
 
     start_kernel = _async_start_kernel  # type: ignore[assignment]
 
-    async def restored(self) -> RestoreReport | None:
-        if not self.restore_on_start:
-            return None
-        if self._restore_task is None:
-            self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
-        return await self._restore_task
-
     def detach_all(self) -> None:
         for kernel_id in list(self._kernels):
             self.stop_watching_activity(kernel_id)

@@ -34,10 +34,16 @@ from docker.types import DeviceRequest
 from jupyter_client.provisioning import KernelProvisionerBase
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode
 
-from orchestrator.encryption import keypair, resolve_policy, should_encrypt, without_curve
+from orchestrator.encryption import (
+    accept_unencrypted,
+    keypair,
+    resolve_policy,
+    should_encrypt,
+    without_curve,
+)
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
-from orchestrator.liveness import kernel_info, wait_for_kernel_info
+from orchestrator.liveness import Answer, wait_for_answer
 from orchestrator.tunnels import get_tunneler
 
 from ..base import (
@@ -423,45 +429,18 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             message += "\n--- last lines of its log ---\n" + tail
         raise KernelStartError(message)
 
-    async def _wait_for_reply(self, timeout: float, running: Any) -> dict[str, Any] | None:
-        """kernel_info within ``timeout``; when encrypting, also detect a kernel that
-        ignores the Curve keys (it answers in plain text) and apply the policy."""
-        if not self.encrypting:
-            return await wait_for_kernel_info(
-                self.connection_info, self.parent.session, timeout, alive=running
-            )
-        session = self.parent.session
-        plain = without_curve(dict(self.connection_info))
-        deadline = time.monotonic() + timeout
-        attempt = 0.5
-        while time.monotonic() < deadline:
-            if await kernel_info(self.connection_info, session, attempt) is not None:
-                return {"encrypted": True}
-            if await kernel_info(plain, session, 0.3) is not None:
-                return self._unencrypted_kernel()
-            if not await running():
-                return None
-            attempt = min(attempt * 2, 3.0)
-        return None
-
-    def _unencrypted_kernel(self) -> dict[str, Any]:
-        image = self.settings.image if self.settings else "?"
-        if self._policy == "required":
-            raise KernelStartError(
-                f"kernel image {image!r} does not support CurveZMQ transport encryption"
-                " (it ignored the keys; ipykernel >= 7 is needed) and transport_encryption"
-                " is 'required'"
-            )
-        self.log.warning(
-            "kernel %s: image %s does not support CurveZMQ; its traffic to %s is NOT"
-            " encrypted (set transport_encryption to 'required' to refuse such kernels)",
-            self.kernel_id,
-            image,
-            self.address,
+    async def _wait_for_reply(self, timeout: float, running: Any) -> Answer | None:
+        """kernel_info within ``timeout``; a kernel that ignores its Curve keys is
+        refused or accepted unencrypted according to the policy."""
+        answer = await wait_for_answer(
+            self.connection_info, self.parent.session, timeout, alive=running
         )
-        self._curve = None
-        self.connection_info = without_curve(dict(self.connection_info))  # type: ignore[assignment]
-        return {"encrypted": False}
+        if answer is not None and self._curve and not answer.encrypted:
+            image = self.settings.image if self.settings else "?"
+            accept_unencrypted(self._policy, self.log, str(self.kernel_id), image, self.address)
+            self._curve = None
+            self.connection_info = without_curve(dict(self.connection_info))  # type: ignore[assignment]
+        return answer
 
     async def startup_diagnostics(self, lines: int = 20) -> str:
         cid = self.container_id

@@ -30,10 +30,16 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode
 
-from orchestrator.encryption import keypair, resolve_policy, should_encrypt, without_curve
+from orchestrator.encryption import (
+    accept_unencrypted,
+    keypair,
+    resolve_policy,
+    should_encrypt,
+    without_curve,
+)
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
-from orchestrator.liveness import kernel_info
+from orchestrator.liveness import wait_for_answer
 
 from ..base import (
     CHANNELS,
@@ -436,37 +442,26 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         )
 
     async def _wait_kernel(self) -> None:
-        session = self.parent.session
-        plain = without_curve(dict(self.connection_info))
-        deadline = time.monotonic() + self.startup_timeout
-        attempt = 0.5
-        while time.monotonic() < deadline:
-            if await kernel_info(self.connection_info, session, attempt) is not None:
-                return
-            if self._curve and await kernel_info(plain, session, 0.3) is not None:
-                if self._policy == "required":
-                    raise KernelStartError(
-                        f"kernel image {self.settings.image if self.settings else '?'!r} does"
-                        " not support CurveZMQ transport encryption and transport_encryption"
-                        " is 'required'"
-                    )
-                self.log.warning(
-                    "kernel %s does not support CurveZMQ; its traffic to %s is NOT encrypted",
-                    self.kernel_id,
-                    self.pod_ip,
-                )
+        async def running() -> bool:
+            return await self.poll() is None
+
+        answer = await wait_for_answer(
+            self.connection_info, self.parent.session, self.startup_timeout, alive=running
+        )
+        if answer is not None:
+            if self._curve and not answer.encrypted:
+                image = self.settings.image if self.settings else "?"
+                accept_unencrypted(self._policy, self.log, str(self.kernel_id), image, self.pod_ip)
                 self._curve = None
-                self.connection_info = plain  # type: ignore[assignment]
-                return
-            status = await self.poll()
-            if status is not None:
-                tail = await self._log_tail()
-                raise KernelStartError(
-                    f"kernel pod {self.pod_name} exited during start-up"
-                    f" (exit code {status})"
-                    + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
-                )
-            attempt = min(attempt * 2, 3.0)
+                self.connection_info = without_curve(dict(self.connection_info))  # type: ignore[assignment]
+            return
+        status = await self.poll()
+        if status is not None:
+            tail = await self._log_tail()
+            raise KernelStartError(
+                f"kernel pod {self.pod_name} exited during start-up (exit code {status})"
+                + (f"\n--- last lines of its log ---\n{tail}" if tail else "")
+            )
         raise KernelStartError(
             f"kernel in pod {self.pod_name} did not answer within {self.startup_timeout:g}s"
         )
