@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.stream import portforward
 
-from orchestrator.tunnels.ssh.forward import _pump, acceptor
+from orchestrator.tunnels.ssh.forward import Link, acceptor
 
 log = logging.getLogger("kernel-orchestrator.kubernetes")
 
@@ -76,23 +76,13 @@ class _PodForward:
             conn.close()
             return
         self._open.add(pf)
-        done = threading.Event()
-        remaining = [2]
-        lock = threading.Lock()
 
-        def finished() -> None:
-            with lock:
-                remaining[0] -= 1
-                if remaining[0] == 0:
-                    done.set()
+        def closed(_link: Link) -> None:
+            with contextlib.suppress(Exception):
+                pf.close()
+            self._open.discard(pf)
 
-        for src, dst in ((conn, remote), (remote, conn)):
-            threading.Thread(target=_pump, args=(src, dst, finished), daemon=True).start()
-        done.wait()
-        with contextlib.suppress(Exception):
-            pf.close()
-        conn.close()
-        self._open.discard(pf)
+        Link(conn, remote, f"k8s-pf-{self.local_port}", closed).start()
 
     def close(self) -> None:
         self._closed = True

@@ -15,6 +15,7 @@ import logging
 import selectors
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .connection import SSHConnection, SSHError
@@ -42,23 +43,28 @@ def _pump(src: Any, dst: Any, on_done: Any) -> None:
         on_done()
 
 
-class _Link:
-    """One accepted TCP connection and its channel."""
+class Link:
+    """One accepted TCP connection pumped both ways to its remote end (a channel, a socket).
 
-    def __init__(self, client: socket.socket, channel: Any, forward: PortForward) -> None:
-        self.client, self.channel, self.forward = client, channel, forward
+    When both directions are done, both ends are closed and ``on_closed(link)`` runs.
+    """
+
+    def __init__(
+        self, client: socket.socket, remote: Any, name: str, on_closed: Callable[[Link], Any]
+    ) -> None:
+        self.client, self.remote, self.name, self.on_closed = client, remote, name, on_closed
         self._remaining = 2
         self._lock = threading.Lock()
 
     def start(self) -> None:
-        for src, dst, name in (
-            (self.client, self.channel, "up"),
-            (self.channel, self.client, "down"),
+        for src, dst, direction in (
+            (self.client, self.remote, "up"),
+            (self.remote, self.client, "down"),
         ):
             threading.Thread(
                 target=_pump,
                 args=(src, dst, self._half_done),
-                name=f"fwd-{self.forward.local_port}-{name}",
+                name=f"{self.name}-{direction}",
                 daemon=True,
             ).start()
 
@@ -71,10 +77,10 @@ class _Link:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.channel.close()
+            self.remote.close()
         with contextlib.suppress(Exception):
             self.client.close()
-        self.forward._links.discard(self)
+        self.on_closed(self)
 
 
 class PortForward:
@@ -100,7 +106,7 @@ class PortForward:
         self.listener.listen(64)
         self.listener.setblocking(False)
         self.local_port: int = self.listener.getsockname()[1]
-        self._links: set[_Link] = set()
+        self._links: set[Link] = set()
         self._closed = False
 
     def accept_one(self) -> None:
@@ -128,7 +134,7 @@ class PortForward:
             channel.close()
             client.close()
             return
-        link = _Link(client, channel, self)
+        link = Link(client, channel, f"fwd-{self.local_port}", self._links.discard)
         self._links.add(link)
         link.start()
 
