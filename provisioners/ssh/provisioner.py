@@ -180,7 +180,8 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             await self._open_tunnel()
             await self._wait_until_ready()
         except BaseException as e:
-            await self._teardown(remove_remote=True)
+            await self._remove_remote()
+            await self._teardown()
             if isinstance(e, OrchestratorError) and not isinstance(e, KernelStartError):
                 raise KernelStartError(f"kernel on {self.host}: {e}") from None
             raise
@@ -299,19 +300,13 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         await self.send_signal(signal.SIGTERM)
 
     async def cleanup(self, restart: bool = False) -> None:
-        if restart:
-            if self._conn is not None and self.remote is not None:
-                try:
-                    await run_launcher(self._conn, self.python, self._request("cleanup"))
-                except OrchestratorError as e:
-                    self.log.warning("cleanup before restart on %s: %s", self.host, e)
-            self.remote = None
-            return
-        await self._teardown(remove_remote=True)
+        await self._remove_remote()
+        if not restart:  # a restart keeps the tunnel: same local ports for clients
+            await self._teardown()
 
-    async def _teardown(self, remove_remote: bool) -> None:
-        """Stop the remote kernel (if any), remove its files, close tunnel and connection."""
-        if remove_remote and self._conn is not None and self.remote is not None:
+    async def _remove_remote(self) -> None:
+        """Stop the remote kernel if it still runs and remove its files there."""
+        if self._conn is not None and self.remote is not None:
             try:
                 await run_launcher(self._conn, self.python, self._request("cleanup"))
             except OrchestratorError as e:
@@ -319,6 +314,9 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
                     "remote cleanup of kernel %s on %s failed: %s", self.kernel_id, self.host, e
                 )
         self.remote = None
+
+    async def _teardown(self) -> None:
+        """Close this kernel's tunnel and release its share of the SSH connection."""
         if self._tunnel is not None:
             await asyncio.to_thread(self._tunnel.close)
             self._tunnel = None
