@@ -643,3 +643,27 @@ async def interleaved_round_trips(
         op_timeout=65,
         report_every=max(1, blocks // 4),
     )
+
+
+async def start_all_at_once(
+    what: str, n: int, one: Callable[[float], Awaitable[float]], timeout: float
+) -> tuple[float, list[float], list[BaseException]]:
+    """Run ``n`` copies of ``one(t0)`` at once (each returns its seconds to ready).
+
+    Returns the wall time, the sorted times of those that got ready, and the failures.
+    """
+    progress(f"concurrent: starting {n} {what} at once")
+    t0 = time.perf_counter()
+    results = await asyncio.wait_for(
+        asyncio.gather(*(one(t0) for _ in range(n)), return_exceptions=True), timeout
+    )
+    wall = time.perf_counter() - t0
+    ready = sorted(r for r in results if isinstance(r, float))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    progress(
+        f"concurrent: {len(ready)}/{n} ready, {len(errors)} failed, wall {wall:.2f}s;"
+        " per kernel: " + ", ".join(f"{x:.2f}" for x in ready)
+    )
+    for e in errors[:5]:
+        progress(f"  failed: {e}")
+    return wall, ready, errors

@@ -55,6 +55,7 @@ from bench.harness import (
     measurement,
     progress,
     run_interleaved,
+    start_all_at_once,
 )
 from bench.scenarios.core import _diagnostics, _execute, _ready_client, _shutdown
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
@@ -375,21 +376,7 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
             kc.stop_channels()
             return time.perf_counter() - t0
 
-        progress(f"concurrent: starting {n} docker kernels at once")
-        t0 = time.perf_counter()
-        results = await asyncio.wait_for(
-            asyncio.gather(*(one(t0) for _ in range(n)), return_exceptions=True),
-            CONCURRENT_TIMEOUT,
-        )
-        wall = time.perf_counter() - t0
-        ready = sorted(r for r in results if isinstance(r, float))
-        errors = [r for r in results if isinstance(r, BaseException)]
-        progress(
-            f"concurrent: {len(ready)}/{n} ready, {len(errors)} failed, wall {wall:.2f}s;"
-            " per kernel: " + ", ".join(f"{x:.2f}" for x in ready)
-        )
-        for e in errors[:5]:
-            progress(f"  failed: {e}")
+        wall, ready, errors = await start_all_at_once("docker kernels", n, one, CONCURRENT_TIMEOUT)
     finally:
         progress(f"concurrent: shutting down {len(kms)} kernels concurrently")
         t_sd = time.perf_counter()

@@ -64,6 +64,7 @@ from bench.harness import (
     progress,
     reap,
     run_interleaved,
+    start_all_at_once,
 )
 from bench.scenarios.core import _diagnostics, _execute, _ready_client, _shutdown
 from orchestrator import procinfo
@@ -855,21 +856,9 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
                     owned.add(str(warm.kernel_id))
                 await _shutdown(warm)
 
-            progress(f"concurrent: starting {n} kernels on {HOST} at once")
-            t0 = time.perf_counter()
-            results = await asyncio.wait_for(
-                asyncio.gather(*(one(t0) for _ in range(n)), return_exceptions=True),
-                CONCURRENT_TIMEOUT,
+            wall, ready, errors = await start_all_at_once(
+                f"kernels on {HOST}", n, one, CONCURRENT_TIMEOUT
             )
-            wall = time.perf_counter() - t0
-            ready = sorted(r for r in results if isinstance(r, float))
-            errors = [r for r in results if isinstance(r, BaseException)]
-            progress(
-                f"concurrent: {len(ready)}/{n} ready, {len(errors)} failed, wall {wall:.2f}s;"
-                " per kernel: " + ", ".join(f"{x:.2f}" for x in ready)
-            )
-            for e in errors[:5]:
-                progress(f"  failed: {e}")
             started = [km for km in kms[1:] if km.has_kernel]
             distinct_conns = len({id(km.provisioner._conn) for km in started})
             sshd_conns = len(net.connection_pids(HOST))
