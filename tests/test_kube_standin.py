@@ -890,6 +890,11 @@ def test_crashing_containers(kube_pod_runner: PodRunner, core: CoreV1Api) -> Non
         core.delete_namespaced_pod(name, "default")
     for name in ("crash", "done", "loop"):
         kube_pod_runner.store.wait_for("pods", "default", name, lambda p: p is None, timeout=20)
+    # A finished pod leaves the API at once on delete (as on a real API server); its
+    # kubelet removes the containers right after. Wait for that, then require it.
+    deadline = time.monotonic() + 20
+    while kube_pod_runner.containers() and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert kube_pod_runner.containers() == []
 
 

@@ -295,13 +295,16 @@ class PodRunner:
 
     def containers(self) -> list[Any]:
         """This runner's containers (sandboxes included), running or not."""
+        # ignore_removed: a container removed between the listing and its inspect
+        # (a pod being cleaned up right now) is not an error.
         return self.docker.containers.list(
-            all=True, filters={"label": f"{LABEL_RUNNER}={self.runner_id}"}
+            all=True, filters={"label": f"{LABEL_RUNNER}={self.runner_id}"}, ignore_removed=True
         )
 
     def pod_containers(self, namespace: str, name: str) -> list[Any]:
         return self.docker.containers.list(
             all=True,
+            ignore_removed=True,
             filters={
                 "label": [f"{LABEL_POD}={namespace}/{name}", f"{LABEL_RUNNER}={self.runner_id}"]
             },
