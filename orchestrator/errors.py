@@ -36,3 +36,16 @@ class KernelStartError(OrchestratorError):
 
 class KernelLimitError(OrchestratorError):
     """A limit on the number of kernels (in total or per user) would be exceeded."""
+
+
+class OwnedElsewhereError(OrchestratorError):
+    """Another live process owns the kernel, so this one may not do its lifecycle work."""
+
+    def __init__(self, message: str, owner: object = None, expires: float = 0.0) -> None:
+        super().__init__(message)
+        self.owner = owner
+        self.expires = expires
+
+
+class FencedError(OrchestratorError):
+    """This process's claim on a kernel is stale: another process has taken it over."""

@@ -3,7 +3,8 @@
 Two kinds of leftovers exist after a crash or ``kill -9``:
 
 * stale records: the kernel they describe is gone. The provisioner's cleanup runs
-  (so it can release containers, pods, files) and the record is removed;
+  (so it can release containers, pods, files) and the record is removed, unless a
+  live process owns the kernel (that owner deals with the death itself);
 * orphaned resources: a kernel was launched but its record was never saved (the
   orchestrator died in between), or the record was lost. Every installed provisioner
   of ours is asked to remove resources labelled with this deployment's id whose kernel
@@ -39,18 +40,27 @@ async def collect_garbage(
     report = GarbageReport()
     owned: set[str] = set()
     for record in await store.list():
-        km = AsyncKernelManager(kernel_store=store, kernel_name=record.kernel_name)
+        km = AsyncKernelManager(
+            kernel_store=store, kernel_name=record.kernel_name, outlive_process=True
+        )
         try:
-            await km.reattach(record, verify=False)
+            # Only "does it run?": no ownership, no tunnel.
+            await km.reattach(record, verify=False, own=False, connect=False)
         except KernelGoneError:
-            report.stale_records.append(record.kernel_id)
             if not dry_run:
-                await km.discard()
-            continue
+                if await km.discard():
+                    report.stale_records.append(record.kernel_id)
+                    continue
+                report.problems.append(
+                    f"kernel {record.kernel_id} has died; its owner has not cleaned it up yet"
+                )
+            else:
+                report.stale_records.append(record.kernel_id)
+                continue
         except Exception as e:  # keep the record: we cannot tell whether it is gone
             report.problems.append(f"kernel {record.kernel_id}: {e}")
         owned.add(record.kernel_id)
-        km.detach()
+        km.release()
 
     ctx = GarbageContext(
         instance=store.instance_id,

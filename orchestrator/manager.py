@@ -16,11 +16,15 @@ classes expose them directly and the sync classes wrap them with ``run_sync``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import re
+import threading
 import time
 import typing as t
 import uuid
+import weakref
 
 from jupyter_client import manager as jc_manager
 from jupyter_client.ioloop import manager as jc_ioloop
@@ -30,10 +34,21 @@ from jupyter_core.utils import ensure_dir_exists, run_sync
 from traitlets import Bool, Dict, Float, Instance, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from .errors import KernelGoneError, OrchestratorError, ReattachError
+from . import faults, ownership
+from .errors import (
+    FencedError,
+    KernelGoneError,
+    OrchestratorError,
+    OwnedElsewhereError,
+    ReattachError,
+    UnknownKernelError,
+)
 from .liveness import kernel_info
 from .provisioning import create_provisioner, provisioner_stanza
 from .store import KernelRecord, KernelStore, default_store_url, open_store
+from .store.lease import Lease
+
+log = logging.getLogger("kernel-orchestrator")
 
 # Provisioners we run in place of stock ones because the stock ones cannot be
 # re-attached from another process.
@@ -97,6 +112,22 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     reattach_timeout = Float(
         10.0, config=True, help="Seconds a re-attached kernel has to answer kernel_info."
     )
+    lease_seconds = Float(
+        config=True,
+        help="Seconds this process's ownership of a kernel lasts without renewal (it is"
+        " renewed every third of that). When the owner dies, another process takes the"
+        " kernel over after at most this long. Default: $KERNEL_ORCHESTRATOR_LEASE_SECONDS,"
+        " else 30.",
+    )
+    outlive_process = Bool(
+        False,
+        config=True,
+        help="Keep kernels running when this process exits normally without shutting them"
+        " down (as if detach() had been called). Off by default, as with jupyter_client:"
+        " a kernel neither shut down nor detached is shut down at interpreter exit. A"
+        " process that dies without exiting (kill -9, a crash) always leaves its kernels"
+        " running, to be re-attached.",
+    )
     remote_transport_encryption = Unicode(
         "",
         config=True,
@@ -109,6 +140,10 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         if not self.persist:
             return None
         return shared_store(self.store_url or None)
+
+    @default("lease_seconds")
+    def _default_lease_seconds(self) -> float:
+        return ownership.default_lease_seconds()
 
     # Set in the real classes by jupyter_client; declared for type checkers.
     if t.TYPE_CHECKING:
@@ -137,6 +172,9 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     _record_created: float | None = None
     _restart_count: int = 0
     _provisioner_name: str = ""
+    _lease: Lease | None = None
+    _lost_reason: str = ""  # why this process no longer owns the kernel
+    _lost_callbacks: list[t.Callable[[str], t.Any]] | None = None
 
     # ----------------------------------------------------------- provisioners
     def _create_provisioner_for(self, kernel_id: str, spec: KernelSpec, name: str | None = None):  # type: ignore[no-untyped-def]
@@ -201,19 +239,157 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         )
 
     async def save_record(self) -> None:
-        """Save (or update) this kernel's record. Provisioners call it when their state changes."""
+        """Save (or update) this kernel's record. Provisioners call it when their state changes.
+
+        The first save of a new kernel inserts its record owned by this process; every
+        later one is fenced by our lease, so a process that lost the kernel cannot
+        overwrite the new owner's record.
+        """
         if self.kernel_store is None or self.provisioner is None:
             return
-        await self.kernel_store.save(await self.build_record())
+        record = await self.build_record()
+        if self._lease is None:
+            if await self.kernel_store.get(self.kernel_id) is None:
+                lease = await self.kernel_store.insert(
+                    record, ownership.this_holder(), self.lease_seconds
+                )
+                self._hold(lease)
+                return
+            await self._ensure_owner()
+        try:
+            await self.kernel_store.save(record, self._lease)
+        except FencedError as e:
+            self._lease_lost(str(e))
+            raise
 
     async def forget_record(self) -> None:
-        if self.kernel_store is not None and self.kernel_id:
-            await self.kernel_store.delete(self.kernel_id)
+        """Remove the record (fenced: only while this process still owns the kernel)."""
+        if self.kernel_store is None or not self.kernel_id:
+            return
+        lease = self._let_go()
+        if lease is None:
+            try:
+                lease = await ownership.claim(self.kernel_store, self.kernel_id, self.lease_seconds)
+            except UnknownKernelError:
+                return
+        with contextlib.suppress(FencedError):
+            await self.kernel_store.delete(self.kernel_id, lease)
 
     async def touch_activity(self) -> None:
         """Note activity on this kernel in the store (culling survives restarts)."""
         if self.kernel_store is not None and self.kernel_id:
             await self.kernel_store.touch(self.kernel_id)
+
+    # -------------------------------------------------------------- ownership
+    @property
+    def is_owner(self) -> bool:
+        """Whether this process holds the kernel's lease (does its lifecycle work)."""
+        return self._lease is not None or self.kernel_store is None
+
+    @property
+    def owner_lost_reason(self) -> str:
+        """Why this manager lost its kernel to another process ('' while it has not)."""
+        return self._lost_reason
+
+    def on_ownership_lost(self, callback: t.Callable[[str], t.Any]) -> None:
+        """Call ``callback(reason)`` when another process takes this kernel over."""
+        if self._lost_callbacks is None:
+            self._lost_callbacks = []
+        self._lost_callbacks.append(callback)
+
+    def _keeper(self) -> ownership.LeaseKeeper:
+        assert self.kernel_store is not None
+        return ownership.keeper_for(self.kernel_store, self.lease_seconds)
+
+    def _hold(self, lease: Lease) -> None:
+        self._lease, self._lost_reason = lease, ""
+        loop = None
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+        self._keeper().hold(lease, self._lease_lost, loop)
+
+    def _let_go(self) -> Lease | None:
+        """Stop renewing our lease (the caller releases it or deletes the record)."""
+        lease, self._lease = self._lease, None
+        if self.kernel_store is not None and self.kernel_id:
+            self._keeper().drop(self.kernel_id)
+        return lease
+
+    async def claim_ownership(self, *, force: bool = False) -> None:
+        """Become the kernel's owner; ``force`` fences the current owner.
+
+        Raises :class:`OwnedElsewhereError` while a live process owns it.
+        """
+        if self.kernel_store is None:
+            return
+        if self._lease is not None and not force:
+            await self._ensure_owner()
+            return
+        lease = await ownership.claim(
+            self.kernel_store, self.kernel_id, self.lease_seconds, force=force
+        )
+        self._hold(lease)
+
+    async def _ensure_owner(self) -> None:
+        """Refuse lifecycle work unless this process still owns the kernel.
+
+        Checked against the store itself, not our memory of the lease: an owner whose
+        kernel was taken over (or shut down) by another process must never restart it.
+        """
+        if self.kernel_store is None:
+            return
+        if self._lease is None:
+            if self._lost_reason:
+                raise FencedError(
+                    f"kernel {self.kernel_id} is no longer managed by this process:"
+                    f" {self._lost_reason}"
+                )
+            await self.claim_ownership()
+            return
+        record = await self.kernel_store.get(self.kernel_id)
+        lease = self._lease
+        if (
+            record is None
+            or record.generation != lease.generation
+            or record.owner.get("holder_id") != lease.holder_id
+        ):
+            why = (
+                "its record was removed"
+                if record is None
+                else f"another process took it over (generation {record.generation})"
+            )
+            self._lease_lost(why)
+            raise FencedError(f"kernel {self.kernel_id} is no longer ours: {why}")
+
+    def _lease_lost(self, reason: str) -> None:
+        """Another process owns the kernel now: stop managing it, tell who asked."""
+        if self._lease is None and self._lost_reason:
+            return
+        self._let_go()
+        self._lost_reason = reason or "taken over by another process"
+        with contextlib.suppress(Exception):
+            self.stop_restarter()
+        _forget_live(self)
+        for callback in self._lost_callbacks or []:
+            try:
+                callback(self._lost_reason)
+            except Exception:
+                log.exception("ownership-lost callback failed")
+
+    def _lease_claimed(self, lease: Lease) -> None:
+        """The owner's lease lapsed and we took over: start doing the lifecycle work."""
+        self._hold(lease)
+        if self.has_kernel:  # type: ignore[attr-defined]
+            self.start_restarter()
+
+    def want_ownership(self) -> None:
+        """Take the kernel over as soon as its current owner's lease lapses."""
+        if self.kernel_store is None or self._lease is not None:
+            return
+        loop = None
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+        self._keeper().want(self.kernel_id, self._lease_claimed, loop)
 
     # ---------------------------------------------------- lifecycle overrides
     async def _async_pre_start_kernel(self, **kw: t.Any) -> t.Any:
@@ -222,6 +398,8 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             check_kernel_id(self.kernel_id)
             if self.kernel_spec is None:
                 raise OrchestratorError(f"no kernelspec for kernel name {self.kernel_name!r}")
+            if self.kernel_store is not None and await self.kernel_store.get(self.kernel_id):
+                raise OrchestratorError(f"kernel id {self.kernel_id!r} is already in use")
             self.provisioner = self._create_provisioner_for(self.kernel_id, self.kernel_spec)
         if not self.connection_file:
             # A predictable place (like MultiKernelManager's), not a random temp file,
@@ -233,9 +411,13 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 
     async def _async_post_start_kernel(self, **kw: t.Any) -> None:
         await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
+        faults.checkpoint("after-launch")
         await self.save_record()
+        faults.checkpoint("after-save")
+        _remember_live(self)
 
     async def _async_start_kernel(self, **kw: t.Any) -> None:
+        faults.checkpoint("before-launch")
         try:
             await super()._async_start_kernel(**kw)  # type: ignore[misc]
         except BaseException:
@@ -258,15 +440,33 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             await self.forget_record()
         except Exception as e:  # never mask the original failure
             self.log.warning("cleanup after failed start of %s: %s", self.kernel_id, e)
+        _forget_live(self)
 
     async def _async_restart_kernel(self, now: bool = False, newports: bool = False, **kw: t.Any):  # type: ignore[no-untyped-def]
+        await self._ensure_owner()
         self._restart_count += 1
         await super()._async_restart_kernel(now=now, newports=newports, **kw)  # type: ignore[misc]
 
+    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        await self._ensure_owner()
+        if restart:
+            faults.checkpoint("mid-restart")
+        else:
+            faults.checkpoint("before-shutdown")
+        await super()._async_shutdown_kernel(now=now, restart=restart)  # type: ignore[misc]
+
+    async def _async_interrupt_kernel(self) -> None:
+        if not self.shutting_down:  # jupyter_client interrupts as part of a shutdown
+            await self._ensure_owner()
+        await super()._async_interrupt_kernel()  # type: ignore[misc]
+
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
+        if not restart:
+            faults.checkpoint("after-kill")
         await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
         if not restart:
             await self.forget_record()
+            _forget_live(self)
 
     def __del__(self) -> None:
         # The stock manager deletes the connection file when the *object* goes away.
@@ -278,9 +478,22 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 
     # ------------------------------------------------------------- re-attach
     async def _async_reattach(
-        self, record: KernelRecord, *, verify: bool = True, timeout: float | None = None
+        self,
+        record: KernelRecord,
+        *,
+        verify: bool = True,
+        timeout: float | None = None,
+        own: bool | None = True,
+        connect: bool = True,
     ) -> None:
         """Take over the running kernel described by ``record``, without restarting it.
+
+        ``own``: True claims ownership (raising :class:`OwnedElsewhereError` while a
+        live process owns the kernel), None claims it if free and otherwise attaches
+        as a client that takes over when the owner's lease lapses, False attaches as
+        a client (to execute code: clients need no ownership). ``connect=False`` only
+        loads the provisioner's state, to ask whether the kernel runs, and opens no
+        tunnel or socket.
 
         Raises :class:`KernelGoneError` if the kernel is no longer running (the
         provisioner is loaded, so :meth:`discard` can still clean up after it), and
@@ -288,6 +501,11 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         """
         self.kernel_id = record.kernel_id
         self.kernel_name = record.kernel_name
+        if own and self.kernel_store is not None:
+            await self.claim_ownership()
+        elif own is None and self.kernel_store is not None:
+            with contextlib.suppress(OwnedElsewhereError):
+                await self.claim_ownership()
         self._kernel_spec = spec_from_dict(record.kernel_spec)
         self._launch_args = self._launch_args_from_record(record.launch_args)
         self._record_created = record.created
@@ -297,6 +515,13 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             record.kernel_id, self._kernel_spec, name=record.provisioner_name
         )
         await self.provisioner.load_provisioner_info(record.provisioner_info)
+        if not self.provisioner.has_process or await self.provisioner.poll() is not None:
+            raise KernelGoneError(f"kernel {record.kernel_id} is no longer running")
+        if not connect:
+            return
+        reconnect = getattr(self.provisioner, "reconnect", None)
+        if reconnect is not None:
+            await reconnect()
         self.load_connection_info(self.provisioner.connection_info)
         if record.connection_file:
             self.connection_file = record.connection_file
@@ -305,8 +530,6 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         else:
             self.write_connection_file()
 
-        if not self.provisioner.has_process or await self.provisioner.poll() is not None:
-            raise KernelGoneError(f"kernel {record.kernel_id} is no longer running")
         if verify:
             wait = self.reattach_timeout if timeout is None else timeout
             info = dict(self.get_connection_info(session=False))  # type: ignore[attr-defined]
@@ -321,11 +544,25 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         self.shutting_down = False
         self._ready = jc_manager._get_future()
         self._ready.set_result(None)
-        self.start_restarter()
+        if self.is_owner:
+            self.start_restarter()
+        elif own is None:
+            self.want_ownership()
         self._connect_control_socket()
+        _remember_live(self)
 
-    async def _async_discard(self) -> None:
-        """Release everything a gone kernel left (provisioner resources, files, record)."""
+    async def _async_discard(self) -> bool:
+        """Release everything a gone kernel left (provisioner resources, files, record).
+
+        Only the owner cleans up: a kernel that a live process owns is left to it (that
+        process's restarter or shutdown deals with the death), and False is returned.
+        """
+        if not self.is_owner:
+            try:
+                await self.claim_ownership()
+            except OwnedElsewhereError:
+                self.release()
+                return False
         try:
             if self.provisioner is not None:
                 await self.provisioner.cleanup(restart=False)
@@ -334,16 +571,100 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             self._connection_file_written = os.path.exists(self.connection_file)
             self.cleanup_connection_file()
             await self.forget_record()
+            _forget_live(self)
+        return True
+
+    def release(self) -> None:
+        """Let go of everything this process holds for the kernel, without stopping it:
+        restarter, sockets, the provisioner's tunnels and connections, the lease."""
+        with contextlib.suppress(Exception):
+            self.stop_restarter()
+        self._close_control_socket()
+        self._connection_file_written = False
+        release = getattr(self.provisioner, "release", None)
+        if release is not None:
+            try:
+                release()
+            except Exception as e:
+                self.log.warning("kernel %s: releasing its resources: %s", self.kernel_id, e)
+        lease = self._let_go()
+        if lease is not None and self.kernel_store is not None:
+            try:
+                self.kernel_store.release_now(lease)
+            except Exception as e:  # the lease then lapses on its own
+                self.log.warning("kernel %s: could not release ownership: %s", self.kernel_id, e)
+        _forget_live(self)
 
     def detach(self) -> None:
         """Let go of the kernel without stopping it (another process may re-attach).
 
-        Closes this manager's sockets and restarter; the kernel, its connection file
-        and its record stay.
+        Releases what this process holds for it (see :meth:`release`) and its
+        ownership at once, so the next process can do lifecycle work without waiting;
+        the kernel, its connection file and its record stay.
         """
-        self.stop_restarter()
-        self._close_control_socket()
-        self._connection_file_written = False
+        self.release()
+
+
+# ------------------------------------------------------------------ lifetime
+# Kernels this process started or re-attached and has neither shut down nor detached.
+# At a normal interpreter exit they are shut down, as jupyter_client's kernels die with
+# their parent, unless their manager has ``outlive_process``; a process killed outright
+# runs no exit hook, and its kernels stay for the next process to re-attach.
+_live: weakref.WeakSet[PersistentKernelManagerMixin] = weakref.WeakSet()
+_exit_hook_installed = False
+_exit_lock = threading.Lock()
+
+
+def _remember_live(km: PersistentKernelManagerMixin) -> None:
+    global _exit_hook_installed
+    _live.add(km)
+    with _exit_lock:
+        if not _exit_hook_installed:
+            # Before concurrent.futures shuts its thread pools down at exit, which
+            # atexit handlers run after: the provisioners still need them.
+            register = getattr(threading, "_register_atexit", None)
+            if register is not None:
+                register(_shutdown_at_exit)
+            else:  # pragma: no cover - very old or unusual Pythons
+                import atexit
+
+                atexit.register(_shutdown_at_exit)
+            _exit_hook_installed = True
+
+
+def _forget_live(km: PersistentKernelManagerMixin) -> None:
+    _live.discard(km)
+
+
+def _shutdown_at_exit() -> None:
+    """Shut down (or, with ``outlive_process``, release) the kernels still held at exit."""
+    kms = list(_live)
+    _live.clear()
+    stop = [km for km in kms if not km.outlive_process]
+    for km in kms:
+        if km.outlive_process:
+            with contextlib.suppress(Exception):
+                km.release()
+    if not stop:
+        return
+
+    async def shutdown(km: PersistentKernelManagerMixin) -> None:
+        try:
+            await asyncio.wait_for(
+                PersistentKernelManagerMixin._async_shutdown_kernel(km, now=True), 20
+            )
+        except Exception as e:
+            log.warning("kernel %s: shutdown at exit failed: %s", km.kernel_id, e)
+            with contextlib.suppress(Exception):
+                km.release()
+
+    async def shutdown_all() -> None:
+        await asyncio.gather(*(shutdown(km) for km in stop))
+
+    try:
+        asyncio.run(shutdown_all())
+    except Exception as e:
+        log.warning("shutting down kernels at exit: %s", e)
 
 
 class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
@@ -353,9 +674,12 @@ class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
     pre_start_kernel = run_sync(PersistentKernelManagerMixin._async_pre_start_kernel)
     post_start_kernel = run_sync(PersistentKernelManagerMixin._async_post_start_kernel)
     restart_kernel = run_sync(PersistentKernelManagerMixin._async_restart_kernel)
+    shutdown_kernel = run_sync(PersistentKernelManagerMixin._async_shutdown_kernel)
+    interrupt_kernel = run_sync(PersistentKernelManagerMixin._async_interrupt_kernel)
     cleanup_resources = run_sync(PersistentKernelManagerMixin._async_cleanup_resources)
     reattach = run_sync(PersistentKernelManagerMixin._async_reattach)
     discard = run_sync(PersistentKernelManagerMixin._async_discard)
+    claim = run_sync(PersistentKernelManagerMixin.claim_ownership)
 
 
 class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelManager):
@@ -365,9 +689,12 @@ class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelMan
     pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel  # type: ignore[assignment]
     post_start_kernel = PersistentKernelManagerMixin._async_post_start_kernel  # type: ignore[assignment]
     restart_kernel = PersistentKernelManagerMixin._async_restart_kernel  # type: ignore[assignment]
+    shutdown_kernel = PersistentKernelManagerMixin._async_shutdown_kernel  # type: ignore[assignment]
+    interrupt_kernel = PersistentKernelManagerMixin._async_interrupt_kernel  # type: ignore[assignment]
     cleanup_resources = PersistentKernelManagerMixin._async_cleanup_resources  # type: ignore[assignment]
     reattach = PersistentKernelManagerMixin._async_reattach
     discard = PersistentKernelManagerMixin._async_discard
+    claim = PersistentKernelManagerMixin.claim_ownership
 
 
 class IOLoopKernelManager(KernelManager, jc_ioloop.IOLoopKernelManager):
@@ -385,23 +712,27 @@ async def attach(
     verify: bool = True,
     timeout: float | None = None,
     manager_class: type[AsyncKernelManager] = AsyncKernelManager,
+    own: bool | None = True,
     **manager_kwargs: t.Any,
 ) -> AsyncKernelManager:
     """A manager re-attached to the stored kernel ``kernel_id``.
 
-    A gone kernel is discarded (its resources and record cleaned up) and reported
-    as :class:`KernelGoneError`.
+    ``own`` as for :meth:`AsyncKernelManager.reattach`: by default the manager becomes
+    the kernel's owner (:class:`OwnedElsewhereError` while a live process owns it).
+    A gone kernel is discarded (its resources and record cleaned up) and reported as
+    :class:`KernelGoneError`; on any other failure nothing is left held.
     """
-    from .errors import UnknownKernelError
-
     store = store or shared_store(None)
     record = await store.get(kernel_id)
     if record is None:
         raise UnknownKernelError(f"unknown kernel id {kernel_id!r}")
     km = manager_class(kernel_store=store, kernel_name=record.kernel_name, **manager_kwargs)
     try:
-        await km.reattach(record, verify=verify, timeout=timeout)
+        await km.reattach(record, verify=verify, timeout=timeout, own=own)
     except KernelGoneError:
         await km.discard()
+        raise
+    except BaseException:
+        km.release()
         raise
     return km

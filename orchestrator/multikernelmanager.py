@@ -8,11 +8,20 @@ On start-up every saved record is examined concurrently:
   nothing it held (ports, files, containers, pods) leaks;
 * a kernel that cannot be re-attached for another reason is left alone, with a log
   line that says why.
+
+Restored kernels are claimed (see :mod:`orchestrator.ownership`); one that another
+live process owns is attached as a client and taken over when that owner's lease
+lapses. A manager whose kernel is taken over by another process drops it.
+
+If the restore itself fails (the store is unreachable, say), it is retried with
+backoff; ``restore_error`` says why meanwhile, and later calls are not poisoned by
+the failure: a start goes ahead and meets the store on its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import typing as t
 from dataclasses import dataclass, field
@@ -50,6 +59,9 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
     reattach_concurrency = Int(
         64, config=True, help="How many saved kernels are examined at once during restore."
     )
+    restore_max_backoff = Float(
+        30.0, config=True, help="Longest wait, in seconds, between retries of a failed restore."
+    )
 
     if t.TYPE_CHECKING:
         _kernels: dict[str, t.Any]
@@ -61,6 +73,8 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
 
     _restore_task: asyncio.Future[RestoreReport] | None = None
     last_restore: RestoreReport | None = None
+    restore_error: str = ""  # why the last restore attempt failed ('' if none did)
+    restore_attempts: int = 0
 
     @default("kernel_store")
     def _default_kernel_store(self) -> KernelStore:
@@ -71,9 +85,22 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
 
         def create_kernel_manager(*args: t.Any, **kwargs: t.Any) -> t.Any:
             kwargs.setdefault("kernel_store", self.kernel_store)
-            return make(*args, **kwargs)
+            km = make(*args, **kwargs)
+            km.on_ownership_lost(functools.partial(self._ownership_lost, km))
+            return km
 
         return create_kernel_manager  # type: ignore[no-any-return]
+
+    def _ownership_lost(self, km: t.Any, reason: str) -> None:
+        """Another process owns ``km``'s kernel now: stop serving it from here."""
+        kernel_id = str(km.kernel_id)
+        if kernel_id in self._kernels and self._kernels[kernel_id] is km:
+            self.log.warning("kernel %s dropped: %s", kernel_id, reason)
+            self._forget_kernel(kernel_id)
+        km.release()
+
+    def _forget_kernel(self, kernel_id: str) -> None:
+        self._kernels.pop(kernel_id, None)
 
     async def _restore_one(self, record: KernelRecord, report: RestoreReport) -> None:
         kernel_id = record.kernel_id
@@ -91,7 +118,7 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             **kwargs,
         )
         try:
-            await km._async_reattach(record, timeout=self.reattach_timeout)
+            await km._async_reattach(record, timeout=self.reattach_timeout, own=None)
         except KernelGoneError:
             self.log.info(
                 "kernel %s (%s) is gone; cleaning up its record", kernel_id, record.kernel_name
@@ -106,7 +133,7 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             self.log.warning(
                 "kernel %s (%s) could not be re-attached: %s", kernel_id, record.kernel_name, reason
             )
-            km.detach()
+            km.release()
             report.failed[kernel_id] = reason
         else:
             self._kernels[kernel_id] = km
@@ -136,17 +163,52 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             )
         return report
 
+    async def _restore_with_retries(self) -> RestoreReport:
+        """Restore; on failure, retry with backoff until it succeeds."""
+        delay = 0.5
+        while True:
+            self.restore_attempts += 1
+            try:
+                report = await self._async_restore_kernels()
+            except Exception as e:
+                self.restore_error = str(e) or type(e).__name__
+                self.log.warning(
+                    "restoring kernels failed (attempt %d, retry in %.1fs): %s",
+                    self.restore_attempts,
+                    delay,
+                    self.restore_error,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.restore_max_backoff)
+                continue
+            self.restore_error = ""
+            return report
+
+    def _start_restore(self) -> asyncio.Future[RestoreReport]:
+        if self._restore_task is None:
+            self._restore_task = asyncio.ensure_future(self._restore_with_retries())
+        return self._restore_task
+
     async def _restore_once(self) -> RestoreReport:
         """Run the restore now (or wait for the one already under way)."""
-        if self._restore_task is None:
-            self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
-        return await self._restore_task
+        return await asyncio.shield(self._start_restore())
 
     async def restored(self) -> RestoreReport | None:
-        """Wait for the start-up restore (starting it if needed), if one is configured."""
+        """Wait for the start-up restore (starting it if needed), if one is configured.
+
+        While the restore keeps failing this does not wait for it: the caller goes on
+        (and meets the same fault, the store, with an error of its own).
+        """
         if not self.restore_on_start:
             return None
-        return await self._restore_once()
+        task = self._start_restore()
+        if not task.done() and self.restore_error:
+            return None
+        return await asyncio.shield(task)
+
+    @property
+    def restore_done(self) -> bool:
+        return self._restore_task is not None and self._restore_task.done()
 
 
 class MultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.MultiKernelManager):
@@ -186,7 +248,7 @@ class AsyncMultiKernelManager(PersistentMultiKernelManagerMixin, jc_mkm.AsyncMul
                 asyncio.get_running_loop()
             except RuntimeError:
                 return
-            self._restore_task = asyncio.ensure_future(self._async_restore_kernels())
+            self._start_restore()
 
     restore_kernels = PersistentMultiKernelManagerMixin._restore_once
 

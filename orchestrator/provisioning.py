@@ -18,7 +18,14 @@ from jupyter_client.provisioning import KernelProvisionerBase
 from .errors import OrchestratorError
 
 GROUP = "jupyter_client.kernel_provisioners"
-DEFAULT_PROVISIONER = "local-provisioner"
+
+
+def default_provisioner_name() -> str:
+    """jupyter_client's setting (``KernelProvisionerFactory.default_provisioner_name``,
+    ``$JUPYTER_DEFAULT_PROVISIONER_NAME``): the provisioner of kernelspecs naming none."""
+    from jupyter_client.provisioning import KernelProvisionerFactory
+
+    return str(KernelProvisionerFactory.instance().default_provisioner_name)
 
 
 def installed_provisioners() -> dict[str, str]:
@@ -55,7 +62,7 @@ def _load_provisioner_class(name: str) -> type[KernelProvisionerBase]:
 def provisioner_stanza(spec: KernelSpec) -> tuple[str, dict[str, Any]]:
     """``(provisioner_name, config)`` from a kernelspec's ``kernel_provisioner`` metadata."""
     stanza = (spec.metadata or {}).get("kernel_provisioner") or {}
-    name = stanza.get("provisioner_name") or DEFAULT_PROVISIONER
+    name = stanza.get("provisioner_name") or default_provisioner_name()
     config = stanza.get("config") or {}
     if not isinstance(config, dict):
         raise OrchestratorError(

@@ -9,6 +9,10 @@
 * ``add_kernelspec_arguments()`` / ``kernelspec_config()``: how
   ``kernel-orchestrator kernelspec install PROVISIONER`` writes a kernelspec for it.
 * ``startup_diagnostics()``: the last lines a failed kernel printed, for error messages.
+* ``reconnect()`` / ``release()``: after ``load_provisioner_info`` (which only loads
+  state, so a status check opens nothing), ``reconnect`` makes the kernel reachable
+  from this process (tunnels, port-forwards); ``release`` lets go of everything this
+  process holds for the kernel (tunnels, connections, threads) without stopping it.
 """
 
 from __future__ import annotations
@@ -62,6 +66,12 @@ class OrchestratorProvisionerMixin:
         save = getattr(self.parent, "save_record", None)
         if save is not None:
             await save()
+
+    async def reconnect(self) -> None:
+        """Make a re-attached kernel reachable from this process (open its tunnels)."""
+
+    def release(self) -> None:
+        """Release what this process holds for the kernel; the kernel keeps running."""
 
     async def startup_diagnostics(self, lines: int = 20) -> str:
         """The last ``lines`` of the kernel's own output, if this provisioner can get them."""

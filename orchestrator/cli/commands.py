@@ -2,7 +2,11 @@
 
 A command never owns the kernels it touches beyond its own lifetime: it re-attaches,
 does its one thing, and detaches, leaving the kernel running (unless the command is
-``shutdown``).
+``shutdown``). ``exec`` is a client and needs no ownership; ``interrupt``, ``restart``
+and ``shutdown`` are lifecycle work, so they claim the kernel and refuse, naming the
+owner, while another live process (a gateway) owns it, unless ``--force`` fences that
+owner. Ownership is released when the command ends, so the next command goes ahead
+at once. ``list`` and ``gc`` ask only whether kernels run: they open no tunnel.
 """
 
 from __future__ import annotations
@@ -18,7 +22,13 @@ from typing import Any
 
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 
-from ..errors import KernelGoneError, KernelStartError, OrchestratorError, UnknownKernelError
+from ..errors import (
+    KernelGoneError,
+    KernelStartError,
+    OrchestratorError,
+    OwnedElsewhereError,
+    UnknownKernelError,
+)
 from ..gc import collect_garbage
 from ..liveness import wait_for_kernel_info
 from ..manager import AsyncKernelManager
@@ -48,18 +58,49 @@ async def resolve_record(store: KernelStore, kernel_id: str) -> KernelRecord:
     return matches[0]
 
 
+def cli_manager(store: KernelStore, kernel_name: str) -> AsyncKernelManager:
+    """A manager for one command: its kernels outlive the command's process."""
+    return AsyncKernelManager(kernel_store=store, kernel_name=kernel_name, outlive_process=True)
+
+
 async def attach_record(
-    store: KernelStore, record: KernelRecord, *, verify: bool = False
+    store: KernelStore,
+    record: KernelRecord,
+    *,
+    verify: bool = False,
+    own: bool = True,
+    force: bool = False,
+    connect: bool = True,
 ) -> AsyncKernelManager:
-    """A manager attached to ``record``'s kernel; a dead kernel is cleaned up and reported."""
-    km = AsyncKernelManager(kernel_store=store, kernel_name=record.kernel_name)
+    """A manager attached to ``record``'s kernel; a dead kernel is cleaned up and reported.
+
+    ``own`` claims the kernel for lifecycle work (refused, with the owner named, while
+    a live process owns it); ``force`` fences that owner instead.
+    """
+    km = cli_manager(store, record.kernel_name)
     try:
-        await km.reattach(record, verify=verify)
+        if force:
+            km.kernel_id = record.kernel_id
+            await km.claim_ownership(force=True)
+        await km.reattach(record, verify=verify, own=own, connect=connect)
     except KernelGoneError:
-        await km.discard()
+        if not await km.discard():
+            raise KernelGoneError(
+                f"kernel {record.kernel_id} has died; its owner cleans it up"
+            ) from None
         raise KernelGoneError(
             f"kernel {record.kernel_id} has died; its record and resources were cleaned up"
         ) from None
+    except OwnedElsewhereError as e:
+        km.release()
+        raise OwnedElsewhereError(
+            f"{e}; it does the kernel's lifecycle work (use --force to take it over)",
+            e.owner,
+            e.expires,
+        ) from None
+    except BaseException:
+        km.release()
+        raise
     return km
 
 
@@ -73,7 +114,7 @@ async def cmd_start(store: KernelStore, args: Any) -> int:
     except NoSuchKernel:
         raise OrchestratorError(_explain_missing_kernelspec(name)) from None
     provisioner_name, _ = provisioner_stanza(spec)
-    km = AsyncKernelManager(kernel_store=store, kernel_name=name)
+    km = cli_manager(store, name)
     load_provisioner_class(km.provisioner_aliases.get(provisioner_name, provisioner_name))
     km.labels = dict(_parse_labels(args.label))
     env = parse_env(args.env)
@@ -145,35 +186,50 @@ def _parse_labels(pairs: list[str]) -> list[tuple[str, str]]:
 
 
 # -------------------------------------------------------------------- list
-async def _status(store: KernelStore, record: KernelRecord) -> str:
-    km = AsyncKernelManager(kernel_store=store, kernel_name=record.kernel_name)
+async def kernel_status(store: KernelStore, record: KernelRecord) -> str:
+    """'running', 'dead' or 'unknown (why)', asked of the provisioner without a tunnel."""
+    km = cli_manager(store, record.kernel_name)
     try:
-        await km.reattach(record, verify=False)
+        await km.reattach(record, verify=False, own=False, connect=False)
+        status = "running" if await km.provisioner.poll() is None else "dead"
     except KernelGoneError:
-        return "dead"
+        status = "dead"
     except Exception as e:
-        return f"unknown ({e})"
-    km.detach()
-    return "running"
+        status = f"unknown ({e})"
+    km.release()
+    return status
+
+
+def owner_of(record: KernelRecord) -> str:
+    """Who does the kernel's lifecycle work, for ``list``: '-' when nobody holds a lease."""
+    from ..store.lease import Holder
+
+    owner = Holder.from_dict(record.owner)
+    if owner is None or record.lease_expires <= time.time():
+        return "-"
+    return f"{owner.kind}:{owner.pid}@{owner.host}"
 
 
 async def cmd_list(store: KernelStore, args: Any) -> int:
     records = await store.list()
-    statuses = await asyncio.gather(*(_status(store, r) for r in records))
+    statuses = await asyncio.gather(*(kernel_status(store, r) for r in records))
     if args.json:
         rows_json = [
-            {**r.public_dict(), "status": s} for r, s in zip(records, statuses, strict=True)
+            {**r.public_dict(), "status": s, "owned_by": owner_of(r)}
+            for r, s in zip(records, statuses, strict=True)
         ]
         _print_json(rows_json)
         return 0
     if not records:
         print("no kernels", file=sys.stderr)
         return 0
-    rows = [("KERNEL ID", "NAME", "PROVISIONER", "STATUS", "CREATED", "LABELS")]
+    rows = [("KERNEL ID", "NAME", "PROVISIONER", "STATUS", "OWNER", "CREATED", "LABELS")]
     for r, s in zip(records, statuses, strict=True):
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.created))
         labels = ",".join(f"{k}={v}" for k, v in sorted(r.labels.items()))
-        rows.append((r.kernel_id, r.kernel_name, r.provisioner_name, s, created, labels))
+        rows.append(
+            (r.kernel_id, r.kernel_name, r.provisioner_name, s, owner_of(r), created, labels)
+        )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -209,7 +265,7 @@ class _OutputWriter:
 async def cmd_exec(store: KernelStore, args: Any) -> int:
     code = sys.stdin.read() if args.code == "-" else args.code
     record = await resolve_record(store, args.kernel_id)
-    km = await attach_record(store, record)
+    km = await attach_record(store, record, own=False)
     kc = km.client()
     kc.start_channels()
     interrupted = False
@@ -219,7 +275,7 @@ async def cmd_exec(store: KernelStore, args: Any) -> int:
     def on_sigint() -> None:
         nonlocal interrupted
         interrupted = True
-        task = asyncio.ensure_future(km.interrupt_kernel())
+        task = asyncio.ensure_future(_interrupt_as_client(km))
         pending.add(task)
         task.add_done_callback(pending.discard)
 
@@ -230,9 +286,7 @@ async def cmd_exec(store: KernelStore, args: Any) -> int:
         except RuntimeError:
             if not await km.is_alive():
                 await km.discard()
-                raise KernelGoneError(
-                    f"kernel {record.kernel_id} died; its record was cleaned up"
-                ) from None
+                raise KernelGoneError(f"kernel {record.kernel_id} died") from None
             raise OrchestratorError(
                 f"kernel {record.kernel_id} did not respond within {args.timeout:g}s"
             ) from None
@@ -244,7 +298,7 @@ async def cmd_exec(store: KernelStore, args: Any) -> int:
                 timeout=args.exec_timeout,
             )
         except TimeoutError:
-            await km.interrupt_kernel()
+            await _interrupt_as_client(km)
             raise OrchestratorError(
                 f"execution did not finish within {args.exec_timeout:g}s (interrupted)"
             ) from None
@@ -259,10 +313,29 @@ async def cmd_exec(store: KernelStore, args: Any) -> int:
     return 130 if interrupted else 1
 
 
+async def _interrupt_as_client(km: AsyncKernelManager) -> None:
+    """Ctrl-C of ``exec``: interrupt the cell this client runs, through the owner's
+    rules: claim the kernel if nobody owns it, else send ``interrupt_request`` the way
+    any client may (a kernel-level message, not a signal)."""
+    try:
+        await km.claim_ownership()
+    except OwnedElsewhereError:
+        kc = km.client()
+        msg = kc.session.msg("interrupt_request", content={})
+        kc.start_channels(shell=False, iopub=False, stdin=False, hb=False, control=True)
+        try:
+            kc.control_channel.send(msg)
+            await asyncio.sleep(0.1)
+        finally:
+            kc.stop_channels()
+        return
+    await km.interrupt_kernel()
+
+
 # ------------------------------------------------- interrupt/restart/shutdown
 async def cmd_interrupt(store: KernelStore, args: Any) -> int:
     record = await resolve_record(store, args.kernel_id)
-    km = await attach_record(store, record)
+    km = await attach_record(store, record, force=args.force)
     await km.interrupt_kernel()
     await km.touch_activity()
     km.detach()
@@ -272,7 +345,7 @@ async def cmd_interrupt(store: KernelStore, args: Any) -> int:
 
 async def cmd_restart(store: KernelStore, args: Any) -> int:
     record = await resolve_record(store, args.kernel_id)
-    km = await attach_record(store, record)
+    km = await attach_record(store, record, force=args.force)
     async with progress(f"restarting kernel {record.kernel_id}"):
         await km.restart_kernel(now=args.now)
         ready = await wait_for_kernel_info(
@@ -299,6 +372,41 @@ async def _shutdown_one(store: KernelStore, record: KernelRecord, now: bool) -> 
     return f"shut down {record.kernel_id}"
 
 
+async def _force_remove(store: KernelStore, record: KernelRecord, timeout: float) -> str:
+    """Fence any owner, clean up what can be reached within ``timeout``, remove the record.
+
+    For a kernel whose host or engine is gone for good: its record goes whatever
+    happens, and the result says what may be left behind where cleanup failed.
+    """
+    km = cli_manager(store, record.kernel_name)
+    km.kernel_id = record.kernel_id
+    await km.claim_ownership(force=True)
+    problem = ""
+    try:
+        await asyncio.wait_for(_kill_and_clean(km, record), timeout)
+    except KernelGoneError:
+        pass
+    except asyncio.TimeoutError:
+        problem = f"cleanup did not finish within {timeout:g}s"
+    except Exception as e:
+        problem = str(e) or type(e).__name__
+    summary = getattr(km.provisioner, "resource_summary", lambda: "")() if km.provisioner else ""
+    km.release()
+    await store.delete(record.kernel_id)
+    if not problem:
+        return f"shut down {record.kernel_id} (forced)"
+    left = f"; may be left behind: {summary}" if summary else ""
+    return f"removed the record of {record.kernel_id}; could not clean up ({problem}){left}"
+
+
+async def _kill_and_clean(km: AsyncKernelManager, record: KernelRecord) -> None:
+    await km.reattach(record, verify=False, own=True, connect=False)
+    assert km.provisioner is not None
+    await km.provisioner.kill()
+    await km.provisioner.cleanup(restart=False)
+    km.cleanup_connection_file()
+
+
 async def cmd_shutdown(store: KernelStore, args: Any) -> int:
     if args.all:
         records = await store.list()
@@ -307,9 +415,11 @@ async def cmd_shutdown(store: KernelStore, args: Any) -> int:
     else:
         raise OrchestratorError("give a KERNEL_ID or --all")
     async with progress(f"shutting down {len(records)} kernel(s)"):
-        results = await asyncio.gather(
-            *(_shutdown_one(store, r, args.now) for r in records), return_exceptions=True
-        )
+        if args.force:
+            jobs = [_force_remove(store, r, args.cleanup_timeout) for r in records]
+        else:
+            jobs = [_shutdown_one(store, r, args.now) for r in records]
+        results = await asyncio.gather(*jobs, return_exceptions=True)
     failed = 0
     for record, result in zip(records, results, strict=True):
         if isinstance(result, BaseException):

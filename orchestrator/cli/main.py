@@ -84,21 +84,44 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=commands.cmd_exec)
 
+    force_help = (
+        "take the kernel over from the process that owns it (a gateway, say): that"
+        " owner is fenced, its restarter stops and it drops the kernel"
+    )
     p = sub.add_parser("interrupt", help="interrupt a kernel")
     p.add_argument("kernel_id")
+    p.add_argument("--force", action="store_true", help=force_help)
     p.set_defaults(run=commands.cmd_interrupt)
 
     p = sub.add_parser("restart", help="restart a kernel (same id)")
     p.add_argument("kernel_id")
     p.add_argument("--now", action="store_true", help="kill instead of asking it to stop")
     p.add_argument("--timeout", type=_positive, default=60.0)
+    p.add_argument("--force", action="store_true", help=force_help)
     p.set_defaults(run=commands.cmd_restart)
 
-    p = sub.add_parser("shutdown", help="shut down a kernel, or all with --all")
-    p.add_argument("kernel_id", nargs="?")
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--now", action="store_true", help="kill instead of asking it to stop")
-    p.set_defaults(run=commands.cmd_shutdown)
+    for name, summary in (
+        ("shutdown", "shut down a kernel, or all with --all"),
+        ("forget", "remove a kernel whose host is gone (shutdown --force)"),
+    ):
+        p = sub.add_parser(name, help=summary)
+        p.add_argument("kernel_id", nargs="?")
+        p.add_argument("--all", action="store_true")
+        p.add_argument("--now", action="store_true", help="kill instead of asking it to stop")
+        p.add_argument(
+            "--force",
+            action="store_true",
+            default=name == "forget",
+            help="fence the kernel's owner, clean up what can be reached, and remove the"
+            " record even if its host or engine is gone (saying what may be left behind)",
+        )
+        p.add_argument(
+            "--cleanup-timeout",
+            type=_positive,
+            default=20.0,
+            help="with --force: seconds cleanup may take before the record is removed anyway",
+        )
+        p.set_defaults(run=commands.cmd_shutdown)
 
     p = sub.add_parser("gc", help="remove stale records and orphaned kernels")
     p.add_argument("--dry-run", action="store_true", help="only report what would go")
@@ -168,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run(fn: Callable[[KernelStore, Any], Awaitable[int]], args: Any) -> int:
+    from ..ownership import set_holder_kind
+
+    set_holder_kind("cli")
     store = open_store(args.store)
     try:
         return await fn(store, args)

@@ -150,8 +150,12 @@ class ReadyHandler(HealthHandler):
     @allow_unauthenticated
     async def get(self) -> None:  # type: ignore[override]
         km = _km(self)
-        task = getattr(km, "_restore_task", None)
-        if task is None or not task.done():
+        error = getattr(km, "restore_error", "")
+        if error:
+            self.set_status(503)
+            self.finish({"status": f"restoring kernels failed, retrying: {error}"})
+            return
+        if not getattr(km, "restore_done", False):
             self.set_status(503)
             self.finish({"status": "restoring kernels"})
             return

@@ -16,6 +16,7 @@ import typing as t
 from jupyter_server.services.kernels.kernelmanager import (
     AsyncMappingKernelManager,
     ServerKernelManager,
+    emit_kernel_action_event,
 )
 from traitlets import Dict, DottedObjectName, Float, Int, default
 
@@ -27,15 +28,30 @@ POOL_LABEL = "pool"
 
 
 class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernelManager):
-    """jupyter_server's per-kernel manager, persisted and re-attachable."""
+    """jupyter_server's per-kernel manager, persisted and re-attachable.
 
-    async def start_kernel(self, *args: t.Any, **kwargs: t.Any) -> None:  # type: ignore[override]
-        try:
-            await super().start_kernel(*args, **kwargs)
-        except BaseException:
-            await self._cleanup_failed_start()
-            raise
+    Its lifecycle methods are our mixin's (ownership checks, restart counts, records)
+    wrapped in jupyter_server's own event emitter, as ``ServerKernelManager`` wraps
+    jupyter_client's. Its kernels outlive the gateway process: stopping the gateway
+    detaches them for the next one.
+    """
 
+    @default("outlive_process")
+    def _default_outlive_process(self) -> bool:
+        return True
+
+    start_kernel = emit_kernel_action_event(success_msg="Kernel {kernel_id} was started.")(
+        PersistentKernelManagerMixin._async_start_kernel
+    )
+    shutdown_kernel = emit_kernel_action_event(success_msg="Kernel {kernel_id} was shutdown.")(
+        PersistentKernelManagerMixin._async_shutdown_kernel
+    )
+    restart_kernel = emit_kernel_action_event(success_msg="Kernel {kernel_id} was restarted.")(
+        PersistentKernelManagerMixin._async_restart_kernel
+    )
+    interrupt_kernel = emit_kernel_action_event(
+        success_msg="Kernel {kernel_id} was interrupted."
+    )(PersistentKernelManagerMixin._async_interrupt_kernel)
     reattach = PersistentKernelManagerMixin._async_reattach
     discard = PersistentKernelManagerMixin._async_discard
 
@@ -241,10 +257,26 @@ class OrchestratorMappingKernelManager(
             self._activity_task = asyncio.ensure_future(self._save_activity_forever())
 
     async def _save_activity_forever(self) -> None:
-        """Keep the store's last activity current, so culling survives a restart."""
+        """Keep the store's last activity current, so culling survives a restart.
+
+        A store error (locked, full, unreachable) skips one round: it must not end
+        the saver, or culling after the next restart would silently stop working.
+        """
         while True:
             await asyncio.sleep(self.activity_save_interval)
-            await self.save_activity()
+            try:
+                await self.save_activity()
+            except Exception as e:
+                self.log.warning("could not save kernel activity (will retry): %s", e)
+
+    def _forget_kernel(self, kernel_id: str) -> None:
+        """Drop a kernel another process now owns: no activity watch, no pool slot."""
+        self.stop_watching_activity(kernel_id)
+        self._kernel_connections.pop(kernel_id, None)
+        for pool in self._pools.values():
+            if kernel_id in pool:
+                pool.remove(kernel_id)
+        super()._forget_kernel(kernel_id)
 
     async def save_activity(self) -> None:
         if self.kernel_store is None:

@@ -2,19 +2,72 @@
 
 The managers only talk to this interface, so a server database (PostgreSQL, say)
 can be added as another implementation without touching them. Implementations must
-be safe for several orchestrator processes sharing one store.
+be safe for several orchestrator processes sharing one store, and they carry the
+ownership leases (see :mod:`.lease`): who may do a kernel's lifecycle work, and the
+generation that fences a stale owner's writes.
 """
 
 from __future__ import annotations
 
 import abc
 import builtins
+import time
+import uuid
 
+from ..errors import FencedError, OrchestratorError, OwnedElsewhereError, UnknownKernelError
+from .lease import Holder, Lease, Ownership
 from .record import KernelRecord
 
 
+def granted_generation(
+    current: Ownership,
+    holder: Holder,
+    now: float,
+    *,
+    force: bool = False,
+    steal_generation: int | None = None,
+) -> int | None:
+    """The generation a claim by ``holder`` gets, or None if it is refused.
+
+    Granted when nobody owns the kernel, when ``holder`` already does (same
+    generation), when the lease has expired, when ``force`` is set, or when the
+    caller proved the owner dead and names the generation it saw
+    (``steal_generation``): a compare-and-set, so two processes that both saw the
+    same dead owner cannot both win.
+    """
+    if current.owner is not None and current.owner.holder_id == holder.holder_id:
+        return current.generation
+    if (
+        current.owner is None
+        or force
+        or current.expires <= now
+        or (steal_generation is not None and steal_generation == current.generation)
+    ):
+        return current.generation + 1
+    return None
+
+
+def refusal(kernel_id: str, current: Ownership) -> OwnedElsewhereError:
+    owner = current.owner
+    until = time.strftime("%H:%M:%S", time.localtime(current.expires))
+    who = owner.describe() if owner is not None else "another process"
+    return OwnedElsewhereError(
+        f"kernel {kernel_id} is owned by {who}, lease until {until}", owner, current.expires
+    )
+
+
+def fenced(kernel_id: str, lease: Lease, current: Ownership | None) -> FencedError:
+    if current is None:
+        return FencedError(f"kernel {kernel_id} is no longer in the store")
+    who = current.owner.describe() if current.owner is not None else "nobody"
+    return FencedError(
+        f"kernel {kernel_id} was taken over (generation {current.generation}, owner {who});"
+        f" this process's claim (generation {lease.generation}) is stale"
+    )
+
+
 class KernelStore(abc.ABC):
-    """Durable, process-safe storage of :class:`KernelRecord` objects."""
+    """Durable, process-safe storage of :class:`KernelRecord` objects and their leases."""
 
     url: str = ""
 
@@ -27,25 +80,41 @@ class KernelStore(abc.ABC):
         garbage collection only ever touches what this deployment created.
         """
 
+    @property
+    def schema_version(self) -> int:
+        """The version of the store's schema (migrations bring older stores up to it)."""
+        return 0
+
+    # ---------------------------------------------------------------- records
     @abc.abstractmethod
-    async def save(self, record: KernelRecord) -> None:
-        """Insert or replace a record, atomically."""
+    async def insert(self, record: KernelRecord, holder: Holder, lease_seconds: float) -> Lease:
+        """Add the record of a new kernel, owned by ``holder``; refuse an id in use."""
+
+    @abc.abstractmethod
+    async def save(self, record: KernelRecord, lease: Lease | None = None) -> None:
+        """Insert or update a record, atomically.
+
+        With ``lease`` the write is fenced: it fails with :class:`FencedError` unless
+        the record still belongs to that lease's holder and generation. Without one,
+        the record must have no live owner (an unowned insert or update).
+        """
 
     @abc.abstractmethod
     async def get(self, kernel_id: str) -> KernelRecord | None:
-        """The record for ``kernel_id``, or None."""
+        """The record for ``kernel_id`` (with its owner fields), or None."""
 
     @abc.abstractmethod
     async def list(self) -> builtins.list[KernelRecord]:
         """Every record, oldest first."""
 
     @abc.abstractmethod
-    async def delete(self, kernel_id: str) -> bool:
-        """Remove a record; True if it existed."""
+    async def delete(self, kernel_id: str, lease: Lease | None = None) -> bool:
+        """Remove a record; True if it existed. Fenced like :meth:`save` with ``lease``."""
 
     @abc.abstractmethod
     async def touch(self, kernel_id: str, when: float | None = None) -> None:
-        """Record activity on a kernel (for culling that survives restarts)."""
+        """Record activity on a kernel (for culling that survives restarts). No lease needed:
+        clients are active on kernels they do not own."""
 
     async def find(self, kernel_id_or_prefix: str) -> builtins.list[KernelRecord]:
         """Records whose id equals or starts with the given text (for short ids)."""
@@ -53,6 +122,33 @@ class KernelStore(abc.ABC):
         if exact is not None:
             return [exact]
         return [r for r in await self.list() if r.kernel_id.startswith(kernel_id_or_prefix)]
+
+    # --------------------------------------------------------------- leases
+    @abc.abstractmethod
+    async def claim(
+        self,
+        kernel_id: str,
+        holder: Holder,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+        steal_generation: int | None = None,
+    ) -> Lease:
+        """Make ``holder`` the owner (see :func:`granted_generation`), or raise
+        :class:`OwnedElsewhereError` naming the live owner."""
+
+    @abc.abstractmethod
+    async def renew(self, holder_id: str, lease_seconds: float) -> dict[str, int]:
+        """Extend every lease ``holder_id`` holds, in one write: kernel id -> generation."""
+
+    @abc.abstractmethod
+    def release_now(self, lease: Lease) -> bool:
+        """Give a kernel up (no owner) if ``lease`` still holds it. Blocking but short:
+        jupyter_client's ``detach``-style calls are synchronous, and a process that lets
+        go of a kernel must do so before it exits."""
+
+    async def release(self, lease: Lease) -> bool:
+        return self.release_now(lease)
 
     @abc.abstractmethod
     def close(self) -> None:
@@ -65,36 +161,107 @@ class MemoryKernelStore(KernelStore):
     url = "memory:"
 
     def __init__(self) -> None:
-        import uuid
-
         self._records: dict[str, KernelRecord] = {}
+        self._owners: dict[str, Ownership] = {}
         self._instance = uuid.uuid4().hex[:12]
 
     @property
     def instance_id(self) -> str:
         return self._instance
 
-    async def save(self, record: KernelRecord) -> None:
+    def _copy(self, kernel_id: str) -> KernelRecord:
+        record = KernelRecord.from_json_dict(self._records[kernel_id].to_json_dict())
+        own = self._owners.get(kernel_id, Ownership(None, 0.0, 0))
+        record.owner = own.owner.to_dict() if own.owner else {}
+        record.lease_expires, record.generation = own.expires, own.generation
+        return record
+
+    def _check(self, kernel_id: str, lease: Lease | None) -> None:
+        own = self._owners.get(kernel_id)
+        if lease is None:
+            if own is not None and own.live():
+                raise refusal(kernel_id, own)
+            return
+        if own is None or own.generation != lease.generation or own.owner is None or (
+            own.owner.holder_id != lease.holder_id
+        ):
+            raise fenced(kernel_id, lease, own if kernel_id in self._records else None)
+
+    async def insert(self, record: KernelRecord, holder: Holder, lease_seconds: float) -> Lease:
+        if record.kernel_id in self._records:
+            raise OrchestratorError(f"kernel id {record.kernel_id!r} is already in use")
+        self._records[record.kernel_id] = KernelRecord.from_json_dict(record.to_json_dict())
+        expires = time.time() + lease_seconds
+        self._owners[record.kernel_id] = Ownership(holder, expires, 1)
+        return Lease(record.kernel_id, holder.holder_id, 1, expires)
+
+    async def save(self, record: KernelRecord, lease: Lease | None = None) -> None:
+        if record.kernel_id in self._records:
+            self._check(record.kernel_id, lease)
+            old = self._records[record.kernel_id]
+            record = KernelRecord.from_json_dict(record.to_json_dict())
+            record.last_activity = max(record.last_activity, old.last_activity)
+        elif lease is not None:
+            raise fenced(record.kernel_id, lease, None)
         self._records[record.kernel_id] = KernelRecord.from_json_dict(record.to_json_dict())
 
     async def get(self, kernel_id: str) -> KernelRecord | None:
-        rec = self._records.get(kernel_id)
-        return KernelRecord.from_json_dict(rec.to_json_dict()) if rec else None
+        return self._copy(kernel_id) if kernel_id in self._records else None
 
     async def list(self) -> builtins.list[KernelRecord]:
-        return sorted(
-            (KernelRecord.from_json_dict(r.to_json_dict()) for r in self._records.values()),
-            key=lambda r: r.created,
-        )
+        return sorted((self._copy(k) for k in self._records), key=lambda r: r.created)
 
-    async def delete(self, kernel_id: str) -> bool:
+    async def delete(self, kernel_id: str, lease: Lease | None = None) -> bool:
+        if kernel_id not in self._records:
+            return False
+        if lease is not None:
+            self._check(kernel_id, lease)
+        self._owners.pop(kernel_id, None)
         return self._records.pop(kernel_id, None) is not None
 
     async def touch(self, kernel_id: str, when: float | None = None) -> None:
-        import time
-
         if kernel_id in self._records:
-            self._records[kernel_id].last_activity = when or time.time()
+            rec = self._records[kernel_id]
+            rec.last_activity = max(rec.last_activity, when or time.time())
+
+    async def claim(
+        self,
+        kernel_id: str,
+        holder: Holder,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+        steal_generation: int | None = None,
+    ) -> Lease:
+        if kernel_id not in self._records:
+            raise UnknownKernelError(f"unknown kernel id {kernel_id!r}")
+        now = time.time()
+        own = self._owners.get(kernel_id, Ownership(None, 0.0, 0))
+        generation = granted_generation(
+            own, holder, now, force=force, steal_generation=steal_generation
+        )
+        if generation is None:
+            raise refusal(kernel_id, own)
+        self._owners[kernel_id] = Ownership(holder, now + lease_seconds, generation)
+        return Lease(kernel_id, holder.holder_id, generation, now + lease_seconds)
+
+    async def renew(self, holder_id: str, lease_seconds: float) -> dict[str, int]:
+        expires = time.time() + lease_seconds
+        held = {}
+        for kernel_id, own in list(self._owners.items()):
+            if own.owner is not None and own.owner.holder_id == holder_id:
+                self._owners[kernel_id] = Ownership(own.owner, expires, own.generation)
+                held[kernel_id] = own.generation
+        return held
+
+    def release_now(self, lease: Lease) -> bool:
+        own = self._owners.get(lease.kernel_id)
+        if own is None or own.owner is None or own.generation != lease.generation:
+            return False
+        if own.owner.holder_id != lease.holder_id:
+            return False
+        self._owners[lease.kernel_id] = Ownership(None, 0.0, own.generation)
+        return True
 
     def close(self) -> None:
         pass

@@ -63,6 +63,11 @@ class KernelRecord:
     created: float = field(default_factory=time.time)
     last_activity: float = field(default_factory=time.time)
     restarts: int = 0
+    # Ownership, as the store had it when this record was read (the store's own
+    # columns are the truth; these are never written back from a record).
+    owner: dict[str, Any] = field(default_factory=dict)
+    lease_expires: float = 0.0
+    generation: int = 0
 
     def to_json_dict(self) -> dict[str, Any]:
         """A JSON-safe dict (bytes tagged) suitable for storage."""

@@ -30,6 +30,9 @@ class PortTunneler(Protocol):
     async def close(self, kernel_id: str) -> None:
         """Stop forwarding this kernel's ports."""
 
+    def close_now(self, kernel_id: str) -> None:
+        """The same, blocking briefly (for synchronous release paths)."""
+
 
 def get_tunneler(destination: str) -> PortTunneler:
     """The tunneler for ``destination`` (``ssh://user@host:port``)."""

@@ -1,18 +1,18 @@
 """Talking to a Docker Engine without blocking the event loop.
 
-The ``docker`` SDK is synchronous; every call runs in a dedicated thread pool (sized
-for many concurrent kernel starts, so 20 starts do not queue behind the default
-executor's handful of threads). One client per engine URL is shared by all kernels.
+The ``docker`` SDK is synchronous; every call runs on a thread pool of its engine's
+own (``docker:<url>``), so 20 concurrent starts do not queue behind the default
+executor's handful of threads, and an unreachable engine ties up only its own
+threads: kernels on other engines, the store and the other back-ends go on. One
+client per engine URL is shared by all kernels; connecting it (which asks the engine
+for its API version) holds only that engine's lock.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import docker
@@ -21,12 +21,18 @@ import paramiko
 import requests.exceptions
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.executors import run_blocking
 
 T = TypeVar("T")
 
-_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="docker-engine")
 _clients: dict[str, docker.DockerClient] = {}
-_lock = threading.Lock()
+_locks: dict[str, threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _engine_lock(url: str) -> threading.Lock:
+    with _locks_lock:
+        return _locks.setdefault(url, threading.Lock())
 
 
 class DockerEngineError(OrchestratorError):
@@ -53,7 +59,7 @@ def _sdk_url(url: str) -> str:
 
 
 def _connect(url: str) -> docker.DockerClient:
-    with _lock:
+    with _engine_lock(url):
         client = _clients.get(url)
         if client is None:
             try:
@@ -71,26 +77,17 @@ def _connect(url: str) -> docker.DockerClient:
 
 
 async def call(url: str, fn: Callable[[docker.DockerClient], T]) -> T:
-    """Run ``fn(client)`` for the engine at ``url`` in the engine thread pool."""
+    """Run ``fn(client)`` for the engine at ``url`` on that engine's thread pool."""
 
     def run() -> T:
         try:
             return fn(_connect(url))
         except (requests.exceptions.ConnectionError, ConnectionError) as e:
-            with _lock:
+            with _engine_lock(url):
                 _clients.pop(url, None)
             raise DockerEngineError(f"Docker engine at {url} is unreachable: {e}") from e
 
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor, functools.partial(run))
-
-
-def forget(url: str) -> None:
-    """Drop the cached client (tests that restart an engine use it)."""
-    with _lock:
-        client = _clients.pop(url, None)
-    if client is not None:
-        client.close()
+    return await run_blocking(f"docker:{url}", run)
 
 
 def explain(e: Exception) -> str:

@@ -554,10 +554,21 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         settings = provisioner_info.get("settings")
         self.settings = ContainerSettings(**settings) if settings else None
         self._cmd = provisioner_info.get("cmd")
+
+    async def reconnect(self) -> None:
+        """A new process: rebuild the tunnel, on the same local ports if still free."""
         if self.mode == "ssh" and self.container_id and self.published_ports:
-            # A new process: rebuild the tunnel, on the same local ports if still free.
             self.host_ports = await self._tunnel(self.published_ports)
             self._set_connection_info()
+
+    def release(self) -> None:
+        """Close this kernel's tunnel (remote engines); the container keeps running."""
+        if self.mode == "ssh" and self.host_ports:
+            tunneler = get_tunneler(self.ssh_destination or self.engine_url)
+            tunneler.close_now(str(self.kernel_id))
+
+    def resource_summary(self) -> str:
+        return f"container {self.container_name or self.container_id} on {self.engine_url}"
 
     # ------------------------------------------------------------------ gc
     @classmethod

@@ -19,10 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-import functools
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
@@ -38,6 +36,7 @@ from orchestrator.encryption import (
     without_curve,
 )
 from orchestrator.errors import KernelStartError, OrchestratorError
+from orchestrator.executors import run_blocking
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.liveness import wait_for_answer
 
@@ -97,12 +96,8 @@ _clients: dict[tuple[str, str, str], client.ApiClient] = {}
 # The kubernetes client is synchronous. Its calls get their own pool: on a small
 # machine asyncio's default pool has ~6 threads, and 50 concurrent starts would queue
 # each kernel's Secret behind other kernels' pods (a pod waits for its Secret volume).
-_executor = ThreadPoolExecutor(max_workers=32, thread_name_prefix="kubernetes-api")
-
-
 async def _api(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor, functools.partial(fn, *args, **kwargs))
+    return await run_blocking("kubernetes", fn, *args, **kwargs)
 
 
 def shared_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
@@ -604,9 +599,15 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         self.reachability = provisioner_info.get("reachability") or self.reachability
         if self.pod_name:
             await self._watcher().ready()
-            if self.reachability == "port-forward":
-                await self._open_forwards()
-                self._set_connection_info()
+
+    async def reconnect(self) -> None:
+        """Re-open the port-forwards of a re-attached kernel (pod IPs need none)."""
+        if self.pod_name and self.reachability == "port-forward":
+            await self._open_forwards()
+            self._set_connection_info()
+
+    def release(self) -> None:
+        self._close_forwards()
 
     # ----------------------------------------------------------------- gc
     @classmethod

@@ -9,9 +9,14 @@ Actions:
   launch   write the connection file, start the kernel detached in its own session,
            wait until it has bound its ports, report {pid, pgid, start, ports, paths}
   status   is the kernel process still the one we started?
+  statuses the same for many kernels at once: {"kernels": {id: [pid, start]}}
   signal   send a signal to the kernel's process group
   cleanup  TERM, then KILL the group if still alive; remove the kernel's directory
   list     every kernel directory under the base dir, with its owner labels
+  agent    stay: read one request per line, each with an "id", and answer each with
+           {"id": ..., "reply": ...} or {"id": ..., "error": ...}, until stdin closes.
+           One agent per host serves every kernel there over the one SSH connection,
+           so polling idle kernels starts no remote process at all.
 
 Replies are one JSON object on stdout; errors are {"error": "..."} with exit 1.
 """
@@ -195,6 +200,11 @@ def status(req):
     return {"running": _running(req.get("pid"), req.get("start"))}
 
 
+def statuses(req):
+    kernels = req.get("kernels") or {}
+    return {"running": {k: _running(v[0], v[1]) for k, v in kernels.items()}}
+
+
 def send_signal(req):
     if not _running(req.get("pid"), req.get("start")):
         return {"sent": False}
@@ -250,17 +260,60 @@ def list_kernels(req):
     return {"kernels": found}
 
 
+# Actions that may take seconds run on a thread of their own inside the agent, so a
+# kernel's start-up never delays another kernel's status.
+SLOW = ("launch", "cleanup")
+
+
+def agent(_req):
+    import threading
+
+    lock = threading.Lock()
+
+    def answer(msg):
+        data = json.dumps(msg) + "\n"
+        with lock:
+            try:
+                sys.stdout.write(data)
+                sys.stdout.flush()
+            except (BrokenPipeError, OSError):
+                os._exit(0)  # the SSH channel is gone: nobody to answer any more
+
+    def handle(msg):
+        try:
+            answer({"id": msg.get("id"), "reply": ACTIONS[msg["action"]](msg)})
+        except Exception as e:
+            answer({"id": msg.get("id"), "error": str(e) or type(e).__name__})
+
+    answer({"id": 0, "reply": {"agent": os.getpid()}})
+    for line in iter(sys.stdin.readline, ""):
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            continue
+        if msg.get("action") in SLOW:
+            threading.Thread(target=handle, args=(msg,), daemon=True).start()
+        elif msg.get("action") != "agent":
+            handle(msg)
+    return None
+
+
 ACTIONS = {
     "launch": launch,
     "status": status,
+    "statuses": statuses,
     "signal": send_signal,
     "cleanup": cleanup,
     "list": list_kernels,
+    "agent": agent,
 }
 
 
 def main():
     req = json.loads(sys.stdin.readline())
+    if req.get("action") == "agent":
+        agent(req)
+        return
     try:
         reply = ACTIONS[req["action"]](req)
     except Exception as e:

@@ -10,6 +10,8 @@
   connection; if it drops, the tunnel layer rebuilds it on the same local ports. While
   the tunnel is down the kernel is reported alive-but-unreachable, never dead, so the
   restarter leaves it alone.
+* Status, signals and cleanup of every kernel on a host go to one remote agent on the
+  shared connection (:mod:`.agent`): polling idle kernels starts no remote process.
 """
 
 from __future__ import annotations
@@ -18,13 +20,13 @@ import asyncio
 import itertools
 import re
 import signal
-import time
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
 from traitlets import CaselessStrEnum, Dict, Float, List, Unicode
 
 from orchestrator.errors import KernelStartError, OrchestratorError
+from orchestrator.executors import run_blocking
 from orchestrator.liveness import wait_for_kernel_info
 from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
 
@@ -35,10 +37,9 @@ from ..base import (
     kernelspec_configs,
 )
 from ..envpolicy import client_variables, validate_env_item
-from .remote import run_launcher
+from .agent import RemoteAgent, agent_for
 
 _round_robin = itertools.count()
-POLL_CACHE_SECONDS = 0.5
 
 
 class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
@@ -77,11 +78,6 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     _tunnel: KernelTunnel | None = None
     _env: dict[str, str] | None = None
     _cmd: list[str] | None = None
-    _poll_cache: tuple[float, int | None] | None = None
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._poll_lock = asyncio.Lock()
 
     @property
     def has_process(self) -> bool:
@@ -89,8 +85,20 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
 
     @property
     def tunnel_state(self) -> str:
-        """'up', 'reconnecting', 'connecting' or 'closed': the tunnel, not the kernel."""
+        """'up', 'stalled', 'reconnecting', 'connecting' or 'closed': the tunnel, not
+        the kernel."""
         return self._tunnel.state if self._tunnel is not None else "closed"
+
+    async def _connection(self) -> SSHConnection:
+        """This kernel's share of the host's SSH connection (acquired on first use)."""
+        if self._conn is None:
+            if self._target is None:
+                self._target = self._resolve(self.host)
+            self._conn = await run_blocking("ssh-connect", pool.acquire, self._target)
+        return self._conn
+
+    async def _agent(self) -> RemoteAgent:
+        return agent_for(await self._connection(), self.python)
 
     # ----------------------------------------------------------- targets
     def _resolve(self, destination: str) -> SSHTarget:
@@ -159,7 +167,6 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         assert self._conn is not None
         km = self.parent
         request = {
-            "action": "launch",
             "kernel_id": str(self.kernel_id),
             "base_dir": self.remote_dir,
             "instance": self.orchestrator_instance,
@@ -173,10 +180,8 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             "port_range": self._port_range(),
         }
         try:
-            self._poll_cache = None
-            self.remote = await run_launcher(
-                self._conn, self.python, request, timeout=self.startup_timeout + 30
-            )
+            agent = await self._agent()
+            self.remote = await agent.call("launch", self.startup_timeout + 30, **request)
             await self._open_tunnel()
             await self._wait_until_ready()
         except BaseException as e:
@@ -201,7 +206,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         for host in await self._candidate_hosts(getattr(self, "_client_env", {})):
             try:
                 target = self._resolve(host)
-                conn = await asyncio.to_thread(pool.acquire, target)
+                conn = await run_blocking("ssh-connect", pool.acquire, target)
             except OrchestratorError as e:
                 self.log.warning("ssh-provisioner: skipping host %s: %s", host, e)
                 failures.append(f"{host}: {e}")
@@ -220,8 +225,8 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
                 fwd.remote_port = remote_ports[ch]
         else:
             self._tunnel = KernelTunnel(self._target)
-            self.local_ports = await asyncio.to_thread(
-                self._tunnel.open, remote_ports, self.local_ports
+            self.local_ports = await run_blocking(
+                "ssh", self._tunnel.open, remote_ports, self.local_ports
             )
         self.local_ports = {ch: f.local_port for ch, f in self._tunnel.forwards.items()}
         self.connection_info = client_connection_info(  # type: ignore[assignment]
@@ -242,10 +247,9 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             )
 
     # --------------------------------------------------------- lifecycle
-    def _request(self, action: str, **extra: Any) -> dict[str, Any]:
+    def _request(self, **extra: Any) -> dict[str, Any]:
         remote = self.remote or {}
         return {
-            "action": action,
             "kernel_id": str(self.kernel_id),
             "base_dir": self.remote_dir,
             "pid": remote.get("pid"),
@@ -257,26 +261,18 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     async def poll(self) -> int | None:
         if self.remote is None:
             return 0
-        if self._conn is None or self._conn.state != "up":
-            return None  # tunnel down or being rebuilt: unknown, not dead
-        # jupyter_client polls every 0.1 s while shutting down; each status is a remote
-        # command, so a fresh answer is reused for a moment (and concurrent polls share it).
-        now = time.monotonic()
-        if self._poll_cache and now - self._poll_cache[0] < POLL_CACHE_SECONDS:
-            return self._poll_cache[1]
-        async with self._poll_lock:
-            if self._poll_cache and time.monotonic() - self._poll_cache[0] < POLL_CACHE_SECONDS:
-                return self._poll_cache[1]
-            try:
-                reply = await run_launcher(
-                    self._conn, self.python, self._request("status"), timeout=15
-                )
-            except OrchestratorError as e:
-                self.log.debug("ssh status of %s failed: %s", self.kernel_id, e)
-                return None
-            result = None if reply.get("running") else 1
-            self._poll_cache = (time.monotonic(), result)
-            return result
+        try:
+            conn = await self._connection()
+            if conn.state != "up":
+                return None  # tunnel down or being rebuilt: unknown, not dead
+            remote = self.remote
+            running = await agent_for(conn, self.python).running(
+                str(self.kernel_id), remote.get("pid"), remote.get("start")
+            )
+        except OrchestratorError as e:
+            self.log.debug("ssh status of %s unknown: %s", self.kernel_id, e)
+            return None
+        return None if running else 1
 
     async def wait(self) -> int | None:
         while True:
@@ -286,12 +282,11 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             await asyncio.sleep(0.2)
 
     async def send_signal(self, signum: int) -> None:
-        if self.remote is None or self._conn is None or signum == 0:
+        if self.remote is None or signum == 0:
             return
-        self._poll_cache = None
-        await run_launcher(
-            self._conn, self.python, self._request("signal", signum=int(signum)), timeout=15
-        )
+        agent = await self._agent()
+        agent.invalidate()
+        await agent.call("signal", 15, **self._request(signum=int(signum)))
 
     async def kill(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGKILL)
@@ -300,32 +295,51 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         await self.send_signal(signal.SIGTERM)
 
     async def cleanup(self, restart: bool = False) -> None:
-        await self._remove_remote()
-        if not restart:  # a restart keeps the tunnel: same local ports for clients
-            await self._teardown()
+        try:
+            await self._remove_remote()
+        finally:
+            if not restart:  # a restart keeps the tunnel: same local ports for clients
+                await self._teardown()
 
     async def _remove_remote(self) -> None:
         """Stop the remote kernel if it still runs and remove its files there."""
-        if self._conn is not None and self.remote is not None:
+        if self.remote is not None and self.host:
             try:
-                await run_launcher(self._conn, self.python, self._request("cleanup"))
+                agent = await self._agent()
+                agent.invalidate()
+                await agent.call("cleanup", 30, **self._request())
+                agent.untrack(str(self.kernel_id))
             except OrchestratorError as e:
                 self.log.warning(
                     "remote cleanup of kernel %s on %s failed: %s", self.kernel_id, self.host, e
                 )
+                self.remote = None
+                raise
         self.remote = None
 
     async def _teardown(self) -> None:
         """Close this kernel's tunnel and release its share of the SSH connection."""
+        await run_blocking("ssh", self.release)
+
+    def release(self) -> None:
+        """Close the tunnel and give back this kernel's share of the connection."""
         if self._tunnel is not None:
-            await asyncio.to_thread(self._tunnel.close)
+            self._tunnel.close()
             self._tunnel = None
         self._release_connection()
 
     def _release_connection(self) -> None:
         if self._conn is not None and self._target is not None:
+            agent_for(self._conn, self.python).untrack(str(self.kernel_id))
             pool.release(self._target)
         self._conn = None
+
+    def resource_summary(self) -> str:
+        remote = self.remote or {}
+        return (
+            f"process {remote.get('pid', '?')} and directory"
+            f" {remote.get('dir') or self.remote_dir} on host {self.host or '?'}"
+        )
 
     # ------------------------------------------------------- persistence
     async def get_provisioner_info(self) -> dict[str, Any]:
@@ -342,19 +356,24 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
-        """Rebuild the connection and the tunnel on the same local ports."""
+        """Load the saved state only; :meth:`reconnect` rebuilds the tunnel."""
         await super().load_provisioner_info(provisioner_info)
         self.host = provisioner_info.get("host") or ""
         self.remote = provisioner_info.get("remote")
         self.local_ports = provisioner_info.get("local_ports")
         self._cmd = provisioner_info.get("cmd")
         self._env = provisioner_info.get("env")
+        if self.host:
+            self._target = self._resolve(self.host)
+
+    async def reconnect(self) -> None:
+        """Rebuild the tunnel, on the same local ports if they are still free."""
         if self.remote is None or not self.host:
             return
-        self._target = self._resolve(self.host)
-        self._conn = await asyncio.to_thread(pool.acquire, self._target)
+        saved = self.local_ports
+        await self._connection()
         await self._open_tunnel()
-        if self.local_ports != provisioner_info.get("local_ports"):
+        if self.local_ports != saved:
             self.log.warning(
                 "kernel %s: old local ports taken, tunnel moved to %s",
                 self.kernel_id,
@@ -370,14 +389,13 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             for host in prov.hosts:
                 try:
                     target = prov._resolve(host)
-                    conn = await asyncio.to_thread(pool.acquire, target)
+                    conn = await run_blocking("ssh-connect", pool.acquire, target)
                 except OrchestratorError as e:
                     ctx.log.warning("gc: cannot reach %s: %s", host, e)
                     continue
                 try:
-                    reply = await run_launcher(
-                        conn, prov.python, {"action": "list", "base_dir": prov.remote_dir}
-                    )
+                    agent = agent_for(conn, prov.python)
+                    reply = await agent.call("list", 30, base_dir=prov.remote_dir)
                     for k in reply.get("kernels", []):
                         kid = str(k.get("kernel_id", ""))
                         if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
@@ -386,14 +404,8 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
                             continue
                         found.append(f"remote kernel {kid} on {host} (pid {k.get('pid')})")
                         if not ctx.dry_run:
-                            await run_launcher(
-                                conn,
-                                prov.python,
-                                {
-                                    "action": "cleanup",
-                                    "kernel_id": kid,
-                                    "base_dir": prov.remote_dir,
-                                },
+                            await agent.call(
+                                "cleanup", 30, kernel_id=kid, base_dir=prov.remote_dir
                             )
                 finally:
                     pool.release(target)

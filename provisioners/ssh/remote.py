@@ -1,19 +1,18 @@
-"""Running the launcher on a remote host over a shared SSH connection.
+"""How the launcher reaches a remote host: a constant command line, the source on stdin.
 
-The command line is a constant (only the remote Python path, shell-quoted, varies);
-the launcher's source and the JSON request go over stdin.
+Only the remote Python path (shell-quoted) varies in the command line; the
+launcher's source and the JSON requests go over stdin, so nothing user-supplied
+ever reaches a remote shell.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shlex
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
-from orchestrator.tunnels.ssh import SSHConnection
 
 _SOURCE = (Path(__file__).with_name("launcher.py")).read_bytes()
 _BOOTSTRAP = (
@@ -30,20 +29,6 @@ def launcher_command(python: str) -> str:
     return f"{shlex.quote(python)} -c {shlex.quote(_BOOTSTRAP)}"
 
 
-async def run_launcher(
-    conn: SSHConnection, python: str, request: dict[str, Any], timeout: float = 60.0
-) -> dict[str, Any]:
-    """Run one launcher action on ``conn``'s host and return its JSON reply."""
-    stdin = str(len(_SOURCE)).encode() + b"\n" + _SOURCE + json.dumps(request).encode() + b"\n"
-    status, out, err = await asyncio.to_thread(conn.exec, launcher_command(python), stdin, timeout)
-    host = conn.target.host
-    try:
-        reply = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else None
-    except (ValueError, IndexError):
-        reply = None
-    if isinstance(reply, dict) and "error" in reply:
-        raise RemoteError(f"on {host}: {reply['error']}")
-    if status != 0 or not isinstance(reply, dict):
-        detail = err.decode(errors="replace").strip().splitlines()[-3:] or [f"exit {status}"]
-        raise RemoteError(f"launcher on {host} failed ({python}): {' '.join(detail)}")
-    return reply
+def launcher_stdin(first_request: dict[str, Any]) -> bytes:
+    """What the launcher reads first: its own source, then one request line."""
+    return str(len(_SOURCE)).encode() + b"\n" + _SOURCE + json.dumps(first_request).encode() + b"\n"

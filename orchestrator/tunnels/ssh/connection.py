@@ -2,17 +2,21 @@
 
 Every kernel on a host shares this connection: its forwards are ``direct-tcpip``
 channels and its remote commands are ``exec`` channels of the same transport. A
-watchdog asks the server for a reply every ``keepalive_interval`` seconds; if none
-comes within ``keepalive_timeout`` the connection is declared down, closed, and
-reconnected with exponential backoff. Listeners (the forwards) keep their local
-ports meanwhile, so clients reconnect to the same ports and the remote kernel keeps
-its state. State changes are reported to subscribers: "up", "reconnecting", "closed".
+watchdog asks the server for a reply every ``keepalive_interval`` seconds. A broken
+connection (reset, closed) is rebuilt at once, with exponential backoff. One that
+merely stops answering (a network cut drops packets but resets nothing) is
+"stalled": it is kept for up to ``stall_limit`` seconds, because when the path comes
+back TCP delivers everything queued meanwhile (a cell's output included); only past
+that is it torn down and rebuilt. Listeners (the forwards) keep their local ports
+throughout, so clients reconnect to the same ports and the remote kernel keeps its
+state. States, reported to subscribers: "up", "stalled", "reconnecting", "closed".
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,11 +163,13 @@ class SSHConnection:
         *,
         keepalive_interval: float = 2.0,
         keepalive_timeout: float = 6.0,
+        stall_limit: float = 120.0,
         max_backoff: float = 8.0,
     ) -> None:
         self.target = target
         self.keepalive_interval = keepalive_interval
         self.keepalive_timeout = keepalive_timeout
+        self.stall_limit = stall_limit
         self.max_backoff = max_backoff
         self.state = "connecting"
         self.generation = 0  # bumped at every successful (re)connect
@@ -173,6 +179,7 @@ class SSHConnection:
         self._closed = threading.Event()
         self._subscribers: list[Callable[[str], None]] = []
         self._watchdog: threading.Thread | None = None
+        self.sessions_opened = 0  # session channels (remote commands) opened so far
 
     # ---------------------------------------------------------- connecting
     def connect(self) -> None:
@@ -238,47 +245,74 @@ class SSHConnection:
         with self._lock:
             return self._clients[-1].get_transport() if self._clients else None
 
-    def _alive(self) -> bool:
-        transport = self.transport
-        if transport is None or not transport.is_active():
-            return False
+    def _ask(self, transport: paramiko.Transport) -> threading.Event:
+        """Send a keepalive request; the event is set when the server answers."""
         answered = threading.Event()
 
         def ask() -> None:
             try:
+                # OpenSSH answers with a failure message; any answer is proof of life
+                # (None with the transport dead is none).
                 transport.global_request("keepalive@openssh.com", wait=True)
-                answered.set()
             except Exception:
-                pass
+                return
+            if transport.is_active():
+                answered.set()
 
-        threading.Thread(target=ask, daemon=True).start()
-        return answered.wait(self.keepalive_timeout)
+        threading.Thread(target=ask, name="ssh-keepalive", daemon=True).start()
+        return answered
 
     def _watch(self) -> None:
         while not self._closed.wait(self.keepalive_interval):
-            if self._alive():
-                continue
+            transport = self.transport
+            if transport is not None and transport.is_active():
+                answered = self._ask(transport)
+                if answered.wait(self.keepalive_timeout) or self._closed.is_set():
+                    continue
+                if self._ride_out_stall(transport, answered):
+                    continue
             if self._closed.is_set():
                 return
-            self._set_state("reconnecting")
-            with self._lock:
-                dead, self._clients = self._clients, []
-            for c in reversed(dead):
-                c.close()
-            backoff = 0.25
-            while not self._closed.is_set():
-                try:
-                    self._establish()
-                    break
-                except SSHError as e:
-                    log.info(
-                        "reconnect to %s failed: %s (retry in %.1fs)",
-                        self.target.describe(),
-                        e,
-                        backoff,
-                    )
-                    self._closed.wait(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
+            self._reconnect()
+
+    def _ride_out_stall(self, transport: paramiko.Transport, answered: threading.Event) -> bool:
+        """No answer, but the connection is not broken: the network may be cut (packets
+        dropped, nothing reset). Keep the transport for up to ``stall_limit`` seconds:
+        once the path is back, TCP delivers what was queued both ways, so a kernel's
+        output sent meanwhile is not lost. Meanwhile the state is "stalled" (kernels'
+        status unknown, never dead). True if the connection recovered."""
+        self._set_state("stalled")
+        deadline = time.monotonic() + self.stall_limit
+        while time.monotonic() < deadline and not self._closed.is_set():
+            if answered.wait(0.5):
+                break
+            if not transport.is_active():
+                return False
+        if answered.is_set() and transport.is_active() and not self._closed.is_set():
+            self._set_state("up")
+            return True
+        return False
+
+    def _reconnect(self) -> None:
+        self._set_state("reconnecting")
+        with self._lock:
+            dead, self._clients = self._clients, []
+        for c in reversed(dead):
+            c.close()
+        backoff = 0.25
+        while not self._closed.is_set():
+            try:
+                self._establish()
+                return
+            except SSHError as e:
+                log.info(
+                    "reconnect to %s failed: %s (retry in %.1fs)",
+                    self.target.describe(),
+                    e,
+                    backoff,
+                )
+                self._closed.wait(backoff)
+                backoff = min(backoff * 2, self.max_backoff)
 
     def wait_up(self, timeout: float) -> bool:
         return self._up.wait(timeout)
@@ -308,10 +342,9 @@ class SSHConnection:
             timeout=timeout,
         )
 
-    def exec(
-        self, command: str, stdin: bytes = b"", timeout: float = 60.0
-    ) -> tuple[int, bytes, bytes]:
-        """Run ``command`` on the target, feeding ``stdin``; (exit status, stdout, stderr)."""
+    def open_command(self, command: str, timeout: float = 60.0) -> paramiko.Channel:
+        """A session channel running ``command`` on the target (counted in
+        :attr:`sessions_opened`: what each costs the host is a new remote process)."""
         if not self.wait_up(timeout):
             raise SSHError(f"SSH connection to {self.target.describe()} is down")
         transport = self.transport
@@ -319,11 +352,19 @@ class SSHConnection:
             raise SSHError(f"SSH connection to {self.target.describe()} is down")
         try:
             chan = transport.open_session(timeout=timeout)
+            chan.exec_command(command)
         except (paramiko.SSHException, OSError) as e:
             raise SSHError(f"cannot open a session on {self.target.describe()}: {e}") from None
+        self.sessions_opened += 1
+        return chan
+
+    def exec(
+        self, command: str, stdin: bytes = b"", timeout: float = 60.0
+    ) -> tuple[int, bytes, bytes]:
+        """Run ``command`` on the target, feeding ``stdin``; (exit status, stdout, stderr)."""
+        chan = self.open_command(command, timeout)
         try:
             chan.settimeout(timeout)
-            chan.exec_command(command)
             if stdin:
                 chan.sendall(stdin)
             chan.shutdown_write()

@@ -7,9 +7,9 @@ blocking (paramiko), so the async API runs it in a thread.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
+from ...executors import run_blocking
 from .connection import SSHConnection
 from .forward import PortForward, acceptor
 from .target import SSHTarget, resolve_target
@@ -125,18 +125,19 @@ class SSHTunneler:
     ) -> dict[str, int]:
         await self.close(kernel_id)
         tunnel = KernelTunnel(self.target)
-        ports = await asyncio.to_thread(tunnel.open, remote_ports, local_ports)
+        ports = await run_blocking("ssh", tunnel.open, remote_ports, local_ports)
         self._tunnels[kernel_id] = tunnel
         return ports
 
     async def close(self, kernel_id: str) -> None:
         tunnel = self._tunnels.pop(kernel_id, None)
         if tunnel is not None:
-            await asyncio.to_thread(tunnel.close)
+            await run_blocking("ssh", tunnel.close)
 
-    def state(self, kernel_id: str) -> str:
-        tunnel = self._tunnels.get(kernel_id)
-        return tunnel.state if tunnel else "closed"
+    def close_now(self, kernel_id: str) -> None:
+        tunnel = self._tunnels.pop(kernel_id, None)
+        if tunnel is not None:
+            tunnel.close()
 
 
 _tunnelers: dict[tuple[object, ...], SSHTunneler] = {}

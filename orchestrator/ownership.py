@@ -1,0 +1,272 @@
+"""This process as a kernel owner: its identity, its leases, and the keeper that renews them.
+
+A process that starts or takes over a kernel holds a lease on it in the store
+(:mod:`orchestrator.store.lease`). The :class:`LeaseKeeper` renews every lease this
+process holds with one store write per interval, whatever the number of kernels, on
+a thread of its own so that a busy event loop or a blocking ``KernelManager`` between
+calls does not let leases lapse. When a renewal shows a kernel is no longer ours
+(another process forced a take-over, or the record was removed) the manager is told
+at once, stops its restarter and lets the kernel go. Kernels this process would like
+to own but another process holds are retried at each interval, so when their owner
+dies its kernels are taken over as soon as the lease expires.
+
+An owner that is visibly dead needs no waiting: if the store names a holder on this
+machine (same boot and pid namespace) whose process is gone, its lease is void.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import procinfo
+from .errors import OwnedElsewhereError
+from .store import KernelStore
+from .store.lease import Holder, Lease
+
+log = logging.getLogger("kernel-orchestrator.ownership")
+
+LEASE_ENV = "KERNEL_ORCHESTRATOR_LEASE_SECONDS"
+DEFAULT_LEASE_SECONDS = 30.0
+
+
+def default_lease_seconds() -> float:
+    """``$KERNEL_ORCHESTRATOR_LEASE_SECONDS``, else 30 s."""
+    try:
+        value = float(os.environ.get(LEASE_ENV, "") or DEFAULT_LEASE_SECONDS)
+    except ValueError:
+        return DEFAULT_LEASE_SECONDS
+    return value if value > 0 else DEFAULT_LEASE_SECONDS
+
+
+def _machine() -> str:
+    try:
+        boot = open("/proc/sys/kernel/random/boot_id").read().strip()  # noqa: SIM115
+    except OSError:
+        boot = ""
+    try:
+        pidns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        pidns = ""
+    return f"{boot}/{pidns}" if boot else ""
+
+
+_holder: Holder | None = None
+_holder_lock = threading.Lock()
+
+
+def this_holder() -> Holder:
+    """This process, as the store names owners (one holder id per process)."""
+    global _holder
+    with _holder_lock:
+        if _holder is None or _holder.pid != os.getpid():
+            pid = os.getpid()
+            _holder = Holder(
+                holder_id=uuid.uuid4().hex[:16],
+                kind=_holder.kind if _holder is not None else "library",
+                host=socket.gethostname(),
+                machine=_machine(),
+                pid=pid,
+                start_ticks=procinfo.start_ticks(pid),
+            )
+        return _holder
+
+
+def set_holder_kind(kind: str) -> None:
+    """Name what this process is (``cli``, ``gateway``) in the owner it shows others."""
+    global _holder
+    holder = this_holder()
+    with _holder_lock:
+        _holder = replace(holder, kind=kind)
+
+
+def holder_is_dead(owner: Holder) -> bool:
+    """True only when ``owner`` provably no longer runs (same machine, process gone)."""
+    me = this_holder()
+    if not owner.machine or owner.machine != me.machine:
+        return False
+    if owner.pid == me.pid and owner.holder_id != me.holder_id:
+        return True  # our pid, but an earlier holder: a previous process with our pid
+    return not procinfo.is_running(owner.pid, owner.start_ticks)
+
+
+async def claim(
+    store: KernelStore, kernel_id: str, lease_seconds: float, *, force: bool = False
+) -> Lease:
+    """Claim ``kernel_id`` for this process; a dead local owner's lease is void.
+
+    Raises :class:`OwnedElsewhereError` while a live process owns it (unless ``force``).
+    """
+    holder = this_holder()
+    try:
+        return await store.claim(kernel_id, holder, lease_seconds, force=force)
+    except OwnedElsewhereError as e:
+        owner = e.owner
+        if not (isinstance(owner, Holder) and holder_is_dead(owner)):
+            raise
+        record = await store.get(kernel_id)
+        if record is None:
+            raise
+        log.info("kernel %s: its owner %s is gone; taking it over", kernel_id, owner.describe())
+        return await store.claim(
+            kernel_id, holder, lease_seconds, steal_generation=record.generation
+        )
+
+
+@dataclass
+class _Watch:
+    on_change: Callable[..., Any]
+    loop: asyncio.AbstractEventLoop | None
+
+
+class LeaseKeeper:
+    """Renews this process's leases in one store; reports lost ones, claims wanted ones."""
+
+    def __init__(self, store: KernelStore, lease_seconds: float) -> None:
+        self.store = store
+        self.lease_seconds = lease_seconds
+        self._held: dict[str, tuple[Lease, _Watch]] = {}
+        self._wanted: dict[str, _Watch] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0  # consecutive renewals that failed (store down)
+        self.last_error = ""
+
+    @property
+    def interval(self) -> float:
+        return max(0.2, self.lease_seconds / 3)
+
+    # ------------------------------------------------------------- register
+    def hold(
+        self, lease: Lease, on_lost: Callable[[str], Any], loop: asyncio.AbstractEventLoop | None
+    ) -> None:
+        """Keep ``lease`` renewed; ``on_lost(reason)`` runs (on ``loop``) if it is lost."""
+        with self._lock:
+            self._wanted.pop(lease.kernel_id, None)
+            self._held[lease.kernel_id] = (lease, _Watch(on_lost, loop))
+        self._ensure_thread()
+
+    def want(
+        self,
+        kernel_id: str,
+        on_claimed: Callable[[Lease], Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        """Claim ``kernel_id`` as soon as its owner's lease lapses; then ``on_claimed(lease)``."""
+        with self._lock:
+            if kernel_id not in self._held:
+                self._wanted[kernel_id] = _Watch(on_claimed, loop)
+        self._ensure_thread()
+
+    def drop(self, kernel_id: str) -> Lease | None:
+        """Stop renewing (or wanting) ``kernel_id``; the lease, for the caller to release."""
+        with self._lock:
+            self._wanted.pop(kernel_id, None)
+            entry = self._held.pop(kernel_id, None)
+        return entry[0] if entry else None
+
+    def lease_of(self, kernel_id: str) -> Lease | None:
+        with self._lock:
+            entry = self._held.get(kernel_id)
+        return entry[0] if entry else None
+
+    # --------------------------------------------------------------- thread
+    def _ensure_thread(self) -> None:
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._thread = threading.Thread(
+                target=self._run, name="ko-lease-keeper", daemon=True
+            )
+            self._thread.start()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            while True:
+                self._wake.wait(self.interval)
+                self._wake.clear()
+                with self._lock:
+                    if not self._held and not self._wanted:
+                        self._thread = None
+                        return
+                loop.run_until_complete(self._tick())
+        finally:
+            loop.close()
+
+    async def _tick(self) -> None:
+        holder = this_holder()
+        try:
+            held = await self.store.renew(holder.holder_id, self.lease_seconds)
+        except Exception as e:  # the store is down: keep trying, leases may lapse
+            self.failures += 1
+            self.last_error = str(e)
+            log.warning("could not renew kernel leases (%d in a row): %s", self.failures, e)
+            return
+        self.failures, self.last_error = 0, ""
+        with self._lock:
+            mine = dict(self._held)
+            wanted = dict(self._wanted)
+        for kernel_id, (lease, watch) in mine.items():
+            if held.get(kernel_id) != lease.generation:
+                with self._lock:
+                    if self._held.get(kernel_id, (None,))[0] is not lease:
+                        continue
+                    del self._held[kernel_id]
+                reason = (
+                    "its record was removed"
+                    if kernel_id not in held
+                    else f"another process took it over (generation {held[kernel_id]})"
+                )
+                log.warning("kernel %s is no longer owned by this process: %s", kernel_id, reason)
+                _notify(watch, reason)
+        for kernel_id, watch in wanted.items():
+            try:
+                lease = await claim(self.store, kernel_id, self.lease_seconds)
+            except OwnedElsewhereError:
+                continue
+            except Exception as e:
+                log.debug("kernel %s: claim failed: %s", kernel_id, e)
+                continue
+            with self._lock:
+                if self._wanted.pop(kernel_id, None) is None:
+                    self.store.release_now(lease)  # no longer wanted meanwhile
+                    continue
+            log.info("kernel %s: its owner's lease expired; this process took it over", kernel_id)
+            _notify(watch, lease)
+
+
+def _notify(watch: _Watch, arg: Any) -> None:
+    loop = watch.loop
+    if loop is not None and not loop.is_closed():
+        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+            loop.call_soon_threadsafe(watch.on_change, arg)
+            return
+    try:
+        watch.on_change(arg)
+    except Exception:
+        log.exception("lease callback failed")
+
+
+_keepers: dict[int, LeaseKeeper] = {}
+_keepers_lock = threading.Lock()
+
+
+def keeper_for(store: KernelStore, lease_seconds: float | None = None) -> LeaseKeeper:
+    """The one keeper of this process for ``store``."""
+    with _keepers_lock:
+        keeper = _keepers.get(id(store))
+        if keeper is None or keeper.store is not store:
+            keeper = _keepers[id(store)] = LeaseKeeper(
+                store, lease_seconds or default_lease_seconds()
+            )
+        return keeper

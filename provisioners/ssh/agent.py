@@ -1,0 +1,222 @@
+"""One remote agent per (host, remote user, Python): poll, signal and clean up every
+kernel on that host without starting a remote process per request.
+
+A one-shot launcher per poll costs the host a new SSH session and a new Python
+every few seconds per kernel (50 sessions in 30 s for five idle kernels). Instead the
+launcher runs once in agent mode, on one session channel of the host's shared SSH
+connection, and answers JSON requests line by line. Status requests of all kernels
+on the host are batched: one ``statuses`` request answers every poll made within
+``STATUS_MAX_AGE`` seconds, so the agent's load does not grow with the number of
+kernels' restarters.
+
+The agent lives as long as the SSH connection (stdin closes with it, and it exits);
+if it dies or the connection is rebuilt, the next request starts a new one. While
+the connection is down a request fails with :class:`SSHError`, which callers report
+as "unknown", never as "dead".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import itertools
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import paramiko
+
+from orchestrator.executors import executor, run_blocking
+from orchestrator.tunnels.ssh import SSHConnection
+from orchestrator.tunnels.ssh.connection import SSHError
+
+from .remote import RemoteError, launcher_command, launcher_stdin
+
+log = logging.getLogger("kernel-orchestrator.ssh")
+
+STATUS_MAX_AGE = 0.5  # seconds one batched status answer serves every poll
+
+
+class RemoteAgent:
+    """The launcher in agent mode on one host, shared by every kernel there."""
+
+    def __init__(self, conn: SSHConnection, python: str) -> None:
+        self.conn = conn
+        self.python = python
+        self._lock = threading.Lock()
+        self._chan: paramiko.Channel | None = None
+        self._chan_generation = -1
+        self._pending: dict[int, concurrent.futures.Future[dict[str, Any]]] = {}
+        self._ids = itertools.count(1)
+        self.starts = 0  # agent processes started (1 while nothing went wrong)
+        self.remote_pid: int | None = None
+        # Batched status: kernel id -> (pid, start ticks) of every kernel polled here.
+        self._tracked: dict[str, tuple[Any, Any]] = {}
+        self._snapshot: tuple[float, dict[str, bool]] = (0.0, {})
+        self._refresh: concurrent.futures.Future[None] | None = None
+
+    # -------------------------------------------------------------- channel
+    def _channel(self, timeout: float) -> paramiko.Channel:
+        """The live agent channel, starting the agent if there is none."""
+        with self._lock:
+            chan = self._chan
+            if (
+                chan is not None
+                and not chan.closed
+                and not chan.exit_status_ready()
+                and self._chan_generation == self.conn.generation
+            ):
+                return chan
+            chan = self.conn.open_command(launcher_command(self.python), timeout)
+            ready: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+            self._pending[0] = ready
+            self._chan, self._chan_generation = chan, self.conn.generation
+            self.starts += 1
+            threading.Thread(
+                target=self._read, args=(chan,), name="ssh-agent-reader", daemon=True
+            ).start()
+            chan.sendall(launcher_stdin({"action": "agent"}))
+        try:
+            hello = ready.result(timeout)
+        except concurrent.futures.TimeoutError:
+            chan.close()
+            raise SSHError(
+                f"the kernel agent on {self.conn.target.host} did not start ({self.python})"
+            ) from None
+        self.remote_pid = hello.get("agent")
+        if self.starts > 1:
+            host = self.conn.target.host
+            log.info("kernel agent on %s restarted (pid %s)", host, self.remote_pid)
+        return chan
+
+    def _read(self, chan: paramiko.Channel) -> None:
+        buffer = b""
+        try:
+            while data := chan.recv(65536):
+                buffer += data
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    self._deliver(line)
+        except (OSError, paramiko.SSHException):
+            pass
+        err = b""
+        try:
+            while chunk := chan.recv_stderr(65536):
+                err += chunk
+        except (OSError, paramiko.SSHException):
+            pass
+        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
+        with self._lock:
+            if self._chan is chan:
+                self._chan = None
+            pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(
+                    SSHError(f"kernel agent on {self.conn.target.host} ended: {detail[0]}")
+                )
+
+    def _deliver(self, line: bytes) -> None:
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            return
+        with self._lock:
+            future = self._pending.pop(msg.get("id"), None)
+        if future is None or future.done():
+            return
+        if "error" in msg:
+            future.set_exception(RemoteError(f"on {self.conn.target.host}: {msg['error']}"))
+        else:
+            future.set_result(msg.get("reply") or {})
+
+    # -------------------------------------------------------------- requests
+    def request(self, action: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its answer (blocking; see :meth:`call`)."""
+        if self.conn.state not in ("up", "connecting"):
+            raise SSHError(f"SSH connection to {self.conn.target.describe()} is {self.conn.state}")
+        chan = self._channel(min(timeout, 30.0))
+        future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        with self._lock:
+            request_id = next(self._ids)
+            self._pending[request_id] = future
+        try:
+            line = json.dumps({**fields, "id": request_id, "action": action}) + "\n"
+            chan.sendall(line.encode())
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise SSHError(
+                f"kernel agent on {self.conn.target.host}: no answer to {action} in {timeout:g}s"
+            ) from None
+        except (OSError, paramiko.SSHException) as e:
+            raise SSHError(f"kernel agent on {self.conn.target.host}: {e}") from None
+        finally:
+            with self._lock:
+                self._pending.pop(request_id, None)
+
+    async def call(self, action: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """One request to the agent, awaited on the SSH thread pool."""
+        return await run_blocking("ssh", self.request, action, timeout, **fields)
+
+    # ---------------------------------------------------------------- status
+    async def running(self, kernel_id: str, pid: Any, start: Any) -> bool:
+        """Whether the kernel process still runs, from a batched answer at most
+        ``STATUS_MAX_AGE`` old. Raises :class:`SSHError` while the host is unreachable."""
+        self._tracked[kernel_id] = (pid, start)
+        for _ in range(2):
+            taken, answers = self._snapshot
+            if time.monotonic() - taken < STATUS_MAX_AGE and kernel_id in answers:
+                return answers[kernel_id]
+            with self._lock:
+                refresh = self._refresh
+                if refresh is None or refresh.done():
+                    refresh = self._refresh = executor("ssh").submit(self._refresh_statuses)
+            await asyncio.wrap_future(refresh)
+        return self._snapshot[1].get(kernel_id, False)
+
+    def _refresh_statuses(self) -> None:
+        tracked = dict(self._tracked)
+        started = time.monotonic()
+        reply = self.request("statuses", 15.0, kernels={k: list(v) for k, v in tracked.items()})
+        answers = {str(k): bool(v) for k, v in (reply.get("running") or {}).items()}
+        self._snapshot = (started, answers)
+
+    def invalidate(self, kernel_id: str | None = None) -> None:
+        """Forget the batched answer (after a signal or a cleanup the state changes)."""
+        self._snapshot = (0.0, {})
+
+    def untrack(self, kernel_id: str) -> None:
+        self._tracked.pop(kernel_id, None)
+
+    def close(self) -> None:
+        with self._lock:
+            chan, self._chan = self._chan, None
+        if chan is not None:
+            chan.close()
+
+
+_agents: dict[tuple[int, str], RemoteAgent] = {}
+_agents_lock = threading.Lock()
+
+
+def agent_for(conn: SSHConnection, python: str) -> RemoteAgent:
+    """The agent for ``conn``'s host and user running ``python`` (one per process)."""
+    key = (id(conn), python)
+    with _agents_lock:
+        agent = _agents.get(key)
+        if agent is None or agent.conn is not conn:
+            agent = _agents[key] = RemoteAgent(conn, python)
+            conn.subscribe(functools.partial(_closed, key))
+        return agent
+
+
+def _closed(key: tuple[int, str], state: str) -> None:
+    if state != "closed":
+        return
+    with _agents_lock:
+        agent = _agents.pop(key, None)
+    if agent is not None:
+        agent.close()
