@@ -8,8 +8,8 @@ which no handler can intercept: what the test sees is what a real crash leaves.
 Unset (always, outside those tests), a checkpoint costs one dictionary look-up.
 
 Steps: ``before-launch``, ``after-launch`` (the kernel runs, its record is not saved),
-``after-save``, ``mid-restart`` (the old kernel is being stopped), ``before-shutdown``,
-``after-kill`` (the kernel is stopped, its record not yet removed).
+``after-save``, ``mid-restart`` (the old kernel has stopped, the new one is not launched),
+``before-shutdown``, ``after-kill`` (the kernel is stopped, its record not yet removed).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from jupyter_client.ioloop import manager as jc_ioloop
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists, run_sync
-from traitlets import Bool, Dict, Float, Instance, Unicode, default
+from traitlets import Bool, Dict, Float, Instance, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
 from . import faults, ownership
@@ -173,6 +173,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     _restart_count: int = 0
     _provisioner_name: str = ""
     _lease: Lease | None = None
+    _recorded: bool = False  # the kernel has a record (ours, or one we re-attached to)
     _lost_reason: str = ""  # why this process no longer owns the kernel
     _lost_callbacks: list[t.Callable[[str], t.Any]] | None = None
 
@@ -253,6 +254,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
                 lease = await self.kernel_store.insert(
                     record, ownership.this_holder(), self.lease_seconds
                 )
+                self._recorded = True
                 self._hold(lease)
                 return
             await self._ensure_owner()
@@ -264,7 +266,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 
     async def forget_record(self) -> None:
         """Remove the record (fenced: only while this process still owns the kernel)."""
-        if self.kernel_store is None or not self.kernel_id:
+        if self.kernel_store is None or not self.kernel_id or not self._recorded:
             return
         lease = self._let_go()
         if lease is None:
@@ -449,9 +451,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         await self._ensure_owner()
-        if restart:
-            faults.checkpoint("mid-restart")
-        else:
+        if not restart:
             faults.checkpoint("before-shutdown")
         await super()._async_shutdown_kernel(now=now, restart=restart)  # type: ignore[misc]
 
@@ -461,8 +461,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         await super()._async_interrupt_kernel()  # type: ignore[misc]
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
-        if not restart:
-            faults.checkpoint("after-kill")
+        faults.checkpoint("mid-restart" if restart else "after-kill")
         await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
         if not restart:
             await self.forget_record()
@@ -501,6 +500,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         """
         self.kernel_id = record.kernel_id
         self.kernel_name = record.kernel_name
+        self._recorded = True
         if own and self.kernel_store is not None:
             await self.claim_ownership()
         elif own is None and self.kernel_store is not None:
@@ -698,11 +698,25 @@ class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelMan
 
 
 class IOLoopKernelManager(KernelManager, jc_ioloop.IOLoopKernelManager):
-    """The blocking manager with jupyter_client's auto-restarter (used by MultiKernelManager)."""
+    """The blocking manager with an auto-restarter (used by MultiKernelManager) that
+    restarts only kernels this process still owns."""
+
+    restarter_class = Type(  # type: ignore[assignment]
+        "orchestrator.restarter.OwnerRestarter",
+        klass="jupyter_client.ioloop.IOLoopKernelRestarter",
+        config=True,
+    )
 
 
 class AsyncIOLoopKernelManager(AsyncKernelManager, jc_ioloop.AsyncIOLoopKernelManager):
-    """The async manager with jupyter_client's auto-restarter (used by AsyncMultiKernelManager)."""
+    """The async manager with an auto-restarter (used by AsyncMultiKernelManager) that
+    restarts only kernels this process still owns."""
+
+    restarter_class = Type(  # type: ignore[assignment]
+        "orchestrator.restarter.AsyncOwnerRestarter",
+        klass="jupyter_client.ioloop.AsyncIOLoopKernelRestarter",
+        config=True,
+    )
 
 
 async def attach(

@@ -255,8 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
-        # jupyter_client's own warnings repeat what our one-line errors say.
-        logging.getLogger("traitlets").setLevel(logging.ERROR)
+        # jupyter_client's own warnings and tracebacks (it logs a failed start before
+        # raising it) repeat what our one-line errors say.
+        logging.getLogger("traitlets").setLevel(logging.CRITICAL)
     try:
         if args.command == "serve":
             return _serve(args)

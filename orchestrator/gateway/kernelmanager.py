@@ -18,7 +18,7 @@ from jupyter_server.services.kernels.kernelmanager import (
     ServerKernelManager,
     emit_kernel_action_event,
 )
-from traitlets import Dict, DottedObjectName, Float, Int, default
+from traitlets import Dict, DottedObjectName, Float, Int, Type, default
 
 from ..manager import PersistentKernelManagerMixin
 from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreReport
@@ -39,6 +39,12 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
     @default("outlive_process")
     def _default_outlive_process(self) -> bool:
         return True
+
+    restarter_class = Type(  # type: ignore[assignment]
+        "orchestrator.restarter.AsyncOwnerRestarter",
+        klass="jupyter_client.ioloop.AsyncIOLoopKernelRestarter",
+        config=True,
+    )
 
     start_kernel = emit_kernel_action_event(success_msg="Kernel {kernel_id} was started.")(
         PersistentKernelManagerMixin._async_start_kernel

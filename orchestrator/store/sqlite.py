@@ -55,6 +55,16 @@ def _create_private_file(path: Path) -> None:
         os.close(fd)
 
 
+def _disk_full(path: Path) -> bool:
+    """Whether the store's file system has (next to) no room left: SQLite reports a
+    failure to create its shared-memory file there as a mere I/O error."""
+    try:
+        st = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 * 1024
+
+
 def explain_sqlite_error(path: Path, e: sqlite3.Error, busy_timeout: float) -> str:
     """One line naming what is wrong with the store file, not just SQLite's words."""
     text = str(e)
@@ -63,7 +73,7 @@ def explain_sqlite_error(path: Path, e: sqlite3.Error, busy_timeout: float) -> s
             f"kernel store {path} is locked by another process (gave up after"
             f" {busy_timeout:g}s): {text}"
         )
-    if "full" in text:
+    if "full" in text or ("I/O error" in text and _disk_full(path)):
         return f"kernel store {path}: the disk is full: {text}"
     if "readonly" in text or "read-only" in text:
         return f"kernel store {path} is read-only: {text}"

@@ -134,9 +134,11 @@ class RemoteAgent:
             future.set_result(msg.get("reply") or {})
 
     # -------------------------------------------------------------- requests
-    def request(self, action: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+    def request(
+        self, action: str, fields: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """Send one request and wait for its answer (blocking; see :meth:`call`)."""
-        if self.conn.state not in ("up", "connecting"):
+        if self.conn.state == "closed" or not self.conn.wait_up(timeout):
             raise SSHError(f"SSH connection to {self.conn.target.describe()} is {self.conn.state}")
         chan = self._channel(min(timeout, 30.0))
         future: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
@@ -144,7 +146,7 @@ class RemoteAgent:
             request_id = next(self._ids)
             self._pending[request_id] = future
         try:
-            line = json.dumps({**fields, "id": request_id, "action": action}) + "\n"
+            line = json.dumps({**(fields or {}), "id": request_id, "action": action}) + "\n"
             chan.sendall(line.encode())
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -157,9 +159,11 @@ class RemoteAgent:
             with self._lock:
                 self._pending.pop(request_id, None)
 
-    async def call(self, action: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+    async def call(
+        self, action: str, fields: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> dict[str, Any]:
         """One request to the agent, awaited on the SSH thread pool."""
-        return await run_blocking("ssh", self.request, action, timeout, **fields)
+        return await run_blocking("ssh", self.request, action, fields, timeout)
 
     # ---------------------------------------------------------------- status
     async def running(self, kernel_id: str, pid: Any, start: Any) -> bool:
@@ -180,7 +184,7 @@ class RemoteAgent:
     def _refresh_statuses(self) -> None:
         tracked = dict(self._tracked)
         started = time.monotonic()
-        reply = self.request("statuses", 15.0, kernels={k: list(v) for k, v in tracked.items()})
+        reply = self.request("statuses", {"kernels": {k: list(v) for k, v in tracked.items()}}, 15)
         answers = {str(k): bool(v) for k, v in (reply.get("running") or {}).items()}
         self._snapshot = (started, answers)
 

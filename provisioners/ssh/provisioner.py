@@ -181,7 +181,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         }
         try:
             agent = await self._agent()
-            self.remote = await agent.call("launch", self.startup_timeout + 30, **request)
+            self.remote = await agent.call("launch", request, self.startup_timeout + 30)
             await self._open_tunnel()
             await self._wait_until_ready()
         except BaseException as e:
@@ -286,7 +286,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             return
         agent = await self._agent()
         agent.invalidate()
-        await agent.call("signal", 15, **self._request(signum=int(signum)))
+        await agent.call("signal", self._request(signum=int(signum)), 15)
 
     async def kill(self, restart: bool = False) -> None:
         await self.send_signal(signal.SIGKILL)
@@ -307,7 +307,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             try:
                 agent = await self._agent()
                 agent.invalidate()
-                await agent.call("cleanup", 30, **self._request())
+                await agent.call("cleanup", self._request(), 30)
                 agent.untrack(str(self.kernel_id))
             except OrchestratorError as e:
                 self.log.warning(
@@ -395,7 +395,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
                     continue
                 try:
                     agent = agent_for(conn, prov.python)
-                    reply = await agent.call("list", 30, base_dir=prov.remote_dir)
+                    reply = await agent.call("list", {"base_dir": prov.remote_dir})
                     for k in reply.get("kernels", []):
                         kid = str(k.get("kernel_id", ""))
                         if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
@@ -405,7 +405,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
                         found.append(f"remote kernel {kid} on {host} (pid {k.get('pid')})")
                         if not ctx.dry_run:
                             await agent.call(
-                                "cleanup", 30, kernel_id=kid, base_dir=prov.remote_dir
+                                "cleanup", {"kernel_id": kid, "base_dir": prov.remote_dir}
                             )
                 finally:
                     pool.release(target)
