@@ -251,11 +251,14 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         record = await self.build_record()
         if self._lease is None:
             if await self.kernel_store.get(self.kernel_id) is None:
+                # The kernel runs (a provisioner saves as soon as its resources exist).
+                faults.checkpoint("after-launch")
                 lease = await self.kernel_store.insert(
                     record, ownership.this_holder(), self.lease_seconds
                 )
                 self._recorded = True
                 self._hold(lease)
+                faults.checkpoint("after-save")
                 return
             await self._ensure_owner()
         try:
@@ -413,9 +416,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 
     async def _async_post_start_kernel(self, **kw: t.Any) -> None:
         await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
-        faults.checkpoint("after-launch")
         await self.save_record()
-        faults.checkpoint("after-save")
         _remember_live(self)
 
     async def _async_start_kernel(self, **kw: t.Any) -> None:

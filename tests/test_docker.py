@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -475,5 +476,101 @@ async def test_remote_engine_over_ssh(
                 await km.shutdown_kernel(now=True)
         assert our_containers(dclient, km.kernel_id) == []
         assert pool.connections() == []
+    finally:
+        sshd.stop()
+
+
+async def test_an_unreachable_engine_stalls_only_itself(
+    jupyter_env: dict[str, str], store: Any, pyspec: str
+) -> None:
+    """An engine that accepts connections and never answers (on loopback) ties up its own
+    thread pool only: a kernel on the real engine starts meanwhile, the store answers
+    and the event loop is never blocked (the start above goes on)."""
+    import socket
+
+    hole = socket.socket()
+    hole.bind(("127.0.0.1", 0))
+    hole.listen(64)
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "stuck",
+        "docker-provisioner",
+        {"image": "kernel-orchestrator/kernel-python:latest",
+         "docker_host": f"tcp://127.0.0.1:{hole.getsockname()[1]}"},
+    )  # fmt: skip
+    stuck = orchestrator.AsyncKernelManager(kernel_name="stuck", kernel_store=store)
+    pending = asyncio.ensure_future(stuck.start_kernel())
+    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    try:
+        await asyncio.sleep(0.5)
+        await asyncio.wait_for(km.start_kernel(), 60)
+        assert (await run(km, "print('fine')"))["out"] == "fine\n"
+        assert await store.get(km.kernel_id) is not None
+        assert not pending.done()  # still waiting on the silent engine
+    finally:
+        hole.close()  # the silent engine goes away: its start fails
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(pending, 90)
+        if km.has_kernel:
+            await km.shutdown_kernel(now=True)
+    assert await store.list() == []
+
+
+async def test_remote_engine_survives_a_30s_network_cut(
+    jupyter_env: dict[str, str], store: Any, dclient: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Docker engine reached over SSH: the path to its SSH port drops every packet for
+    30 s while a cell runs (iptables DROP, nothing reset); the cell's output, produced
+    during the cut, arrives once the path is back."""
+    from .loopback_sshd import LoopbackSSHD
+
+    sshd = LoopbackSSHD()
+    rules = [
+        ["INPUT", "-i", "lo", "-p", "tcp", "--dport", str(sshd.port), "-j", "DROP"],
+        ["INPUT", "-i", "lo", "-p", "tcp", "--sport", str(sshd.port), "-j", "DROP"],
+    ]
+    try:
+        monkeypatch.setenv("HOME", str(sshd.home))
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "remote-cut",
+            "docker-provisioner",
+            {"docker_host": "ssh://dockerhost"},
+        )
+        km = orchestrator.AsyncKernelManager(kernel_name="remote-cut", kernel_store=store)
+        await km.start_kernel()
+        try:
+            assert (await run(km, "kept = 21"))["status"] == "ok"
+            kc = km.client()
+            kc.start_channels()
+            await kc.wait_for_ready(timeout=30)
+            msg_id = kc.execute("import time\ntime.sleep(3)\nprint(kept * 2)")
+            await asyncio.sleep(1)
+            for rule in rules:
+                subprocess.run(["iptables", "-I", *rule], check=True)
+            await asyncio.sleep(30)
+            for rule in rules:
+                subprocess.run(["iptables", "-D", *rule], check=True)
+            rules = []
+            reply = await kc.get_shell_msg(timeout=120)
+            assert reply["parent_header"]["msg_id"] == msg_id
+            assert reply["content"]["status"] == "ok"
+            out = ""
+            while True:
+                msg = await kc.get_iopub_msg(timeout=10)
+                if msg["parent_header"].get("msg_id") != msg_id:
+                    continue
+                if msg["msg_type"] == "stream":
+                    out += msg["content"]["text"]
+                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+                    break
+            assert out == "42\n"
+            kc.stop_channels()
+            assert (await run(km, "print(kept)"))["out"] == "21\n"
+        finally:
+            for rule in rules:
+                subprocess.run(["iptables", "-D", *rule], check=False)
+            await km.shutdown_kernel(now=True)
+        assert our_containers(dclient, km.kernel_id) == []
     finally:
         sshd.stop()

@@ -270,6 +270,14 @@ async def test_jupyter_server_drives_kernels_through_the_gateway(
         ws.close()
     restarted = await call(base, token, "POST", f"/api/kernels/{kernel['id']}/restart")
     assert restarted["id"] == kernel["id"]
+    from orchestrator.store import open_store
+
+    store = open_store()
+    try:  # the gateway counts its restarts in the record, as any manager of ours does
+        record = await store.get(kernel["id"])
+        assert record is not None and record.restarts == 1
+    finally:
+        store.close()
     ws = await KernelSocket.open(base, token, kernel["id"])
     try:
         reply = await ws.execute("x")

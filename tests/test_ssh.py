@@ -389,3 +389,87 @@ def test_kernelspec_install_ssh(jupyter_env: dict[str, str], sshnet: Any) -> Non
     }
     bad = ko("kernelspec", "install", "ssh-provisioner", "--name", "x", "--host", "a b@c")
     assert bad.returncode == 1 and "bad SSH destination 'a b@c'" in bad.stderr
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def test_one_agent_answers_polls_and_nothing_is_held_after_release(
+    sshspec: Any, store: Any
+) -> None:
+    """Polls start no remote process (one agent session, batched statuses); the agent
+    comes back by itself if killed; detach(), a status check and a failed re-attach
+    leave no connection, listener or tunnel behind in this process."""
+    from orchestrator.cli.commands import kernel_status
+    from orchestrator.errors import ReattachError
+    from orchestrator.tunnels.ssh import pool
+    from provisioners.ssh.agent import agent_for
+
+    name = sshspec("agent", ["hosta"])
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    conn = km.provisioner._conn
+    agent = agent_for(conn, km.provisioner.python)
+    sessions = conn.sessions_opened
+    for _ in range(20):
+        agent.invalidate()
+        assert await km.provisioner.poll() is None
+    assert conn.sessions_opened == sessions and agent.starts == 1
+    os.kill(agent.remote_pid, 9)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        agent.invalidate()
+        if await km.provisioner.poll() is None and agent.starts == 2:
+            break
+        await asyncio.sleep(0.2)
+    assert agent.starts == 2 and await km.provisioner.poll() is None
+    assert (await run(km, "print('agent back')"))["out"] == "agent back\n"
+
+    kernel_id, ports = km.kernel_id, dict(km.provisioner.local_ports)
+    record = await store.get(kernel_id)
+    km.detach()
+    assert pool.connections() == [] and not any(_listening(p) for p in ports.values())
+    assert (await store.get(kernel_id)).owner == {}  # released at once
+    assert await kernel_status(store, record) == "running"  # asked without a tunnel
+    assert pool.connections() == [] and not any(_listening(p) for p in ports.values())
+    with pytest.raises(ReattachError):
+        await orchestrator.attach(kernel_id, store=store, timeout=0.000001)
+    assert pool.connections() == [] and not any(_listening(p) for p in ports.values())
+    km2 = await orchestrator.attach(kernel_id, store=store)
+    assert km2.provisioner.local_ports == ports  # the same local ports again
+    await km2.shutdown_kernel()
+    assert pool.connections() == []
+
+
+def test_forget_a_kernel_whose_host_is_gone(sshspec: Any, store: Any, sshnet: Any) -> None:
+    """The host is unreachable for good: a plain shutdown fails with a clear error and
+    keeps the record; shutdown --force removes it after a bounded cleanup attempt and
+    says what may be left; when the host returns, gc removes that leftover."""
+    name = sshspec("gone", ["hosta"], connect_timeout=2)
+    kid = ko("start", name).stdout.strip()
+    assert kid
+    pid = json.loads(ko("list", "--json").stdout)[0]["provisioner_info"]["remote"]["pid"]
+    sshnet.cut("hosta")
+    try:
+        plain = ko("shutdown", kid)
+        assert plain.returncode == 1 and "Traceback" not in plain.stderr, plain.stderr
+        assert asyncio.run(store.get(kid)) is not None
+        forced = ko("forget", kid, "--cleanup-timeout", "5")
+        assert forced.returncode == 0, forced.stderr
+        assert f"removed the record of {kid}; could not clean up" in forced.stderr
+        assert f"may be left behind: process {pid} and directory" in forced.stderr
+        assert "on host hosta" in forced.stderr
+        assert asyncio.run(store.get(kid)) is None
+    finally:
+        sshnet.restore("hosta")
+    assert kernel_processes(kid)  # really left behind, as said
+    out = ko("gc", "--grace", "0").stdout
+    assert f"remote kernel {kid} on hosta" in out
+    deadline = time.monotonic() + 10
+    while kernel_processes(kid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert kernel_processes(kid) == []

@@ -20,6 +20,7 @@ SCENARIOS: dict[str, str] = {
     "ssh": "bench.scenarios.ssh",
     "kubernetes": "bench.scenarios.kubernetes",
     "gateway": "bench.scenarios.gateway",
+    "idle": "bench.scenarios.idle",
 }
 
 

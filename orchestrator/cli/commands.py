@@ -202,10 +202,11 @@ async def kernel_status(store: KernelStore, record: KernelRecord) -> str:
 
 def owner_of(record: KernelRecord) -> str:
     """Who does the kernel's lifecycle work, for ``list``: '-' when nobody holds a lease."""
+    from ..ownership import holder_is_dead
     from ..store.lease import Holder
 
     owner = Holder.from_dict(record.owner)
-    if owner is None or record.lease_expires <= time.time():
+    if owner is None or record.lease_expires <= time.time() or holder_is_dead(owner):
         return "-"
     return f"{owner.kind}:{owner.pid}@{owner.host}"
 

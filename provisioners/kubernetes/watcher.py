@@ -19,6 +19,8 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
+from orchestrator.executors import run_blocking
+
 log = logging.getLogger("kernel-orchestrator.kubernetes")
 
 PodKey = tuple[str, str]  # (namespace, name)
@@ -128,7 +130,7 @@ class PodWatcher:
                 self._waiters.remove(entry)
 
     async def ready(self, timeout: float = 30) -> None:
-        await asyncio.to_thread(self._ready.wait, timeout)
+        await run_blocking("kubernetes", self._ready.wait, timeout)
 
     def stop(self) -> None:
         self._stop.set()
