@@ -55,3 +55,16 @@ def start_kernels_elsewhere(count: int = 1, code: str = "", hang: bool = False):
     if not line:
         raise RuntimeError("kernel-starting process failed")
     return json.loads(line), proc
+
+
+async def stream_output(kc, msg_id: str, timeout: float = 10) -> str:  # type: ignore[no-untyped-def]
+    """The stream text a cell printed, read from IOPub until the kernel is idle again."""
+    out = ""
+    while True:
+        msg = await kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            out += msg["content"]["text"]
+        if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return out

@@ -21,6 +21,7 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 
 from .conftest import SESSION_INSTANCES, write_kernelspec
+from .helpers import stream_output
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("docker_engine", "jupyter_env")]
 CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
@@ -555,16 +556,7 @@ async def test_remote_engine_survives_a_30s_network_cut(
             reply = await kc.get_shell_msg(timeout=120)
             assert reply["parent_header"]["msg_id"] == msg_id
             assert reply["content"]["status"] == "ok"
-            out = ""
-            while True:
-                msg = await kc.get_iopub_msg(timeout=10)
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "stream":
-                    out += msg["content"]["text"]
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    break
-            assert out == "42\n"
+            assert await stream_output(kc, msg_id) == "42\n"
             kc.stop_channels()
             assert (await run(km, "print(kept)"))["out"] == "21\n"
         finally:

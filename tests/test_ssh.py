@@ -19,6 +19,7 @@ from orchestrator import procinfo
 from orchestrator.errors import OrchestratorError
 
 from .conftest import write_kernelspec
+from .helpers import stream_output
 from .test_docker import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
@@ -283,16 +284,8 @@ async def test_connection_cut_mid_computation(sshspec: Any, store: Any, sshnet: 
         reply = await kc.get_shell_msg(timeout=120)
         assert reply["parent_header"]["msg_id"] == msg_id
         assert reply["content"]["status"] == "ok"
-        out = ""
-        while True:
-            msg = await kc.get_iopub_msg(timeout=10)
-            if msg["parent_header"].get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                out += msg["content"]["text"]
-            if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
-        assert out == "42\n"  # printed during the cut, delivered after it
+        # printed during the cut, delivered after it
+        assert await stream_output(kc, msg_id) == "42\n"
         kc.stop_channels()
         assert km.provisioner.tunnel_state == "up"
         assert (await run(km, "print(kept)"))["out"] == "21\n"

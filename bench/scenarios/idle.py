@@ -101,10 +101,13 @@ async def bench_ssh_idle(ctx: Context) -> list[Row]:
             sessions = _sessions_logged(log) - sessions0
             ours = sum(c.sessions_opened for c in conns) - ours0
             per_minute = 60.0 / elapsed
-            alive = sum(1 for k in ids if await mkm.get_kernel(k).is_alive())
+            alive = 0
+            for kernel_id in ids:
+                alive += bool(await mkm.get_kernel(kernel_id).is_alive())
             note = (
                 f"{alive}/{n} alive; {len(conns)} SSH connection(s), agent pid"
-                f" {agent.remote_pid} started {agent.starts} time(s); window {elapsed:.0f} s"
+                f" {agent.remote_pid} started {agent.starts} time(s); window {elapsed:.0f} s;"
+                f" sshd logged {sessions0} session(s) while the kernels started"
             )
             rows += [
                 measurement(

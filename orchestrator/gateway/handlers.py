@@ -9,6 +9,7 @@ the limits on kernels in total and per user are respected (4xx with a clear mess
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -21,7 +22,7 @@ from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
 from jupyter_server.utils import ensure_async, url_escape, url_path_join
 from tornado import web
 
-from ..errors import KernelLimitError, OrchestratorError
+from ..errors import FencedError, KernelLimitError, OrchestratorError, OwnedElsewhereError
 from .auth import ADMIN
 
 MAX_BODY = 64 * 1024
@@ -113,14 +114,26 @@ class KernelHandler(kernel_handlers.KernelHandler):
     @web.authenticated
     async def delete(self, kernel_id: str) -> None:
         _check_owner(self, kernel_id)
-        await super().delete(kernel_id)  # type: ignore[misc]
+        with _lifecycle_conflicts():
+            await super().delete(kernel_id)  # type: ignore[misc]
 
 
 class KernelActionHandler(kernel_handlers.KernelActionHandler):
     @web.authenticated
     async def post(self, kernel_id: str, action: str) -> None:
         _check_owner(self, kernel_id)
-        await super().post(kernel_id, action)  # type: ignore[misc]
+        with _lifecycle_conflicts():
+            await super().post(kernel_id, action)  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def _lifecycle_conflicts() -> t.Iterator[None]:
+    """Lifecycle work on a kernel another process owns (or took over) is a 409 naming
+    that owner, not a server error."""
+    try:
+        yield
+    except (OwnedElsewhereError, FencedError) as e:
+        raise web.HTTPError(409, str(e)) from None
 
 
 class ChannelsHandler(KernelWebsocketHandler):

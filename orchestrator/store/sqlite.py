@@ -206,29 +206,35 @@ class SQLiteKernelStore(KernelStore):
             data.pop(key, None)  # the columns hold these
         return json.dumps(data, separators=(",", ":"))
 
-    async def insert(self, record: KernelRecord, holder: Holder, lease_seconds: float) -> Lease:
-        payload = self._payload(record)
+    @classmethod
+    def _insert_row(
+        cls, cur: sqlite3.Cursor, record: KernelRecord, owner: Holder | None, expires: float
+    ) -> None:
+        """A new row: owned by ``owner`` (generation 1), or unowned (generation 0)."""
+        cur.execute(
+            "INSERT INTO kernels(kernel_id, kernel_name, provisioner_name, created,"
+            " last_activity, data, owner_id, owner_info, lease_expires, generation)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.kernel_id,
+                record.kernel_name,
+                record.provisioner_name,
+                record.created,
+                record.last_activity,
+                cls._payload(record),
+                owner.holder_id if owner else None,
+                json.dumps(owner.to_dict()) if owner else None,
+                expires,
+                1 if owner else 0,
+            ),
+        )
 
+    async def insert(self, record: KernelRecord, holder: Holder, lease_seconds: float) -> Lease:
         def op() -> Lease:
             expires = time.time() + lease_seconds
             with self._transaction() as cur:
                 try:
-                    cur.execute(
-                        "INSERT INTO kernels(kernel_id, kernel_name, provisioner_name, created,"
-                        " last_activity, data, owner_id, owner_info, lease_expires, generation)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
-                        (
-                            record.kernel_id,
-                            record.kernel_name,
-                            record.provisioner_name,
-                            record.created,
-                            record.last_activity,
-                            payload,
-                            holder.holder_id,
-                            json.dumps(holder.to_dict()),
-                            expires,
-                        ),
-                    )
+                    self._insert_row(cur, record, holder, expires)
                 except sqlite3.IntegrityError:
                     raise OrchestratorError(
                         f"kernel id {record.kernel_id!r} is already in use"
@@ -238,35 +244,22 @@ class SQLiteKernelStore(KernelStore):
         return await self._call(op)
 
     def save_sync(self, record: KernelRecord, lease: Lease | None = None) -> None:
-        payload = self._payload(record)
-
         def op() -> None:
             with self._transaction() as cur:
-                if self._check(cur, record.kernel_id, lease):
-                    cur.execute(
-                        "UPDATE kernels SET kernel_name=?, provisioner_name=?,"
-                        " last_activity=MAX(last_activity, ?), data=? WHERE kernel_id=?",
-                        (
-                            record.kernel_name,
-                            record.provisioner_name,
-                            record.last_activity,
-                            payload,
-                            record.kernel_id,
-                        ),
-                    )
-                else:
-                    cur.execute(
-                        "INSERT INTO kernels(kernel_id, kernel_name, provisioner_name, created,"
-                        " last_activity, data) VALUES (?, ?, ?, ?, ?, ?)",
-                        (
-                            record.kernel_id,
-                            record.kernel_name,
-                            record.provisioner_name,
-                            record.created,
-                            record.last_activity,
-                            payload,
-                        ),
-                    )
+                if not self._check(cur, record.kernel_id, lease):
+                    self._insert_row(cur, record, None, 0.0)
+                    return
+                cur.execute(
+                    "UPDATE kernels SET kernel_name=?, provisioner_name=?,"
+                    " last_activity=MAX(last_activity, ?), data=? WHERE kernel_id=?",
+                    (
+                        record.kernel_name,
+                        record.provisioner_name,
+                        record.last_activity,
+                        self._payload(record),
+                        record.kernel_id,
+                    ),
+                )
 
         self._run(op)
 
