@@ -143,7 +143,10 @@ def _post(url: str, token: str, body: dict[str, Any] | None = None, method: str 
     return json.loads(raw) if raw else None
 
 
-GATEWAY_STEPS = [s for s in STEPS if s[1] in ("after-launch", "after-save", "mid-restart")]
+# The steps the issue names for both; the CLI also covers the shutdown steps.
+GATEWAY_STEPS = [
+    s for s in STEPS if s[1] in ("before-launch", "after-launch", "after-save", "mid-restart")
+]
 
 
 async def test_gateway_killed_at_each_step(
