@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from provisioners.base import GarbageContext, OrchestratorProvisionerMixin
-
 from .errors import KernelGoneError
 from .manager import AsyncKernelManager
 from .provisioning import installed_provisioners, load_provisioner_class
+from .provisioning.contract import GarbageContext, OrchestratorProvisionerMixin
 from .store import KernelStore
 
 log = logging.getLogger("kernel-orchestrator")

@@ -706,6 +706,7 @@ class IOLoopKernelManager(KernelManager, jc_ioloop.IOLoopKernelManager):
         "orchestrator.restarter.OwnerRestarter",
         klass="jupyter_client.ioloop.IOLoopKernelRestarter",
         config=True,
+        help="The auto-restarter; ours restarts only kernels this process still owns.",
     )
 
 
@@ -717,6 +718,7 @@ class AsyncIOLoopKernelManager(AsyncKernelManager, jc_ioloop.AsyncIOLoopKernelMa
         "orchestrator.restarter.AsyncOwnerRestarter",
         klass="jupyter_client.ioloop.AsyncIOLoopKernelRestarter",
         config=True,
+        help="The auto-restarter; ours restarts only kernels this process still owns.",
     )
 
 

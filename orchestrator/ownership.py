@@ -184,9 +184,7 @@ class LeaseKeeper:
         with self._lock:
             if self._thread is not None and self._thread.is_alive():
                 return
-            self._thread = threading.Thread(
-                target=self._run, name="ko-lease-keeper", daemon=True
-            )
+            self._thread = threading.Thread(target=self._run, name="ko-lease-keeper", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:

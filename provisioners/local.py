@@ -30,8 +30,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner as St
 from orchestrator import procinfo
 from orchestrator.labels import ENV_INSTANCE, ENV_KERNEL_ID
 from orchestrator.paths import kernel_log_dir, open_private
-
-from .base import GarbageContext, OrchestratorProvisionerMixin
+from orchestrator.provisioning.contract import GarbageContext, OrchestratorProvisionerMixin
 
 
 class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # type: ignore[misc]
@@ -84,7 +83,7 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
 
     async def wait(self) -> int | None:
         if self.process is not None:
-            return await super().wait()
+            return await StockLocalProvisioner.wait(self)
         while await self.poll() is None:
             await asyncio.sleep(0.05)
         self.attached = False

@@ -32,7 +32,7 @@ _NAME_RE = re.compile(r"^[a-z0-9._-]+$", re.IGNORECASE)
 
 def our_provisioners() -> dict[str, type]:
     """Installed provisioners that know how to describe their kernelspec options."""
-    from provisioners.base import OrchestratorProvisionerMixin
+    from ..provisioning.contract import OrchestratorProvisionerMixin
 
     found: dict[str, type] = {}
     for name in sorted(installed_provisioners()):

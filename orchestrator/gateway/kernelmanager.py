@@ -44,6 +44,7 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
         "orchestrator.restarter.AsyncOwnerRestarter",
         klass="jupyter_client.ioloop.AsyncIOLoopKernelRestarter",
         config=True,
+        help="The auto-restarter; ours restarts only kernels this process still owns.",
     )
 
     start_kernel = emit_kernel_action_event(success_msg="Kernel {kernel_id} was started.")(
@@ -55,9 +56,9 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
     restart_kernel = emit_kernel_action_event(success_msg="Kernel {kernel_id} was restarted.")(
         PersistentKernelManagerMixin._async_restart_kernel
     )
-    interrupt_kernel = emit_kernel_action_event(
-        success_msg="Kernel {kernel_id} was interrupted."
-    )(PersistentKernelManagerMixin._async_interrupt_kernel)
+    interrupt_kernel = emit_kernel_action_event(success_msg="Kernel {kernel_id} was interrupted.")(
+        PersistentKernelManagerMixin._async_interrupt_kernel
+    )
     reattach = PersistentKernelManagerMixin._async_reattach
     discard = PersistentKernelManagerMixin._async_discard
 
@@ -72,7 +73,9 @@ class OrchestratorMappingKernelManager(
     """The gateway's kernel manager."""
 
     kernel_manager_class = DottedObjectName(
-        "orchestrator.gateway.kernelmanager.OrchestratorServerKernelManager", config=True
+        "orchestrator.gateway.kernelmanager.OrchestratorServerKernelManager",
+        config=True,
+        help="The per-kernel manager class (must be one of kernel-orchestrator's).",
     )
     activity_save_interval = Float(
         30.0, config=True, help="Seconds between saves of kernels' last activity to the store."

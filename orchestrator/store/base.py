@@ -182,8 +182,11 @@ class MemoryKernelStore(KernelStore):
             if own is not None and own.live():
                 raise refusal(kernel_id, own)
             return
-        if own is None or own.generation != lease.generation or own.owner is None or (
-            own.owner.holder_id != lease.holder_id
+        if (
+            own is None
+            or own.generation != lease.generation
+            or own.owner is None
+            or (own.owner.holder_id != lease.holder_id)
         ):
             raise fenced(kernel_id, lease, own if kernel_id in self._records else None)
 

@@ -20,7 +20,6 @@ with the last lines of its log, and nothing is left behind.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import re
@@ -44,15 +43,15 @@ from orchestrator.encryption import (
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.liveness import Answer, wait_for_answer
-from orchestrator.tunnels import get_tunneler
-
-from ..base import (
+from orchestrator.provisioning.contract import (
     CHANNELS,
     GarbageContext,
     OrchestratorProvisionerMixin,
     client_connection_info,
     kernelspec_configs,
 )
+from orchestrator.tunnels import get_tunneler
+
 from ..envpolicy import client_variables, validate_env_item
 from . import engine
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
@@ -94,13 +93,20 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         help="Images (fnmatch patterns) a client may ask for; default: image.",
     )
     pull_policy = CaselessStrEnum(
-        ["never", "if-not-present", "always"], "if-not-present", config=True
+        ["never", "if-not-present", "always"],
+        "if-not-present",
+        config=True,
+        help="When to pull the image from its registry before a start.",
     )
     docker_host = Unicode(
         "", config=True, help="Engine URL; default $DOCKER_HOST or the local socket."
     )
     reachability = CaselessStrEnum(
-        ["auto", "loopback", "published", "network", "ssh"], "auto", config=True
+        ["auto", "loopback", "published", "network", "ssh"],
+        "auto",
+        config=True,
+        help="How clients reach the kernel's ports: auto (ssh for ssh:// engines, published"
+        " for remote tcp:// engines, else loopback), loopback, published, network, ssh.",
     )
     network = Unicode("", config=True, help="Docker network to attach the container to.")
     network_address = CaselessStrEnum(
@@ -122,15 +128,19 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     gpus = Int(0, config=True, help="GPUs to request (-1: all).")
     gpu_driver = Unicode("", config=True, help="Device driver for GPUs ('' : engine default).")
     user = Unicode("1000:1000", config=True, help="uid:gid the kernel runs as.")
-    working_dir = Unicode("", config=True)
+    working_dir = Unicode("", config=True, help="The kernel's working directory in the container.")
     labels = Dict(config=True, help="Extra container labels.")
     init = Bool(
         False,
         config=True,
         help="Run Docker's init as PID 1 (for images without their own, e.g. tini).",
     )
-    startup_timeout = Float(60.0, config=True)
-    max_startup_timeout = Float(600.0, config=True)
+    startup_timeout = Float(
+        60.0, config=True, help="Seconds from container start until the kernel must answer."
+    )
+    max_startup_timeout = Float(
+        600.0, config=True, help="Cap on a client's KERNEL_STARTUP_TIMEOUT override."
+    )
     max_cpus = Float(0.0, config=True, help="Cap on KERNEL_CPUS (0: no cap).")
     max_memory = Unicode("", config=True, help="Cap on KERNEL_MEMORY ('' : no cap).")
     allowed_overrides = List(
@@ -472,13 +482,6 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
         if state.get("Running") and not state.get("Restarting"):
             return None
         return int(state.get("ExitCode") or 1)
-
-    async def wait(self) -> int | None:
-        while True:
-            status = await self.poll()
-            if status is not None:
-                return status
-            await asyncio.sleep(0.1)
 
     async def send_signal(self, signum: int) -> None:
         cid = self.container_id

@@ -39,14 +39,14 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.executors import run_blocking
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.liveness import wait_for_answer
-
-from ..base import (
+from orchestrator.provisioning.contract import (
     CHANNELS,
     GarbageContext,
     OrchestratorProvisionerMixin,
     client_connection_info,
     kernelspec_configs,
 )
+
 from ..envpolicy import client_variables, validate_env_item
 from .names import dns_label, label_value
 from .podspec import (
@@ -93,6 +93,7 @@ def api_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
 
 _clients: dict[tuple[str, str, str], client.ApiClient] = {}
 
+
 # The kubernetes client is synchronous. Its calls get their own pool: on a small
 # machine asyncio's default pool has ~6 threads, and 50 concurrent starts would queue
 # each kernel's Secret behind other kernels' pods (a pod waits for its Secret volume).
@@ -113,8 +114,10 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     kernelspec_summary = "kernels in Kubernetes pods (one pod per kernel)"
 
     api_url = Unicode("", config=True, help="API server URL ('' : in-cluster, else kubeconfig).")
-    kubeconfig = Unicode("", config=True)
-    kube_context = Unicode("", config=True)
+    kubeconfig = Unicode(
+        "", config=True, help="kubeconfig file ('' : $KUBECONFIG, else ~/.kube/config)."
+    )
+    kube_context = Unicode("", config=True, help="kubeconfig context ('' : its current one).")
     namespace = Unicode("default", config=True, help="Shared kernel namespace.")
     namespace_template = Unicode(
         "", config=True, help="Per-user namespace, e.g. 'kernels-{username}' ('' : shared)."
@@ -128,36 +131,61 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     orchestrator_service_account = Unicode(
         "", config=True, help="namespace/name of the orchestrator's ServiceAccount."
     )
-    image = Unicode("kernel-orchestrator/kernel-python:latest", config=True)
-    image_allowlist = List(Unicode(), config=True)
-    image_pull_policy = Unicode("IfNotPresent", config=True)
-    image_pull_secrets = List(Unicode(), config=True)
-    cpu_request = Unicode("", config=True)
-    cpu_limit = Unicode("", config=True)
-    memory_request = Unicode("", config=True)
-    memory_limit = Unicode("", config=True)
-    gpus = Int(0, config=True)
-    gpu_resource = Unicode("nvidia.com/gpu", config=True)
-    extra_resources = Dict(config=True)
-    node_selector = Dict(config=True)
-    tolerations: List[Any] = List(config=True)
-    affinity = Dict(config=True)
-    priority_class_name = Unicode("", config=True)
-    service_account_name = Unicode("", config=True)
+    image = Unicode(
+        "kernel-orchestrator/kernel-python:latest",
+        config=True,
+        help="Kernel image (a client may choose another within image_allowlist).",
+    )
+    image_allowlist = List(
+        Unicode(), config=True, help="Image patterns (fnmatch) a client may choose from."
+    )
+    image_pull_policy = Unicode(
+        "IfNotPresent", config=True, help="The pod's imagePullPolicy (Always, IfNotPresent, Never)."
+    )
+    image_pull_secrets = List(
+        Unicode(), config=True, help="Names of Secrets in the kernel namespace for pulling."
+    )
+    cpu_request = Unicode("", config=True, help="CPU request, a Kubernetes quantity ('500m').")
+    cpu_limit = Unicode("", config=True, help="CPU limit, a Kubernetes quantity ('2').")
+    memory_request = Unicode("", config=True, help="Memory request, a quantity ('1Gi').")
+    memory_limit = Unicode("", config=True, help="Memory limit, a quantity ('4Gi').")
+    gpus = Int(0, config=True, help="GPUs per kernel, requested as gpu_resource.")
+    gpu_resource = Unicode(
+        "nvidia.com/gpu", config=True, help="The extended resource that GPUs are counted in."
+    )
+    extra_resources = Dict(
+        config=True, help="Further extended resources: name -> quantity (limits = requests)."
+    )
+    node_selector = Dict(config=True, help="The pod's nodeSelector: label -> value.")
+    tolerations: List[Any] = List(config=True, help="The pod's tolerations (V1Toleration).")
+    affinity = Dict(config=True, help="The pod's affinity (V1Affinity as a dict).")
+    priority_class_name = Unicode("", config=True, help="The pod's priorityClassName.")
+    service_account_name = Unicode(
+        "",
+        config=True,
+        help="The pod's ServiceAccount (its token is never mounted: kernels do not talk to"
+        " the API server).",
+    )
     volumes: List[Any] = List(config=True, help="V1Volume objects; '{username}' is substituted.")
     volume_mounts: List[Any] = List(
         config=True, help="V1VolumeMount objects; '{username}' substituted."
     )
-    run_as_user = Int(1000, config=True)
-    run_as_group = Int(1000, config=True)
+    run_as_user = Int(1000, config=True, help="uid the kernel runs as (never root).")
+    run_as_group = Int(1000, config=True, help="gid the kernel runs as.")
     profiles = Dict(config=True, help="name -> settings a client picks with KERNEL_PROFILE.")
-    default_profile = Unicode("", config=True)
-    environment = Dict(config=True)
-    env_allowlist = List(Unicode(), ["KERNEL_*"], config=True)
-    labels = Dict(config=True)
-    annotations = Dict(config=True)
-    startup_timeout = Float(120.0, config=True)
-    transport_encryption = Unicode("", config=True)
+    default_profile = Unicode("", config=True, help="The profile used when a client names none.")
+    environment = Dict(config=True, help="Fixed environment for the kernel.")
+    env_allowlist = List(
+        Unicode(), ["KERNEL_*"], config=True, help="Client variables (fnmatch) passed on."
+    )
+    labels = Dict(config=True, help="Extra labels on the kernel's pod.")
+    annotations = Dict(config=True, help="Extra annotations on the kernel's pod.")
+    startup_timeout = Float(
+        120.0, config=True, help="Seconds from pod creation until the kernel must answer."
+    )
+    transport_encryption = Unicode(
+        "", config=True, help="CurveZMQ: auto, required or disabled ('' : the manager's)."
+    )
     reachability = CaselessStrEnum(
         ["pod-ip", "port-forward"],
         "pod-ip",
@@ -492,12 +520,8 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             return _exit_code(pod)
         return None
 
-    async def wait(self) -> int | None:
-        while True:
-            status = await self.poll()
-            if status is not None:
-                return status
-            await self._watcher().wait_change(1.0)
+    async def wait_for_change(self) -> None:
+        await self._watcher().wait_change(1.0)
 
     async def send_signal(self, signum: int) -> None:
         if not self.pod_name or signum == 0:

@@ -39,7 +39,6 @@ class PodWatcher:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self.refs = 0
         self._thread = threading.Thread(
             target=self._run, daemon=True, name=f"k8s-watch-{namespace or 'all'}"
         )

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import re
 import signal
@@ -28,14 +27,14 @@ from traitlets import CaselessStrEnum, Dict, Float, List, Unicode
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.executors import run_blocking
 from orchestrator.liveness import wait_for_kernel_info
-from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
-
-from ..base import (
+from orchestrator.provisioning.contract import (
     GarbageContext,
     OrchestratorProvisionerMixin,
     client_connection_info,
     kernelspec_configs,
 )
+from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
+
 from ..envpolicy import client_variables, validate_env_item
 from .agent import RemoteAgent, agent_for
 
@@ -48,12 +47,23 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     kernelspec_summary = "kernels on remote hosts over SSH (tunnelled, re-attachable)"
 
     hosts = List(Unicode(), config=True, help="Host pool: aliases or [user@]host[:port].")
-    host_selection = CaselessStrEnum(["round-robin", "fewest-kernels"], "round-robin", config=True)
+    host_selection = CaselessStrEnum(
+        ["round-robin", "fewest-kernels"],
+        "round-robin",
+        config=True,
+        help="How a host of the pool is picked for a new kernel.",
+    )
     user = Unicode("", config=True, help="SSH user (default: from ssh config, else ours).")
     port = Unicode("", config=True, help="SSH port (default: from ssh config, else 22).")
-    identity_file = Unicode("", config=True)
+    identity_file = Unicode("", config=True, help="Private key (default: ssh config, ~/.ssh/id_*).")
     known_hosts = Unicode("", config=True, help="known_hosts file (default ~/.ssh/known_hosts).")
-    host_key_policy = CaselessStrEnum(["reject", "accept-new"], "reject", config=True)
+    host_key_policy = CaselessStrEnum(
+        ["reject", "accept-new"],
+        "reject",
+        config=True,
+        help="Unknown host keys: reject, or accept-new (trust and record a first-seen key;"
+        " a changed key is always refused).",
+    )
     proxy_jump = Unicode("", config=True, help="ProxyJump chain: user@host:port[,...].")
     ssh_config = Unicode("", config=True, help="ssh config file (default ~/.ssh/config).")
     python = Unicode("python3", config=True, help="Remote Python for the launcher and kernel.")
@@ -64,10 +74,14 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     )
     port_range = Unicode("", config=True, help="lo-hi: remote ports to use ('' : any free).")
     environment = Dict(config=True, help="Fixed environment for the kernel.")
-    env_allowlist = List(Unicode(), ["KERNEL_*"], config=True)
+    env_allowlist = List(
+        Unicode(), ["KERNEL_*"], config=True, help="Client variables (fnmatch) passed on."
+    )
     working_dir = Unicode("", config=True, help="Remote working directory (default: home).")
-    startup_timeout = Float(60.0, config=True)
-    connect_timeout = Float(10.0, config=True)
+    startup_timeout = Float(
+        60.0, config=True, help="Seconds from launch until the kernel must answer."
+    )
+    connect_timeout = Float(10.0, config=True, help="Seconds an SSH connection attempt may take.")
 
     # -------------------------------------------------------------- state
     host: str = ""
@@ -78,6 +92,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     _tunnel: KernelTunnel | None = None
     _env: dict[str, str] | None = None
     _cmd: list[str] | None = None
+    poll_interval = 0.2
 
     @property
     def has_process(self) -> bool:
@@ -273,13 +288,6 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             self.log.debug("ssh status of %s unknown: %s", self.kernel_id, e)
             return None
         return None if running else 1
-
-    async def wait(self) -> int | None:
-        while True:
-            status = await self.poll()
-            if status is not None:
-                return status
-            await asyncio.sleep(0.2)
 
     async def send_signal(self, signum: int) -> None:
         if self.remote is None or signum == 0:

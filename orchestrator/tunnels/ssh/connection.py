@@ -99,10 +99,6 @@ class _RejectUnknown(paramiko.MissingHostKeyPolicy):
         )
 
 
-def _known_host_name(host: str, port: int) -> str:
-    return host if port == 22 else f"[{host}]:{port}"
-
-
 def _connect_hop(target: SSHTarget, sock: Any) -> paramiko.SSHClient:
     client = paramiko.SSHClient()
     if target.known_hosts and Path(target.known_hosts).exists():

@@ -1,4 +1,12 @@
-"""What every kernel-orchestrator provisioner adds to jupyter_client's base class.
+"""The contract every kernel-orchestrator provisioner implements, on top of jupyter_client's.
+
+A provisioner is ``OrchestratorProvisionerMixin`` mixed in before jupyter_client's
+``KernelProvisionerBase`` (or a subclass of it), registered under the
+``jupyter_client.kernel_provisioners`` entry points. The core (managers, ``gc``, the
+CLI) knows provisioners only through this module and those entry points, so imports
+run one way: provisioners depend on the core, never the reverse.
+
+What the mixin adds:
 
 * ``orchestrator_instance`` / labels: resources are marked with the kernel id and the
   orchestrator deployment's id, so garbage collection can find its own leftovers.
@@ -18,11 +26,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
+from ..labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 
 
 @dataclass
@@ -66,6 +75,20 @@ class OrchestratorProvisionerMixin:
         save = getattr(self.parent, "save_record", None)
         if save is not None:
             await save()
+
+    # How long wait() sleeps between polls; a provisioner that learns of changes some
+    # other way (a watch) overrides wait_for_change instead.
+    poll_interval = 0.1
+
+    async def wait_for_change(self) -> None:
+        """Sleep until the kernel's state may have changed."""
+        await asyncio.sleep(self.poll_interval)
+
+    async def wait(self) -> int | None:
+        """Wait for the kernel to end; its exit status (as ``poll()`` reports it)."""
+        while (status := await self.poll()) is None:  # type: ignore[attr-defined]
+            await self.wait_for_change()
+        return status  # type: ignore[no-any-return]
 
     async def reconnect(self) -> None:
         """Make a re-attached kernel reachable from this process (open its tunnels)."""

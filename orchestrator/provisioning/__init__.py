@@ -15,7 +15,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.provisioning import KernelProvisionerBase
 
-from .errors import OrchestratorError
+from ..errors import OrchestratorError
 
 GROUP = "jupyter_client.kernel_provisioners"
 
