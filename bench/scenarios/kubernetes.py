@@ -306,8 +306,8 @@ async def _cluster(label: str) -> AsyncIterator[Cluster]:
 async def _teardown(
     label: str, server: Any, runner: Any, podrunner: Any, problems: list[str]
 ) -> None:
-    from provisioners.kubernetes import provisioner as kube_provisioner
     from provisioners.kubernetes import watcher as kube_watcher
+    from provisioners.kubernetes.apiclient import forget_clients
 
     def pods() -> list[dict[str, Any]]:
         items, _ = server.store.list("pods")
@@ -359,10 +359,7 @@ async def _teardown(
 
     # 3. Our shared watches end, and the client cache goes, before the stand-in stops.
     kube_watcher.stop_all()
-    for api in list(kube_provisioner._clients.values()):
-        with contextlib.suppress(Exception):
-            api.close()
-    kube_provisioner._clients.clear()
+    forget_clients()
 
     if runner is not None:
         try:

@@ -31,18 +31,9 @@ from typing import Any
 import docker.errors
 from docker.types import DeviceRequest
 from jupyter_client.provisioning import KernelProvisionerBase
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode
 
-from orchestrator.encryption import (
-    accept_unencrypted,
-    keypair,
-    resolve_policy,
-    should_encrypt,
-    without_curve,
-)
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
-from orchestrator.liveness import Answer, wait_for_answer
 from orchestrator.provisioning.contract import (
     CHANNELS,
     GarbageContext,
@@ -52,15 +43,17 @@ from orchestrator.provisioning.contract import (
 )
 from orchestrator.tunnels import get_tunneler
 
-from ..envpolicy import client_variables, validate_env_item
-from . import engine
+from ..common.curve import CurveNegotiation
+from ..common.environment import launch_environment
+from ..common.images import check_image
+from . import engine, kernelspec
+from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
 
 # Inside its own network namespace every kernel can use the same ports.
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 CONNECTION_DIR = "/run/kernel"
 CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
-DEFAULT_IMAGE = "kernel-orchestrator/kernel-python:latest"
 
 
 def container_name_for(kernel_id: str) -> str:
@@ -80,89 +73,13 @@ def _connection_tar(payload: bytes, uid: int, gid: int) -> bytes:
     return buf.getvalue()
 
 
-class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
+# (jupyter_client's provisioner metaclass derives from traitlets'; mypy cannot tell.)
+class DockerProvisioner(  # type: ignore[misc, metaclass]
+    CurveNegotiation, OrchestratorProvisionerMixin, DockerConfig, KernelProvisionerBase
+):
     """One Docker container per kernel."""
 
     kernelspec_summary = "kernels in Docker containers (local or remote engine)"
-
-    # ------------------------------------------------------------ config
-    image = Unicode(DEFAULT_IMAGE, config=True, help="Kernel image.")
-    image_allowlist = List(
-        Unicode(),
-        config=True,
-        help="Images (fnmatch patterns) a client may ask for; default: image.",
-    )
-    pull_policy = CaselessStrEnum(
-        ["never", "if-not-present", "always"],
-        "if-not-present",
-        config=True,
-        help="When to pull the image from its registry before a start.",
-    )
-    docker_host = Unicode(
-        "", config=True, help="Engine URL; default $DOCKER_HOST or the local socket."
-    )
-    reachability = CaselessStrEnum(
-        ["auto", "loopback", "published", "network", "ssh"],
-        "auto",
-        config=True,
-        help="How clients reach the kernel's ports: auto (ssh for ssh:// engines, published"
-        " for remote tcp:// engines, else loopback), loopback, published, network, ssh.",
-    )
-    network = Unicode("", config=True, help="Docker network to attach the container to.")
-    network_address = CaselessStrEnum(
-        ["ip", "name"],
-        "ip",
-        config=True,
-        help="With reachability=network: connect by container IP or by container name (DNS).",
-    )
-    volumes = List(Unicode(), config=True, help="Mounts as 'source:target[:ro]'.")
-    environment = Dict(config=True, help="Fixed environment for the kernel.")
-    env_allowlist = List(
-        Unicode(),
-        ["KERNEL_*"],
-        config=True,
-        help="Names (fnmatch) of client variables passed to the kernel.",
-    )
-    cpus = Float(0.0, config=True, help="CPU limit (0: none).")
-    memory = Unicode("", config=True, help="Memory limit like 2g ('' : none).")
-    gpus = Int(0, config=True, help="GPUs to request (-1: all).")
-    gpu_driver = Unicode("", config=True, help="Device driver for GPUs ('' : engine default).")
-    user = Unicode("1000:1000", config=True, help="uid:gid the kernel runs as.")
-    working_dir = Unicode("", config=True, help="The kernel's working directory in the container.")
-    labels = Dict(config=True, help="Extra container labels.")
-    init = Bool(
-        False,
-        config=True,
-        help="Run Docker's init as PID 1 (for images without their own, e.g. tini).",
-    )
-    startup_timeout = Float(
-        60.0, config=True, help="Seconds from container start until the kernel must answer."
-    )
-    max_startup_timeout = Float(
-        600.0, config=True, help="Cap on a client's KERNEL_STARTUP_TIMEOUT override."
-    )
-    max_cpus = Float(0.0, config=True, help="Cap on KERNEL_CPUS (0: no cap).")
-    max_memory = Unicode("", config=True, help="Cap on KERNEL_MEMORY ('' : no cap).")
-    allowed_overrides = List(
-        Unicode(),
-        ["image", "startup_timeout"],
-        config=True,
-        help="Settings a client may override (image, cpus, memory, working_dir, startup_timeout).",
-    )
-    transport_encryption = Unicode(
-        "",
-        config=True,
-        help="CurveZMQ: auto (encrypt when traffic leaves the machine), required, disabled;"
-        " '' : the orchestrator's setting.",
-    )
-    publish_address = Unicode(
-        "0.0.0.0",
-        config=True,
-        help="With reachability=published: the engine host interface ports are published on.",
-    )
-    ssh_destination = Unicode(
-        "", config=True, help="With reachability=ssh: ssh://user@host of the engine host."
-    )
 
     # ------------------------------------------------------------- state
     container_id: str | None = None
@@ -172,8 +89,6 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     host_ports: dict[str, int] | None = None  # what clients connect to
     published_ports: dict[str, int] | None = None  # on the engine host's loopback
     settings: ContainerSettings | None = None
-    _curve: tuple[str, str] | None = None
-    _policy: str = "auto"
     _cmd: list[str] | None = None
 
     @property
@@ -183,10 +98,9 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     # -------------------------------------------------------- preparation
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
-        env = kwargs.pop("env", {}) or {}
-        client_env = client_variables(env, self.env_allowlist)
-        for key, value in self.environment.items():
-            validate_env_item(key, value)
+        client_env, environment = launch_environment(
+            kwargs.pop("env", None), self.kernel_spec.env, self.environment, self.env_allowlist
+        )
         base = ContainerSettings(
             image=self.image,
             cpus=self.cpus,
@@ -202,11 +116,10 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             max_memory=self.max_memory,
             max_startup_timeout=self.max_startup_timeout,
         )
-        settings.check_image(list(self.image_allowlist), self.image)
+        check_image(settings.image, list(self.image_allowlist) or [self.image])
         if settings.memory:
             memory_bytes(settings.memory)
-        spec_env = {k: env[k] for k in (self.kernel_spec.env or {}) if k in env}
-        settings.environment = {**spec_env, **self.environment, **client_env}
+        settings.environment = environment
         self.settings = settings
         extra = kwargs.pop("extra_arguments", []) or []
         kwargs["cmd"] = self._kernel_command(extra)
@@ -323,12 +236,8 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": km.kernel_name,
         }
-        policy = resolve_policy(self.transport_encryption, km)
-        self._curve = None
-        if should_encrypt(policy, leaves_machine=self.mode in ("network", "published")):
-            self._curve = keypair(km)
-            inside.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
-        self._policy = policy
+        if curve := self.choose_curve(leaves_machine=self.mode in ("network", "published")):
+            inside.update(curve_publickey=curve[0], curve_secretkey=curve[1])
         payload = json.dumps(inside).encode()
         create = self._create_kwargs(cmd)
 
@@ -424,33 +333,15 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     async def _wait_until_ready(self) -> None:
         assert self.settings is not None
         timeout = self.settings.startup_timeout
-
-        async def running() -> bool:
-            return await self.poll() is None
-
-        reply = await self._wait_for_reply(timeout, running)
-        if reply is not None:
+        if await self.first_answer(timeout, image=self.settings.image, address=self.address):
             return
-        exited = not await running()
+        exited = await self.poll() is not None
         tail = await self.startup_diagnostics()
         what = "exited during start-up" if exited else f"was not ready within {timeout:g}s"
         message = f"kernel container {self.container_name} ({self.settings.image}) {what}"
         if tail:
             message += "\n--- last lines of its log ---\n" + tail
         raise KernelStartError(message)
-
-    async def _wait_for_reply(self, timeout: float, running: Any) -> Answer | None:
-        """kernel_info within ``timeout``; a kernel that ignores its Curve keys is
-        refused or accepted unencrypted according to the policy."""
-        answer = await wait_for_answer(
-            self.connection_info, self.parent.session, timeout, alive=running
-        )
-        if answer is not None and self._curve and not answer.encrypted:
-            image = self.settings.image if self.settings else "?"
-            accept_unencrypted(self._policy, self.log, str(self.kernel_id), image, self.address)
-            self._curve = None
-            self.connection_info = without_curve(dict(self.connection_info))  # type: ignore[assignment]
-        return answer
 
     async def startup_diagnostics(self, lines: int = 20) -> str:
         cid = self.container_id
@@ -606,56 +497,11 @@ class DockerProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  #
     # ------------------------------------------------------- kernelspecs
     @classmethod
     def add_kernelspec_arguments(cls, parser: Any) -> None:
-        g = parser.add_argument_group("docker-provisioner")
-        g.add_argument("--image", default=DEFAULT_IMAGE, help="kernel image")
-        g.add_argument(
-            "--allow-image",
-            action="append",
-            default=[],
-            metavar="PATTERN",
-            help="image a client may ask for with KERNEL_IMAGE (repeatable)",
-        )
-        g.add_argument("--docker-host", default="", help="engine URL (default: $DOCKER_HOST)")
-        g.add_argument(
-            "--reachability",
-            choices=["auto", "loopback", "published", "network", "ssh"],
-            default="auto",
-        )
-        g.add_argument("--network", default="", help="Docker network for the container")
-        g.add_argument("--volume", action="append", default=[], metavar="SRC:DST[:ro]")
-        g.add_argument("--cpus", type=float, default=0.0)
-        g.add_argument("--memory", default="", help="memory limit, e.g. 2g")
-        g.add_argument("--gpus", type=int, default=0, help="GPUs to request (-1: all)")
-        g.add_argument("--container-user", default="1000:1000", help="numeric uid:gid")
-        g.add_argument("--working-dir", default="")
-        g.add_argument("--startup-timeout", type=float, default=60.0)
-        g.add_argument(
-            "--pull-policy", choices=["never", "if-not-present", "always"], default="if-not-present"
-        )
+        kernelspec.add_arguments(parser)
 
     @classmethod
     def kernelspec_config(cls, args: Any) -> dict[str, Any]:
-        config: dict[str, Any] = {"image": args.image}
-        if args.allow_image:
-            config["image_allowlist"] = [args.image, *args.allow_image]
-        for key in ("docker_host", "network", "working_dir"):
-            if getattr(args, key):
-                config[key] = getattr(args, key)
-        if args.memory:
-            memory_bytes(args.memory)
-            config["memory"] = args.memory
-        for key, default in (("cpus", 0.0), ("gpus", 0), ("startup_timeout", 60.0)):
-            if getattr(args, key) != default:
-                config[key] = getattr(args, key)
-        if args.volume:
-            config["volumes"] = args.volume
-        if args.reachability != "auto":
-            config["reachability"] = args.reachability
-        if args.container_user != "1000:1000":
-            config["user"] = args.container_user
-        if args.pull_policy != "if-not-present":
-            config["pull_policy"] = args.pull_policy
-        return config
+        return kernelspec.config_from(args)
 
 
 def _url_host(url: str) -> str:

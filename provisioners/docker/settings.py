@@ -7,7 +7,6 @@ validated (image against the allow-list, sizes and paths by format, caps enforce
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,10 +22,6 @@ OVERRIDE_VARIABLES = {
     "KERNEL_STARTUP_TIMEOUT": "startup_timeout",
 }
 
-_IMAGE_REF = re.compile(
-    r"^[a-z0-9]+(?:[._-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[a-f0-9]{64})?$"
-)
 _MEMORY = re.compile(r"^[0-9]+(?:\.[0-9]+)?[bkmgBKMG]?$")
 _UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
@@ -53,15 +48,6 @@ class ContainerSettings:
     working_dir: str = ""
     startup_timeout: float = 60.0
     environment: dict[str, str] = field(default_factory=dict)
-
-    def check_image(self, allowlist: list[str], default_image: str) -> None:
-        if not _IMAGE_REF.match(self.image):
-            raise SettingsError(f"image {self.image!r} is not a valid image reference")
-        allowed = allowlist or [default_image]
-        if not any(fnmatch.fnmatchcase(self.image, pattern) for pattern in allowed):
-            raise SettingsError(
-                f"image {self.image!r} is not allowed (allowed: {', '.join(allowed)})"
-            )
 
 
 def apply_overrides(

@@ -18,27 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import signal
 import time
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
-from kubernetes import client, config
+from kubernetes import client
 from kubernetes.client.rest import ApiException
-from traitlets import Bool, CaselessStrEnum, Dict, Float, Int, List, Unicode
 
-from orchestrator.encryption import (
-    accept_unencrypted,
-    keypair,
-    resolve_policy,
-    should_encrypt,
-    without_curve,
-)
 from orchestrator.errors import KernelStartError, OrchestratorError
-from orchestrator.executors import run_blocking
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
-from orchestrator.liveness import wait_for_answer
 from orchestrator.provisioning.contract import (
     CHANNELS,
     GarbageContext,
@@ -47,7 +36,12 @@ from orchestrator.provisioning.contract import (
     kernelspec_configs,
 )
 
-from ..envpolicy import client_variables, validate_env_item
+from ..common.curve import CurveNegotiation
+from ..common.environment import launch_environment
+from ..common.images import check_image
+from . import kernelspec
+from .apiclient import call_api, shared_client
+from .config import KubernetesConfig
 from .names import dns_label, label_value
 from .podspec import (
     CONNECTION_FILE,
@@ -56,143 +50,19 @@ from .podspec import (
     build_pod,
     build_secret,
 )
+from .podstatus import api_message, exit_code, startup_problem
 from .watcher import PodWatcher, shared_watcher
 
-FAIL_FAST_REASONS = {
-    "ErrImagePull",
-    "ImagePullBackOff",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "CrashLoopBackOff",
-    "ErrImageNeverPull",
-}
 LABEL_USER = "kernel-orchestrator.user"
 
 
-def api_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
-    """An API client: explicit URL, else in-cluster config, else kubeconfig."""
-    if api_url:
-        configuration = client.Configuration()
-        configuration.host = api_url
-        return client.ApiClient(configuration)
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(
-                config_file=kubeconfig or None,
-                context=context or None,
-                client_configuration=configuration,
-            )
-        except Exception as e:
-            raise OrchestratorError(f"no Kubernetes configuration found: {e}") from None
-    return client.ApiClient(configuration)
-
-
-_clients: dict[tuple[str, str, str], client.ApiClient] = {}
-
-
-# The kubernetes client is synchronous. Its calls get their own pool: on a small
-# machine asyncio's default pool has ~6 threads, and 50 concurrent starts would queue
-# each kernel's Secret behind other kernels' pods (a pod waits for its Secret volume).
-async def _api(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    return await run_blocking("kubernetes", fn, *args, **kwargs)
-
-
-def shared_client(api_url: str, kubeconfig: str, context: str) -> client.ApiClient:
-    key = (api_url, kubeconfig, context)
-    if key not in _clients:
-        _clients[key] = api_client(api_url, kubeconfig, context)
-    return _clients[key]
-
-
-class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
+# (jupyter_client's provisioner metaclass derives from traitlets'; mypy cannot tell.)
+class KubernetesProvisioner(  # type: ignore[misc, metaclass]
+    CurveNegotiation, OrchestratorProvisionerMixin, KubernetesConfig, KernelProvisionerBase
+):
     """One pod per kernel."""
 
     kernelspec_summary = "kernels in Kubernetes pods (one pod per kernel)"
-
-    api_url = Unicode("", config=True, help="API server URL ('' : in-cluster, else kubeconfig).")
-    kubeconfig = Unicode(
-        "", config=True, help="kubeconfig file ('' : $KUBECONFIG, else ~/.kube/config)."
-    )
-    kube_context = Unicode("", config=True, help="kubeconfig context ('' : its current one).")
-    namespace = Unicode("default", config=True, help="Shared kernel namespace.")
-    namespace_template = Unicode(
-        "", config=True, help="Per-user namespace, e.g. 'kernels-{username}' ('' : shared)."
-    )
-    create_namespace = Bool(
-        False, config=True, help="Create the per-user namespace (and its RoleBinding) if absent."
-    )
-    namespace_role = Unicode(
-        "", config=True, help="ClusterRole bound in created namespaces for the orchestrator."
-    )
-    orchestrator_service_account = Unicode(
-        "", config=True, help="namespace/name of the orchestrator's ServiceAccount."
-    )
-    image = Unicode(
-        "kernel-orchestrator/kernel-python:latest",
-        config=True,
-        help="Kernel image (a client may choose another within image_allowlist).",
-    )
-    image_allowlist = List(
-        Unicode(), config=True, help="Image patterns (fnmatch) a client may choose from."
-    )
-    image_pull_policy = Unicode(
-        "IfNotPresent", config=True, help="The pod's imagePullPolicy (Always, IfNotPresent, Never)."
-    )
-    image_pull_secrets = List(
-        Unicode(), config=True, help="Names of Secrets in the kernel namespace for pulling."
-    )
-    cpu_request = Unicode("", config=True, help="CPU request, a Kubernetes quantity ('500m').")
-    cpu_limit = Unicode("", config=True, help="CPU limit, a Kubernetes quantity ('2').")
-    memory_request = Unicode("", config=True, help="Memory request, a quantity ('1Gi').")
-    memory_limit = Unicode("", config=True, help="Memory limit, a quantity ('4Gi').")
-    gpus = Int(0, config=True, help="GPUs per kernel, requested as gpu_resource.")
-    gpu_resource = Unicode(
-        "nvidia.com/gpu", config=True, help="The extended resource that GPUs are counted in."
-    )
-    extra_resources = Dict(
-        config=True, help="Further extended resources: name -> quantity (limits = requests)."
-    )
-    node_selector = Dict(config=True, help="The pod's nodeSelector: label -> value.")
-    tolerations: List[Any] = List(config=True, help="The pod's tolerations (V1Toleration).")
-    affinity = Dict(config=True, help="The pod's affinity (V1Affinity as a dict).")
-    priority_class_name = Unicode("", config=True, help="The pod's priorityClassName.")
-    service_account_name = Unicode(
-        "",
-        config=True,
-        help="The pod's ServiceAccount (its token is never mounted: kernels do not talk to"
-        " the API server).",
-    )
-    volumes: List[Any] = List(config=True, help="V1Volume objects; '{username}' is substituted.")
-    volume_mounts: List[Any] = List(
-        config=True, help="V1VolumeMount objects; '{username}' substituted."
-    )
-    run_as_user = Int(1000, config=True, help="uid the kernel runs as (never root).")
-    run_as_group = Int(1000, config=True, help="gid the kernel runs as.")
-    profiles = Dict(config=True, help="name -> settings a client picks with KERNEL_PROFILE.")
-    default_profile = Unicode("", config=True, help="The profile used when a client names none.")
-    environment = Dict(config=True, help="Fixed environment for the kernel.")
-    env_allowlist = List(
-        Unicode(), ["KERNEL_*"], config=True, help="Client variables (fnmatch) passed on."
-    )
-    labels = Dict(config=True, help="Extra labels on the kernel's pod.")
-    annotations = Dict(config=True, help="Extra annotations on the kernel's pod.")
-    startup_timeout = Float(
-        120.0, config=True, help="Seconds from pod creation until the kernel must answer."
-    )
-    transport_encryption = Unicode(
-        "", config=True, help="CurveZMQ: auto, required or disabled ('' : the manager's)."
-    )
-    reachability = CaselessStrEnum(
-        ["pod-ip", "port-forward"],
-        "pod-ip",
-        config=True,
-        help="pod-ip when the orchestrator runs in the cluster; port-forward (through the API"
-        " server) from outside it.",
-    )
 
     # state
     pod_namespace: str = ""
@@ -201,8 +71,6 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     pod_ip: str = ""
     created_namespace: bool = False
     settings: PodSettings | None = None
-    _curve: tuple[str, str] | None = None
-    _policy: str = "auto"
     _cmd: list[str] | None = None
     local_ports: dict[str, int] | None = None
     _forwards: Any = None
@@ -229,10 +97,9 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     # ----------------------------------------------------------- settings
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
-        env = kwargs.pop("env", {}) or {}
-        client_env = client_variables(env, self.env_allowlist)
-        for key, value in self.environment.items():
-            validate_env_item(key, value)
+        client_env, environment = launch_environment(
+            kwargs.pop("env", None), self.kernel_spec.env, self.environment, self.env_allowlist
+        )
         username = client_env.get("KERNEL_USERNAME", "")
         safe_user = dns_label(username) if username else ""
         s = PodSettings(
@@ -269,12 +136,8 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         allowed = list(self.image_allowlist) or [self.image] + [
             str(p.get("image")) for p in self.profiles.values() if p.get("image")
         ]
-        if not any(fnmatch.fnmatchcase(s.image, pattern) for pattern in allowed):
-            raise OrchestratorError(
-                f"image {s.image!r} is not allowed (allowed: {', '.join(allowed)})"
-            )
-        spec_env = {k: env[k] for k in (self.kernel_spec.env or {}) if k in env}
-        s.environment = {**spec_env, **self.environment, **client_env}
+        check_image(s.image, allowed)
+        s.environment = environment
         s.labels = {
             **{str(k): label_value(str(v)) for k, v in self.labels.items()},
             LABEL_KERNEL_ID: label_value(str(self.kernel_id)),
@@ -336,22 +199,22 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
 
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
-            return await _api(fn, *args, **kwargs)
+            return await call_api(fn, *args, **kwargs)
         except ApiException as e:
             raise KernelStartError(
-                f"Kubernetes API: {e.status} {e.reason}: {_message(e)}"
+                f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}"
             ) from None
 
     async def _ensure_namespace(self) -> None:
         if not self.namespace_template:
             return
         try:
-            await _api(self.core.read_namespace, self.pod_namespace)
+            await call_api(self.core.read_namespace, self.pod_namespace)
             return
         except ApiException as e:
             if e.status != 404:
                 raise KernelStartError(
-                    f"cannot read namespace {self.pod_namespace}: {_message(e)}"
+                    f"cannot read namespace {self.pod_namespace}: {api_message(e)}"
                 ) from None
         if not self.create_namespace:
             raise KernelStartError(f"namespace {self.pod_namespace} does not exist")
@@ -397,13 +260,10 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             signature_scheme=km.session.signature_scheme,
             kernel_name=km.kernel_name,
         )
-        self._policy = resolve_policy(self.transport_encryption, km)
         # Pod IPs are crossed over the cluster network; a port-forward rides the API
         # server's (TLS) connection instead.
-        leaves = self.reachability == "pod-ip"
-        self._curve = keypair(km) if should_encrypt(self._policy, leaves_machine=leaves) else None
-        if self._curve:
-            info.update(curve_publickey=self._curve[0], curve_secretkey=self._curve[1])
+        if curve := self.choose_curve(leaves_machine=self.reachability == "pod-ip"):
+            info.update(curve_publickey=curve[0], curve_secretkey=curve[1])
         return info
 
     async def _wait_running(self, watcher: PodWatcher) -> None:
@@ -412,7 +272,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         while True:
             pod = watcher.get(key)
             if pod is not None:
-                problem = _startup_problem(pod)
+                problem = startup_problem(pod)
                 if problem:
                     tail = await self._log_tail()
                     raise KernelStartError(
@@ -441,7 +301,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
 
         if self._forwards is None:
             self._forwards = PodPortForwards()
-        self.local_ports = await _api(
+        self.local_ports = await call_api(
             self._forwards.open,
             self.api,
             self.pod_namespace,
@@ -465,18 +325,8 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         )
 
     async def _wait_kernel(self) -> None:
-        async def running() -> bool:
-            return await self.poll() is None
-
-        answer = await wait_for_answer(
-            self.connection_info, self.parent.session, self.startup_timeout, alive=running
-        )
-        if answer is not None:
-            if self._curve and not answer.encrypted:
-                image = self.settings.image if self.settings else "?"
-                accept_unencrypted(self._policy, self.log, str(self.kernel_id), image, self.pod_ip)
-                self._curve = None
-                self.connection_info = without_curve(dict(self.connection_info))  # type: ignore[assignment]
+        image = self.settings.image if self.settings else "?"
+        if await self.first_answer(self.startup_timeout, image=image, address=self.pod_ip):
             return
         status = await self.poll()
         if status is not None:
@@ -491,7 +341,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
 
     async def _log_tail(self, lines: int = 20) -> str:
         try:
-            text = await _api(
+            text = await call_api(
                 self.core.read_namespaced_pod_log,
                 self.pod_name,
                 self.pod_namespace,
@@ -517,7 +367,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             return 1  # a different pod with the same name
         phase = (pod.get("status") or {}).get("phase")
         if phase in ("Succeeded", "Failed"):
-            return _exit_code(pod)
+            return exit_code(pod)
         return None
 
     async def wait_for_change(self) -> None:
@@ -545,7 +395,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
         if not self.pod_name:
             return
         with contextlib.suppress(ApiException):
-            await _api(
+            await call_api(
                 self.core.delete_namespaced_pod,
                 self.pod_name,
                 self.pod_namespace,
@@ -559,14 +409,14 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             return
         await self._delete_pod(grace)
         with contextlib.suppress(ApiException):
-            await _api(self.core.delete_namespaced_secret, self.pod_name, self.pod_namespace)
+            await call_api(self.core.delete_namespaced_secret, self.pod_name, self.pod_namespace)
         if self.created_namespace:
             with contextlib.suppress(ApiException):
-                await _api(self.core.delete_namespace, self.pod_namespace)
+                await call_api(self.core.delete_namespace, self.pod_namespace)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                await _api(self.core.read_namespaced_pod, self.pod_name, self.pod_namespace)
+                await call_api(self.core.read_namespaced_pod, self.pod_name, self.pod_namespace)
             except ApiException as e:
                 if e.status == 404:
                     break
@@ -642,11 +492,11 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
             selector = f"{LABEL_INSTANCE}={label_value(ctx.instance)}"
             try:
                 if prov.namespace_template:
-                    pods = await _api(
+                    pods = await call_api(
                         prov.core.list_pod_for_all_namespaces, label_selector=selector
                     )
                 else:
-                    pods = await _api(
+                    pods = await call_api(
                         prov.core.list_namespaced_pod, prov.namespace, label_selector=selector
                     )
             except Exception as e:
@@ -662,7 +512,7 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
                 found.append(f"pod {pod.metadata.namespace}/{pod.metadata.name} (kernel {kid})")
                 if not ctx.dry_run:
                     with contextlib.suppress(ApiException):
-                        await _api(
+                        await call_api(
                             prov.core.delete_namespaced_pod,
                             pod.metadata.name,
                             pod.metadata.namespace,
@@ -673,101 +523,12 @@ class KubernetesProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase)
     # -------------------------------------------------------- kernelspecs
     @classmethod
     def add_kernelspec_arguments(cls, parser: Any) -> None:
-        g = parser.add_argument_group("kubernetes-provisioner")
-        g.add_argument("--image", default="kernel-orchestrator/kernel-python:latest")
-        g.add_argument("--allow-image", action="append", default=[], metavar="PATTERN")
-        g.add_argument("--namespace", default="default")
-        g.add_argument("--namespace-template", default="", help="e.g. kernels-{username}")
-        g.add_argument("--create-namespace", action="store_true")
-        g.add_argument("--api-url", default="")
-        g.add_argument("--cpu-request", default="")
-        g.add_argument("--cpu-limit", default="")
-        g.add_argument("--memory-request", default="")
-        g.add_argument("--memory-limit", default="")
-        g.add_argument("--gpus", type=int, default=0)
-        g.add_argument("--gpu-resource", default="nvidia.com/gpu")
-        g.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE")
-        g.add_argument("--priority-class", default="")
-        g.add_argument("--service-account", default="")
-        g.add_argument("--startup-timeout", type=float, default=120.0)
-        g.add_argument("--reachability", choices=["pod-ip", "port-forward"], default="pod-ip")
+        kernelspec.add_arguments(parser)
 
     @classmethod
     def kernelspec_config(cls, args: Any) -> dict[str, Any]:
-        cfg: dict[str, Any] = {"image": args.image, "namespace": args.namespace}
-        if args.allow_image:
-            cfg["image_allowlist"] = [args.image, *args.allow_image]
-        for key in (
-            "namespace_template",
-            "api_url",
-            "cpu_request",
-            "cpu_limit",
-            "memory_request",
-            "memory_limit",
-        ):
-            if getattr(args, key):
-                cfg[key] = getattr(args, key)
-        if args.create_namespace:
-            cfg["create_namespace"] = True
-        if args.gpus:
-            cfg["gpus"] = args.gpus
-            cfg["gpu_resource"] = args.gpu_resource
-        if args.node_selector:
-            pairs = [p.partition("=") for p in args.node_selector]
-            cfg["node_selector"] = {k: v for k, _, v in pairs}
-        if args.priority_class:
-            cfg["priority_class_name"] = args.priority_class
-        if args.service_account:
-            cfg["service_account_name"] = args.service_account
-        if args.startup_timeout != 120.0:
-            cfg["startup_timeout"] = args.startup_timeout
-        if args.reachability != "pod-ip":
-            cfg["reachability"] = args.reachability
-        return cfg
+        return kernelspec.config_from(args)
 
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _message(e: ApiException) -> str:
-    import json
-
-    try:
-        return str(json.loads(e.body).get("message") or e.reason)
-    except Exception:
-        return str(e.reason)
-
-
-def _startup_problem(pod: dict[str, Any]) -> str:
-    """The cluster's reason a starting pod will not come up, or ''."""
-    status = pod.get("status") or {}
-    for condition in status.get("conditions") or []:
-        if (
-            condition.get("type") == "PodScheduled"
-            and condition.get("status") == "False"
-            and condition.get("reason") == "Unschedulable"
-        ):
-            return f"Unschedulable: {condition.get('message', '')}".strip()
-    for cs in status.get("containerStatuses") or []:
-        state = cs.get("state") or {}
-        waiting = state.get("waiting") or {}
-        if waiting.get("reason") in FAIL_FAST_REASONS:
-            return f"{waiting['reason']}: {waiting.get('message', '')}".strip()
-        terminated = state.get("terminated") or {}
-        if terminated:
-            return (
-                f"container terminated ({terminated.get('reason', 'Error')}, exit code"
-                f" {terminated.get('exitCode')})"
-            )
-    if status.get("phase") in ("Failed", "Succeeded"):
-        return f"pod phase {status['phase']}"
-    return ""
-
-
-def _exit_code(pod: dict[str, Any]) -> int:
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated") or {}
-        if terminated:
-            return int(terminated.get("exitCode") or 1)
-    return 1

@@ -35,7 +35,7 @@ from orchestrator.provisioning.contract import (
 )
 from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
 
-from ..envpolicy import client_variables, validate_env_item
+from ..common.environment import launch_environment
 from .agent import RemoteAgent, agent_for
 
 _round_robin = itertools.count()
@@ -161,13 +161,9 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
     # ------------------------------------------------------------ launch
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
-        env = kwargs.pop("env", {}) or {}
-        client_env = client_variables(env, self.env_allowlist)
-        for key, value in self.environment.items():
-            validate_env_item(key, value)
-        spec_env = {k: env[k] for k in (self.kernel_spec.env or {}) if k in env}
-        self._env = {**spec_env, **self.environment, **client_env}
-        self._client_env = client_env
+        self._client_env, self._env = launch_environment(
+            kwargs.pop("env", None), self.kernel_spec.env, self.environment, self.env_allowlist
+        )
         extra = kwargs.pop("extra_arguments", []) or []
         argv = list(self.kernel_spec.argv or []) + list(extra)
         if argv and argv[0] in ("python", "python3"):

@@ -59,3 +59,24 @@ def client_variables(env: Mapping[str, str] | None, allowlist: Iterable[str]) ->
             continue
         chosen[name] = validate_env_item(name, value)
     return chosen
+
+
+def launch_environment(
+    launch_env: Mapping[str, str] | None,
+    spec_env: Mapping[str, str] | None,
+    fixed: Mapping[str, str],
+    allowlist: Iterable[str],
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``(client variables, the kernel's environment)`` for a remote kernel.
+
+    ``launch_env`` is what jupyter_client hands ``pre_launch`` (our environment merged
+    with the client's); the kernel gets the kernelspec's ``env`` entries, the
+    provisioner's fixed ``environment`` (validated), then the client's allow-listed
+    variables, and nothing else of ours.
+    """
+    env = launch_env or {}
+    client = client_variables(env, allowlist)
+    for key, value in fixed.items():
+        validate_env_item(key, value)
+    from_spec = {k: env[k] for k in (spec_env or {}) if k in env}
+    return client, {**from_spec, **fixed, **client}

@@ -1,0 +1,63 @@
+"""CurveZMQ for kernels reached over a network: deciding, and confirming with the kernel.
+
+A provisioner whose kernel ports are reachable by others gives the kernel a keypair
+(per the ``transport_encryption`` policy); when the kernel first answers, an answer
+that came in plain text means the kernel ignored its keys (an ipykernel without
+CurveZMQ support). Then the policy decides: refuse the kernel (``required``), or
+accept it unencrypted with a warning (``auto``), and forget the keys so clients
+connect in plain text too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.encryption import (
+    accept_unencrypted,
+    keypair,
+    resolve_policy,
+    should_encrypt,
+    without_curve,
+)
+from orchestrator.liveness import Answer, wait_for_answer
+
+
+class CurveNegotiation:
+    """Mixed into provisioners of networked kernels (Docker, Kubernetes)."""
+
+    if False:  # for type checkers: provided by the provisioner
+        parent: Any
+        kernel_id: str
+        log: Any
+        connection_info: Any
+        transport_encryption: str
+
+        async def poll(self) -> int | None: ...
+
+    _curve: tuple[str, str] | None = None
+    _policy: str = "auto"
+
+    def choose_curve(self, *, leaves_machine: bool) -> tuple[str, str] | None:
+        """Decide for this launch; the keypair the kernel gets, or None."""
+        km = self.parent
+        self._policy = resolve_policy(self.transport_encryption, km)
+        self._curve = (
+            keypair(km) if should_encrypt(self._policy, leaves_machine=leaves_machine) else None
+        )
+        return self._curve
+
+    async def first_answer(self, timeout: float, *, image: str, address: str) -> Answer | None:
+        """The kernel's first kernel_info reply within ``timeout`` (None: none came, or
+        the kernel ended); a plain-text answer to keys we gave is settled by the policy."""
+
+        async def running() -> bool:
+            return await self.poll() is None
+
+        answer = await wait_for_answer(
+            self.connection_info, self.parent.session, timeout, alive=running
+        )
+        if answer is not None and self._curve and not answer.encrypted:
+            accept_unencrypted(self._policy, self.log, str(self.kernel_id), image, address)
+            self._curve = None
+            self.connection_info = without_curve(dict(self.connection_info))
+        return answer

@@ -1,0 +1,113 @@
+"""What the conformance suite needs to know of each provisioner, and no more."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator import procinfo
+from orchestrator.labels import ENV_INSTANCE, ENV_KERNEL_ID, LABEL_INSTANCE, LABEL_KERNEL_ID
+
+from ..conftest import KERNEL_IMAGE
+
+
+def processes_of(instance: str) -> set[str]:
+    """Kernel ids of running processes of this deployment (local, and remote on the
+    test hosts, which share this machine's pid space)."""
+    found = set()
+    for pid in procinfo.all_pids():
+        env = procinfo.environ(pid)
+        if env.get(ENV_INSTANCE) == instance and procinfo.is_running(pid):
+            found.add(env.get(ENV_KERNEL_ID, "?"))
+    return found
+
+
+def containers_of(instance: str) -> set[str]:
+    import docker
+
+    client = docker.from_env()
+    try:
+        return {
+            c.labels.get(LABEL_KERNEL_ID, "?")
+            for c in client.containers.list(all=True, filters={"label": LABEL_INSTANCE})
+            if c.labels.get(LABEL_INSTANCE) == instance
+        }
+    finally:
+        client.close()
+
+
+@dataclass
+class Backend:
+    """One provisioner under the conformance suite."""
+
+    name: str
+    provisioner: str
+    python: str  # argv[0] of its kernels
+    config: dict[str, Any]  # a working kernelspec's provisioner config
+    broken: dict[str, Any]  # config overrides that make every start fail
+    broken_message: str  # ... with this in the error
+    running: Callable[[str], set[str]]  # instance -> ids of its kernels that still exist
+    startup_timeout: bool = True  # has a provisioner-level start-up timeout
+    filters_client_env: bool = True  # remote kernels get validated client variables only
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def local() -> Backend:
+    return Backend(
+        name="local",
+        provisioner="orchestrator-local-provisioner",
+        python=sys.executable,
+        config={},
+        broken={},  # a local kernel has no target to get wrong: see its argv test
+        broken_message="",
+        running=processes_of,
+        startup_timeout=False,  # jupyter_client returns once launched; the CLI bounds it
+        filters_client_env=False,  # a local kernel inherits its environment, as stock
+    )
+
+
+def docker_backend() -> Backend:
+    return Backend(
+        name="docker",
+        provisioner="docker-provisioner",
+        python="python",
+        config={"image": KERNEL_IMAGE},
+        broken={"image": "kernel-orchestrator/no-such-image:1", "pull_policy": "never"},
+        broken_message="pull_policy is 'never'",
+        running=containers_of,
+    )
+
+
+def ssh_backend(sshnet: Any, remote_dir: str) -> Backend:
+    return Backend(
+        name="ssh",
+        provisioner="ssh-provisioner",
+        python="python",
+        config={
+            "hosts": ["hosta"],
+            "ssh_config": str(sshnet.ssh_config),
+            "python": sys.executable,
+            "remote_dir": remote_dir,
+            "connect_timeout": 5,
+        },
+        broken={"hosts": ["root@127.0.0.1:1"]},  # loopback, nothing listening
+        broken_message="no host of the pool can be reached",
+        running=processes_of,
+    )
+
+
+def kubernetes_backend(api_url: str, pods_of: Callable[[str], set[str]]) -> Backend:
+    return Backend(
+        name="kubernetes",
+        provisioner="kubernetes-provisioner",
+        python="python",
+        config={"api_url": api_url, "namespace": "default", "image": KERNEL_IMAGE},
+        broken={"image": "nowhere/ghost:1.0", "image_allowlist": ["nowhere/*"]},
+        broken_message="ErrImagePull",
+        running=pods_of,
+    )
+
+
+BACKENDS = ["local", "docker", "ssh", "kubernetes"]

@@ -1,0 +1,267 @@
+"""The lifecycle every provisioner must get right, run over each of them.
+
+Start, execute and interrupt in both modes; restart (same id, fresh state); shutdown
+leaving nothing; re-attach from another process; gc of orphans; the failure paths (a
+bad image or host, a crash during start-up, a start-up time-out); hostile kernel ids
+and values. Real kernels on real back-ends: local processes, Docker containers, sshd
+hosts in network namespaces, pods (the Kubernetes API stand-in, pods run on Docker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchestrator
+from orchestrator.errors import OrchestratorError
+from orchestrator.labels import LABEL_INSTANCE
+
+from ..conftest import write_kernelspec
+from ..kube.fixtures import kube_pod_runner, kube_standin  # noqa: F401
+from ..test_docker import run
+from . import backends
+from .backends import Backend
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
+CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
+
+
+def ko(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+@pytest.fixture(params=backends.BACKENDS)
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """Each provisioner, its infrastructure brought up only when it is asked for."""
+    if request.param == "local":
+        yield backends.local()
+    elif request.param == "docker":
+        request.getfixturevalue("docker_engine")
+        yield backends.docker_backend()
+    elif request.param == "ssh":
+        sshnet = request.getfixturevalue("sshnet")
+        yield backends.ssh_backend(sshnet, str(tmp_path / "remote-kernels"))
+    else:
+        from kubernetes.client import CoreV1Api
+
+        from provisioners.kubernetes import watcher
+        from provisioners.kubernetes.apiclient import forget_clients
+        from provisioners.kubernetes.names import label_value
+
+        kube = request.getfixturevalue("kube_standin")
+        request.getfixturevalue("kube_pod_runner")
+        core = CoreV1Api(kube.api_client())
+
+        def pods_of(instance: str) -> set[str]:
+            selector = f"{LABEL_INSTANCE}={label_value(instance)}"
+            return {
+                p.metadata.name
+                for p in core.list_pod_for_all_namespaces(label_selector=selector).items
+            } | {
+                s.metadata.name
+                for s in core.list_secret_for_all_namespaces(label_selector=selector).items
+            }
+
+        yield backends.kubernetes_backend(kube.url, pods_of)
+        watcher.stop_all()  # our shared watches end before the stand-in stops
+        forget_clients()
+
+
+def kernelspec(
+    backend: Backend,
+    jupyter_env: dict[str, str],
+    name: str = "conform",
+    *,
+    config: dict[str, Any] | None = None,
+    argv: list[str] | None = None,
+    **extra: Any,
+) -> str:
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        name,
+        backend.provisioner,
+        {**backend.config, **(config or {})},
+        argv=argv or [backend.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        **extra,
+    )
+    return name
+
+
+async def nothing_left(backend: Backend, store: Any, timeout: float = 20) -> None:
+    """No record, and nothing of this deployment's kernels exists any more."""
+    deadline = time.monotonic() + timeout
+    while (left := backend.running(store.instance_id)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert left == set(), f"{backend.name}: left behind: {left}"
+    assert await store.list() == []
+
+
+# ---------------------------------------------------------------- lifecycle
+@pytest.mark.parametrize("mode", ["signal", "message"])
+async def test_start_execute_interrupt(
+    backend: Backend, jupyter_env: dict[str, str], store: Any, mode: str
+) -> None:
+    name = kernelspec(backend, jupyter_env, interrupt_mode=mode)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    try:
+        assert backend.running(store.instance_id)
+        assert (await run(km, "x = 20"))["status"] == "ok"
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=30)
+            msg_id = kc.execute("import time; time.sleep(60)")
+            await asyncio.sleep(1.5)
+            await km.interrupt_kernel()
+            reply = await kc.get_shell_msg(timeout=30)
+            assert reply["parent_header"]["msg_id"] == msg_id
+            assert reply["content"]["ename"] == "KeyboardInterrupt"
+        finally:
+            kc.stop_channels()
+        assert (await run(km, "print(x + 22)"))["out"] == "42\n"  # interrupted, not killed
+    finally:
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
+async def test_restart_keeps_the_id_and_clears_the_state(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=kernelspec(backend, jupyter_env), kernel_store=store
+    )
+    await km.start_kernel()
+    try:
+        kernel_id = km.kernel_id
+        assert (await run(km, "state = 5"))["status"] == "ok"
+        await km.restart_kernel()
+        assert km.kernel_id == kernel_id
+        assert (await run(km, "state"))["ename"] == "NameError"
+        record = await store.get(kernel_id)
+        assert record is not None and record.restarts == 1
+        assert len(backend.running(store.instance_id)) >= 1
+    finally:
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
+async def test_reattach_from_another_process(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    name = kernelspec(backend, jupyter_env)
+    started = ko("start", name)
+    assert started.returncode == 0, started.stderr
+    kernel_id = started.stdout.strip()
+    assert ko("exec", kernel_id, "y = 6").returncode == 0
+    km = await orchestrator.attach(kernel_id, store=store)
+    try:
+        assert (await run(km, "print(y * 7)"))["out"] == "42\n"
+    finally:
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
+async def test_gc_removes_orphans(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    name = kernelspec(backend, jupyter_env)
+    kept = ko("start", name).stdout.strip()
+    orphan = ko("start", name).stdout.strip()
+    assert kept and orphan
+    await store.delete(orphan)  # a kernel whose record was lost
+    out = ko("gc", "--grace", "0")
+    assert out.returncode == 0 and orphan in out.stdout, out
+    deadline = time.monotonic() + 20
+    while orphan in backend.running(store.instance_id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert orphan not in backend.running(store.instance_id)
+    assert ko("exec", kept, "print('kept')").stdout == "kept\n"  # owned: untouched
+    assert ko("shutdown", kept).returncode == 0
+    await nothing_left(backend, store)
+
+
+# ------------------------------------------------------------ failure paths
+async def test_a_bad_image_or_host_fails_clearly(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    if not backend.broken:
+        pytest.skip(f"{backend.name}: no image or host to get wrong")
+    name = kernelspec(backend, jupyter_env, config=backend.broken)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(OrchestratorError, match=backend.broken_message):
+        await km.start_kernel()
+    await nothing_left(backend, store)
+
+
+async def test_a_crash_during_start_up_shows_its_output(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    crash = [backend.python, "-c", "import sys; print('no licence server'); sys.exit(4)"]
+    name = kernelspec(backend, jupyter_env, argv=crash)
+    result = ko("start", name, "--timeout", "60")
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and "exited during start-up" in result.stderr
+    assert "no licence server" in result.stderr  # the kernel's own last words
+    await nothing_left(backend, store)
+
+
+async def test_a_start_up_time_out_is_bounded_and_clean(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    hang = [backend.python, "-c", "import time; time.sleep(600)"]
+    config = {"startup_timeout": 4} if backend.startup_timeout else {}
+    name = kernelspec(backend, jupyter_env, argv=hang, config=config)
+    started = time.monotonic()
+    result = ko("start", name, "--timeout", "4")
+    assert result.returncode == 1 and result.stderr.startswith("error: "), result.stderr
+    assert any(
+        phrase in result.stderr
+        for phrase in ("not ready within 4s", "did not answer", "did not bind its ports in time")
+    ), result.stderr
+    assert time.monotonic() - started < 60  # the bound, not the kernel's sleep
+    await nothing_left(backend, store)
+
+
+# ---------------------------------------------------------- hostile inputs
+@pytest.mark.parametrize("kernel_id", ["../../etc", "a b", "-rf", "x" * 200, "é"])
+async def test_hostile_kernel_ids_are_refused(
+    backend: Backend, jupyter_env: dict[str, str], store: Any, kernel_id: str
+) -> None:
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=kernelspec(backend, jupyter_env), kernel_store=store
+    )
+    with pytest.raises(OrchestratorError, match="invalid kernel id"):
+        await km.start_kernel(kernel_id=kernel_id)
+    await nothing_left(backend, store)
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"KERNEL_NOTE": "a\0b"}, "contains a NUL byte"),
+        ({"KERNEL_NOTE": "x" * 40000}, "longer than 32768 bytes"),
+        ({"KERNEL_$(id)": "1"}, "is not valid"),
+    ],
+)
+async def test_hostile_client_values_are_refused(
+    backend: Backend, jupyter_env: dict[str, str], store: Any, env: dict[str, str], message: str
+) -> None:
+    if not backend.filters_client_env:
+        pytest.skip(f"{backend.name}: the kernel inherits its environment, as jupyter_client's")
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=kernelspec(backend, jupyter_env), kernel_store=store
+    )
+    with pytest.raises(OrchestratorError, match=message):
+        await km.start_kernel(env={**os.environ, **env})
+    await nothing_left(backend, store)
