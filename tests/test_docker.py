@@ -210,6 +210,26 @@ async def test_resource_limits_and_overrides(
             None,
             "KERNEL_STARTUP_TIMEOUT='100000' must be > 0 and <= 600 seconds",
         ),
+        # values a back-end would read as "no limit" at all
+        (
+            {"allowed_overrides": ["cpus", "memory"]},
+            {"KERNEL_CPUS": "1e-12"},
+            None,
+            "KERNEL_CPUS='1e-12' is below the minimum of 0.01",
+        ),
+        (
+            {"allowed_overrides": ["cpus"]},
+            {"KERNEL_CPUS": "inf"},
+            None,
+            "KERNEL_CPUS='inf' must be a finite number above 0",
+        ),
+        (
+            {"allowed_overrides": ["memory"]},
+            {"KERNEL_MEMORY": "0"},
+            None,
+            "KERNEL_MEMORY '0' is below the minimum of 6m",
+        ),
+        ({"cpus": 1e-12}, {}, None, "cpus=1e-12 is below the minimum of 0.01"),
     ],
 )
 async def test_failures_are_clear_and_leave_nothing(

@@ -112,6 +112,8 @@ async def test_lifecycle_in_a_pod(kspec: Any, kube: Any, store: Any) -> None:
     "config, env, message",
     [
         ({"node_selector": {"gpu": "yes"}}, {}, "Unschedulable"),
+        ({"cpu_limit": "0"}, {}, "cpu_limit '0' is below the minimum of 0.01 CPUs"),
+        ({"memory_limit": "lots"}, {}, "memory_limit 'lots' is not a Kubernetes quantity"),
         ({"gpus": 1}, {}, "Unschedulable"),
         ({}, {"KERNEL_IMAGE": "evil/miner:1"}, "image 'evil/miner:1' is not allowed"),
         ({}, {"KERNEL_PROFILE": "huge"}, "unknown profile 'huge'"),

@@ -46,6 +46,7 @@ from orchestrator.tunnels import get_tunneler
 from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
+from ..common.resources import MIN_CPUS, positive_number
 from . import engine, kernelspec
 from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
@@ -119,6 +120,8 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         check_image(settings.image, list(self.image_allowlist) or [self.image])
         if settings.memory:
             memory_bytes(settings.memory)
+        if settings.cpus:
+            positive_number("cpus", settings.cpus, minimum=MIN_CPUS)
         settings.environment = environment
         self.settings = settings
         extra = kwargs.pop("extra_arguments", []) or []

@@ -7,11 +7,12 @@ validated (image against the allow-list, sizes and paths by format, caps enforce
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.errors import OrchestratorError
+
+from ..common.resources import MIN_CPUS, docker_size, positive_number
 
 # Client variable -> setting it overrides.
 OVERRIDE_VARIABLES = {
@@ -22,20 +23,13 @@ OVERRIDE_VARIABLES = {
     "KERNEL_STARTUP_TIMEOUT": "startup_timeout",
 }
 
-_MEMORY = re.compile(r"^[0-9]+(?:\.[0-9]+)?[bkmgBKMG]?$")
-_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
-
 
 class SettingsError(OrchestratorError):
     """A container setting (from the kernelspec or the client) is not acceptable."""
 
 
-def memory_bytes(text: str) -> int:
-    if not _MEMORY.match(text):
-        raise SettingsError(f"memory {text!r} is not a size like 512m or 2g")
-    unit = text[-1].lower() if text[-1].isalpha() else "b"
-    number = text[:-1] if text[-1].isalpha() else text
-    return int(float(number) * _UNITS[unit])
+def memory_bytes(text: str, name: str = "memory") -> int:
+    return docker_size(name, text)
 
 
 @dataclass
@@ -71,28 +65,16 @@ def apply_overrides(
             )
         raw = client_env[variable]
         if setting == "cpus":
-            try:
-                cpus = float(raw)
-            except ValueError:
-                raise SettingsError(f"{variable}={raw!r} is not a number") from None
-            if not 0 < cpus <= (max_cpus or cpus):
-                raise SettingsError(f"{variable}={raw!r} must be > 0 and <= {max_cpus:g}")
-            values["cpus"] = cpus
+            values["cpus"] = positive_number(variable, raw, minimum=MIN_CPUS, maximum=max_cpus)
         elif setting == "memory":
-            wanted = memory_bytes(raw)
+            wanted = memory_bytes(raw, variable)
             if max_memory and wanted > memory_bytes(max_memory):
                 raise SettingsError(f"{variable}={raw!r} is above the limit {max_memory}")
             values["memory"] = raw
         elif setting == "startup_timeout":
-            try:
-                timeout = float(raw)
-            except ValueError:
-                raise SettingsError(f"{variable}={raw!r} is not a number") from None
-            if not 0 < timeout <= max_startup_timeout:
-                raise SettingsError(
-                    f"{variable}={raw!r} must be > 0 and <= {max_startup_timeout:g} seconds"
-                )
-            values["startup_timeout"] = timeout
+            values["startup_timeout"] = positive_number(
+                variable, raw, maximum=max_startup_timeout, unit=" seconds"
+            )
         elif setting == "working_dir":
             if not raw.startswith("/") or "\0" in raw or "/../" in f"{raw}/":
                 raise SettingsError(f"{variable}={raw!r} must be an absolute path without '..'")

@@ -39,6 +39,7 @@ from orchestrator.provisioning.contract import (
 from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
+from ..common.resources import kubernetes_quantity
 from . import kernelspec
 from .apiclient import call_api, shared_client
 from .config import KubernetesConfig
@@ -137,6 +138,11 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             str(p.get("image")) for p in self.profiles.values() if p.get("image")
         ]
         check_image(s.image, allowed)
+        for setting in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
+            if value := getattr(s, setting):
+                kubernetes_quantity(setting, str(value), memory=setting.startswith("memory"))
+        if s.gpus < 0:
+            raise OrchestratorError(f"gpus={s.gpus} must not be negative")
         s.environment = environment
         s.labels = {
             **{str(k): label_value(str(v)) for k, v in self.labels.items()},
