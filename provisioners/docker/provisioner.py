@@ -33,13 +33,11 @@ from docker.types import DeviceRequest
 from jupyter_client.provisioning import KernelProvisionerBase
 
 from orchestrator.errors import KernelStartError, OrchestratorError
-from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.provisioning.contract import (
     CHANNELS,
     GarbageContext,
     OrchestratorProvisionerMixin,
     client_connection_info,
-    kernelspec_configs,
 )
 from orchestrator.tunnels import get_tunneler
 
@@ -47,7 +45,7 @@ from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.resources import MIN_CPUS, positive_number
-from . import engine, kernelspec
+from . import engine, gc, kernelspec
 from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
 
@@ -470,32 +468,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
     # ------------------------------------------------------------------ gc
     @classmethod
     async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
-        found: list[str] = []
-        for url in _engines_in_use():
-
-            def orphans(client: Any, url: str = url) -> list[tuple[str, str, str]]:
-                out = []
-                for c in client.api.containers(
-                    all=True, filters={"label": f"{LABEL_INSTANCE}={ctx.instance}"}
-                ):
-                    kid = (c.get("Labels") or {}).get(LABEL_KERNEL_ID, "")
-                    if kid in ctx.owned_kernel_ids:
-                        continue
-                    if time.time() - float(c.get("Created", 0)) < ctx.grace_seconds:
-                        continue
-                    out.append((c["Id"], (c.get("Names") or ["?"])[0].lstrip("/"), kid))
-                return out
-
-            try:
-                candidates = await engine.call(url, orphans)
-            except OrchestratorError as e:
-                ctx.log.debug("gc: skipping Docker engine %s: %s", url, e)
-                continue
-            for cid, name, kid in candidates:
-                found.append(f"container {name} (kernel {kid}) on {url}")
-                if not ctx.dry_run:
-                    await engine.call(url, _remover(cid))
-        return found
+        return await gc.collect_garbage(ctx)
 
     # ------------------------------------------------------- kernelspecs
     @classmethod
@@ -523,23 +496,6 @@ def _is_loopback_url(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _remover(container_id: str) -> Any:
-    def remove(client: Any) -> None:
-        client.api.remove_container(container_id, force=True, v=True)
-
-    return remove
-
-
-def _engines_in_use() -> list[str]:
-    """The default engine plus every engine a docker kernelspec names."""
-    urls = [engine.engine_url("")]
-    for config in kernelspec_configs("docker-provisioner"):
-        url = config.get("docker_host")
-        if url and url not in urls:
-            urls.append(url)
-    return urls
 
 
 __all__ = ["DockerProvisioner", "OrchestratorError"]

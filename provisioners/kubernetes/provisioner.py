@@ -40,7 +40,7 @@ from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.resources import kubernetes_quantity
-from . import kernelspec
+from . import gc, kernelspec
 from .apiclient import call_api, shared_client
 from .config import KubernetesConfig
 from .names import dns_label, label_value
@@ -492,38 +492,12 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
     # ----------------------------------------------------------------- gc
     @classmethod
     async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
+        """Delete pods of this deployment that no record owns, in every kernelspec's scope."""
         found: list[str] = []
         for cfg in kernelspec_configs("kubernetes-provisioner"):
             prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **cfg)
-            selector = f"{LABEL_INSTANCE}={label_value(ctx.instance)}"
-            try:
-                if prov.namespace_template:
-                    pods = await call_api(
-                        prov.core.list_pod_for_all_namespaces, label_selector=selector
-                    )
-                else:
-                    pods = await call_api(
-                        prov.core.list_namespaced_pod, prov.namespace, label_selector=selector
-                    )
-            except Exception as e:
-                ctx.log.warning("gc: cannot list pods: %s", e)
-                continue
-            for pod in pods.items:
-                kid = (pod.metadata.labels or {}).get(LABEL_KERNEL_ID, "")
-                if kid in {label_value(k) for k in ctx.owned_kernel_ids}:
-                    continue
-                created = pod.metadata.creation_timestamp
-                if created is not None and (time.time() - created.timestamp() < ctx.grace_seconds):
-                    continue
-                found.append(f"pod {pod.metadata.namespace}/{pod.metadata.name} (kernel {kid})")
-                if not ctx.dry_run:
-                    with contextlib.suppress(ApiException):
-                        await call_api(
-                            prov.core.delete_namespaced_pod,
-                            pod.metadata.name,
-                            pod.metadata.namespace,
-                            grace_period_seconds=0,
-                        )
+            scope = None if prov.namespace_template else prov.namespace
+            found += await gc.collect_orphaned_pods(prov.core, scope, ctx)
         return found
 
     # -------------------------------------------------------- kernelspecs
