@@ -46,16 +46,12 @@ async def collect_garbage(
             # Only "does it run?": no ownership, no tunnel.
             await km.reattach(record, verify=False, own=False, connect=False)
         except KernelGoneError:
-            if not dry_run:
-                if await km.discard():
-                    report.stale_records.append(record.kernel_id)
-                    continue
-                report.problems.append(
-                    f"kernel {record.kernel_id} has died; its owner has not cleaned it up yet"
-                )
-            else:
+            if dry_run or await km.discard():
                 report.stale_records.append(record.kernel_id)
                 continue
+            report.problems.append(
+                f"kernel {record.kernel_id} has died; its owner has not cleaned it up yet"
+            )
         except Exception as e:  # keep the record: we cannot tell whether it is gone
             report.problems.append(f"kernel {record.kernel_id}: {e}")
         owned.add(record.kernel_id)

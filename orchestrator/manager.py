@@ -250,7 +250,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             return
         record = await self.build_record()
         if self._lease is None:
-            if await self.kernel_store.get(self.kernel_id) is None:
+            if not self._recorded:  # pre_start checked the id; insert refuses a taken one
                 # The kernel runs (a provisioner saves as soon as its resources exist).
                 faults.checkpoint("after-launch")
                 lease = await self.kernel_store.insert(
@@ -276,9 +276,11 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             try:
                 lease = await ownership.claim(self.kernel_store, self.kernel_id, self.lease_seconds)
             except UnknownKernelError:
+                self._recorded = False
                 return
         with contextlib.suppress(FencedError):
             await self.kernel_store.delete(self.kernel_id, lease)
+            self._recorded = False
 
     async def touch_activity(self) -> None:
         """Note activity on this kernel in the store (culling survives restarts)."""

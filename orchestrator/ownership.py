@@ -174,11 +174,6 @@ class LeaseKeeper:
             entry = self._held.pop(kernel_id, None)
         return entry[0] if entry else None
 
-    def lease_of(self, kernel_id: str) -> Lease | None:
-        with self._lock:
-            entry = self._held.get(kernel_id)
-        return entry[0] if entry else None
-
     # --------------------------------------------------------------- thread
     def _ensure_thread(self) -> None:
         with self._lock:

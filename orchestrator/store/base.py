@@ -147,9 +147,6 @@ class KernelStore(abc.ABC):
         jupyter_client's ``detach``-style calls are synchronous, and a process that lets
         go of a kernel must do so before it exits."""
 
-    async def release(self, lease: Lease) -> bool:
-        return self.release_now(lease)
-
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store's connections."""

@@ -188,7 +188,7 @@ class RemoteAgent:
         answers = {str(k): bool(v) for k, v in (reply.get("running") or {}).items()}
         self._snapshot = (started, answers)
 
-    def invalidate(self, kernel_id: str | None = None) -> None:
+    def invalidate(self) -> None:
         """Forget the batched answer (after a signal or a cleanup the state changes)."""
         self._snapshot = (0.0, {})
 
