@@ -59,6 +59,7 @@ class Gateway:
         self.port = free_port()
         self.users = tmp / "users.json"
         self.users.write_text(json.dumps(USERS))
+        self.users.chmod(0o600)
         self.log = tmp / "gateway.log"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None

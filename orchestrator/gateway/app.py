@@ -17,7 +17,7 @@ import sys
 import typing as t
 
 from jupyter_server.serverapp import ServerApp
-from traitlets import Bool, List, Unicode, default
+from traitlets import Bool, Int, List, Unicode, default
 
 from .auth import OrchestratorIdentityProvider
 
@@ -38,6 +38,19 @@ class GatewayApp(ServerApp):
         config=True,
         help="Install kernelspecs for the provisioners this machine has (Docker when an"
         " engine answers) if missing.",
+    )
+    max_request_body = Int(
+        1024 * 1024,
+        config=True,
+        help="Largest request body in bytes; larger ones get 413 before authentication,"
+        " without being buffered.",
+    )
+    kernel_env_passthrough = List(
+        Unicode(),
+        ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"],
+        config=True,
+        help="The only variables of the gateway's own environment that kernels get"
+        " (besides the client's allow-listed ones): never its token or secrets.",
     )
     env_allowlist = List(
         Unicode(),
@@ -104,11 +117,26 @@ class GatewayApp(ServerApp):
                     file=sys.stderr,
                     flush=True,
                 )
-        super().init_configurables()
+        from ..users import UsersFileError
+
+        try:
+            super().init_configurables()
+        except UsersFileError as e:
+            print(f"kernel-orchestrator serve: {e}", file=sys.stderr, flush=True)
+            self.exit(2)
 
     def init_webapp(self) -> None:
         super().init_webapp()
+        from .bodylimit import cap_request_bodies
+        from .environment import base_environment
+        from .redact import install
+
+        idp: t.Any = self.identity_provider
+        install([self.log], idp.known_tokens)
+        cap_request_bodies(self.web_app, self.max_request_body)
         self.web_app.settings["orchestrator_env_allowlist"] = list(self.env_allowlist)
+        km: t.Any = self.kernel_manager
+        km.base_environment = base_environment(self.kernel_env_passthrough)
         # Probes hit /healthz and /readyz every few seconds; a 503 while kernels are
         # being restored is expected, not an error worth a header dump in the log.
         from .handlers import HealthHandler

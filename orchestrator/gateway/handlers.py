@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import json
-import os
 import typing as t
 
 from jupyter_server.auth.decorator import allow_unauthenticated
@@ -23,7 +22,8 @@ from jupyter_server.utils import ensure_async, url_escape, url_path_join
 from tornado import web
 
 from ..errors import FencedError, KernelLimitError, OrchestratorError, OwnedElsewhereError
-from .auth import ADMIN
+from ..users import ADMIN
+from .environment import kernel_environment
 
 MAX_BODY = 64 * 1024
 
@@ -80,10 +80,10 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
                 raise web.HTTPError(400, f"environment variable {key!r} has an invalid value")
             clean[str(key)] = value
         owner = _username(self)
-        clean["KERNEL_USERNAME"] = owner  # who the kernel belongs to is not the client's say
+        env = kernel_environment(km.base_environment, clean, owner)
         try:
             kernel_id = await km.start_kernel_for(
-                owner, kernel_name=name, path=model.get("path"), env={**os.environ, **clean}
+                owner, kernel_name=name, path=model.get("path"), env=env
             )
         except KernelLimitError as e:
             raise web.HTTPError(429, str(e)) from None
@@ -138,8 +138,12 @@ def _lifecycle_conflicts() -> t.Iterator[None]:
 
 class ChannelsHandler(KernelWebsocketHandler):
     async def pre_get(self) -> None:
-        await super().pre_get()
+        # Before jupyter_server's pre_get: that one registers the session with the
+        # kernel and sends it a request, which a foreign socket must never get to do.
+        if self.current_user is None:
+            raise web.HTTPError(403)
         _check_owner(self, self.kernel_id)
+        await super().pre_get()
 
 
 class HealthHandler(APIHandler):
@@ -163,6 +167,15 @@ class ReadyHandler(HealthHandler):
     @allow_unauthenticated
     async def get(self) -> None:  # type: ignore[override]
         km = _km(self)
+        user = await ensure_async(self.identity_provider.get_user(self))
+        if getattr(user, "username", "") != ADMIN or not self.identity_provider.auth_enabled:
+            # Anonymous probes learn ready or not, nothing about kernels or errors.
+            ready = bool(getattr(km, "restore_done", False)) and not getattr(
+                km, "restore_error", ""
+            )
+            self.set_status(200 if ready else 503)
+            self.finish({"status": "ready" if ready else "not ready"})
+            return
         error = getattr(km, "restore_error", "")
         if error:
             self.set_status(503)

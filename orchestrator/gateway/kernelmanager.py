@@ -101,6 +101,8 @@ class OrchestratorMappingKernelManager(
         self._pools: dict[str, list[str]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._refilling: dict[str, int] = {}
+        #: What a kernel gets of the gateway's environment (set by the app).
+        self.base_environment: dict[str, str] = {}
         from .metrics import register
 
         register(self)
@@ -146,6 +148,9 @@ class OrchestratorMappingKernelManager(
     async def _start_kernel_for(self, owner: str, **kwargs: t.Any) -> tuple[str, str]:
         from ..errors import KernelLimitError
 
+        # Kernels still being restored count too: wait for them before any limit check
+        # (the checks below and the placeholder run without a pause in between).
+        await self.restored()
         if self.max_kernels and len(self.kernels_of(None)) >= self.max_kernels:
             raise KernelLimitError(f"the gateway runs its maximum of {self.max_kernels} kernels")
         if self.max_kernels_per_user and len(self.kernels_of(owner)) >= self.max_kernels_per_user:
@@ -176,9 +181,7 @@ class OrchestratorMappingKernelManager(
         started before the request. Taking is synchronous, so no two requests can get
         the same kernel.
         """
-        import os
-
-        extra = {k for k, v in (env or {}).items() if os.environ.get(k) != v}
+        extra = {k for k, v in (env or {}).items() if self.base_environment.get(k) != v}
         if extra - {"KERNEL_USERNAME"}:
             return None
         pool = self._pools.get(kernel_name) or []
@@ -199,11 +202,20 @@ class OrchestratorMappingKernelManager(
     async def _refill(self, kernel_name: str) -> None:
         """Start pooled kernels until the pool holds its configured size."""
         want = int(self.warm_pools.get(kernel_name, 0))
+        if want and self._depends_on_user(kernel_name):
+            self.log.warning(
+                "warm pool %s: not filled, the kernelspec's configuration depends on the"
+                " user ({username}); its kernels are started per request",
+                kernel_name,
+            )
+            return
         pool = self._pools.setdefault(kernel_name, [])
         while len(pool) + self._refilling.get(kernel_name, 0) < want:
             self._refilling[kernel_name] = self._refilling.get(kernel_name, 0) + 1
             try:
-                kernel_id = await self.start_kernel(kernel_name=kernel_name, owner="")
+                kernel_id = await self.start_kernel(
+                    kernel_name=kernel_name, owner="", env=dict(self.base_environment)
+                )
                 km = self._kernels[kernel_id]
                 km.labels = {POOL_LABEL: kernel_name}
                 await km.save_record()
@@ -213,6 +225,16 @@ class OrchestratorMappingKernelManager(
                 return
             finally:
                 self._refilling[kernel_name] -= 1
+
+    def _depends_on_user(self, kernel_name: str) -> bool:
+        """Whether kernels of ``kernel_name`` differ by user (a pooled one would not)."""
+        import json
+
+        try:
+            spec = self.kernel_spec_manager.get_kernel_spec(kernel_name)
+        except Exception:
+            return False
+        return "{username}" in json.dumps(spec.to_dict())
 
     async def fill_pools(self) -> None:
         await asyncio.gather(*(self._refill(name) for name in self.warm_pools))

@@ -1,0 +1,40 @@
+"""What a kernel started through the gateway gets of the gateway's environment.
+
+Almost nothing: the gateway's environment holds its admin token, store location and
+cloud credentials, and a kernel runs user code. A kernel gets only the variables the
+operator lists (``kernel_env_passthrough``: PATH, locale, time zone by default), the
+client's allow-listed ``KERNEL_*`` values and ``KERNEL_USERNAME``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from collections.abc import Iterable
+
+from ..users import ADMIN
+
+#: Never passed on, whatever the pass-through list says.
+GATEWAY_SECRETS = ("KERNEL_ORCHESTRATOR_TOKEN", "JUPYTER_TOKEN", "JPY_API_TOKEN")
+
+
+def base_environment(
+    passthrough: Iterable[str], source: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The gateway variables (by name or fnmatch pattern) a kernel may see."""
+    source = dict(os.environ if source is None else source)
+    patterns = list(passthrough)
+    return {
+        k: v
+        for k, v in source.items()
+        if k not in GATEWAY_SECRETS and any(fnmatch.fnmatchcase(k, p) for p in patterns)
+    }
+
+
+def kernel_environment(base: dict[str, str], client: dict[str, str], owner: str) -> dict[str, str]:
+    """The whole environment of a kernel that ``owner`` starts."""
+    env = {**base, **client}
+    env["KERNEL_USERNAME"] = owner or ADMIN  # who the kernel belongs to is not the client's say
+    for name in GATEWAY_SECRETS:
+        env.pop(name, None)
+    return env

@@ -1,0 +1,139 @@
+"""Gateway users: who they are, what their names become, and the users file.
+
+A user name travels far: into labels, Kubernetes namespaces, OS account names
+(``ko-{username}``), SSH logins and volume paths. Two users must never end up with
+the same account or path, so names are checked when the users file is read, before
+any request is served: an empty, reserved or malformed name, a duplicate, two names
+that become the same slug, or a token too short to resist guessing stops the
+gateway with a message that names the entry.
+
+The users file is JSON, either ``{"token": "name", ...}`` or, with groups,
+``{"users": [{"name": "alice", "token": "...", "groups": ["physics"]}]}``. It
+holds secrets, so a file that others can read is refused as well.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import OrchestratorError
+
+#: The operator's identity (the gateway's own token); no user may take the name.
+ADMIN = "admin"
+RESERVED_NAMES = frozenset({ADMIN, "root", "anonymous", "nobody", "pool", "system", "default"})
+MIN_TOKEN_LENGTH = 24
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+_GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class UsersFileError(OrchestratorError):
+    """The users file (or the user tokens in config) cannot be used as it is."""
+
+
+def user_slug(name: str) -> str:
+    """``name`` as it appears in account names, paths and labels: lower case,
+    letters, digits and '-' only. Validation guarantees that no two users share one."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+@dataclass(frozen=True)
+class GatewayUser:
+    name: str
+    token: str = field(repr=False)
+    groups: tuple[str, ...] = ()
+
+
+def check_user_name(name: object, where: str) -> str:
+    """``name`` if it is a usable user name, else a UsersFileError naming ``where``."""
+    if not isinstance(name, str) or not name.strip():
+        raise UsersFileError(f"{where}: the user name is empty")
+    if not _NAME.match(name):
+        raise UsersFileError(
+            f"{where}: user name {name!r} must be 1-64 letters, digits or ._@+-"
+            " and start with a letter or digit"
+        )
+    if name.lower() in RESERVED_NAMES or name.lower().startswith("system:"):
+        raise UsersFileError(f"{where}: user name {name!r} is reserved")
+    if not user_slug(name):
+        raise UsersFileError(f"{where}: user name {name!r} has no letters or digits")
+    return name
+
+
+def _entries(raw: object, where: str) -> Iterable[tuple[object, object, object]]:
+    """(name, token, groups) from either users-file shape."""
+    if isinstance(raw, dict) and set(raw) == {"users"}:
+        users = raw["users"]
+        if not isinstance(users, list):
+            raise UsersFileError(f"{where}: 'users' must be a list")
+        for i, entry in enumerate(users):
+            if not isinstance(entry, dict):
+                raise UsersFileError(f"{where}: users[{i}] must be an object")
+            unknown = set(entry) - {"name", "token", "groups"}
+            if unknown:
+                raise UsersFileError(f"{where}: users[{i}] has unknown keys {sorted(unknown)}")
+            yield entry.get("name"), entry.get("token"), entry.get("groups", [])
+    elif isinstance(raw, dict):
+        for token, name in raw.items():
+            yield name, token, []
+    else:
+        raise UsersFileError(f"{where}: expected a JSON object")
+
+
+def parse_users(raw: object, where: str, *, admin_token: str = "") -> list[GatewayUser]:
+    """Validated users from a decoded users file (or the ``user_tokens`` dict)."""
+    users: list[GatewayUser] = []
+    names: dict[str, str] = {}
+    slugs: dict[str, str] = {}
+    tokens: set[str] = set()
+    for name, token, groups in _entries(raw, where):
+        name = check_user_name(name, where)
+        label = f"{where}: user {name!r}"
+        if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+            raise UsersFileError(
+                f"{label}: the token must be at least {MIN_TOKEN_LENGTH} characters"
+            )
+        if token in tokens or (admin_token and token == admin_token):
+            raise UsersFileError(f"{label}: the token is already used by another identity")
+        if name.lower() in names:
+            raise UsersFileError(f"{label}: the name is listed twice")
+        slug = user_slug(name)
+        if slug in slugs:
+            raise UsersFileError(
+                f"{label}: the name becomes {slug!r} in account names and paths,"
+                f" as {slugs[slug]!r} does"
+            )
+        if not isinstance(groups, list) or not all(
+            isinstance(g, str) and _GROUP.match(g) for g in groups
+        ):
+            raise UsersFileError(f"{label}: groups must be a list of names")
+        names[name.lower()] = name
+        slugs[slug] = name
+        tokens.add(token)
+        users.append(GatewayUser(name=name, token=token, groups=tuple(groups)))
+    return users
+
+
+def load_users_file(path: str | os.PathLike[str], *, admin_token: str = "") -> list[GatewayUser]:
+    """Read and validate the users file at ``path``."""
+    where = str(path)
+    try:
+        info = os.stat(path)
+        text = Path(path).read_text()
+    except OSError as e:
+        raise UsersFileError(f"cannot read the users file {where}: {e.strerror}") from None
+    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise UsersFileError(
+            f"{where}: the users file holds tokens but others can read it"
+            f" (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"
+        )
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsersFileError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    return parse_users(raw, where, admin_token=admin_token)
