@@ -66,6 +66,10 @@ class _CappedRequest(httputil.HTTPMessageDelegate):
             ),
         )
         self._conn.write(body)
+        # The client may still be sending: close once the answer is out (Tornado
+        # would otherwise keep the connection for another request).
+        if hasattr(self._conn, "_disconnect_on_finish"):
+            self._conn._disconnect_on_finish = True
         self._conn.finish()
 
     def on_connection_close(self) -> None:

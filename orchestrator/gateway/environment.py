@@ -14,8 +14,14 @@ from collections.abc import Iterable
 
 from ..users import ADMIN
 
-#: Never passed on, whatever the pass-through list says.
-GATEWAY_SECRETS = ("KERNEL_ORCHESTRATOR_TOKEN", "JUPYTER_TOKEN", "JPY_API_TOKEN")
+#: Never passed on, whatever the pass-through list says: the gateway's own settings
+#: (token, store, lease) and the tokens of a hub or server around it.
+GATEWAY_SECRETS = ("JUPYTER_TOKEN", "JPY_API_TOKEN", "JUPYTERHUB_API_TOKEN")
+GATEWAY_PREFIX = "KERNEL_ORCHESTRATOR_"
+
+
+def _secret(name: str) -> bool:
+    return name in GATEWAY_SECRETS or name.startswith(GATEWAY_PREFIX)
 
 
 def base_environment(
@@ -27,7 +33,7 @@ def base_environment(
     return {
         k: v
         for k, v in source.items()
-        if k not in GATEWAY_SECRETS and any(fnmatch.fnmatchcase(k, p) for p in patterns)
+        if not _secret(k) and any(fnmatch.fnmatchcase(k, p) for p in patterns)
     }
 
 
@@ -35,6 +41,4 @@ def kernel_environment(base: dict[str, str], client: dict[str, str], owner: str)
     """The whole environment of a kernel that ``owner`` starts."""
     env = {**base, **client}
     env["KERNEL_USERNAME"] = owner or ADMIN  # who the kernel belongs to is not the client's say
-    for name in GATEWAY_SECRETS:
-        env.pop(name, None)
-    return env
+    return {k: v for k, v in env.items() if not _secret(k)}

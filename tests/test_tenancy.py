@@ -1,0 +1,240 @@
+"""Tenant isolation at the gateway: hostile input refused exactly, secrets kept in.
+
+Fast cases (users file, log redaction, kernel environment) run in-process against
+the real parsing and filtering code; the attacks run against a real gateway with
+two users and real kernels, and must fail for the attacker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from orchestrator.gateway.environment import base_environment, kernel_environment
+from orchestrator.gateway.redact import REDACTED, RedactingFilter, redact
+from orchestrator.users import UsersFileError, load_users_file, parse_users, user_slug
+
+GOOD = "t" * 32
+
+
+# ------------------------------------------------------------------ users file
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({GOOD: ""}, "the user name is empty"),
+        ({GOOD: "   "}, "the user name is empty"),
+        ({GOOD: 7}, "the user name is empty"),
+        ({GOOD: "admin"}, "user name 'admin' is reserved"),
+        ({GOOD: "Root"}, "user name 'Root' is reserved"),
+        ({GOOD: "system:kube"}, "must be 1-64 letters"),
+        ({GOOD: "a/b"}, "must be 1-64 letters"),
+        ({GOOD: "-alice"}, "must be 1-64 letters"),
+        ({GOOD: "x" * 65}, "must be 1-64 letters"),
+        ({"short": "alice"}, "the token must be at least 24 characters"),
+        ({GOOD: "alice", "u" * 32: "Alice"}, "the name is listed twice"),
+        ({GOOD: "alice.b", "u" * 32: "alice-b"}, "becomes 'alice-b' in account names"),
+        ({"users": [{"name": "a", "token": GOOD}, {"name": "b", "token": GOOD}]}, "already used"),
+        ({"users": [{"name": "a", "token": GOOD, "groups": "x"}]}, "groups must be a list"),
+        ({"users": [{"name": "a", "token": GOOD, "role": "admin"}]}, "unknown keys ['role']"),
+        ({"users": {"a": GOOD}}, "'users' must be a list"),
+        ({"users": ["a"]}, "users[0] must be an object"),
+        (["alice"], "expected a JSON object"),
+        ({"a" * 30: "alice"}, "already used by another identity"),  # the admin token
+    ],
+)
+def test_users_file_refusals(raw: object, message: str) -> None:
+    with pytest.raises(UsersFileError) as info:
+        parse_users(raw, "users.json", admin_token="a" * 30)
+    assert message in str(info.value)
+    assert GOOD not in str(info.value)  # the refusal never shows a token
+
+
+def test_users_file_with_groups_and_slugs(tmp_path: Path) -> None:
+    path = tmp_path / "users.json"
+    path.write_text(json.dumps({"users": [{"name": "Ana.M", "token": GOOD, "groups": ["hpc"]}]}))
+    path.chmod(0o644)
+    with pytest.raises(UsersFileError, match=r"others can read it \(mode 644\); chmod 600"):
+        load_users_file(path)
+    path.chmod(0o600)
+    (user,) = load_users_file(path)
+    assert (user.name, user.groups, user_slug(user.name)) == ("Ana.M", ("hpc",), "ana-m")
+    assert GOOD not in repr(user)
+    path.write_text("{nope")
+    with pytest.raises(UsersFileError, match="not valid JSON"):
+        load_users_file(path)
+    with pytest.raises(UsersFileError, match="cannot read the users file"):
+        load_users_file(tmp_path / "missing.json")
+
+
+# -------------------------------------------------------------- log redaction
+SECRET = "s3cr3t-" + "k" * 30
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"400 GET /api/kernels?token={SECRET} (127.0.0.1) 1.2ms",
+        f"404 GET /api/kernels/x/channels?session_id=1&token={SECRET}",
+        f"Authorization: token {SECRET}",
+        f"{{'Authorization': 'Bearer {SECRET}'}}",
+        f"a client sent {SECRET} as a kernel name",
+        f"401 POST /api/kernels?_xsrf=x&auth_token={SECRET}",
+    ],
+)
+def test_tokens_never_reach_a_log_line(line: str) -> None:
+    assert SECRET not in redact(line, [SECRET])
+    assert REDACTED in redact(line, [SECRET])
+
+
+def test_redacting_filter_rewrites_records_and_tracebacks() -> None:
+    flt = RedactingFilter(lambda: [SECRET])
+    try:
+        raise ValueError(f"bad token {SECRET}")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("t", logging.ERROR, "f", 1, "got %s", (SECRET,), sys.exc_info())
+    assert flt.filter(record)
+    text = logging.Formatter().format(record)
+    assert SECRET not in text and "got [secret]" in text and "ValueError" in text
+
+
+# ---------------------------------------------------------- kernel environment
+def test_kernels_get_none_of_the_gateways_environment() -> None:
+    gateway_env = {
+        "PATH": "/usr/bin",
+        "LANG": "C.UTF-8",
+        "KERNEL_ORCHESTRATOR_TOKEN": "admin-secret",
+        "KERNEL_ORCHESTRATOR_STORE": "sqlite:////srv/kernels.db",
+        "AWS_SECRET_ACCESS_KEY": "x",
+        "JUPYTER_TOKEN": "y",
+    }
+    base = base_environment(["PATH", "LANG", "KERNEL_*", "JUPYTER_TOKEN"], gateway_env)
+    assert base == {"PATH": "/usr/bin", "LANG": "C.UTF-8"}
+    env = kernel_environment(
+        base, {"KERNEL_USERNAME": "admin", "KERNEL_ORCHESTRATOR_TOKEN": "forged"}, "bob"
+    )
+    assert env["KERNEL_USERNAME"] == "bob" and "KERNEL_ORCHESTRATOR_TOKEN" not in env
+
+
+# ------------------------------------------------------- attacks on a gateway
+from tests.test_gateway import (  # noqa: E402
+    ADMIN_TOKEN,
+    ALICE,
+    BOB,
+    Gateway,
+    KernelSocket,
+    _shutdown_all,
+    call,
+    status_of,
+)
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def _raw_post(port: int, size: int) -> bytes:
+    """POST ``size`` bytes without a token, streamed; the status line it gets back."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as s:
+        s.sendall(
+            b"POST /api/kernels HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {size}\r\n\r\n".encode()
+        )
+        chunk = b"x" * (1 << 20)
+        sent = 0
+        try:
+            while sent < size:
+                s.sendall(chunk[: size - sent])
+                sent += len(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = b""
+        while data := s.recv(65536):
+            reply += data
+        return reply
+
+
+@pytest.fixture
+def two_users(tmp_path: Path, jupyter_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    gw = Gateway(tmp_path).start()
+    yield gw
+    import asyncio
+
+    try:
+        asyncio.run(_shutdown_all(gw))
+    finally:
+        gw.kill(signal.SIGTERM)
+
+
+@pytest.mark.slow
+async def test_unauthenticated_big_body_is_refused_unbuffered(two_users: Gateway) -> None:
+    assert two_users.proc is not None
+    before = _rss_kib(two_users.proc.pid)
+    reply = _raw_post(two_users.port, 100 * 1024 * 1024)
+    after = _rss_kib(two_users.proc.pid)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert b"request body larger than 1048576 bytes" in reply
+    assert after - before < 20 * 1024, (before, after)  # memory stays flat
+    # an authenticated user meets the same cap
+    code, body = await status_of(
+        two_users.url, ALICE, "POST", "/api/kernels", {"name": "python3", "pad": "x" * (2 << 20)}
+    )
+    assert code == 413 and "larger than" in body["message"]
+
+
+@pytest.mark.slow
+async def test_tokens_in_urls_never_reach_the_log(two_users: Gateway) -> None:
+    for token in (ALICE, ADMIN_TOKEN, "not-a-token-" + "z" * 20):
+        for path in ("/api/kernels/nope", "/api/kernels", "/api/kernels/nope/channels"):
+            await status_of(two_users.url, "", "GET", f"{path}?token={token}")
+        await status_of(two_users.url, "", "POST", f"/api/kernels?token={token}", {"name": 1})
+    time.sleep(0.5)
+    log = two_users.log.read_text()
+    assert "/api/kernels" in log  # the requests were logged ...
+    for token in (ALICE, ADMIN_TOKEN, BOB, "z" * 20):
+        assert token not in log  # ... but no token
+
+
+@pytest.mark.slow
+async def test_readyz_tells_anonymous_callers_nothing(two_users: Gateway) -> None:
+    code, body = await status_of(two_users.url, "", "GET", "/readyz")
+    assert (code, body) == (200, {"status": "ready"})
+    code, body = await status_of(two_users.url, ADMIN_TOKEN, "GET", "/readyz")
+    assert code == 200 and body["kernels"] == 0
+
+
+@pytest.mark.slow
+async def test_a_users_kernel_sees_no_gateway_secret_and_no_foreign_socket(
+    two_users: Gateway,
+) -> None:
+    kernel = await call(two_users.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+    ws = await KernelSocket.open(two_users.url, ALICE, kernel["id"])
+    try:
+        code = (
+            "import os, json; print(json.dumps(sorted(k for k in os.environ"
+            " if 'TOKEN' in k"
+            " or k.startswith(('KERNEL_ORCHESTRATOR_STORE', 'JUPYTER')))))"
+        )
+        out = (await ws.execute(code))["out"]
+        assert json.loads(out) == []
+        # bob's socket on alice's kernel: the same 404 as a kernel that does not exist,
+        # and alice's socket keeps working
+        from tornado.httpclient import HTTPClientError
+
+        for kernel_id in (kernel["id"], "00000000-0000-0000-0000-000000000000"):
+            with pytest.raises(HTTPClientError) as info:
+                await KernelSocket.open(two_users.url, BOB, kernel_id)
+            assert info.value.code == 404
+        assert (await ws.execute("print(6 * 7)"))["out"] == "42\n"
+    finally:
+        ws.close()
