@@ -20,17 +20,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pwd
+import shutil
 import signal
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from jupyter_client.provisioning.local_provisioner import LocalProvisioner as StockLocalProvisioner
+from traitlets import Unicode
 
 from orchestrator import procinfo
+from orchestrator.errors import KernelStartError
 from orchestrator.labels import ENV_INSTANCE, ENV_KERNEL_ID
 from orchestrator.paths import kernel_log_dir, open_private
 from orchestrator.provisioning.contract import GarbageContext, OrchestratorProvisionerMixin
+from orchestrator.users import user_slug
 
 
 class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # type: ignore[misc]
@@ -38,17 +44,59 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
 
     kernelspec_summary = "kernels as local processes (re-attachable across restarts)"
 
+    account = Unicode(
+        "",
+        config=True,
+        help="Run the kernel as this OS account ('{username}' becomes the owner's name),"
+        " in a private directory that holds its connection file; needs root.",
+    )
+
     start_ticks: int | None = None
     log_path: str | None = None
     attached: bool = False  # True when we track the kernel by pid, not by Popen
+    private_dir: str | None = None
 
     # ------------------------------------------------------------- lifecycle
     @property
     def has_process(self) -> bool:
         return self.process is not None or (self.attached and self.pid is not None)
 
+    def _resolve_account(self, env: dict[str, str]) -> pwd.struct_passwd:
+        owner = env.get("KERNEL_USERNAME", "")
+        if "{username}" in self.account and not owner:
+            raise KernelStartError(f"account {self.account!r} needs the kernel's user name")
+        name = self.account.replace("{username}", user_slug(owner))
+        try:
+            account = pwd.getpwnam(name)
+        except KeyError:
+            raise KernelStartError(
+                f"there is no OS account {name!r} to run the kernel of {owner or 'this user'!r} as"
+            ) from None
+        if os.geteuid() != 0:
+            raise KernelStartError(
+                f"running kernels as the account {name!r} needs the orchestrator to run as root"
+            )
+        if account.pw_uid in (0, os.geteuid()):
+            raise KernelStartError(f"account {name!r} is the orchestrator's own: refused")
+        return account
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        account = self._resolve_account(kwargs.get("env") or {}) if self.account else None
+        if account is not None and self.parent is not None:
+            # The connection file goes into a directory only that account can enter.
+            if not self.private_dir or not os.path.isdir(self.private_dir):
+                self.private_dir = tempfile.mkdtemp(prefix=f"kernel-{self.kernel_id}-")
+            os.chown(self.private_dir, account.pw_uid, account.pw_gid)
+            os.chmod(self.private_dir, 0o700)
+            self.parent.connection_file = os.path.join(self.private_dir, "kernel.json")
         kwargs = await super().pre_launch(**kwargs)
+        if account is not None and self.private_dir:
+            os.chown(os.path.join(self.private_dir, "kernel.json"), account.pw_uid, account.pw_gid)
+            kwargs["env"].update(HOME=self.private_dir, USER=account.pw_name)
+            kwargs["env"]["LOGNAME"] = account.pw_name
+            kwargs.update(
+                user=account.pw_uid, group=account.pw_gid, extra_groups=[], cwd=self.private_dir
+            )
         if self.managed_by_orchestrator:
             env = kwargs["env"]
             env[ENV_KERNEL_ID] = str(self.kernel_id)
@@ -128,6 +176,9 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
             with contextlib.suppress(OSError):
                 Path(self.log_path).unlink()
             self.log_path = None
+        if not restart and self.private_dir:
+            shutil.rmtree(self.private_dir, ignore_errors=True)
+            self.private_dir = None
 
     async def startup_diagnostics(self, lines: int = 20) -> str:
         if not self.log_path:
@@ -147,6 +198,7 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
                 "log_path": self.log_path,
                 "cwd": str(self.cwd) if self.cwd else None,
                 "ports_cached": bool(self.ports_cached),
+                "private_dir": self.private_dir,
             }
         )
         return info
@@ -156,6 +208,7 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
         self.start_ticks = provisioner_info.get("start_ticks")
         self.log_path = provisioner_info.get("log_path")
         self.cwd = provisioner_info.get("cwd")
+        self.private_dir = provisioner_info.get("private_dir")
         # Keep the kernel's ports on a restart after re-attach, as a restart in the
         # original process would.
         self.ports_cached = bool(provisioner_info.get("ports_cached"))

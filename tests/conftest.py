@@ -138,3 +138,42 @@ def sshnet():  # type: ignore[no-untyped-def]
     from .sshnet import sshnet_fixture
 
     yield from sshnet_fixture()
+
+
+KERNEL_ACCOUNTS = ("ko-alice", "ko-bob")
+
+
+@pytest.fixture(scope="session")
+def kernel_accounts() -> Iterator[tuple[str, ...]]:
+    """OS accounts the gateway runs host kernels of alice and bob as (``ko-{username}``)."""
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("host kernels under their own accounts need root")
+    created = []
+    for name in KERNEL_ACCOUNTS:
+        try:
+            pwd.getpwnam(name)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+                check=True,
+            )
+            created.append(name)
+    # The kernels must reach this interpreter (pyenv keeps it under /root): let other
+    # accounts traverse, not list, the directories above it, for this session only.
+    opened: list[tuple[Path, int]] = []
+    for top in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}:
+        for directory in [top, *top.parents]:
+            mode = directory.stat().st_mode
+            if not mode & 0o001:
+                opened.append((directory, mode))
+                directory.chmod(mode | 0o001)
+    try:
+        yield KERNEL_ACCOUNTS
+    finally:
+        for directory, mode in opened:
+            directory.chmod(mode & 0o7777)
+        for name in created:
+            subprocess.run(["userdel", name], check=False)

@@ -100,8 +100,6 @@ async def test_lifecycle_in_a_container(pyspec: str, store: Any, dclient: Any) -
     assert await store.get(km.kernel_id) is None
 
 
-
-
 async def test_key_and_host_environment_never_reach_the_container(
     pyspec: str, store: Any, dclient: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -132,8 +132,6 @@ async def test_start_failures_are_fast_and_clean(
     assert await store.list() == []
 
 
-
-
 async def test_gpu_profiles_and_resources_render(kspec: Any, kube: Any, store: Any) -> None:
     name = kspec(
         "kprof",

@@ -1,3 +1,4 @@
+# ruff: noqa: E501
 """Tenant isolation at the gateway: hostile input refused exactly, secrets kept in.
 
 Fast cases (users file, log redaction, kernel environment) run in-process against
@@ -165,7 +166,7 @@ def _raw_post(port: int, size: int) -> bytes:
 
 
 @pytest.fixture
-def two_users(tmp_path: Path, jupyter_env: dict[str, str]):  # type: ignore[no-untyped-def]
+def two_users(tmp_path: Path, jupyter_env: dict[str, str], kernel_accounts: object):  # type: ignore[no-untyped-def]
     gw = Gateway(tmp_path).start()
     yield gw
     import asyncio
@@ -238,3 +239,86 @@ async def test_a_users_kernel_sees_no_gateway_secret_and_no_foreign_socket(
         assert (await ws.execute("print(6 * 7)"))["out"] == "42\n"
     finally:
         ws.close()
+
+
+HOSTILE_REQUESTS = [
+    # (token, method, path, body, status, message)
+    ("", "GET", "/api/kernels", None, 403, None),
+    ("wrong-" + "x" * 30, "GET", "/api/kernels", None, 403, None),
+    ("", "POST", "/api/kernels", {"name": "python3"}, 403, None),
+    (ALICE, "POST", "/api/kernels", ["python3"], 400, "request body must be a JSON object"),
+    (ALICE, "POST", "/api/kernels", {"name": 3}, 404, "no such kernelspec: 3"),
+    (ALICE, "POST", "/api/kernels", {"name": "nope"}, 404, "no such kernelspec: nope"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3-host"}, 404, "no such kernelspec"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "env": []}, 400, "env must be an object"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "env": {"PATH": "/x"}}, 400, "'PATH' is not allowed"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_A": 1}}, 400, "'KERNEL_A' has an invalid value"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_A": "a\0b"}}, 400, "'KERNEL_A' has an invalid value"),
+    (ALICE, "GET", "/api/kernelspecs/python3-host", None, 404, "Kernel spec python3-host not found"),
+    (ALICE, "GET", "/kernelspecs/python3-host/kernel.json", None, 404, None),
+    (ALICE, "GET", "/api/kernels/00000000-0000-0000-0000-000000000000", None, 404, "Kernel does not exist"),
+    (ALICE, "POST", "/api/kernels/00000000-0000-0000-0000-000000000000/restart", None, 404, "Kernel does not exist"),
+    (ALICE, "GET", "/api/sessions", None, 404, None),
+    (ALICE, "GET", "/api/contents", None, 404, None),
+    (ALICE, "GET", "/api/terminals", None, 404, None),
+]  # fmt: skip
+
+
+@pytest.mark.slow
+async def test_hostile_requests_get_exact_refusals_and_leave_nothing(
+    two_users: Gateway, jupyter_env: dict[str, str]
+) -> None:
+    for token, method, path, body, status, message in HOSTILE_REQUESTS:
+        code, reply = await status_of(two_users.url, token, method, path, body)
+        assert code == status, (method, path, body, code, reply)
+        if message:
+            assert message in reply["message"], (path, reply)
+    assert await call(two_users.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
+
+
+@pytest.fixture
+def host_only_spec(jupyter_env: dict[str, str]) -> str:
+    """A local kernelspec the operator did not enable for users."""
+    import sys as _sys
+
+    spec = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "python3-host"
+    spec.mkdir(parents=True)
+    argv = [_sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec / "kernel.json").write_text(
+        json.dumps({"argv": argv, "display_name": "host", "language": "python"})
+    )
+    return "python3-host"
+
+
+@pytest.mark.slow
+async def test_host_kernels_run_as_their_users_account_and_reach_no_secret(
+    host_only_spec: str, two_users: Gateway, jupyter_env: dict[str, str]
+) -> None:
+    specs = (await call(two_users.url, ALICE, "GET", "/api/kernelspecs"))["kernelspecs"]
+    assert "python3" in specs and host_only_spec not in specs
+    kernel = await call(two_users.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+    store = jupyter_env["KERNEL_ORCHESTRATOR_STORE"].removeprefix("sqlite:///")
+    ws = await KernelSocket.open(two_users.url, ALICE, kernel["id"])
+    try:
+        code = (
+            "import os, pwd\n"
+            "print(pwd.getpwuid(os.getuid()).pw_name)\n"
+            f"for p in ({store!r}, {str(two_users.users)!r}):\n"
+            "    try:\n"
+            "        open(p).read(1); print('READ', p)\n"
+            "    except OSError as e:\n"
+            "        print(type(e).__name__)\n"
+        )
+        out = (await ws.execute(code))["out"].split()
+        assert out == ["ko-alice", "PermissionError", "PermissionError"]
+    finally:
+        ws.close()
+    # bob cannot resolve paths through alice's kernel: the answer of a missing one
+    for kernel_id in (kernel["id"], "00000000-0000-0000-0000-000000000000"):
+        reply = await call(two_users.url, BOB, "GET", f"/api/resolvePath?path=x&kernel={kernel_id}")
+        assert reply == {
+            "resolved": [],
+            "unresolved": [{"scope": "kernel", "reason": f"Kernel {kernel_id} could not be found"}],
+        }
+    await call(two_users.url, ALICE, "DELETE", f"/api/kernels/{kernel['id']}")
+    assert not list(Path("/tmp").glob(f"kernel-{kernel['id']}-*"))  # its private dir is gone

@@ -154,6 +154,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KERNELSPEC=N",
         help="keep N started kernels of KERNELSPEC ready (repeatable)",
     )
+    p.add_argument(
+        "--host-kernels",
+        action="append",
+        default=[],
+        metavar="KERNELSPEC=ACCOUNT",
+        help="with --users-file: let KERNELSPEC (a local one) run on this host, each user's"
+        " kernels as the OS account ACCOUNT, which must contain {username} (repeatable)",
+    )
     p.add_argument("--max-kernels", type=int, default=0)
     p.add_argument("--max-kernels-per-user", type=int, default=0)
     p.add_argument(
@@ -230,6 +238,19 @@ def _serve(args: Any) -> int:
         import json
 
         argv.append(f"--OrchestratorMappingKernelManager.warm_pools={json.dumps(pools)}")
+    if args.host_kernels:
+        hosts = {}
+        for item in args.host_kernels:
+            name, sep, account = item.partition("=")
+            if not sep or not name or "{username}" not in account:
+                raise OrchestratorError(
+                    f"bad --host-kernels value {item!r}: expected KERNELSPEC=ACCOUNT with"
+                    " {username} in ACCOUNT"
+                )
+            hosts[name] = account
+        import json
+
+        argv.append(f"--GatewayKernelSpecManager.host_kernelspecs={json.dumps(hosts)}")
     if args.max_kernels_per_user:
         argv.append(
             f"--OrchestratorMappingKernelManager.max_kernels_per_user={args.max_kernels_per_user}"

@@ -69,6 +69,12 @@ class GatewayApp(ServerApp):
 
         return OrchestratorMappingKernelManager
 
+    @default("kernel_spec_manager_class")
+    def _default_kernel_spec_manager_class(self) -> t.Any:
+        from .kernelspecs import GatewayKernelSpecManager
+
+        return GatewayKernelSpecManager
+
     @default("identity_provider_class")
     def _default_identity_provider_class(self) -> t.Any:
         return OrchestratorIdentityProvider
@@ -124,6 +130,10 @@ class GatewayApp(ServerApp):
         except UsersFileError as e:
             print(f"kernel-orchestrator serve: {e}", file=sys.stderr, flush=True)
             self.exit(2)
+        idp: t.Any = self.identity_provider
+        ksm: t.Any = self.kernel_spec_manager
+        if hasattr(ksm, "multi_user"):
+            ksm.multi_user = bool(idp.multi_user)
 
     def init_webapp(self) -> None:
         super().init_webapp()

@@ -16,8 +16,10 @@ import typing as t
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.kernelspecs import handlers as resource_handlers
 from jupyter_server.services.kernels import handlers as kernel_handlers
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
+from jupyter_server.services.kernelspecs import handlers as spec_handlers
 from jupyter_server.utils import ensure_async, url_escape, url_path_join
 from tornado import web
 
@@ -68,7 +70,10 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         if not isinstance(model, dict):
             raise web.HTTPError(400, "request body must be a JSON object")
         name = model.get("name") or km.default_kernel_name
-        env = model.get("env") or {}
+        if not isinstance(name, str) or not _spec_allowed(self, name):
+            raise web.HTTPError(404, f"no such kernelspec: {name}")
+        env = model.get("env", {})
+        env = {} if env is None else env
         if not isinstance(env, dict):
             raise web.HTTPError(400, "env must be an object of strings")
         allow = self.settings.get("orchestrator_env_allowlist", ["KERNEL_*"])
@@ -146,6 +151,69 @@ class ChannelsHandler(KernelWebsocketHandler):
         await super().pre_get()
 
 
+def _spec_allowed(handler: JupyterHandler, kernel_name: str) -> bool:
+    ksm = handler.kernel_spec_manager
+    allowed = getattr(ksm, "allowed", None)
+    return allowed is None or bool(allowed(kernel_name, handler.current_user))
+
+
+class MainKernelSpecHandler(spec_handlers.MainKernelSpecHandler):
+    """The kernelspecs this user may use (others are not even named)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        ksm = self.kernel_spec_manager
+        specs = {}
+        for name, info in (await ensure_async(ksm.get_all_specs())).items():
+            if _spec_allowed(self, name):
+                specs[name] = spec_handlers.kernelspec_model(
+                    self, name, info["spec"], info["resource_dir"]
+                )
+        default = _km(self).default_kernel_name
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"default": default, "kernelspecs": specs}))
+
+
+class KernelSpecHandler(spec_handlers.KernelSpecHandler):
+    @web.authenticated
+    async def get(self, kernel_name: str) -> None:
+        if not _spec_allowed(self, kernel_name):
+            raise web.HTTPError(404, f"Kernel spec {kernel_name} not found")
+        await super().get(kernel_name)  # type: ignore[misc]
+
+
+class KernelSpecResourceHandler(resource_handlers.KernelSpecResourceHandler):
+    @web.authenticated
+    async def get(self, kernel_name: str, path: str, include_body: bool = True) -> None:  # type: ignore[override]
+        if not _spec_allowed(self, kernel_name):
+            raise web.HTTPError(404, f"Kernel spec {kernel_name} not found")
+        await super().get(kernel_name, path, include_body)  # type: ignore[misc]
+
+
+class PathResolverHandler(APIHandler):
+    """``/api/resolvePath``: a gateway serves no files, so only a kernel of the caller's
+    own resolves; a foreign kernel is reported exactly as a missing one."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        path = self.get_query_argument("path")
+        kernel_id = self.get_query_argument("kernel", default=None)
+        response: dict[str, t.Any] = {"resolved": []}
+        if kernel_id:
+            try:
+                _check_owner(self, kernel_id)
+                kernel = _km(self).get_kernel(kernel_id)
+                resolve = getattr(kernel, "resolve_path", None)
+                resolved = await ensure_async(resolve(path)) if resolve else None
+                if resolved is not None:
+                    response["resolved"].append({"scope": "kernel", "path": resolved})
+            except web.HTTPError:
+                response["unresolved"] = [
+                    {"scope": "kernel", "reason": f"Kernel {kernel_id} could not be found"}
+                ]
+        self.finish(json.dumps(response))
+
+
 class HealthHandler(APIHandler):
     """Liveness: the process serves requests. No authentication."""
 
@@ -200,6 +268,10 @@ _action = kernel_handlers._kernel_action_regex
 default_handlers = [
     (r"/healthz", HealthHandler),
     (r"/readyz", ReadyHandler),
+    (r"/api/resolvePath", PathResolverHandler),
+    (r"/api/kernelspecs", MainKernelSpecHandler),
+    (rf"/api/kernelspecs/{spec_handlers.kernel_name_regex}", KernelSpecHandler),
+    (rf"/kernelspecs/{spec_handlers.kernel_name_regex}/(?P<path>.*)", KernelSpecResourceHandler),
     (r"/api/kernels", MainKernelHandler),
     (rf"/api/kernels/{_kid}", KernelHandler),
     (rf"/api/kernels/{_kid}/{_action}", KernelActionHandler),
