@@ -155,27 +155,27 @@ async def test_gateway_killed_at_each_step(
     from .test_gateway import ADMIN_TOKEN, Gateway
 
     for operation, step, expected in GATEWAY_STEPS:
-        gateway = Gateway(tmp_path).start()
+        gateway = Gateway(tmp_path, users=False).start()
         try:
             if operation != "start":
                 model = _post(f"{gateway.url}/api/kernels", ADMIN_TOKEN, {"name": spec})
                 gateway.kill(15)  # a clean stop detaches: the kernel stays for the next
                 monkeypatch.setenv(CRASH_ENV, step)
-                gateway = Gateway(tmp_path).start()
+                gateway = Gateway(tmp_path, users=False).start()
                 monkeypatch.delenv(CRASH_ENV)
                 with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
                     _post(f"{gateway.url}/api/kernels/{model['id']}/restart", ADMIN_TOKEN)
             else:
                 gateway.kill(15)
                 monkeypatch.setenv(CRASH_ENV, step)
-                gateway = Gateway(tmp_path).start()
+                gateway = Gateway(tmp_path, users=False).start()
                 monkeypatch.delenv(CRASH_ENV)
                 with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
                     _post(f"{gateway.url}/api/kernels", ADMIN_TOKEN, {"name": spec})
             assert gateway.proc is not None
             assert gateway.proc.wait(30) == -9, step
             # A new gateway restores what still runs; gc removes what no record owns.
-            gateway = Gateway(tmp_path).start()
+            gateway = Gateway(tmp_path, users=False).start()
             gc = ko("gc", "--grace", "0")
             assert gc.returncode == 0, gc.stderr
             await assert_consistent(store, expected)
