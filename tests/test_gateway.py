@@ -8,6 +8,7 @@ restarted and shut down through it, as JupyterLab would.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -231,15 +232,23 @@ class KernelSocket:
         self.conn.close()
 
 
+@contextlib.contextmanager
+def running_gateway(tmp: Path, *extra: str) -> Iterator[Gateway]:
+    """A started gateway; at the end its operator shuts down what a failed test left."""
+    gw = Gateway(tmp, *extra).start()
+    try:
+        yield gw
+    finally:
+        try:
+            asyncio.run(_shutdown_all(gw))
+        finally:
+            gw.kill(signal.SIGTERM)
+
+
 @pytest.fixture
 def gateway(tmp_path: Path) -> Iterator[Gateway]:
-    gw = Gateway(tmp_path).start()
-    yield gw
-    # kernels left by a failed test: the operator shuts everything down
-    try:
-        asyncio.run(_shutdown_all(gw))
-    finally:
-        gw.kill(signal.SIGTERM)
+    with running_gateway(tmp_path) as gw:
+        yield gw
 
 
 async def _shutdown_all(gw: Gateway) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import socket
 import time
 from pathlib import Path
@@ -131,8 +130,8 @@ from tests.test_gateway import (  # noqa: E402
     BOB,
     Gateway,
     KernelSocket,
-    _shutdown_all,
     call,
+    running_gateway,
     status_of,
 )
 
@@ -167,14 +166,8 @@ def _raw_post(port: int, size: int) -> bytes:
 
 @pytest.fixture
 def two_users(tmp_path: Path, jupyter_env: dict[str, str], kernel_accounts: object):  # type: ignore[no-untyped-def]
-    gw = Gateway(tmp_path).start()
-    yield gw
-    import asyncio
-
-    try:
-        asyncio.run(_shutdown_all(gw))
-    finally:
-        gw.kill(signal.SIGTERM)
+    with running_gateway(tmp_path) as gw:
+        yield gw
 
 
 @pytest.mark.slow
