@@ -85,12 +85,16 @@ def _entries(raw: object, where: str) -> Iterable[tuple[object, object, object]]
         raise UsersFileError(f"{where}: expected a JSON object")
 
 
-def parse_users(raw: object, where: str, *, admin_token: str = "") -> list[GatewayUser]:
-    """Validated users from a decoded users file (or the ``user_tokens`` dict)."""
+def parse_users(
+    raw: object, where: str, *, admin_token: str = "", existing: Iterable[GatewayUser] = ()
+) -> list[GatewayUser]:
+    """Validated users from a decoded users file (or the ``user_tokens`` dict), which
+    must also be consistent with the ``existing`` users from another source."""
     users: list[GatewayUser] = []
-    names: dict[str, str] = {}
-    slugs: dict[str, str] = {}
-    tokens: set[str] = set()
+    known = list(existing)
+    names = {u.name.lower(): u.name for u in known}
+    slugs = {user_slug(u.name): u.name for u in known}
+    tokens = {u.token for u in known}
     for name, token, groups in _entries(raw, where):
         name = check_user_name(name, where)
         label = f"{where}: user {name!r}"
@@ -119,8 +123,10 @@ def parse_users(raw: object, where: str, *, admin_token: str = "") -> list[Gatew
     return users
 
 
-def load_users_file(path: str | os.PathLike[str], *, admin_token: str = "") -> list[GatewayUser]:
-    """Read and validate the users file at ``path``."""
+def load_users_file(
+    path: str | os.PathLike[str], *, admin_token: str = "", existing: Iterable[GatewayUser] = ()
+) -> list[GatewayUser]:
+    """Read and validate the users file at ``path`` (against ``existing`` users too)."""
     where = str(path)
     try:
         info = os.stat(path)
@@ -136,4 +142,4 @@ def load_users_file(path: str | os.PathLike[str], *, admin_token: str = "") -> l
         raw = json.loads(text)
     except json.JSONDecodeError as e:
         raise UsersFileError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
-    return parse_users(raw, where, admin_token=admin_token)
+    return parse_users(raw, where, admin_token=admin_token, existing=existing)

@@ -210,6 +210,7 @@ async def _run(fn: Callable[[KernelStore, Any], Awaitable[int]], args: Any) -> i
 
 
 def _serve(args: Any) -> int:
+    import json
     import os
 
     from ..gateway.app import TOKEN_ENV
@@ -235,7 +236,6 @@ def _serve(args: Any) -> int:
             if not sep or not count.isdigit():
                 raise OrchestratorError(f"bad --warm-pool value {item!r}: expected KERNELSPEC=N")
             pools[name] = int(count)
-        import json
 
         argv.append(f"--OrchestratorMappingKernelManager.warm_pools={json.dumps(pools)}")
     if args.host_kernels:
@@ -248,8 +248,6 @@ def _serve(args: Any) -> int:
                     " {username} in ACCOUNT"
                 )
             hosts[name] = account
-        import json
-
         argv.append(f"--GatewayKernelSpecManager.host_kernelspecs={json.dumps(hosts)}")
     if args.max_kernels_per_user:
         argv.append(

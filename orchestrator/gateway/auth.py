@@ -50,17 +50,10 @@ class OrchestratorIdentityProvider(IdentityProvider):
         """Validate and load every user; a UsersFileError stops the gateway's start."""
         users = parse_users(dict(self.user_tokens), "user_tokens", admin_token=str(self.token))
         if self.user_tokens_file:
-            users += load_users_file(self.user_tokens_file, admin_token=str(self.token))
-            self._file_stamp = self._stamp()
-            users = parse_users(  # the two sources together must be consistent too
-                {
-                    "users": [
-                        {"name": u.name, "token": u.token, "groups": list(u.groups)} for u in users
-                    ]
-                },
-                "users",
-                admin_token=str(self.token),
+            users += load_users_file(
+                self.user_tokens_file, admin_token=str(self.token), existing=users
             )
+            self._file_stamp = self._stamp()
         self._users = users
         return users
 
@@ -89,9 +82,6 @@ class OrchestratorIdentityProvider(IdentityProvider):
     def multi_user(self) -> bool:
         """Whether the gateway serves users other than its operator."""
         return bool(self._users) or bool(self.user_tokens_file)
-
-    def users(self) -> list[GatewayUser]:
-        return list(self._current_users())
 
     async def get_user(self, handler: web.RequestHandler) -> User | None:  # type: ignore[override]
         offered = self.get_token(handler) or ""

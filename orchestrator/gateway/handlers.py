@@ -234,32 +234,26 @@ class ReadyHandler(HealthHandler):
 
     @allow_unauthenticated
     async def get(self) -> None:  # type: ignore[override]
-        km = _km(self)
+        ready, detail = await self._readiness()
         user = await ensure_async(self.identity_provider.get_user(self))
         if getattr(user, "username", "") != ADMIN or not self.identity_provider.auth_enabled:
             # Anonymous probes learn ready or not, nothing about kernels or errors.
-            ready = bool(getattr(km, "restore_done", False)) and not getattr(
-                km, "restore_error", ""
-            )
-            self.set_status(200 if ready else 503)
-            self.finish({"status": "ready" if ready else "not ready"})
-            return
+            detail = {"status": "ready" if ready else "not ready"}
+        self.set_status(200 if ready else 503)
+        self.finish(detail)
+
+    async def _readiness(self) -> tuple[bool, dict[str, t.Any]]:
+        km = _km(self)
         error = getattr(km, "restore_error", "")
         if error:
-            self.set_status(503)
-            self.finish({"status": f"restoring kernels failed, retrying: {error}"})
-            return
+            return False, {"status": f"restoring kernels failed, retrying: {error}"}
         if not getattr(km, "restore_done", False):
-            self.set_status(503)
-            self.finish({"status": "restoring kernels"})
-            return
+            return False, {"status": "restoring kernels"}
         try:
-            await km.kernel_store.list()  # type: ignore[attr-defined]
+            await km.kernel_store.list()
         except Exception as e:
-            self.set_status(503)
-            self.finish({"status": f"kernel store unavailable: {e}"})
-            return
-        self.finish({"status": "ready", "kernels": len(km)})
+            return False, {"status": f"kernel store unavailable: {e}"}
+        return True, {"status": "ready", "kernels": len(km)}
 
 
 _kid = kernel_handlers._kernel_id_regex
