@@ -128,6 +128,13 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         " process that dies without exiting (kill -9, a crash) always leaves its kernels"
         " running, to be re-attached.",
     )
+    shared_loopback = Bool(
+        False,
+        config=True,
+        help="Processes of other users or tenants can connect to this machine's loopback"
+        " (a multi-user gateway with host kernels, a shared login node). Then policy auto"
+        " encrypts kernel ports published on loopback too, since IOPub needs no key to read.",
+    )
     remote_transport_encryption = Unicode(
         "",
         config=True,

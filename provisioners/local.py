@@ -32,6 +32,7 @@ from jupyter_client.provisioning.local_provisioner import LocalProvisioner as St
 from traitlets import Unicode
 
 from orchestrator import procinfo
+from orchestrator.encryption import keypair, resolve_policy, should_encrypt
 from orchestrator.errors import KernelStartError
 from orchestrator.labels import ENV_INSTANCE, ENV_KERNEL_ID
 from orchestrator.paths import kernel_log_dir, open_private
@@ -89,6 +90,8 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
             os.chown(self.private_dir, account.pw_uid, account.pw_gid)
             os.chmod(self.private_dir, 0o700)
             self.parent.connection_file = os.path.join(self.private_dir, "kernel.json")
+        if self.parent is not None and (account is not None or self.parent.shared_loopback):
+            self._encrypt_loopback()
         kwargs = await super().pre_launch(**kwargs)
         if account is not None and self.private_dir:
             os.chown(os.path.join(self.private_dir, "kernel.json"), account.pw_uid, account.pw_gid)
@@ -104,6 +107,16 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
             env.pop("JPY_PARENT_PID", None)
             kwargs["independent"] = True
         return kwargs
+
+    def _encrypt_loopback(self) -> None:
+        """Give the kernel CurveZMQ keys: other users' processes share this loopback,
+        and IOPub can be read without the HMAC key. (Kept over restarts.)"""
+        km = self.parent
+        policy = resolve_policy("", km)
+        if not should_encrypt(policy, leaves_machine=True) or km.curve_publickey:
+            return
+        public, secret = keypair(km)
+        km.curve_publickey, km.curve_secretkey = public.encode(), secret.encode()
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
         if not self.managed_by_orchestrator:

@@ -228,6 +228,9 @@ async def test_resource_limits_and_overrides(
             "KERNEL_MEMORY '0' is below the minimum of 6m",
         ),
         ({"cpus": 1e-12}, {}, None, "cpus=1e-12 is below the minimum of 0.01"),
+        ({"pids_limit": 0}, {}, None, "pids_limit=0 must be a finite number above 0"),
+        ({"pids_limit": -1}, {}, None, "pids_limit=-1 must be a finite number above 0"),
+        ({"pids_limit": 4}, {}, None, "pids_limit=4 is below the minimum of 16"),
     ],
 )
 async def test_failures_are_clear_and_leave_nothing(
@@ -273,11 +276,82 @@ async def test_shared_network_reachability(
             )
             ip = container.attrs["NetworkSettings"]["Networks"]["ko-test-net"]["IPAddress"]
             assert km.ip == ip and km.shell_port == 50001
+            # Other members of the operator's network can reach the ports: encrypted.
+            assert km.get_connection_info().get("curve_secretkey")
             assert (await run(km, "print(6 * 7)"))["out"] == "42\n"
         finally:
             await km.shutdown_kernel(now=True)
     finally:
         network.remove()
+
+
+SPY_SUBSCRIBE = """
+import json, socket, zmq
+spy = zmq.Context().socket(zmq.SUB)
+spy.setsockopt(zmq.SUBSCRIBE, b"")
+for url in {urls!r}:
+    spy.connect(url)
+reached = {{}}
+for host, port in {tcp!r}:
+    try:
+        socket.create_connection((host, port), timeout=3).close()
+        reached[f"{{host}}:{{port}}"] = True
+    except OSError:
+        reached[f"{{host}}:{{port}}"] = False
+print(json.dumps(reached))
+"""
+SPY_READ = """
+import json
+heard = []
+while spy.poll(3000):
+    heard.append(repr(spy.recv_multipart()[-1][:80]))
+print(json.dumps(heard))
+"""
+
+
+async def test_a_kernel_cannot_reach_another_users_kernel(
+    pyspec: str, store: Any, dclient: Any
+) -> None:
+    """Alice's kernel tries Bob's IOPub and other ports, by container address and by
+    the engine host's address; it hears nothing, while the orchestrator does."""
+    alice = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    bob = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    await alice.start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
+    await bob.start_kernel(env={**os.environ, "KERNEL_USERNAME": "bob"})
+    try:
+        (theirs,) = our_containers(dclient, bob.kernel_id)
+        (mine,) = our_containers(dclient, alice.kernel_id)
+        assert mine.attrs["HostConfig"]["PidsLimit"] == 1024
+        networks = theirs.attrs["NetworkSettings"]["Networks"]
+        assert list(networks) == ["kernel-orchestrator-kernels"]
+        their_ip = networks["kernel-orchestrator-kernels"]["IPAddress"]
+        gateway_ip = networks["kernel-orchestrator-kernels"]["Gateway"]
+        urls = [f"tcp://{their_ip}:50002", f"tcp://{gateway_ip}:{bob.iopub_port}"]
+        tcp = [(their_ip, 50002), (their_ip, 50001), (gateway_ip, bob.iopub_port)]
+        reached = json.loads((await run(alice, SPY_SUBSCRIBE.format(urls=urls, tcp=tcp)))["out"])
+        assert reached and not any(reached.values()), reached
+
+        # The orchestrator (the engine host) does hear Bob's output: the spy would too.
+        import zmq
+        import zmq.asyncio
+
+        control = zmq.asyncio.Context.instance().socket(zmq.SUB)
+        control.setsockopt(zmq.SUBSCRIBE, b"")
+        control.connect(f"tcp://127.0.0.1:{bob.iopub_port}")
+        try:
+            await asyncio.sleep(0.5)
+            assert (await run(bob, "print('bob-secret-output')"))["out"] == "bob-secret-output\n"
+            frames = []
+            while await control.poll(2000):
+                frames.append(b"".join(await control.recv_multipart()))
+            assert any(b"bob-secret-output" in f for f in frames)
+        finally:
+            control.close(linger=0)
+        heard = json.loads((await run(alice, SPY_READ))["out"])
+        assert heard == []
+    finally:
+        await asyncio.gather(alice.shutdown_kernel(now=True), bob.shutdown_kernel(now=True))
+    assert our_containers(dclient) == []
 
 
 async def test_reattach_after_orchestrator_is_killed(pyspec: str, store: Any, dclient: Any) -> None:

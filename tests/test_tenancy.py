@@ -304,6 +304,28 @@ async def test_host_kernels_run_as_their_users_account_and_reach_no_secret(
         )
         out = (await ws.execute(code))["out"].split()
         assert out == ["ko-alice", "PermissionError", "PermissionError"]
+        # Bob's host kernel shares this loopback: it subscribes to Alice's IOPub and
+        # hears nothing, since her ports are CurveZMQ-encrypted.
+        app = "from ipykernel.kernelapp import IPKernelApp as A; app = A.instance();"
+        port, curve = (await ws.execute(f"{app} print(app.iopub_port, bool(app.curve_secretkey))"))[
+            "out"
+        ].split()
+        assert curve == "True"
+        theirs = await call(two_users.url, BOB, "POST", "/api/kernels", {"name": "python3"})
+        spy = await KernelSocket.open(two_users.url, BOB, theirs["id"])
+        try:
+            await spy.execute(
+                "import zmq; s = zmq.Context().socket(zmq.SUB); s.setsockopt(zmq.SUBSCRIBE, b'');"
+                f" s.connect('tcp://127.0.0.1:{port}')"
+            )
+            assert (await ws.execute("print('alice-private')"))["out"] == "alice-private\n"
+            heard = await spy.execute(
+                "heard = []\nwhile s.poll(2000): heard.append(s.recv_multipart())\nprint(len(heard))"
+            )
+            assert heard["out"] == "0\n"
+        finally:
+            spy.close()
+        await call(two_users.url, BOB, "DELETE", f"/api/kernels/{theirs['id']}")
     finally:
         ws.close()
     # bob cannot resolve paths through alice's kernel: the answer of a missing one

@@ -147,6 +147,11 @@ class GatewayApp(ServerApp):
         self.web_app.settings["orchestrator_env_allowlist"] = list(self.env_allowlist)
         km: t.Any = self.kernel_manager
         km.base_environment = base_environment(self.kernel_env_passthrough)
+        ksm: t.Any = self.kernel_spec_manager
+        if idp.multi_user and getattr(ksm, "host_kernelspecs", None):
+            # Other users' host kernels share this machine's loopback: kernel ports
+            # published there must be encrypted too.
+            km.shared_loopback = True
         # Probes hit /healthz and /readyz every few seconds; a 503 while kernels are
         # being restored is expected, not an error worth a header dump in the log.
         from .handlers import HealthHandler

@@ -103,6 +103,8 @@ class OrchestratorMappingKernelManager(
         self._refilling: dict[str, int] = {}
         #: What a kernel gets of the gateway's environment (set by the app).
         self.base_environment: dict[str, str] = {}
+        #: Other tenants' processes can reach this machine's loopback (set by the app).
+        self.shared_loopback = False
         from .metrics import register
 
         register(self)
@@ -125,6 +127,8 @@ class OrchestratorMappingKernelManager(
         km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
         if owner:
             km.labels = {**km.labels, OWNER_LABEL: owner}  # type: ignore[attr-defined]
+        if self.shared_loopback:
+            km.shared_loopback = True  # type: ignore[attr-defined]
         return km, name, kernel_id
 
     async def start_kernel_for(self, owner: str, **kwargs: t.Any) -> str:

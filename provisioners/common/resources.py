@@ -15,6 +15,7 @@ from orchestrator.errors import OrchestratorError
 
 MIN_CPUS = 0.01
 MIN_MEMORY_BYTES = 6 * 1024**2  # Docker's own floor
+MIN_PIDS = 16  # an ipykernel runs about ten threads
 
 _DOCKER_SIZE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([bkmgBKMG]?)$")
 _DOCKER_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}

@@ -37,7 +37,14 @@ class DockerConfig(LoggingConfigurable):
         help="How clients reach the kernel's ports: auto (ssh for ssh:// engines, published"
         " for remote tcp:// engines, else loopback), loopback, published, network, ssh.",
     )
-    network = Unicode("", config=True, help="Docker network to attach the container to.")
+    network = Unicode(
+        "",
+        config=True,
+        help="Docker network to attach the container to. Default: the engine's"
+        " kernel-orchestrator-kernels bridge, created with inter-container traffic off, so"
+        " no kernel reaches another's ports. On a network of your own the kernel's ports"
+        " are reachable by that network's other members, so policy auto encrypts them.",
+    )
     network_address = CaselessStrEnum(
         ["ip", "name"],
         "ip",
@@ -54,6 +61,9 @@ class DockerConfig(LoggingConfigurable):
     )
     cpus = Float(0.0, config=True, help="CPU limit (0: none).")
     memory = Unicode("", config=True, help="Memory limit like 2g ('' : none).")
+    pids_limit = Int(
+        1024, config=True, help="Most processes and threads the kernel may run (at least 16)."
+    )
     gpus = Int(0, config=True, help="GPUs to request (-1: all).")
     gpu_driver = Unicode("", config=True, help="Device driver for GPUs ('' : engine default).")
     user = Unicode("1000:1000", config=True, help="uid:gid the kernel runs as.")

@@ -95,3 +95,49 @@ def explain(e: Exception) -> str:
     if isinstance(e, docker.errors.APIError):
         return str(e.explanation or e)
     return str(e)
+
+
+#: The bridge network kernels join when a kernelspec names none.
+KERNEL_NETWORK = "kernel-orchestrator-kernels"
+_ISOLATION_OPTIONS = {"com.docker.network.bridge.enable_icc": "false"}
+_networks_ready: set[tuple[str, str]] = set()
+
+
+def ensure_isolated_network(client: docker.DockerClient, url: str, name: str) -> None:
+    """Create (once per engine) the bridge network whose containers cannot reach each
+    other: inter-container traffic is off, so a kernel reaches no other kernel's ports,
+    while the engine host (and the ports it publishes) still reaches every kernel.
+
+    Idempotent across processes and replicas: a network of that name made by someone
+    else is checked to be isolated too, and refused if it is not.
+    """
+    if (url, name) in _networks_ready:
+        return
+    try:
+        network = client.api.inspect_network(name)
+    except docker.errors.NotFound:
+        try:
+            client.api.create_network(
+                name,
+                driver="bridge",
+                options=_ISOLATION_OPTIONS,
+                labels={"kernel-orchestrator.network": "kernels"},
+                check_duplicate=True,
+            )
+        except docker.errors.APIError as e:
+            if e.status_code != 409 and "already exists" not in str(e):
+                raise
+        network = client.api.inspect_network(name)
+    options = network.get("Options") or {}
+    if options.get("com.docker.network.bridge.enable_icc") != "false":
+        raise DockerEngineError(
+            f"Docker network {name!r} on {url} lets containers reach each other"
+            " (com.docker.network.bridge.enable_icc is not false): refusing to put"
+            " kernels of different users on it"
+        )
+    _networks_ready.add((url, name))
+
+
+def forget_network(url: str, name: str) -> None:
+    """Check ``name`` again next time (it was found missing)."""
+    _networks_ready.discard((url, name))

@@ -44,7 +44,7 @@ from orchestrator.tunnels import get_tunneler
 from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
-from ..common.resources import MIN_CPUS, positive_number
+from ..common.resources import MIN_CPUS, MIN_PIDS, positive_number
 from . import engine, gc, kernelspec
 from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
@@ -120,6 +120,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             memory_bytes(settings.memory)
         if settings.cpus:
             positive_number("cpus", settings.cpus, minimum=MIN_CPUS)
+        positive_number("pids_limit", self.pids_limit, minimum=MIN_PIDS)
         settings.environment = environment
         self.settings = settings
         extra = kwargs.pop("extra_arguments", []) or []
@@ -203,6 +204,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             "security_opt": ["no-new-privileges"],
             "cap_drop": ["ALL"],
             "stop_signal": "SIGTERM",
+            "pids_limit": int(self.pids_limit),
         }
         if s.working_dir:
             create["working_dir"] = s.working_dir
@@ -216,8 +218,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             ]
         if self.volumes:
             create["volumes"] = list(self.volumes)
-        if self.network:
-            create["network"] = self.network
+        create["network"] = self.network or engine.KERNEL_NETWORK
         if self.mode in ("loopback", "ssh", "published"):
             previous = self.published_ports or {}
             bind = self.publish_address if self.mode == "published" else "127.0.0.1"
@@ -237,13 +238,22 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": km.kernel_name,
         }
-        if curve := self.choose_curve(leaves_machine=self.mode in ("network", "published")):
+        if curve := self.choose_curve(leaves_machine=self.ports_reachable_by_others):
             inside.update(curve_publickey=curve[0], curve_secretkey=curve[1])
         payload = json.dumps(inside).encode()
         create = self._create_kwargs(cmd)
 
         def create_container(client: Any) -> str:
+            if not self.network:
+                engine.ensure_isolated_network(client, self.engine_url, engine.KERNEL_NETWORK)
             try:
+                return str(client.containers.create(**create).id)
+            except docker.errors.NotFound as e:
+                if self.network or "network" not in str(e):
+                    raise
+                # Our network was removed since we last checked (a prune): make it again.
+                engine.forget_network(self.engine_url, engine.KERNEL_NETWORK)
+                engine.ensure_isolated_network(client, self.engine_url, engine.KERNEL_NETWORK)
                 return str(client.containers.create(**create).id)
             except docker.errors.APIError as e:
                 if create.get("ports") and self.published_ports and "port is already" in str(e):
@@ -320,6 +330,16 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         if url.startswith(("tcp://", "http://", "https://")) and not _is_loopback_url(url):
             return "published"
         return "loopback"
+
+    @property
+    def ports_reachable_by_others(self) -> bool:
+        """Whether anything but the orchestrator can connect to the kernel's ports: the
+        members of an operator's network, anyone who reaches a published interface, or
+        other tenants on the engine host's loopback (``shared_loopback``)."""
+        if self.mode in ("network", "published") or self.network:
+            return True
+        shared = bool(getattr(self.parent, "shared_loopback", False))
+        return shared and self.mode in ("loopback", "ssh")
 
     @property
     def encrypting(self) -> bool:
