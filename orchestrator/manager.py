@@ -128,6 +128,13 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         " process that dies without exiting (kill -9, a crash) always leaves its kernels"
         " running, to be re-attached.",
     )
+    multi_tenant = Bool(
+        False,
+        config=True,
+        help="Kernels are started for several users who must not reach each other (a"
+        " multi-user gateway sets it): provisioners then refuse settings that would put"
+        " two users' kernels in one account.",
+    )
     shared_loopback = Bool(
         False,
         config=True,

@@ -156,10 +156,13 @@ def kernel_accounts() -> Iterator[tuple[str, ...]]:
         try:
             pwd.getpwnam(name)
         except KeyError:
+            # A home and a shell: the SSH tests log in as these accounts too. '*' is
+            # "no password" without the lock ('!') that sshd refuses logins of.
             subprocess.run(
-                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
-                check=True,
+                ["useradd", "--system", "--create-home", "--shell", "/bin/sh", name], check=True
             )
+            subprocess.run(["usermod", "--password", "*", name], check=True)
+            Path(pwd.getpwnam(name).pw_dir).chmod(0o700)
             created.append(name)
     # The kernels must reach this interpreter (pyenv keeps it under /root): let other
     # accounts traverse, not list, the directories above it, for this session only.
@@ -176,4 +179,4 @@ def kernel_accounts() -> Iterator[tuple[str, ...]]:
         for directory, mode in opened:
             directory.chmod(mode & 0o7777)
         for name in created:
-            subprocess.run(["userdel", name], check=False)
+            subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)

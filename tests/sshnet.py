@@ -353,12 +353,34 @@ class SSHNet:
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
         return path.with_suffix(".pub").read_text().strip()
 
+    @property
+    def authorized_dir(self) -> Path:
+        """One authorized_keys file per account (``%u``), readable by that account only:
+        sshd reads it as the account, so it lives outside the private workdir."""
+        return Path("/run") / f"ko-sshnet-{self.suffix}-authorized"
+
     def _make_keys(self) -> None:
         self.user_key = self.workdir / "id_user"
         self.bad_key = self.workdir / "id_bad"
         user_pub = self._keygen(self.user_key, f"ko-sshnet-{self.suffix}-user")
         self._keygen(self.bad_key, f"ko-sshnet-{self.suffix}-bad")
-        (self.workdir / "authorized_keys").write_text(user_pub + "\n")
+        self.authorized_dir.mkdir(mode=0o711)
+        self.authorized_dir.chmod(0o711)
+        (self.authorized_dir / "root").write_text(user_pub + "\n")
+
+    def authorize_account(self, account: str) -> Path:
+        """A new key that logs in as ``account`` (on every host) and as nobody else."""
+        import pwd
+
+        entry = pwd.getpwnam(account)
+        key = self.workdir / f"id_{account}"
+        if not key.exists():
+            public = self._keygen(key, f"ko-sshnet-{self.suffix}-{account}")
+            path = self.authorized_dir / account
+            path.write_text(public + "\n")
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+            path.chmod(0o600)
+        return key
 
     def _allocate_net(self) -> int:
         """A third octet no other instance (of any process) uses; call under _locked()."""
@@ -451,7 +473,7 @@ class SSHNet:
                 "AddressFamily inet",
                 f"HostKey {host.host_key}",
                 f"PidFile {hdir / 'sshd.pid'}",
-                f"AuthorizedKeysFile {self.workdir / 'authorized_keys'}",
+                f"AuthorizedKeysFile {self.authorized_dir}/%u",
                 "PermitRootLogin prohibit-password",
                 "PubkeyAuthentication yes",
                 "PasswordAuthentication no",
@@ -672,6 +694,7 @@ def _teardown(
         subnet = f"{SUBNET_PREFIX}.{third}.0/24"
         if _run(["ip", "route", "show", "type", "unreachable", subnet], check=False).stdout:
             _run(["ip", "route", "del", "unreachable", subnet], check=False)
+    shutil.rmtree(Path("/run") / f"ko-sshnet-{suffix}-authorized", ignore_errors=True)
     (REGISTRY / suffix).unlink(missing_ok=True)
     # Final check: nothing with our suffix in `ip netns list` or `ip link`.
     deadline = time.monotonic() + 5

@@ -457,3 +457,78 @@ def test_forget_a_kernel_whose_host_is_gone(sshspec: Any, store: Any, sshnet: An
     while kernel_processes(kid) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert kernel_processes(kid) == []
+
+
+CROSS_USER_SPY = """
+import json, os, pwd, zmq
+seen = {{"me": pwd.getpwuid(os.getuid()).pw_name}}
+for what, path in (("file", {conn!r}), ("dir", {kdir!r})):
+    try:
+        open(path).read(1) if what == "file" else os.listdir(path)
+        seen[what] = "READ"
+    except OSError as e:
+        seen[what] = type(e).__name__
+spy = zmq.Context().socket(zmq.SUB)
+spy.setsockopt(zmq.SUBSCRIBE, b"")
+spy.connect("tcp://127.0.0.1:{iopub}")
+print(json.dumps(seen))
+"""
+
+
+@pytest.fixture
+def per_user_spec(sshspec: Any, sshnet: Any, kernel_accounts: tuple[str, ...]) -> str:
+    """Each gateway user logs in to hosta as ko-<user>, with a key of their own."""
+    for account in kernel_accounts:
+        sshnet.authorize_account(account)
+    return str(
+        sshspec(
+            "per-user",
+            ["hosta"],
+            user="ko-{username}",
+            identity_file=str(sshnet.workdir / "id_ko-{username}"),
+            remote_dir="~/.kernel-orchestrator/kernels",
+        )
+    )
+
+
+async def test_each_user_runs_in_an_account_of_their_own(
+    per_user_spec: str, sshspec: Any, store: Any
+) -> None:
+    """Alice's remote kernel reads neither Bob's connection file nor his directory, and
+    hears nothing on his remote IOPub port: it is CurveZMQ-encrypted."""
+
+    def manager(name: str) -> Any:
+        return orchestrator.AsyncKernelManager(
+            kernel_name=name, kernel_store=store, multi_tenant=True
+        )
+
+    alice, bob = manager(per_user_spec), manager(per_user_spec)
+    await alice.start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
+    await bob.start_kernel(env={**os.environ, "KERNEL_USERNAME": "bob"})
+    try:
+        assert (alice.provisioner.account.user, bob.provisioner.account.user) == (
+            "ko-alice",
+            "ko-bob",
+        )
+        assert alice.get_connection_info().get("curve_secretkey")
+        theirs = bob.provisioner.remote
+        assert theirs["dir"].startswith("/home/ko-bob/")
+        code = CROSS_USER_SPY.format(
+            conn=theirs["connection_file"], kdir=theirs["dir"], iopub=theirs["ports"]["iopub"]
+        )
+        seen = json.loads((await run(alice, code))["out"])
+        assert seen == {"me": "ko-alice", "file": "PermissionError", "dir": "PermissionError"}
+        assert (await run(bob, "print('bob-private')"))["out"] == "bob-private\n"
+        heard = await run(
+            alice, "n = 0\nwhile spy.poll(2000):\n    spy.recv_multipart(); n += 1\nprint(n)"
+        )
+        assert heard["out"] == "0\n"
+    finally:
+        await asyncio.gather(alice.shutdown_kernel(now=True), bob.shutdown_kernel(now=True))
+    assert kernel_processes(alice.kernel_id) == [] and kernel_processes(bob.kernel_id) == []
+
+    # A kernelspec that maps nobody is refused for a multi-user gateway, before any login.
+    shared = sshspec("shared-account", ["hosta"])
+    with pytest.raises(OrchestratorError, match="would share one remote account"):
+        await manager(shared).start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
+    assert await store.list() == []

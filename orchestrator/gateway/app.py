@@ -148,6 +148,7 @@ class GatewayApp(ServerApp):
         km: t.Any = self.kernel_manager
         km.base_environment = base_environment(self.kernel_env_passthrough)
         ksm: t.Any = self.kernel_spec_manager
+        km.multi_tenant = bool(idp.multi_user)
         if idp.multi_user and getattr(ksm, "host_kernelspecs", None):
             # Other users' host kernels share this machine's loopback: kernel ports
             # published there must be encrypted too.

@@ -105,9 +105,23 @@ class OrchestratorMappingKernelManager(
         self.base_environment: dict[str, str] = {}
         #: Other tenants' processes can reach this machine's loopback (set by the app).
         self.shared_loopback = False
+        #: Several users share this gateway (set by the app).
+        self.multi_tenant = False
         from .metrics import register
 
         register(self)
+
+    def _create_kernel_manager_factory(self) -> t.Callable[..., t.Any]:
+        make = super()._create_kernel_manager_factory()
+
+        def create_kernel_manager(*args: t.Any, **kwargs: t.Any) -> t.Any:
+            # Started or restored alike: the gateway's tenancy facts reach every kernel.
+            km = make(*args, **kwargs)
+            km.multi_tenant = km.multi_tenant or self.multi_tenant
+            km.shared_loopback = km.shared_loopback or self.shared_loopback
+            return km
+
+        return create_kernel_manager
 
     # ------------------------------------------------------------- ownership
     def owner_of(self, kernel_id: str) -> str:
@@ -127,8 +141,6 @@ class OrchestratorMappingKernelManager(
         km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
         if owner:
             km.labels = {**km.labels, OWNER_LABEL: owner}  # type: ignore[attr-defined]
-        if self.shared_loopback:
-            km.shared_loopback = True  # type: ignore[attr-defined]
         return km, name, kernel_id
 
     async def start_kernel_for(self, owner: str, **kwargs: t.Any) -> str:

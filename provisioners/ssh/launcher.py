@@ -129,6 +129,8 @@ def launch(req):
         signature_scheme=req["signature_scheme"],
         kernel_name=req.get("kernel_name", ""),
     )
+    if req.get("curve_secretkey"):
+        info.update(curve_publickey=req["curve_publickey"], curve_secretkey=req["curve_secretkey"])
     _write_private(conn_path, json.dumps(info))
     meta = {
         "kernel_id": req["kernel_id"],

@@ -12,6 +12,10 @@
   restarter leaves it alone.
 * Status, signals and cleanup of every kernel on a host go to one remote agent on the
   shared connection (:mod:`.agent`): polling idle kernels starts no remote process.
+* Each gateway user can have a remote account (and key) of their own
+  (:mod:`.accounts`); the kernel's connection file is 0600 in a 0700 directory of that
+  account, and its loopback ports are CurveZMQ-encrypted unless the operator says no
+  other account runs on the hosts (``loopback_private``).
 """
 
 from __future__ import annotations
@@ -22,11 +26,10 @@ import signal
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
-from traitlets import CaselessStrEnum, Dict, Float, List, Unicode
+from traitlets import Bool, CaselessStrEnum, Dict, Float, List, Unicode
 
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.executors import run_blocking
-from orchestrator.liveness import wait_for_kernel_info
 from orchestrator.provisioning.contract import (
     GarbageContext,
     OrchestratorProvisionerMixin,
@@ -35,13 +38,17 @@ from orchestrator.provisioning.contract import (
 )
 from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
 
+from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
+from .accounts import RemoteAccount, account_for, parse_user_map, static_accounts
 from .agent import RemoteAgent, agent_for
 
 _round_robin = itertools.count()
 
 
-class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # type: ignore[misc]
+class SSHProvisioner(  # type: ignore[misc]
+    CurveNegotiation, OrchestratorProvisionerMixin, KernelProvisionerBase
+):
     """One kernel process on a remote host, reached through a shared SSH connection."""
 
     kernelspec_summary = "kernels on remote hosts over SSH (tunnelled, re-attachable)"
@@ -53,9 +60,41 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         config=True,
         help="How a host of the pool is picked for a new kernel.",
     )
-    user = Unicode("", config=True, help="SSH user (default: from ssh config, else ours).")
+    user = Unicode(
+        "",
+        config=True,
+        help="SSH user (default: from ssh config, else ours); '{username}' becomes the"
+        " gateway user's name, so every user has a remote account of their own.",
+    )
     port = Unicode("", config=True, help="SSH port (default: from ssh config, else 22).")
-    identity_file = Unicode("", config=True, help="Private key (default: ssh config, ~/.ssh/id_*).")
+    identity_file = Unicode(
+        "",
+        config=True,
+        help="Private key (default: ssh config, ~/.ssh/id_*); may hold '{username}'.",
+    )
+    user_map = Dict(
+        config=True,
+        help="Gateway user -> remote account name, or {user, identity_file}; wins over the"
+        " user and identity_file templates.",
+    )
+    shared_account = Bool(
+        False,
+        config=True,
+        help="Let the kernels of several gateway users share one remote account (they can"
+        " then read each other's files). Off: a multi-user gateway refuses such kernelspecs.",
+    )
+    loopback_private = Bool(
+        False,
+        config=True,
+        help="No other account runs processes on the hosts (a machine per user): kernel"
+        " ports on the remote loopback are then left unencrypted under policy auto.",
+    )
+    transport_encryption = Unicode(
+        "",
+        config=True,
+        help="CurveZMQ: auto (encrypt unless loopback_private), required, disabled;"
+        " '' : the orchestrator's setting.",
+    )
     known_hosts = Unicode("", config=True, help="known_hosts file (default ~/.ssh/known_hosts).")
     host_key_policy = CaselessStrEnum(
         ["reject", "accept-new"],
@@ -85,6 +124,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
 
     # -------------------------------------------------------------- state
     host: str = ""
+    account: RemoteAccount | None = None  # whose account on the hosts the kernel runs as
     remote: dict[str, Any] | None = None  # pid, pgid, start, ports, dir
     local_ports: dict[str, int] | None = None
     _target: SSHTarget | None = None
@@ -117,11 +157,12 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
 
     # ----------------------------------------------------------- targets
     def _resolve(self, destination: str) -> SSHTarget:
+        account = self.account or RemoteAccount(self.user, self.identity_file)
         return resolve_target(
             destination,
-            user=self.user or None,
+            user=account.user or None,
             port=int(self.port) if self.port else None,
-            identity_file=self.identity_file or None,
+            identity_file=account.identity_file or None,
             known_hosts=self.known_hosts or None,
             proxy_jump=self.proxy_jump or None,
             host_key_policy=self.host_key_policy,
@@ -164,6 +205,14 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         self._client_env, self._env = launch_environment(
             kwargs.pop("env", None), self.kernel_spec.env, self.environment, self.env_allowlist
         )
+        self.account = account_for(
+            self._client_env.get("KERNEL_USERNAME", ""),
+            user=self.user,
+            identity_file=self.identity_file,
+            user_map=dict(self.user_map),
+            multi_tenant=bool(getattr(self.parent, "multi_tenant", False)),
+            shared_account=self.shared_account,
+        )
         extra = kwargs.pop("extra_arguments", []) or []
         argv = list(self.kernel_spec.argv or []) + list(extra)
         if argv and argv[0] in ("python", "python3"):
@@ -190,6 +239,8 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             "timeout": self.startup_timeout,
             "port_range": self._port_range(),
         }
+        if curve := self.choose_curve(leaves_machine=not self.loopback_private):
+            request.update(curve_publickey=curve[0], curve_secretkey=curve[1])
         try:
             agent = await self._agent()
             self.remote = await agent.call("launch", request, self.startup_timeout + 30)
@@ -241,15 +292,12 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             )
         self.local_ports = {ch: f.local_port for ch, f in self._tunnel.forwards.items()}
         self.connection_info = client_connection_info(  # type: ignore[assignment]
-            self, "127.0.0.1", self.local_ports
+            self, "127.0.0.1", self.local_ports, self._curve
         )
 
     async def _wait_until_ready(self) -> None:
-        async def running() -> bool:
-            return await self.poll() is None
-
-        reply = await wait_for_kernel_info(
-            self.connection_info, self.parent.session, self.startup_timeout, alive=running
+        reply = await self.first_answer(
+            self.startup_timeout, image=f"{self.python} on {self.host}", address=self.host
         )
         if reply is None:
             raise KernelStartError(
@@ -351,6 +399,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         info.update(
             {
                 "host": self.host,
+                "account": self.account.to_json() if self.account else None,
                 "remote": self.remote,
                 "local_ports": self.local_ports,
                 "cmd": self._cmd,
@@ -363,6 +412,7 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         """Load the saved state only; :meth:`reconnect` rebuilds the tunnel."""
         await super().load_provisioner_info(provisioner_info)
         self.host = provisioner_info.get("host") or ""
+        self.account = RemoteAccount.from_json(provisioner_info.get("account"))
         self.remote = provisioner_info.get("remote")
         self.local_ports = provisioner_info.get("local_ports")
         self._cmd = provisioner_info.get("cmd")
@@ -390,29 +440,43 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
         found: list[str] = []
         for config in kernelspec_configs("ssh-provisioner"):
             prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **config)
-            for host in prov.hosts:
-                try:
-                    target = prov._resolve(host)
-                    conn = await run_blocking("ssh-connect", pool.acquire, target)
-                except OrchestratorError as e:
-                    ctx.log.warning("gc: cannot reach %s: %s", host, e)
+            accounts = static_accounts(prov.user, prov.identity_file, dict(prov.user_map))
+            if not accounts:
+                ctx.log.info(
+                    "gc: the accounts of user template %r are not known; list them in"
+                    " user_map to have gc visit them",
+                    prov.user,
+                )
+            for account in accounts:
+                prov.account = account
+                for host in prov.hosts:
+                    found += await prov._collect_on(host, ctx)
+        return found
+
+    async def _collect_on(self, host: str, ctx: GarbageContext) -> list[str]:
+        """Orphans of this deployment in the current account on ``host``."""
+        found: list[str] = []
+        try:
+            target = self._resolve(host)
+            conn = await run_blocking("ssh-connect", pool.acquire, target)
+        except OrchestratorError as e:
+            ctx.log.warning("gc: cannot reach %s: %s", host, e)
+            return found
+        try:
+            agent = agent_for(conn, self.python)
+            reply = await agent.call("list", {"base_dir": self.remote_dir})
+            for k in reply.get("kernels", []):
+                kid = str(k.get("kernel_id", ""))
+                if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
                     continue
-                try:
-                    agent = agent_for(conn, prov.python)
-                    reply = await agent.call("list", {"base_dir": prov.remote_dir})
-                    for k in reply.get("kernels", []):
-                        kid = str(k.get("kernel_id", ""))
-                        if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
-                            continue
-                        if float(k.get("age", 0)) < ctx.grace_seconds:
-                            continue
-                        found.append(f"remote kernel {kid} on {host} (pid {k.get('pid')})")
-                        if not ctx.dry_run:
-                            await agent.call(
-                                "cleanup", {"kernel_id": kid, "base_dir": prov.remote_dir}
-                            )
-                finally:
-                    pool.release(target)
+                if float(k.get("age", 0)) < ctx.grace_seconds:
+                    continue
+                who = f" as {self.account.user}" if self.account and self.account.user else ""
+                found.append(f"remote kernel {kid} on {host}{who} (pid {k.get('pid')})")
+                if not ctx.dry_run:
+                    await agent.call("cleanup", {"kernel_id": kid, "base_dir": self.remote_dir})
+        finally:
+            pool.release(target)
         return found
 
     # ------------------------------------------------------- kernelspecs
@@ -426,9 +490,28 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             dest="hosts",
             help="host of the pool (repeatable): alias or [user@]host[:port]",
         )
-        g.add_argument("--user", default="")
+        g.add_argument(
+            "--user", default="", help="remote account; '{username}' is the gateway user's name"
+        )
         g.add_argument("--port", default="")
-        g.add_argument("--identity-file", default="")
+        g.add_argument("--identity-file", default="", help="private key; may hold '{username}'")
+        g.add_argument(
+            "--user-map",
+            action="append",
+            default=[],
+            metavar="USER=ACCOUNT[:IDENTITY_FILE]",
+            help="the remote account (and key) of one gateway user (repeatable)",
+        )
+        g.add_argument(
+            "--shared-account",
+            action="store_true",
+            help="let several gateway users' kernels share one remote account",
+        )
+        g.add_argument(
+            "--loopback-private",
+            action="store_true",
+            help="no other account runs on the hosts: leave remote loopback unencrypted",
+        )
         g.add_argument("--known-hosts", default="")
         g.add_argument("--host-key-policy", choices=["reject", "accept-new"], default="reject")
         g.add_argument("--proxy-jump", default="", help="user@host:port[,user@host:port]")
@@ -464,4 +547,9 @@ class SSHProvisioner(OrchestratorProvisionerMixin, KernelProvisionerBase):  # ty
             config["host_key_policy"] = args.host_key_policy
         if args.host_selection != "round-robin":
             config["host_selection"] = args.host_selection
+        if args.user_map:
+            config["user_map"] = parse_user_map(args.user_map)
+        for flag in ("shared_account", "loopback_private"):
+            if getattr(args, flag):
+                config[flag] = True
         return config
