@@ -70,7 +70,9 @@ class Gateway:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Gateway:
+    def start(self, ready: bool = True) -> Gateway:
+        """Start it; return once it is ready (kernels restored), or, with ``ready``
+        False, as soon as it answers at all (/healthz), perhaps still restoring."""
         self.proc = subprocess.Popen(
             [
                 CLI,
@@ -90,7 +92,7 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"),  # noqa: SIM115
         )
-        wait_http(f"{self.url}/readyz")
+        wait_http(f"{self.url}/readyz" if ready else f"{self.url}/healthz")
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -367,6 +369,39 @@ async def test_auth_ownership_limits_and_validation(tmp_path: Path) -> None:
         await call(gw.url, ALICE, "DELETE", f"/api/kernels/{kernel['id']}")
         for path in ("/healthz", "/readyz"):
             assert (await status_of(gw.url, "", "GET", path))[0] == 200
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)
+
+
+async def _starts(gw: Gateway, tokens: list[str]) -> list[tuple[str, int]]:
+    """One kernel start per token, all at once: (token, status) of each."""
+
+    async def one(token: str) -> tuple[str, int]:
+        code, _ = await status_of(gw.url, token, "POST", "/api/kernels", {"name": "python3"})
+        return token, code
+
+    return list(await asyncio.gather(*(one(t) for t in tokens)))
+
+
+async def test_limits_hold_under_concurrent_starts_and_during_a_restore(tmp_path: Path) -> None:
+    gw = Gateway(tmp_path, "--max-kernels", "3", "--max-kernels-per-user", "2").start()
+    try:
+        results = await _starts(gw, [ALICE, BOB] * 10)  # 20 starts at once
+        started = [t for t, code in results if code == 200]
+        assert sorted(code for _, code in results) == [200] * 3 + [429] * 17, results
+        assert started.count(ALICE) <= 2 and started.count(BOB) <= 2
+        assert len(await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")) == 3
+        alice = [k["id"] for k in await call(gw.url, ALICE, "GET", "/api/kernels")]
+
+        # A new gateway process counts the kernels it has not re-attached yet: starts
+        # sent while it is still restoring are refused just the same.
+        gw.kill(signal.SIGKILL)
+        gw.start(ready=False)
+        results = await _starts(gw, [ALICE, BOB] * 5)
+        assert [code for _, code in results] == [429] * 10, results
+        listed = await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")
+        assert len(listed) == 3 and set(alice) <= {k["id"] for k in listed}
     finally:
         await _shutdown_all(gw)
         gw.kill(signal.SIGTERM)

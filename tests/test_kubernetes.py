@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 import pytest
-from kubernetes.client import CoreV1Api, RbacAuthorizationV1Api
+from kubernetes.client import CoreV1Api, NetworkingV1Api, RbacAuthorizationV1Api
 
 import orchestrator
 from orchestrator.errors import OrchestratorError
@@ -200,10 +200,44 @@ async def test_namespace_per_user_and_hostile_values(kspec: Any, kube: Any, stor
             )
         )["out"]
         assert out == f"a'b\"c$(d) {hostile}\n"
+        # Made locked down: PodSecurity restricted, marked as ours, no API token in the
+        # pod, ingress from the orchestrator only, egress to DNS only.
+        labels = core(kube).read_namespace(ns).metadata.labels
+        assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+        assert labels["kernel-orchestrator.io/kernel-namespace"] == "true"
+        assert pod.spec.automount_service_account_token is False
+        policy = NetworkingV1Api(kube.api_client()).read_namespaced_network_policy(
+            "kernel-orchestrator-kernels", ns
+        )
+        assert policy.spec.policy_types == ["Ingress", "Egress"]
+        (source,) = policy.spec.ingress[0]._from
+        assert source.namespace_selector.match_labels == {"kubernetes.io/metadata.name": "platform"}
+        assert source.pod_selector.match_labels == {"app.kubernetes.io/component": "orchestrator"}
+        (dns,) = policy.spec.egress
+        assert {(p.protocol, p.port) for p in dns.ports} == {("UDP", 53), ("TCP", 53)}
+
+        # A second kernel of the same user shares the namespace; shutting the first
+        # down leaves it (and the second kernel) alone.
+        second = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+        await second.start_kernel(env={**os.environ, "KERNEL_USERNAME": hostile})
+        assert second.provisioner.pod_namespace == ns
     finally:
         await km.shutdown_kernel(now=True)
+    try:
+        assert ns in [n.metadata.name for n in core(kube).list_namespace().items]
+        assert (await run(second, "print(1 + 1)"))["out"] == "2\n"
+    finally:
+        await second.shutdown_kernel(now=True)
     names = [n.metadata.name for n in core(kube).list_namespace().items]
-    assert ns not in names  # it was created for this kernel, and went with it
+    assert ns not in names  # made for this user's kernels, and gone with the last of them
+
+    # A namespace the operator made (unmarked) is used as it is, and never deleted.
+    core(kube).create_namespace({"metadata": {"name": "kernels-carol"}})
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel(env={**os.environ, "KERNEL_USERNAME": "carol"})
+    await km.shutdown_kernel(now=True)
+    assert "kernels-carol" in [n.metadata.name for n in core(kube).list_namespace().items]
+    core(kube).delete_namespace("kernels-carol")
 
 
 async def test_one_watch_for_many_kernels_and_reattach(kspec: Any, kube: Any, store: Any) -> None:

@@ -337,3 +337,81 @@ async def test_host_kernels_run_as_their_users_account_and_reach_no_secret(
         }
     await call(two_users.url, ALICE, "DELETE", f"/api/kernels/{kernel['id']}")
     assert not list(Path("/tmp").glob(f"kernel-{kernel['id']}-*"))  # its private dir is gone
+
+
+# ------------------------------------------------ SSH accounts: kernelspec and CLI input
+SSH_ACCOUNT_REFUSALS = [
+    ({"owner": "", "user": "ko-{username}"}, "need the kernel's user name (KERNEL_USERNAME)"),
+    ({"owner": "", "identity_file": "/keys/{username}"}, "need the kernel's user name"),
+    (
+        {"owner": "alice", "user": "shared", "multi_tenant": True},
+        "would share one remote account (no user is mapped)",
+    ),
+    (
+        {"owner": "carol", "user_map": {"alice": "ko-alice"}, "multi_tenant": True},
+        "(user_map has no entry for 'carol')",
+    ),
+    ({"owner": "alice", "user_map": {"alice": ""}}, "user_map['alice'] must be an account name"),
+    ({"owner": "alice", "user_map": {"alice": 5}}, "user_map['alice'] must be an account name"),
+    (
+        {"owner": "alice", "user_map": {"alice": {"user": "a", "shell": "/bin/sh"}}},
+        "user_map['alice'] has unknown keys: shell",
+    ),
+]
+
+
+@pytest.mark.parametrize("given, message", SSH_ACCOUNT_REFUSALS)
+def test_ssh_account_mapping_refusals(given: dict[str, object], message: str) -> None:
+    from orchestrator.errors import KernelStartError
+    from provisioners.ssh.accounts import account_for
+
+    args: dict[str, object] = {
+        "user": "",
+        "identity_file": "",
+        "user_map": {},
+        "multi_tenant": False,
+        "shared_account": False,
+        **given,
+    }
+    owner = str(args.pop("owner"))
+    with pytest.raises(KernelStartError) as info:
+        account_for(owner, **args)  # type: ignore[arg-type]
+    assert message in str(info.value)
+
+
+def test_ssh_account_mapping() -> None:
+    from provisioners.ssh.accounts import RemoteAccount, account_for
+
+    common = {"identity_file": "/keys/{username}", "multi_tenant": True, "shared_account": False}
+    mapped = {"bob": {"user": "robert", "identity_file": "/k/bob"}}
+    assert account_for("Alice.B", user="ko-{username}", user_map=mapped, **common) == (
+        RemoteAccount("ko-alice-b", "/keys/alice-b")
+    )
+    assert account_for("bob", user="ko-{username}", user_map=mapped, **common) == (
+        RemoteAccount("robert", "/k/bob")
+    )
+    # one shared account, accepted when the operator says so
+    shared = {**common, "identity_file": "", "shared_account": True}
+    assert account_for("alice", user="jupyter", user_map={}, **shared) == RemoteAccount("jupyter")
+
+
+@pytest.mark.parametrize(
+    "items, message",
+    [
+        (["alice"], "--user-map 'alice' must look like USER=ACCOUNT[:IDENTITY_FILE]"),
+        (["=ko-alice"], "--user-map '=ko-alice' must look like"),
+        (["alice="], "--user-map 'alice=' must look like"),
+        (["alice=a", "alice=b"], "--user-map names 'alice' twice"),
+    ],
+)
+def test_cli_user_map_refusals(items: list[str], message: str, jupyter_env: dict[str, str]) -> None:
+    import subprocess
+    import sys
+
+    cli = str(Path(sys.executable).with_name("kernel-orchestrator"))
+    argv = [cli, "kernelspec", "install", "ssh-provisioner", "--name", "hpc", "--host", "login1"]
+    for item in items:
+        argv += ["--user-map", item]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert not (Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "hpc").exists()

@@ -35,6 +35,24 @@ class KubernetesConfig(LoggingConfigurable):
     orchestrator_service_account = Unicode(
         "", config=True, help="namespace/name of the orchestrator's ServiceAccount."
     )
+    network_policy = Bool(
+        True,
+        config=True,
+        help="Give created namespaces a NetworkPolicy: kernel pods take ingress from the"
+        " orchestrator only and send egress only to DNS and egress_allow.",
+    )
+    orchestrator_pod_labels = Dict(
+        {"app.kubernetes.io/component": "orchestrator"},
+        config=True,
+        help="Labels of the orchestrator's pods (in orchestrator_service_account's"
+        " namespace): the only ingress kernel pods accept.",
+    )
+    egress_allow: List[Any] = List(
+        Dict(),
+        config=True,
+        help="NetworkPolicyPeer objects (as dicts, e.g. {'ipBlock': {'cidr': '10.1.0.0/16'}})"
+        " kernel pods may send to besides DNS.",
+    )
     image = Unicode(
         DEFAULT_IMAGE,
         config=True,

@@ -40,7 +40,7 @@ from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.resources import kubernetes_quantity
-from . import gc, kernelspec
+from . import gc, kernelspec, namespaces
 from .apiclient import call_api, shared_client
 from .config import KubernetesConfig
 from .names import dns_label, label_value
@@ -180,7 +180,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             pod = build_pod(
                 self.pod_name, self.pod_namespace, self.settings, cmd, secret_name=self.pod_name
             )
-            created = await self._call(self.core.create_namespaced_pod, self.pod_namespace, pod)
+            created = await self._create_pod(pod)
             self.pod_uid = created.metadata.uid
             await self._call(
                 self.core.create_namespaced_secret,
@@ -203,6 +203,19 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         await self.state_changed()
         return self.connection_info
 
+    async def _create_pod(self, pod: Any) -> Any:
+        """Create the pod; if the user's last other kernel took the namespace away
+        between our check and now, make the namespace again and retry once."""
+        try:
+            return await call_api(self.core.create_namespaced_pod, self.pod_namespace, pod)
+        except ApiException as e:
+            if not (self.namespace_template and "being terminated" in api_message(e)):
+                raise KernelStartError(
+                    f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}"
+                ) from None
+        await self._ensure_namespace()
+        return await self._call(self.core.create_namespaced_pod, self.pod_namespace, pod)
+
     async def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             return await call_api(fn, *args, **kwargs)
@@ -212,49 +225,20 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             ) from None
 
     async def _ensure_namespace(self) -> None:
+        """A per-user namespace, made locked down if absent (see :mod:`.namespaces`)."""
         if not self.namespace_template:
             return
-        try:
-            await call_api(self.core.read_namespace, self.pod_namespace)
-            return
-        except ApiException as e:
-            if e.status != 404:
-                raise KernelStartError(
-                    f"cannot read namespace {self.pod_namespace}: {api_message(e)}"
-                ) from None
-        if not self.create_namespace:
-            raise KernelStartError(f"namespace {self.pod_namespace} does not exist")
-        ns = client.V1Namespace(
-            metadata=client.V1ObjectMeta(
-                name=self.pod_namespace,
-                labels={
-                    LABEL_INSTANCE: label_value(self.orchestrator_instance or "unmanaged"),
-                    LABEL_KERNEL_ID: label_value(str(self.kernel_id)),
-                },
-            )
+        plan = namespaces.NamespacePlan(
+            name=self.pod_namespace,
+            labels={LABEL_INSTANCE: label_value(self.orchestrator_instance or "unmanaged")},
+            role=self.namespace_role,
+            service_account=self.orchestrator_service_account,
+            network_policy=self.network_policy,
+            orchestrator_pod_labels=dict(self.orchestrator_pod_labels),
+            egress_allow=list(self.egress_allow),
+            kernel_ports=sorted(CONTAINER_PORTS.values()),
         )
-        await self._call(self.core.create_namespace, ns)
-        self.created_namespace = True
-        if self.namespace_role and self.orchestrator_service_account:
-            sa_ns, _, sa_name = self.orchestrator_service_account.partition("/")
-            binding = client.V1RoleBinding(
-                metadata=client.V1ObjectMeta(
-                    name="kernel-orchestrator", namespace=self.pod_namespace
-                ),
-                role_ref=client.V1RoleRef(
-                    api_group="rbac.authorization.k8s.io",
-                    kind="ClusterRole",
-                    name=self.namespace_role,
-                ),
-                subjects=[
-                    client.RbacV1Subject(kind="ServiceAccount", name=sa_name, namespace=sa_ns)
-                ],
-            )
-            await self._call(
-                client.RbacAuthorizationV1Api(self.api).create_namespaced_role_binding,
-                self.pod_namespace,
-                binding,
-            )
+        self.created_namespace = await namespaces.ensure(self.api, plan, self.create_namespace)
 
     def _connection(self) -> dict[str, Any]:
         km = self.parent
@@ -417,8 +401,8 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         with contextlib.suppress(ApiException):
             await call_api(self.core.delete_namespaced_secret, self.pod_name, self.pod_namespace)
         if self.created_namespace:
-            with contextlib.suppress(ApiException):
-                await call_api(self.core.delete_namespace, self.pod_namespace)
+            # Only once no other kernel (of this user or any other) is left in it.
+            await namespaces.release(self.api, self.pod_namespace, self.pod_name)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -11,7 +11,8 @@ It is *not* Kubernetes.  What it does:
 
 * resources: core/v1 pods (+ ``/status``, ``/binding``, ``/log``, ``/portforward``), secrets,
   configmaps, serviceaccounts, services, events, namespaces (+ ``/status``);
-  rbac.authorization.k8s.io/v1 roles and rolebindings;
+  rbac.authorization.k8s.io/v1 roles and rolebindings; networking.k8s.io/v1
+  networkpolicies (stored, not enforced: no network plugin here);
 * verbs: create, get, list, watch, replace (PUT), patch (merge, strategic merge —
   approximated —, JSON patch), delete, deletecollection, with ``dryRun=All``;
 * metadata: uid, resourceVersion (one global, monotonically increasing counter),
@@ -112,6 +113,7 @@ class ResourceType:
 
 
 RBAC = "rbac.authorization.k8s.io"
+NETWORKING = "networking.k8s.io"
 RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "pods", "Pod", True, True, ("po",)),
     ResourceType("", "v1", "secrets", "Secret", True),
@@ -122,6 +124,7 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "namespaces", "Namespace", False, True, ("ns",)),
     ResourceType(RBAC, "v1", "roles", "Role", True),
     ResourceType(RBAC, "v1", "rolebindings", "RoleBinding", True),
+    ResourceType(NETWORKING, "v1", "networkpolicies", "NetworkPolicy", True, False, ("netpol",)),
 )
 SUBRESOURCES = {
     "pods": {"status", "binding", "log", "portforward"},
@@ -1896,12 +1899,11 @@ class StandInApiServer:
 
     @staticmethod
     def _api_groups() -> Obj:
-        gv = {"groupVersion": f"{RBAC}/v1", "version": "v1"}
-        return {
-            "kind": "APIGroupList",
-            "apiVersion": "v1",
-            "groups": [{"name": RBAC, "versions": [gv], "preferredVersion": gv}],
-        }
+        groups = []
+        for name in (RBAC, NETWORKING):
+            gv = {"groupVersion": f"{name}/v1", "version": "v1"}
+            groups.append({"name": name, "versions": [gv], "preferredVersion": gv})
+        return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
 
     @staticmethod
     def _resource_list(group: str, version: str) -> Obj:

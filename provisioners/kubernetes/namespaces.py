@@ -1,0 +1,195 @@
+"""Per-user kernel namespaces: made locked down, shared by that user's kernels, removed
+with the last of them.
+
+A namespace the provisioner creates carries:
+
+* ``kernel-orchestrator.io/kernel-namespace=true``: the mark that lets the chart's
+  admission policy confine the orchestrator to such namespaces (it may delete, and
+  bind its kernel Role in, only namespaces with this label);
+* PodSecurity ``restricted`` enforcement: no privileged, root or host-path pods;
+* a RoleBinding of the kernel ClusterRole for the orchestrator's ServiceAccount (so
+  its rights on pods and Secrets hold in these namespaces only);
+* a NetworkPolicy: kernel pods accept ingress from the orchestrator only, and send
+  egress only to cluster DNS and the operator's ``egress_allow`` peers.
+
+A namespace is deleted when the last kernel in it is shut down, never while another
+kernel pod of any owner still runs there, and never unless it bears the mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from orchestrator.errors import KernelStartError
+
+from .apiclient import call_api
+from .podstatus import api_message
+
+MANAGED_LABEL = "kernel-orchestrator.io/kernel-namespace"
+KERNEL_SELECTOR = {"app.kubernetes.io/component": "kernel"}
+POLICY_NAME = "kernel-orchestrator-kernels"
+POD_SECURITY = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+    "pod-security.kubernetes.io/warn": "restricted",
+    "pod-security.kubernetes.io/audit": "restricted",
+}
+DNS_PORTS = [
+    client.V1NetworkPolicyPort(protocol="UDP", port=53),
+    client.V1NetworkPolicyPort(protocol="TCP", port=53),
+]
+TERMINATING_WAIT = 60.0
+
+
+@dataclass
+class NamespacePlan:
+    """What a created kernel namespace gets, from the kernelspec's settings."""
+
+    name: str
+    labels: dict[str, str]
+    role: str = ""  # ClusterRole bound for the orchestrator ('' : none)
+    service_account: str = ""  # namespace/name of the orchestrator's ServiceAccount
+    network_policy: bool = True
+    orchestrator_pod_labels: dict[str, str] = field(default_factory=dict)
+    egress_allow: list[dict[str, Any]] = field(default_factory=list)
+    kernel_ports: list[int] = field(default_factory=list)
+
+
+def is_managed(namespace: Any) -> bool:
+    labels = (namespace.metadata.labels or {}) if namespace is not None else {}
+    return labels.get(MANAGED_LABEL) == "true"
+
+
+def network_policy(plan: NamespacePlan) -> client.V1NetworkPolicy:
+    """Ingress from the orchestrator only; egress to DNS and the allowed peers only."""
+    sa_namespace = plan.service_account.partition("/")[0]
+    source = client.V1NetworkPolicyPeer(
+        namespace_selector=client.V1LabelSelector(
+            match_labels={"kubernetes.io/metadata.name": sa_namespace}
+        )
+        if sa_namespace
+        else None,
+        pod_selector=client.V1LabelSelector(match_labels=dict(plan.orchestrator_pod_labels)),
+    )
+    # The operator's peers are NetworkPolicyPeer objects as dicts; the client
+    # serialises dicts as they are.
+    peers: list[Any] = [dict(peer) for peer in plan.egress_allow]
+    egress = [
+        client.V1NetworkPolicyEgressRule(
+            to=[client.V1NetworkPolicyPeer(namespace_selector=client.V1LabelSelector())],
+            ports=DNS_PORTS,
+        )
+    ]
+    if peers:
+        egress.append(client.V1NetworkPolicyEgressRule(to=peers))
+    return client.V1NetworkPolicy(
+        metadata=client.V1ObjectMeta(name=POLICY_NAME, namespace=plan.name),
+        spec=client.V1NetworkPolicySpec(
+            pod_selector=client.V1LabelSelector(match_labels=dict(KERNEL_SELECTOR)),
+            policy_types=["Ingress", "Egress"],
+            ingress=[
+                client.V1NetworkPolicyIngressRule(
+                    _from=[source],
+                    ports=[
+                        client.V1NetworkPolicyPort(protocol="TCP", port=port)
+                        for port in plan.kernel_ports
+                    ]
+                    or None,
+                )
+            ],
+            egress=egress,
+        ),
+    )
+
+
+async def _create_tolerating_conflict(fn: Any, *args: Any) -> None:
+    try:
+        await call_api(fn, *args)
+    except ApiException as e:
+        if e.status != 409:  # made meanwhile by another kernel of this user: fine
+            raise KernelStartError(
+                f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}"
+            ) from None
+
+
+async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bool:
+    """Make sure ``plan.name`` exists and is ready for kernels; True when it is one of
+    ours (marked), so that the last kernel in it removes it."""
+    core = client.CoreV1Api(api)
+    deadline = time.monotonic() + TERMINATING_WAIT
+    while True:
+        try:
+            existing = await call_api(core.read_namespace, plan.name)
+        except ApiException as e:
+            if e.status != 404:
+                raise KernelStartError(
+                    f"cannot read namespace {plan.name}: {api_message(e)}"
+                ) from None
+            existing = None
+        if existing is None or (existing.status and existing.status.phase != "Terminating"):
+            break
+        # The last kernel of this user just left and took the namespace with it.
+        if time.monotonic() > deadline:
+            raise KernelStartError(f"namespace {plan.name} is still being deleted")
+        await asyncio.sleep(0.5)
+    if existing is not None and not is_managed(existing):
+        return False  # the operator's own namespace: used as it is, never deleted
+    if existing is None:
+        if not create:
+            raise KernelStartError(f"namespace {plan.name} does not exist")
+        labels = {**plan.labels, **POD_SECURITY, MANAGED_LABEL: "true"}
+        await _create_tolerating_conflict(
+            core.create_namespace,
+            client.V1Namespace(metadata=client.V1ObjectMeta(name=plan.name, labels=labels)),
+        )
+    if plan.role and plan.service_account:
+        sa_namespace, _, sa_name = plan.service_account.partition("/")
+        binding = client.V1RoleBinding(
+            metadata=client.V1ObjectMeta(name="kernel-orchestrator", namespace=plan.name),
+            role_ref=client.V1RoleRef(
+                api_group="rbac.authorization.k8s.io", kind="ClusterRole", name=plan.role
+            ),
+            subjects=[
+                client.RbacV1Subject(kind="ServiceAccount", name=sa_name, namespace=sa_namespace)
+            ],
+        )
+        await _create_tolerating_conflict(
+            client.RbacAuthorizationV1Api(api).create_namespaced_role_binding, plan.name, binding
+        )
+    if plan.network_policy:
+        await _create_tolerating_conflict(
+            client.NetworkingV1Api(api).create_namespaced_network_policy,
+            plan.name,
+            network_policy(plan),
+        )
+    return True
+
+
+async def release(api: client.ApiClient, namespace: str, leaving_pod: str) -> bool:
+    """Delete ``namespace`` if it is ours and no kernel pod but ``leaving_pod`` is left
+    in it; True when it was deleted."""
+    core = client.CoreV1Api(api)
+    try:
+        existing = await call_api(core.read_namespace, namespace)
+    except ApiException:
+        return False
+    if not is_managed(existing):
+        return False
+    selector = ",".join(f"{k}={v}" for k, v in KERNEL_SELECTOR.items())
+    try:
+        pods = await call_api(core.list_namespaced_pod, namespace, label_selector=selector)
+    except ApiException:
+        return False
+    if any(p.metadata.name != leaving_pod for p in pods.items):
+        return False
+    try:
+        await call_api(core.delete_namespace, namespace)
+    except ApiException:
+        return False
+    return True
