@@ -133,7 +133,9 @@ def load_users_file(
         text = Path(path).read_text()
     except OSError as e:
         raise UsersFileError(f"cannot read the users file {where}: {e.strerror}") from None
-    if info.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+    # Group read is let through: a Kubernetes Secret volume is 0440 with the pod's
+    # fsGroup, a group of the gateway's alone. Anything for "others" is refused.
+    if info.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
         raise UsersFileError(
             f"{where}: the users file holds tokens but others can read it"
             f" (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"

@@ -36,11 +36,20 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+#: The chart renders only with some authentication; values without an ``auth`` key get
+#: these users (``render(..., users=False)`` leaves them out).
+TEST_USERS = [
+    {"name": "alice", "token": "alice-token-0123456789abcdef", "groups": ["hpc"]},
+    {"name": "bob", "token": "bob-token-0123456789abcdefgh"},
+]
+
+
 def render(
     values: dict[str, Any] | None = None,
     *,
     name: str = RELEASE,
     namespace: str = NAMESPACE,
+    users: bool = True,
 ) -> dict[str, str]:
     """Template path -> rendered text (NOTES.txt included), as an install would render.
 
@@ -48,9 +57,12 @@ def render(
     """
     import helm_python
 
+    values = copy.deepcopy(values) if values else {}
+    if users and "auth" not in values:
+        values["auth"] = {"users": TEST_USERS}
     with helm_python.Chart.load(CHART) as chart:
         return chart.render(
-            copy.deepcopy(values) if values else None,
+            values or None,
             name=name,
             namespace=namespace,
             is_install=True,
@@ -69,7 +81,7 @@ def objects(rendered: dict[str, str]) -> list[dict[str, Any]]:
     return found
 
 
-def render_objects(values: dict[str, Any] | None = None, **kwargs: str) -> list[dict[str, Any]]:
+def render_objects(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
     return objects(render(values, **kwargs))
 
 

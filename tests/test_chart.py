@@ -19,6 +19,7 @@ from .chart_helpers import (
     NAMESPACE,
     NOTES,
     RELEASE,
+    TEST_USERS,
     container,
     deep_merge,
     default_values,
@@ -325,20 +326,46 @@ def test_cluster_role_only_for_namespace_per_user() -> None:
 
 @pytest.mark.parametrize("port_forward", [False, True])
 def test_namespace_per_user_cluster_role(port_forward: bool) -> None:
+    """Cluster-wide, the orchestrator only makes namespaces, binds its kernel role and
+    watches pods; pod and Secret rights come from the kernel role, which is bound in the
+    namespaces it creates only, and an admission policy confines it to those."""
     objs = render_objects({"kernels": {"namespacePerUser": True, "portForward": port_forward}})
     assert not of_kind(objs, "Role") and not of_kind(objs, "RoleBinding")
-    role = one(objs, "ClusterRole")
-    expected = POD_RULES + PER_USER_RULES + ([PORT_FORWARD_RULE] if port_forward else [])
-    assert sorted(rules_of(role)) == sorted(expected)
-    binding = one(objs, "ClusterRoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
-        "name": role["metadata"]["name"],
-    }
+    roles = {o["metadata"]["name"]: o for o in of_kind(objs, "ClusterRole")}
+    cluster = roles[f"{NAMESPACE}-{FULLNAME}-kernels"]
+    kernel_role = f"{NAMESPACE}-{FULLNAME}-kernel-namespace"
+    rbac = "rbac.authorization.k8s.io"
+    assert cluster["rules"] == [
+        {"apiGroups": [""], "resources": ["namespaces"],
+         "verbs": ["create", "get", "list", "delete"]},
+        {"apiGroups": [rbac], "resources": ["rolebindings"], "verbs": ["create", "delete"]},
+        {"apiGroups": [rbac], "resources": ["clusterroles"], "verbs": ["bind"],
+         "resourceNames": [kernel_role]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+    ]  # fmt: skip
+    expected = POD_RULES + ([PORT_FORWARD_RULE] if port_forward else [])
+    expected += [(("networking.k8s.io",), ("networkpolicies",), ("create", "get", "delete"))]
+    assert sorted(rules_of(roles[kernel_role])) == sorted(expected)
+    (binding,) = of_kind(objs, "ClusterRoleBinding")  # the kernel role is never bound here
+    assert binding["roleRef"]["name"] == cluster["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
     ]
+    policy = one(objs, "ValidatingAdmissionPolicy")
+    assert policy["spec"]["matchConditions"][0]["expression"] == (
+        f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{FULLNAME}'"
+    )
+    rules = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "kernel-orchestrator.io/kernel-namespace" in rules and kernel_role in rules
+    assert one(objs, "ValidatingAdmissionPolicyBinding")["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
+    # The kernelspec names the role and the account the provisioner binds it for.
+    spec = json.loads(one(objs, "ConfigMap")["data"]["kernelspec.python3.json"])
+    config = spec["metadata"]["kernel_provisioner"]["config"]
+    assert config["namespace_role"] == kernel_role
+    assert config["orchestrator_service_account"] == f"{NAMESPACE}/{FULLNAME}"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -353,7 +380,9 @@ def test_no_wildcards_no_cluster_admin(variant: str) -> None:
                 for field in ("apiGroups", "resources", "verbs", "resourceNames"):
                     assert not any("*" in item for item in rule.get(field, [])), rule
                 assert "nonResourceURLs" not in rule
-                assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+                assert not {"escalate", "impersonate"} & set(rule["verbs"]), rule
+                if "bind" in rule["verbs"]:  # only the kernel role, by name
+                    assert rule["resourceNames"] == [f"{NAMESPACE}-{FULLNAME}-kernel-namespace"]
         if o["kind"] in ("RoleBinding", "ClusterRoleBinding"):
             assert o["roleRef"]["name"] not in ("cluster-admin", "admin", "edit")
             assert o["roleRef"]["name"].startswith(FULLNAME) or o["roleRef"]["name"].startswith(
@@ -607,29 +636,53 @@ def test_pod_labels_and_annotations_cannot_break_the_selector() -> None:
 # ---------------------------------------------------------------- token Secret
 
 
-def test_token_generated() -> None:
-    first = one(render_objects(), "Secret")
-    token = base64.b64decode(first["data"]["token"]).decode()
-    assert re.fullmatch(r"[A-Za-z0-9]{48}", token)
-    # No cluster, so lookup finds no Secret to keep: every offline render draws anew.
-    again = base64.b64decode(one(render_objects(), "Secret")["data"]["token"]).decode()
-    assert again != token
-    env = env_of(one(render_objects(), "Deployment"))
-    assert env["KERNEL_ORCHESTRATOR_TOKEN"]["valueFrom"]["secretKeyRef"] == {
-        "name": first["metadata"]["name"],
+def test_no_token_is_made_up() -> None:
+    """Users get their own tokens (a users file Secret, mounted 0440); there is no admin
+    token unless one is given, and nothing at all renders without either."""
+    objs = render_objects()
+    (secret,) = of_kind(objs, "Secret")
+    assert secret["metadata"]["name"] == f"{FULLNAME}-users"
+    users = json.loads(base64.b64decode(secret["data"]["users.json"]))
+    assert users == {"users": TEST_USERS}
+    deployment = one(objs, "Deployment")
+    assert "KERNEL_ORCHESTRATOR_TOKEN" not in env_of(deployment)
+    args = container(deployment)["args"]
+    assert args[args.index("--users-file") + 1] == "/etc/kernel-orchestrator/users/users.json"
+    volume = next(
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "users"
+    )
+    assert volume["secret"]["secretName"] == f"{FULLNAME}-users"
+    assert volume["secret"]["defaultMode"] == 0o440
+
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError) as failure:
+        render(users=False)
+    assert "set auth.users or auth.existingUsersSecret" in str(failure.value)
+    assert "the chart makes up no shared token" in str(failure.value)
+
+
+def test_existing_users_secret_and_admin_token() -> None:
+    objs = render_objects(
+        {"auth": {"existingUsersSecret": "hub-users", "existingSecret": "admin-token"}}
+    )
+    assert not of_kind(objs, "Secret")
+    deployment = one(objs, "Deployment")
+    assert env_of(deployment)["KERNEL_ORCHESTRATOR_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "admin-token",
         "key": "token",
     }
+    volume = next(
+        v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "users"
+    )
+    assert volume["secret"]["secretName"] == "hub-users"
 
 
 def test_token_from_values() -> None:
-    secret = one(render_objects({"auth": {"token": "0123456789abcdef-given"}}), "Secret")
+    objs = render_objects({"auth": {"token": "0123456789abcdef-given"}})
+    secret = one(objs, "Secret")
     assert base64.b64decode(secret["data"]["token"]).decode() == "0123456789abcdef-given"
-
-
-def test_secret_template_keeps_existing_token_via_lookup() -> None:
-    text = (CHART / "templates" / "secret.yaml").read_text()
-    assert re.search(r'lookup "v1" "Secret" \.Release\.Namespace \$name', text)
-    assert "randAlphaNum 48" in text
+    assert "--users-file" not in container(one(objs, "Deployment"))["args"]
 
 
 # ---------------------------------------------------------------- Service, Ingress, policies
@@ -677,7 +730,13 @@ def test_network_policies() -> None:
     for policy in policies.values():
         spec = policy["spec"]
         kernel_selectors.append(spec["podSelector"])
-        assert spec["policyTypes"] == ["Ingress"]
+        assert spec["policyTypes"] == ["Ingress", "Egress"]
+        assert spec["egress"] == [
+            {
+                "to": [{"namespaceSelector": {}}],
+                "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
+            }
+        ]
         assert spec["ingress"] == [
             {
                 "from": [
@@ -716,6 +775,8 @@ def test_orchestrator_policy_with_peers() -> None:
 def test_notes_default() -> None:
     notes = render()[NOTES]
     assert f"kubectl port-forward --namespace {NAMESPACE} service/{FULLNAME} 8888:8888" in notes
+    assert f"in the users file (Secret {FULLNAME}-users, key users.json)" in notes
+    notes = render({"auth": {"token": "0123456789abcdef-given"}})[NOTES]
     assert (
         f"kubectl get secret --namespace {NAMESPACE} {FULLNAME}-token"
         ' -o jsonpath="{.data.token}" | base64 -d' in notes
@@ -732,5 +793,5 @@ def test_notes_non_default() -> None:
     assert "port-forward" not in notes
     assert 'my-gateway-token -o jsonpath="{.data.api\\.token}"' in notes
     assert "WARNING: persistence.enabled is false" in notes
-    assert "ClusterRole" in notes
+    assert "admission policy confines it" in notes
     assert "<no value>" not in notes

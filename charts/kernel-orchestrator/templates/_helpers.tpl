@@ -69,6 +69,43 @@ Namespace the kernel pods run in.
 {{- end }}
 
 {{/*
+The ClusterRole bound in each per-user kernel namespace.
+*/}}
+{{- define "kernel-orchestrator.kernelNamespaceRole" -}}
+{{- printf "%s-%s-kernel-namespace" .Release.Namespace (include "kernel-orchestrator.fullname" .) | trunc 253 }}
+{{- end }}
+
+{{/*
+Refuse to render without per-user tokens or an explicit admin token.
+*/}}
+{{- define "kernel-orchestrator.requireAuth" -}}
+{{- if not (or .Values.auth.users .Values.auth.existingUsersSecret .Values.auth.token .Values.auth.existingSecret) }}
+{{- fail "kernel-orchestrator: set auth.users or auth.existingUsersSecret (a token per user), or auth.token / auth.existingSecret for a single-user gateway: the chart makes up no shared token" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether the gateway has per-user tokens / an admin token.
+*/}}
+{{- define "kernel-orchestrator.hasUsers" -}}
+{{- if or .Values.auth.users .Values.auth.existingUsersSecret }}true{{ end }}
+{{- end }}
+{{- define "kernel-orchestrator.hasAdminToken" -}}
+{{- if or .Values.auth.token .Values.auth.existingSecret }}true{{ end }}
+{{- end }}
+
+{{/*
+Name of the Secret holding the users file (the existing one, or the chart's).
+*/}}
+{{- define "kernel-orchestrator.usersSecretName" -}}
+{{- if .Values.auth.existingUsersSecret }}
+{{- .Values.auth.existingUsersSecret }}
+{{- else }}
+{{- printf "%s-users" (include "kernel-orchestrator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+
+{{/*
 Name of the Secret holding the token (the existing one, or the chart's).
 */}}
 {{- define "kernel-orchestrator.tokenSecretName" -}}
@@ -147,6 +184,15 @@ namespace. Call with (dict "root" $ "spec" $spec).
 {{- $_ := set $config "namespace_template" .root.Values.kernels.namespaceTemplate }}
 {{- if not (hasKey $config "create_namespace") }}
 {{- $_ := set $config "create_namespace" true }}
+{{- end }}
+{{- if not (hasKey $config "namespace_role") }}
+{{- $_ := set $config "namespace_role" (include "kernel-orchestrator.kernelNamespaceRole" .root) }}
+{{- end }}
+{{- if not (hasKey $config "orchestrator_pod_labels") }}
+{{- $_ := set $config "orchestrator_pod_labels" (include "kernel-orchestrator.selectorLabels" .root | fromYaml) }}
+{{- end }}
+{{- if not (hasKey $config "orchestrator_service_account") }}
+{{- $_ := set $config "orchestrator_service_account" (printf "%s/%s" .root.Release.Namespace (include "kernel-orchestrator.serviceAccountName" .root)) }}
 {{- end }}
 {{- end }}
 {{- $_ := set $prov "config" $config }}
