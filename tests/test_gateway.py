@@ -56,9 +56,10 @@ def wait_http(url: str, timeout: float = 60) -> None:
 class Gateway:
     """``kernel-orchestrator serve`` as a subprocess that a test can kill and restart."""
 
-    def __init__(self, tmp: Path, *extra: str, users: bool = True) -> None:
+    def __init__(self, tmp: Path, *extra: str, users: bool = True, admin: bool = True) -> None:
         self.port = free_port()
         self.with_users = users
+        self.with_admin = admin
         self.users = tmp / "users.json"
         self.users.write_text(json.dumps(USERS))
         self.users.chmod(0o600)
@@ -79,8 +80,7 @@ class Gateway:
                 "serve",
                 "--port",
                 str(self.port),
-                "--token",
-                ADMIN_TOKEN,
+                *(["--token", ADMIN_TOKEN] if self.with_admin else []),
                 "--allow-root",
                 *(
                     ["--users-file", str(self.users), "--host-kernels", "python3=ko-{username}"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
 import time
 from pathlib import Path
@@ -58,9 +59,12 @@ def test_users_file_refusals(raw: object, message: str) -> None:
 def test_users_file_with_groups_and_slugs(tmp_path: Path) -> None:
     path = tmp_path / "users.json"
     path.write_text(json.dumps({"users": [{"name": "Ana.M", "token": GOOD, "groups": ["hpc"]}]}))
-    path.chmod(0o644)
-    with pytest.raises(UsersFileError, match=r"others can read it \(mode 644\); chmod 600"):
-        load_users_file(path)
+    for mode in (0o644, 0o604, 0o660, 0o650):
+        path.chmod(mode)
+        with pytest.raises(UsersFileError, match=rf"others can read it \(mode {mode:o}\)"):
+            load_users_file(path)
+    path.chmod(0o440)  # a Kubernetes Secret volume with the pod's fsGroup
+    assert len(load_users_file(path)) == 1
     path.chmod(0o600)
     (user,) = load_users_file(path)
     assert (user.name, user.groups, user_slug(user.name)) == ("Ana.M", ("hpc",), "ana-m")
@@ -415,3 +419,17 @@ def test_cli_user_map_refusals(items: list[str], message: str, jupyter_env: dict
     done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
     assert done.returncode != 0 and message in done.stderr, done.stderr
     assert not (Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "hpc").exists()
+
+
+@pytest.mark.slow
+async def test_users_file_alone_means_no_admin_token(
+    tmp_path: Path, jupyter_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KERNEL_ORCHESTRATOR_TOKEN", raising=False)
+    gw = Gateway(tmp_path, admin=False).start()
+    try:
+        assert await call(gw.url, ALICE, "GET", "/api/kernels") == []
+        assert (await status_of(gw.url, ADMIN_TOKEN, "GET", "/api/kernels"))[0] == 403
+        assert "gateway token" not in gw.log.read_text()
+    finally:
+        gw.kill(signal.SIGTERM)
