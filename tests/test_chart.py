@@ -368,6 +368,91 @@ def test_namespace_per_user_cluster_role(port_forward: bool) -> None:
     assert config["orchestrator_service_account"] == f"{NAMESPACE}/{FULLNAME}"
 
 
+ORCHESTRATOR_SA = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+KERNEL_NS_LABELS = {
+    "kernel-orchestrator.io/kernel-namespace": "true",
+    "pod-security.kubernetes.io/enforce": "restricted",
+}
+KERNEL_ROLE = f"{NAMESPACE}-{FULLNAME}-kernel-namespace"
+
+
+def _ns(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}}}
+
+
+def _binding(role: str, kind: str = "ClusterRole") -> dict[str, Any]:
+    return {"roleRef": {"kind": kind, "name": role}}
+
+
+# (what, operation, resource, object, oldObject, namespaceObject, allowed)
+ADMISSION_CASES = [
+    ("create a kernel namespace", "CREATE", "namespaces", _ns("kernels-a", KERNEL_NS_LABELS),
+     None, None, True),
+    ("create an unlabelled namespace", "CREATE", "namespaces", _ns("evil", {}), None, None, False),
+    ("create one without PodSecurity", "CREATE", "namespaces",
+     _ns("k", {"kernel-orchestrator.io/kernel-namespace": "true"}), None, None, False),
+    ("delete kube-system", "DELETE", "namespaces", None, _ns("kube-system", {}), None, False),
+    ("delete a kernel namespace", "DELETE", "namespaces", None,
+     _ns("kernels-a", KERNEL_NS_LABELS), None, True),
+    ("bind the kernel role in a kernel namespace", "CREATE", "rolebindings", _binding(KERNEL_ROLE),
+     None, _ns("kernels-a", KERNEL_NS_LABELS), True),
+    ("bind the kernel role in kube-system", "CREATE", "rolebindings", _binding(KERNEL_ROLE),
+     None, _ns("kube-system", {}), False),
+    ("bind cluster-admin in a kernel namespace", "CREATE", "rolebindings",
+     _binding("cluster-admin"),
+     None, _ns("kernels-a", KERNEL_NS_LABELS), False),
+    ("bind a namespace Role of the same name", "CREATE", "rolebindings",
+     _binding(KERNEL_ROLE, "Role"), None, _ns("kernels-a", KERNEL_NS_LABELS), False),
+    ("delete a RoleBinding in kube-system", "DELETE", "rolebindings", None, _binding("x"),
+     _ns("kube-system", {}), False),
+    ("delete our RoleBinding", "DELETE", "rolebindings", None, _binding(KERNEL_ROLE),
+     _ns("kernels-a", KERNEL_NS_LABELS), True),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "what, operation, resource, obj, old, namespace, allowed",
+    ADMISSION_CASES,
+    ids=[case[0] for case in ADMISSION_CASES],
+)
+def test_admission_policy_confines_the_orchestrator(
+    what: str,
+    operation: str,
+    resource: str,
+    obj: Any,
+    old: Any,
+    namespace: Any,
+    allowed: bool,
+) -> None:
+    """The rendered policy's own CEL, evaluated (cel-python) on the requests the
+    orchestrator's account might make."""
+    celpy = pytest.importorskip("celpy")
+    objs = render_objects({"kernels": {"namespacePerUser": True}})
+    spec = one(objs, "ValidatingAdmissionPolicy")["spec"]
+    env = celpy.Environment()
+    request = {"operation": operation, "resource": {"resource": resource}}
+    activation = {
+        name: celpy.json_to_cel(value)
+        for name, value in {
+            "request": {**request, "userInfo": {"username": ORCHESTRATOR_SA}},
+            "object": obj,
+            "oldObject": old,
+            "namespaceObject": namespace,
+        }.items()
+    }
+
+    def holds(expression: str) -> bool:
+        return bool(env.program(env.compile(expression)).evaluate(activation))
+
+    (condition,) = spec["matchConditions"]
+    assert holds(condition["expression"])
+    failed = [v["message"] for v in spec["validations"] if not holds(v["expression"])]
+    assert (not failed) == allowed, (what, failed)
+    # Anyone else's requests are not this policy's business.
+    activation["request"] = celpy.json_to_cel({**request, "userInfo": {"username": "alice"}})
+    assert not holds(condition["expression"])
+
+
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_no_wildcards_no_cluster_admin(variant: str) -> None:
     values = deep_merge(VARIANTS[variant], {"kernels": {"execForSignals": True}})
