@@ -90,7 +90,8 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
             os.chown(self.private_dir, account.pw_uid, account.pw_gid)
             os.chmod(self.private_dir, 0o700)
             self.parent.connection_file = os.path.join(self.private_dir, "kernel.json")
-        if self.parent is not None and (account is not None or self.parent.shared_loopback):
+        shared = bool(getattr(self.parent, "shared_loopback", False))  # a stock manager has none
+        if self.parent is not None and (account is not None or shared):
             self._encrypt_loopback()
         kwargs = await super().pre_launch(**kwargs)
         if account is not None and self.private_dir:

@@ -29,7 +29,7 @@ from kubernetes.client.rest import ApiException
 from orchestrator.errors import KernelStartError
 
 from .apiclient import call_api
-from .podstatus import api_message
+from .podstatus import api_message, start_error
 
 MANAGED_LABEL = "kernel-orchestrator.io/kernel-namespace"
 KERNEL_SELECTOR = {"app.kubernetes.io/component": "kernel"}
@@ -113,9 +113,7 @@ async def _create_tolerating_conflict(fn: Any, *args: Any) -> None:
         await call_api(fn, *args)
     except ApiException as e:
         if e.status != 409:  # made meanwhile by another kernel of this user: fine
-            raise KernelStartError(
-                f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}"
-            ) from None
+            raise start_error(e) from None
 
 
 async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bool:

@@ -7,6 +7,8 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from orchestrator.errors import KernelStartError
+
 # Waiting reasons after which a pod will not come up by itself: fail the start at once
 # instead of waiting out the start-up timeout (Enterprise Gateway waits).
 FAIL_FAST_REASONS = {
@@ -25,6 +27,11 @@ def api_message(e: ApiException) -> str:
         return str(json.loads(e.body).get("message") or e.reason)
     except Exception:
         return str(e.reason)
+
+
+def start_error(e: ApiException) -> KernelStartError:
+    """A start-up failure naming what the API server said."""
+    return KernelStartError(f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}")
 
 
 def startup_problem(pod: dict[str, Any]) -> str:

@@ -51,7 +51,7 @@ from .podspec import (
     build_pod,
     build_secret,
 )
-from .podstatus import api_message, exit_code, startup_problem
+from .podstatus import api_message, exit_code, start_error, startup_problem
 from .watcher import PodWatcher, shared_watcher
 
 LABEL_USER = "kernel-orchestrator.user"
@@ -210,9 +210,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             return await call_api(self.core.create_namespaced_pod, self.pod_namespace, pod)
         except ApiException as e:
             if not (self.namespace_template and "being terminated" in api_message(e)):
-                raise KernelStartError(
-                    f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}"
-                ) from None
+                raise start_error(e) from None
         await self._ensure_namespace()
         return await self._call(self.core.create_namespaced_pod, self.pod_namespace, pod)
 
@@ -220,9 +218,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         try:
             return await call_api(fn, *args, **kwargs)
         except ApiException as e:
-            raise KernelStartError(
-                f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}"
-            ) from None
+            raise start_error(e) from None
 
     async def _ensure_namespace(self) -> None:
         """A per-user namespace, made locked down if absent (see :mod:`.namespaces`)."""
