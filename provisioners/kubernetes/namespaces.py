@@ -130,7 +130,8 @@ async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bo
                     f"cannot read namespace {plan.name}: {api_message(e)}"
                 ) from None
             existing = None
-        if existing is None or (existing.status and existing.status.phase != "Terminating"):
+        phase = existing.status.phase if existing is not None and existing.status else ""
+        if existing is None or phase != "Terminating":
             break
         # The last kernel of this user just left and took the namespace with it.
         if time.monotonic() > deadline:
