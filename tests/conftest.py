@@ -180,3 +180,12 @@ def kernel_accounts() -> Iterator[tuple[str, ...]]:
             directory.chmod(mode & 0o7777)
         for name in created:
             subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+
+
+# --------------------------------------------------------------------- Slurm
+@pytest.fixture(scope="session")
+def slurmnet():  # type: ignore[no-untyped-def]
+    """A real Slurm cluster: login host (slurmctld, sshd) and two compute nodes."""
+    from .slurmnet import slurmnet_fixture
+
+    yield from slurmnet_fixture()

@@ -246,6 +246,46 @@ def _route_taken(third: int) -> bool:
     return f"{SUBNET_PREFIX}.{third}." in out
 
 
+def sshd_config_lines(
+    listen: Sequence[str],
+    host_key: Path,
+    pid_file: Path,
+    authorized_dir: Path,
+    extra: Sequence[str] = (),
+) -> list[str]:
+    """An sshd_config for a test host: keys only, forwarding on, logs verbose."""
+    lines = [f"ListenAddress {ip}" for ip in listen] + [
+        "Port 22",
+        "AddressFamily inet",
+        f"HostKey {host_key}",
+        f"PidFile {pid_file}",
+        f"AuthorizedKeysFile {authorized_dir}/%u",
+        "PermitRootLogin prohibit-password",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "StrictModes no",
+        "UsePAM no",
+        "AllowTcpForwarding yes",
+        "AllowStreamLocalForwarding yes",
+        "GatewayPorts no",
+        "X11Forwarding no",
+        "PermitTTY yes",
+        "PrintMotd no",
+        "PrintLastLog no",
+        "UseDNS no",
+        "MaxSessions 100",
+        "MaxStartups 100:30:200",
+        "LogLevel VERBOSE",
+        *extra,
+    ]
+    for sftp in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server"):
+        if os.path.exists(sftp):
+            lines.append(f"Subsystem sftp {sftp}")
+            break
+    return lines
+
+
 # --------------------------------------------------------------------------- the net
 @dataclass
 class SSHHost:
@@ -453,14 +493,6 @@ class SSHNet:
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
         net = f"{SUBNET_PREFIX}.{self._third}"
         listen = {"hosta": [f"{net}.2"], "jump": [f"{net}.6", f"{net}.9"], "hostb": [f"{net}.10"]}
-        sftp = next(
-            (
-                p
-                for p in ("/usr/lib/openssh/sftp-server", "/usr/libexec/sftp-server")
-                if os.path.exists(p)
-            ),
-            None,
-        )
         for name, host in self.hosts.items():
             hdir = self.workdir / name
             hdir.mkdir(mode=0o700)
@@ -468,32 +500,9 @@ class SSHNet:
             host.host_key_pub = self._keygen(host.host_key, f"ko-sshnet-{self.suffix}-{name}")
             host.sshd_config = hdir / "sshd_config"
             host.sshd_log = hdir / "sshd.log"
-            lines = [f"ListenAddress {ip}" for ip in listen[name]] + [
-                "Port 22",
-                "AddressFamily inet",
-                f"HostKey {host.host_key}",
-                f"PidFile {hdir / 'sshd.pid'}",
-                f"AuthorizedKeysFile {self.authorized_dir}/%u",
-                "PermitRootLogin prohibit-password",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "StrictModes no",
-                "UsePAM no",
-                "AllowTcpForwarding yes",
-                "AllowStreamLocalForwarding yes",
-                "GatewayPorts no",
-                "X11Forwarding no",
-                "PermitTTY yes",
-                "PrintMotd no",
-                "PrintLastLog no",
-                "UseDNS no",
-                "MaxSessions 100",
-                "MaxStartups 100:30:200",
-                "LogLevel VERBOSE",
-            ]
-            if sftp:
-                lines.append(f"Subsystem sftp {sftp}")
+            lines = sshd_config_lines(
+                listen[name], host.host_key, hdir / "sshd.pid", self.authorized_dir
+            )
             host.sshd_config.write_text("\n".join(lines) + "\n")
             _run([SSHD, "-t", "-f", str(host.sshd_config)])
             out = open(hdir / "sshd.stderr", "wb")  # noqa: SIM115 - lives as long as sshd

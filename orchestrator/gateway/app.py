@@ -116,9 +116,7 @@ class GatewayApp(ServerApp):
         elif "token" not in idp_config or not idp_config["token"]:
             generated = not token
             idp_config["token"] = token or secrets.token_urlsafe(32)
-            per_user = self.config.get("OrchestratorIdentityProvider", {}).get(
-                "user_tokens_file"
-            )
+            per_user = self.config.get("OrchestratorIdentityProvider", {}).get("user_tokens_file")
             if generated and per_user:
                 # Users have their own tokens: no admin token unless one is given (the
                 # random one stands for "nobody", and is shown nowhere).

@@ -43,9 +43,10 @@ STATUS_MAX_AGE = 0.5  # seconds one batched status answer serves every poll
 class RemoteAgent:
     """The launcher in agent mode on one host, shared by every kernel there."""
 
-    def __init__(self, conn: SSHConnection, python: str) -> None:
+    def __init__(self, conn: SSHConnection, python: str, extensions: tuple[str, ...] = ()) -> None:
         self.conn = conn
         self.python = python
+        self.extensions = extensions
         self._lock = threading.Lock()
         self._chan: paramiko.Channel | None = None
         self._chan_generation = -1
@@ -78,7 +79,7 @@ class RemoteAgent:
             threading.Thread(
                 target=self._read, args=(chan,), name="ssh-agent-reader", daemon=True
             ).start()
-            chan.sendall(launcher_stdin({"action": "agent"}))
+            chan.sendall(launcher_stdin({"action": "agent"}, self.extensions))
         try:
             hello = ready.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -202,22 +203,24 @@ class RemoteAgent:
             chan.close()
 
 
-_agents: dict[tuple[int, str], RemoteAgent] = {}
+_AgentKey = tuple[int, str, tuple[str, ...]]
+_agents: dict[_AgentKey, RemoteAgent] = {}
 _agents_lock = threading.Lock()
 
 
-def agent_for(conn: SSHConnection, python: str) -> RemoteAgent:
-    """The agent for ``conn``'s host and user running ``python`` (one per process)."""
-    key = (id(conn), python)
+def agent_for(conn: SSHConnection, python: str, extensions: tuple[str, ...] = ()) -> RemoteAgent:
+    """The agent for ``conn``'s host and user running ``python`` (one per process), with
+    the actions of ``extensions`` (module paths, see :func:`.remote.program`)."""
+    key = (id(conn), python, extensions)
     with _agents_lock:
         agent = _agents.get(key)
         if agent is None or agent.conn is not conn:
-            agent = _agents[key] = RemoteAgent(conn, python)
+            agent = _agents[key] = RemoteAgent(conn, python, extensions)
             conn.subscribe(functools.partial(_closed, key))
         return agent
 
 
-def _closed(key: tuple[int, str], state: str) -> None:
+def _closed(key: _AgentKey, state: str) -> None:
     if state != "closed":
         return
     with _agents_lock:

@@ -2,7 +2,9 @@
 
 Only the remote Python path (shell-quoted) varies in the command line; the
 launcher's source and the JSON requests go over stdin, so nothing user-supplied
-ever reaches a remote shell.
+ever reaches a remote shell. Another provisioner can add actions of its own (the
+Slurm provisioner's ``sbatch``/``squeue``): the program is the launcher's source, then
+each extension's source (which adds to ``ACTIONS``), then a call of ``main()``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from orchestrator.errors import OrchestratorError
 
 _SOURCE = (Path(__file__).with_name("launcher.py")).read_bytes()
+_programs: dict[tuple[str, ...], bytes] = {}
 _BOOTSTRAP = (
     "import sys;b=sys.stdin.buffer;n=int(b.readline());"
     "exec(compile(b.read(n),'ko-launcher','exec'),{'__name__':'ko-launcher'})"
@@ -29,6 +32,16 @@ def launcher_command(python: str) -> str:
     return f"{shlex.quote(python)} -c {shlex.quote(_BOOTSTRAP)}"
 
 
-def launcher_stdin(first_request: dict[str, Any]) -> bytes:
+def program(extensions: tuple[str, ...] = ()) -> bytes:
+    """The launcher's source, extended by the standard-library modules at ``extensions``."""
+    source = _programs.get(extensions)
+    if source is None:
+        parts = [_SOURCE, *(Path(p).read_bytes() for p in extensions), b"\nmain()\n"]
+        source = _programs[extensions] = b"\n".join(parts)
+    return source
+
+
+def launcher_stdin(first_request: dict[str, Any], extensions: tuple[str, ...] = ()) -> bytes:
     """What the launcher reads first: its own source, then one request line."""
-    return str(len(_SOURCE)).encode() + b"\n" + _SOURCE + json.dumps(first_request).encode() + b"\n"
+    source = program(extensions)
+    return str(len(source)).encode() + b"\n" + source + json.dumps(first_request).encode() + b"\n"

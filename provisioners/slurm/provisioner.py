@@ -1,0 +1,621 @@
+"""Kernels as Slurm batch jobs on compute nodes, reached through the login host.
+
+It is the SSH provisioner's connection, account and environment handling (one SSH
+connection per login host and account, known_hosts policy, ProxyJump, per-user
+accounts), with Slurm in place of a process on the host:
+
+* ``sbatch`` (never salloc or srun: nothing dies with the SSH connection) submits a
+  job named after the kernel, with the kernel id and orchestrator instance in its
+  ``--comment``. Its batch process is our supervisor (:mod:`.supervisor`), which starts
+  the kernel on the compute node, bound to the node's address on ports it picks, and
+  reports them in a file on the shared file system; the orchestrator reads it through
+  the login host's agent. No inbound connection, no key in the script, argv, the
+  environment or ``scontrol show job``.
+* The kernel's ports are forwarded through the login host's SSH connection to
+  node:port (``direct-tcpip``); that hop is CurveZMQ-encrypted unless the policy says no.
+* The queue wait is its own phase (``queue_timeout``), shown as the start's phase with
+  Slurm's reason; the kernel's own start-up has ``startup_timeout``. A start that is
+  cancelled or times out in either phase cancels the job.
+* One ``squeue`` per login host and account per ``queue_interval`` serves every kernel
+  (:mod:`.queue`); a failing squeue is "unknown", retried with backoff, never "gone".
+* Interrupt: SIGINT to the supervisor (``scancel --batch --signal=INT``), which passes
+  it to the kernel. Restart: a new kernel process in the same job. Shutdown: scancel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from traitlets import Bool, Dict, Float, List, Unicode
+
+from orchestrator.errors import KernelStartError, OrchestratorError
+from orchestrator.executors import run_blocking
+from orchestrator.provisioning.contract import GarbageContext, kernelspec_configs
+from orchestrator.tunnels.ssh import KernelTunnel, pool
+
+from ..ssh.accounts import static_accounts
+from ..ssh.agent import RemoteAgent, agent_for
+from ..ssh.provisioner import SSHProvisioner
+from . import batch
+from .queue import ENDED_WHY, PENDING, RUNNING, ClusterQueue, QueueUnknown, queue_for
+
+EXTENSIONS = (str(Path(__file__).with_name("login.py")),)
+SUPERVISOR = Path(__file__).with_name("supervisor.py").read_text()
+_COMMENT = re.compile(r"kernel-orchestrator instance=(\S*) kernel=(\S+)")
+
+
+class SlurmProvisioner(SSHProvisioner):
+    """One kernel in one Slurm job; see the module docstring."""
+
+    kernelspec_summary = "kernels as Slurm batch jobs on compute nodes, via the login host"
+
+    resources = Dict(
+        config=True,
+        help="Job resources: partition, account, qos, time, nodes, cpus, mem, gres,"
+        " reservation, constraint.",
+    )
+    profiles = Dict(
+        config=True,
+        help="Named bundles of resources (and sbatch_args) a start picks with"
+        " KERNEL_SLURM_PROFILE.",
+    )
+    sbatch_args = List(Unicode(), config=True, help="Extra sbatch arguments (--flag=value).")
+    user_settable = List(
+        Unicode(),
+        ["time", "cpus", "mem"],
+        config=True,
+        help="Resources a start may set with KERNEL_SLURM_<NAME>.",
+    )
+    choices = Dict(config=True, help="Resource -> allowed values (patterns) for a start's values.")
+    maxima = Dict(
+        {"time": "08:00:00", "cpus": "16", "mem": "64G"},
+        config=True,
+        help="Resource -> the largest value a start may ask for (time, mem, cpus, nodes).",
+    )
+    sbatch_arg_allowlist = List(
+        Unicode(), config=True, help="Patterns of sbatch arguments a start may add."
+    )
+    setup = List(
+        Unicode(),
+        config=True,
+        help="Shell lines run in the job before the kernel (module load ..., conda activate).",
+    )
+    queue_timeout = Float(
+        1800.0, config=True, help="Seconds a job may wait in the queue before the start fails."
+    )
+    queue_interval = Float(2.0, config=True, help="Seconds between squeue runs per login host.")
+    restart_grace = Float(
+        60.0,
+        config=True,
+        help="Seconds a job outlives its kernel process, waiting for a restart.",
+    )
+    walltime_warning = Float(
+        600.0, config=True, help="Warn this many seconds before the job's walltime ends."
+    )
+    restart_ended_jobs = Bool(
+        False,
+        config=True,
+        help="A restart after the job ended submits a new job (off: the restart fails with"
+        " the reason the job ended).",
+    )
+    remote_dir = Unicode(
+        "~/.kernel-orchestrator/slurm",
+        config=True,
+        help="Private directory on the cluster's shared file system for kernels' files.",
+    )
+
+    # -------------------------------------------------------------- state
+    job_id: str = ""
+    node: str = ""
+    remote_ports: dict[str, int] | None = None
+    generation = 0
+    job_state = ""
+    job_reason = ""
+    end_reason = ""
+    time_left: int | None = None
+    warned = False
+    start_phase = ""
+    _launching = False
+    _job_request: batch.JobRequest | None = None
+    poll_interval = 0.5
+
+    @property
+    def has_process(self) -> bool:
+        return bool(self.job_id)
+
+    async def _agent(self) -> RemoteAgent:
+        return agent_for(await self._connection(), self.python, EXTENSIONS)
+
+    async def _queue(self) -> ClusterQueue:
+        return queue_for(await self._agent(), self.remote_dir)
+
+    # ------------------------------------------------------------ launch
+    async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        kwargs = await super().pre_launch(**kwargs)
+        self._job_request = batch.job_request(
+            base=dict(self.resources),
+            profiles=dict(self.profiles),
+            sbatch_args=list(self.sbatch_args),
+            client_env=getattr(self, "_client_env", {}),
+            overridable=list(self.user_settable),
+            choices=dict(self.choices),
+            maxima=dict(self.maxima),
+            sbatch_arg_allowlist=list(self.sbatch_arg_allowlist),
+        )
+        return kwargs
+
+    async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        self._cmd = cmd
+        self._launching = True
+        try:
+            if self.job_id and await self._job_holds_allocation():
+                await self._restart_in_job()
+            else:
+                if self.job_id and not self.restart_ended_jobs:
+                    raise KernelStartError(
+                        f"{self.end_reason or f'job {self.job_id} ended'}; start a new kernel"
+                    )
+                await self._submit_and_start()
+        finally:
+            self._launching = False
+            self.start_phase = ""
+        await self.state_changed()
+        return self.connection_info
+
+    async def _job_holds_allocation(self) -> bool:
+        try:
+            snap = await (await self._queue()).read(str(self.kernel_id), 0)
+        except QueueUnknown:
+            return True  # unknown: try the restart; a gone job makes it fail clearly
+        job = snap.jobs.get(self.job_id)
+        return job is not None and job["state"] in RUNNING
+
+    def _launch_request(self) -> dict[str, Any]:
+        km = self.parent
+        connection = {
+            "key": km.session.key.decode(),
+            "signature_scheme": km.session.signature_scheme,
+            "kernel_name": km.kernel_name,
+            "transport": "tcp",
+        }
+        if curve := self.choose_curve(leaves_machine=True):
+            connection.update(curve_publickey=curve[0], curve_secretkey=curve[1])
+        assert self._job_request is not None
+        kid, instance = str(self.kernel_id), self.orchestrator_instance
+        args = [
+            f"--job-name=kernel-{kid}",
+            f"--comment=kernel-orchestrator instance={instance} kernel={kid}",
+            "--no-requeue",
+            "--ntasks=1",
+            "--open-mode=append",
+            *self._job_request.sbatch_args(),
+        ]
+        return {
+            "kernel_id": kid,
+            "base_dir": self.remote_dir,
+            "instance": instance,
+            "connection": connection,
+            "launch": {
+                "kernel_id": kid,
+                "instance": instance,
+                "argv": self._cmd,
+                "env": self._env or {},
+                "cwd": self.working_dir,
+                "timeout": self.startup_timeout,
+                "restart_grace": self.restart_grace,
+            },
+            "supervisor": SUPERVISOR,
+            "script": batch.batch_script(self.python, list(self.setup)),
+            "args": args,
+        }
+
+    async def _submit_and_start(self) -> None:
+        self.job_id, self.node, self.remote_ports, self.generation = "", "", None, 0
+        self.end_reason = ""
+        self.start_phase = "connecting to the login host"
+        await self._choose_host()
+        try:
+            self.start_phase = f"submitting the job on {self.host}"
+            reply = await (await self._agent()).call("slurm_submit", self._launch_request(), 60)
+            self.job_id = str(reply["job_id"])
+            self.log.info("kernel %s: Slurm job %s on %s", self.kernel_id, self.job_id, self.host)
+            await self.state_changed()  # the job exists: its record must too
+            await self._wait_for_allocation()
+            await self._wait_for_ports(0)
+            await self._open_tunnel()
+            await self._wait_until_ready()
+        except BaseException as e:
+            await asyncio.shield(self._cancel_job())
+            await self._teardown()
+            if isinstance(e, OrchestratorError) and not isinstance(e, KernelStartError):
+                raise KernelStartError(f"kernel on {self.host}: {e}") from None
+            raise
+
+    async def _restart_in_job(self) -> None:
+        """A new kernel process in the job we hold: no new wait in the queue."""
+        self.generation += 1
+        self.start_phase = f"restarting the kernel in job {self.job_id}"
+        agent = await self._agent()
+        await agent.call(
+            "slurm_control",
+            {
+                "kernel_id": str(self.kernel_id),
+                "base_dir": self.remote_dir,
+                "job_id": self.job_id,
+                "control": "restart",
+                "generation": self.generation,
+            },
+        )
+        await self._wait_for_ports(self.generation)
+        await self._open_tunnel()
+        await self._wait_until_ready()
+
+    async def _wait_for_allocation(self) -> None:
+        """The queue wait: until the job runs, it ends, or ``queue_timeout`` passes."""
+        deadline = time.monotonic() + self.queue_timeout
+        queue = await self._queue()
+        last = ("", "")
+        while True:
+            try:
+                snap = await queue.read(str(self.kernel_id), 0.25)
+            except QueueUnknown as e:
+                self.start_phase = f"job {self.job_id}: {e} (retrying)"
+                snap = None
+            job = snap.jobs.get(self.job_id) if snap else None
+            if snap is not None and job is None:
+                raise KernelStartError(f"job {self.job_id} left Slurm's queue before it started")
+            if job is not None:
+                self.job_state, self.job_reason = job["state"], job["reason"]
+                if job["state"] in RUNNING:
+                    self.start_phase = f"job {self.job_id} running on {job['nodes']}"
+                    return
+                if job["state"] not in PENDING:
+                    raise KernelStartError(await self._ended_message(job))
+                self.start_phase = f"job {self.job_id} pending ({job['reason']})"
+                if (job["state"], job["reason"]) != last:
+                    last = (job["state"], job["reason"])
+                    self.log.info("kernel %s: %s", self.kernel_id, self.start_phase)
+            if time.monotonic() > deadline:
+                why = f"reason: {self.job_reason}" if self.job_reason else "state unknown"
+                raise KernelStartError(
+                    f"job {self.job_id} was still pending after {self.queue_timeout:g}s ({why});"
+                    " it has been cancelled"
+                )
+            await asyncio.sleep(0.25)
+
+    async def _wait_for_ports(self, generation: int) -> None:
+        """Until the supervisor reports the kernel's node and ports for ``generation``."""
+        deadline = time.monotonic() + self.startup_timeout
+        queue = await self._queue()
+        while time.monotonic() < deadline:
+            try:
+                snap = await queue.read(str(self.kernel_id), 0.2)
+            except QueueUnknown:
+                await asyncio.sleep(0.2)
+                continue
+            job = snap.jobs.get(self.job_id)
+            if job is not None and job["state"] not in RUNNING + PENDING:
+                raise KernelStartError(await self._ended_message(job))
+            state = snap.kernels.get(str(self.kernel_id)) or {}
+            if int(state.get("generation", -1)) == generation:
+                if state.get("status") == "running" and state.get("ports"):
+                    self.node = str(state["node"])
+                    self.remote_ports = {ch: int(p) for ch, p in state["ports"].items()}
+                    return
+                if state.get("status") == "exited":
+                    tail = await self.startup_diagnostics()
+                    detail = state.get("error") or f"status {state.get('exit')}"
+                    raise KernelStartError(
+                        f"the kernel in job {self.job_id} exited during start-up ({detail})"
+                        + (f"\n--- last lines of its output ---\n{tail}" if tail else "")
+                    )
+            self.start_phase = f"job {self.job_id} running: starting the kernel"
+            await asyncio.sleep(0.2)
+        raise KernelStartError(
+            f"the kernel in job {self.job_id} reported no ports within {self.startup_timeout:g}s"
+        )
+
+    async def _ended_message(self, job: dict[str, str]) -> str:
+        why = ENDED_WHY.get(job["state"], f"the job ended ({job['state'].lower()})")
+        reason = job.get("reason") or ""
+        self.end_reason = f"job {self.job_id}: {why}" + (
+            f" ({reason})" if reason and reason != "None" else ""
+        )
+        tail = await self.startup_diagnostics()
+        return self.end_reason + (f"\n--- last lines of its output ---\n{tail}" if tail else "")
+
+    async def _open_tunnel(self) -> None:
+        assert self.remote_ports is not None and self._target is not None
+        if self._tunnel is not None and self._tunnel.forwards:
+            for ch, fwd in self._tunnel.forwards.items():  # a restart: same local ports
+                fwd.remote_host, fwd.remote_port = self.node, self.remote_ports[ch]
+        else:
+            self._tunnel = KernelTunnel(self._target)
+            self.local_ports = await run_blocking(
+                "ssh", self._tunnel.open, self.remote_ports, self.local_ports, self.node
+            )
+        self.local_ports = {ch: f.local_port for ch, f in self._tunnel.forwards.items()}
+        from orchestrator.provisioning.contract import client_connection_info
+
+        self.connection_info = client_connection_info(  # type: ignore[assignment]
+            self, "127.0.0.1", self.local_ports, self._curve
+        )
+
+    async def _wait_until_ready(self) -> None:
+        reply = await self.first_answer(
+            self.startup_timeout, image=f"job {self.job_id}", address=self.node
+        )
+        if reply is None:
+            raise KernelStartError(
+                f"the kernel in job {self.job_id} on {self.node} did not answer through the"
+                f" login host within {self.startup_timeout:g}s"
+            )
+
+    # --------------------------------------------------------- lifecycle
+    async def poll(self) -> int | None:
+        if not self.job_id:
+            return 0
+        if self.remote_ports is None and not self._launching:
+            self.end_reason = self.end_reason or f"job {self.job_id}: its start never finished"
+            return 1
+        try:
+            snap = await (await self._queue()).read(str(self.kernel_id), self.queue_interval)
+        except (QueueUnknown, OrchestratorError) as e:
+            self.log.debug("Slurm status of kernel %s unknown: %s", self.kernel_id, e)
+            return None
+        job = snap.jobs.get(self.job_id)
+        if job is None:
+            self._ended(f"job {self.job_id} is no longer in Slurm's queue")
+            return 1
+        self.job_state, self.job_reason = job["state"], job["reason"]
+        state = snap.kernels.get(str(self.kernel_id)) or {}
+        kernel_exited = (
+            int(state.get("generation", -1)) == self.generation and state.get("status") == "exited"
+        )
+        if job["state"] in RUNNING:
+            self._check_walltime(job)
+            return int(state.get("exit") or 1) if kernel_exited else None
+        if job["state"] in PENDING:
+            return None
+        why = ENDED_WHY.get(job["state"], f"the job ended ({job['state'].lower()})")
+        self._ended(f"job {self.job_id}: {why}")
+        return 1
+
+    def _ended(self, reason: str) -> None:
+        if self.end_reason != reason:
+            self.end_reason = reason
+            self.log.warning("kernel %s is dead: %s", self.kernel_id, reason)
+
+    def _check_walltime(self, job: dict[str, str]) -> None:
+        self.time_left = batch.parse_time_left(job.get("time_left", ""))
+        left = self.time_left
+        if left is not None and left <= self.walltime_warning and not self.warned:
+            self.warned = True
+            self.log.warning(
+                "kernel %s: job %s reaches its walltime in %s; save your work",
+                self.kernel_id,
+                self.job_id,
+                batch.format_walltime(left),
+            )
+
+    def status_fields(self) -> dict[str, Any]:
+        """The job, for the gateway's kernel model and the CLI."""
+        fields: dict[str, Any] = {
+            "job_id": self.job_id,
+            "state": self.job_state,
+            "reason": self.job_reason,
+            "node": self.node,
+            "time_left": self.time_left,
+        }
+        if self.start_phase:
+            fields["phase"] = self.start_phase
+        if self.warned and self.time_left is not None:
+            fields["warning"] = f"walltime ends in {batch.format_walltime(self.time_left)}"
+        if self.end_reason:
+            fields["ended"] = self.end_reason
+        return fields
+
+    async def _job_call(self, action: str, **fields: Any) -> None:
+        agent = await self._agent()
+        await agent.call(
+            action,
+            {
+                "kernel_id": str(self.kernel_id),
+                "base_dir": self.remote_dir,
+                "job_id": self.job_id,
+                **fields,
+            },
+        )
+        (await self._queue()).invalidate()
+
+    async def send_signal(self, signum: int) -> None:
+        if not self.job_id or signum == 0:
+            return
+        if signum in (signal.SIGKILL, signal.SIGTERM):
+            await self.kill()
+            return
+        await self._job_call("slurm_signal", signal=signal.Signals(signum).name[3:])
+
+    async def kill(self, restart: bool = False) -> None:
+        if not self.job_id:
+            return
+        if restart:  # the kernel process only: the job is kept for the new one
+            await self._job_call("slurm_control", control="kill", generation=self.generation)
+        else:
+            await self._job_call("slurm_cancel", remove=False)
+
+    async def terminate(self, restart: bool = False) -> None:
+        await self.kill(restart=restart)
+
+    async def cleanup(self, restart: bool = False) -> None:
+        if restart:
+            return  # same job, same tunnel: the restart reuses both
+        try:
+            await self._cancel_job()
+        finally:
+            await self._teardown()
+
+    async def _cancel_job(self) -> None:
+        if not self.job_id or not self.host:
+            return
+        try:
+            await self._job_call("slurm_cancel", remove=True)
+            (await self._queue()).untrack(str(self.kernel_id))
+        except OrchestratorError as e:
+            self.log.warning("cancelling job %s of kernel %s: %s", self.job_id, self.kernel_id, e)
+            raise
+        self.job_id = ""
+
+    async def startup_diagnostics(self, lines: int = 20) -> str:
+        if not self.host:
+            return ""
+        try:
+            agent = await self._agent()
+            reply = await agent.call(
+                "slurm_tail",
+                {"kernel_id": str(self.kernel_id), "base_dir": self.remote_dir, "lines": lines},
+                15,
+            )
+        except OrchestratorError:
+            return ""
+        return "".join(reply.get(k) or "" for k in ("job", "kernel")).strip()
+
+    def release(self) -> None:
+        if self._conn is not None:
+            queue_for(agent_for(self._conn, self.python, EXTENSIONS), self.remote_dir).untrack(
+                str(self.kernel_id)
+            )
+        super().release()
+
+    def resource_summary(self) -> str:
+        return f"Slurm job {self.job_id or '?'} via {self.host or '?'} (node {self.node or '?'})"
+
+    # ------------------------------------------------------- persistence
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info = await super().get_provisioner_info()
+        info.update(
+            job_id=self.job_id,
+            node=self.node,
+            remote_ports=self.remote_ports,
+            generation=self.generation,
+        )
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)
+        self.job_id = str(provisioner_info.get("job_id") or "")
+        self.node = str(provisioner_info.get("node") or "")
+        ports = provisioner_info.get("remote_ports")
+        self.remote_ports = {k: int(v) for k, v in ports.items()} if ports else None
+        self.generation = int(provisioner_info.get("generation") or 0)
+
+    async def reconnect(self) -> None:
+        if not self.job_id or self.remote_ports is None or not self.host:
+            return
+        await self._connection()
+        await self._open_tunnel()
+
+    # ---------------------------------------------------------------- gc
+    @classmethod
+    async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
+        found: list[str] = []
+        for config in kernelspec_configs("slurm-provisioner"):
+            prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **config)
+            for account in static_accounts(prov.user, prov.identity_file, dict(prov.user_map)):
+                prov.account = account
+                for host in prov.hosts:
+                    found += await prov._collect_jobs(host, ctx)
+        return found
+
+    async def _collect_jobs(self, host: str, ctx: GarbageContext) -> list[str]:
+        """Jobs and directories of this deployment on ``host`` that no record owns."""
+        found: list[str] = []
+        try:
+            target = self._resolve(host)
+            conn = await run_blocking("ssh-connect", pool.acquire, target)
+        except OrchestratorError as e:
+            ctx.log.warning("gc: cannot reach %s: %s", host, e)
+            return found
+        try:
+            agent = agent_for(conn, self.python, EXTENSIONS)
+            reply = await agent.call("slurm_list", {"base_dir": self.remote_dir}, 60)
+            ages = {
+                str(k.get("kernel_id")): float(k.get("age", 0)) for k in reply.get("kernels", [])
+            }
+            for job_id, job in (reply.get("jobs") or {}).items():
+                m = _COMMENT.fullmatch(job.get("comment", "").strip())
+                if not m or m[1] != ctx.instance or m[2] in ctx.owned_kernel_ids:
+                    continue
+                if job["state"] not in PENDING + RUNNING:
+                    continue
+                if ages.get(m[2], ctx.grace_seconds) < ctx.grace_seconds:
+                    continue
+                found.append(f"Slurm job {job_id} (kernel {m[2]}) on {host}")
+                if not ctx.dry_run:
+                    await agent.call(
+                        "slurm_cancel",
+                        {"kernel_id": m[2], "base_dir": self.remote_dir, "job_id": job_id},
+                    )
+                ages.pop(m[2], None)
+            for k in reply.get("kernels", []):
+                kid = str(k.get("kernel_id", ""))
+                if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
+                    continue
+                if kid not in ages or ages[kid] < ctx.grace_seconds:
+                    continue
+                found.append(f"kernel directory {kid} on {host}")
+                if not ctx.dry_run:
+                    await agent.call(
+                        "slurm_cancel", {"kernel_id": kid, "base_dir": self.remote_dir}
+                    )
+        finally:
+            pool.release(target)
+        return found
+
+    # ------------------------------------------------------- kernelspecs
+    @classmethod
+    def add_kernelspec_arguments(cls, parser: Any) -> None:
+        super().add_kernelspec_arguments(parser)
+        g = parser.add_argument_group("slurm-provisioner")
+        g.add_argument("--partition", required=True)
+        g.add_argument("--time", required=True, help="walltime, HH:MM:SS")
+        for name in ("account", "qos", "gres", "reservation", "constraint", "cpus", "mem"):
+            g.add_argument(f"--{name}", default="")
+        g.add_argument(
+            "--sbatch-arg", action="append", default=[], dest="sbatch_args", metavar="ARG"
+        )
+        g.add_argument(
+            "--setup", action="append", default=[], help="a shell line run before the kernel"
+        )
+        g.add_argument("--queue-timeout", type=float, default=None)
+
+    @classmethod
+    def kernelspec_config(cls, args: Any) -> dict[str, Any]:
+        config = super().kernelspec_config(args)
+        for ssh_only in ("loopback_private", "port_range"):
+            config.pop(ssh_only, None)
+        names = (
+            "partition",
+            "time",
+            "account",
+            "qos",
+            "gres",
+            "reservation",
+            "constraint",
+            "cpus",
+            "mem",
+        )
+        resources = {n: batch.check_value(n, getattr(args, n)) for n in names if getattr(args, n)}
+        config["resources"] = resources
+        if args.sbatch_args:
+            config["sbatch_args"] = [batch.check_sbatch_arg(a, None) for a in args.sbatch_args]
+        if args.setup:
+            config["setup"] = list(args.setup)
+        if args.queue_timeout:
+            config["queue_timeout"] = args.queue_timeout
+        return config
