@@ -91,3 +91,11 @@ def all_pids() -> Iterator[int]:
     for name in names:
         if name.isdigit():
             yield int(name)
+
+
+def network_namespace(pid: int | str) -> str:
+    """The process's network namespace (``net:[inode]``), '' if it cannot be read."""
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return ""

@@ -235,8 +235,11 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
         """Kill local kernel processes of this deployment that no record owns."""
         found: list[str] = []
         me = os.getpid()
+        # A local kernel shares our network namespace; a process in another one (a
+        # container, a remote host's namespace) is some other provisioner's to judge.
+        here = procinfo.network_namespace("self")
         for pid in procinfo.all_pids():
-            if pid == me:
+            if pid == me or procinfo.network_namespace(pid) != here:
                 continue
             env = procinfo.environ(pid)
             if env.get(ENV_INSTANCE) != ctx.instance:

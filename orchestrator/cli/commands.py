@@ -125,10 +125,26 @@ async def cmd_start(store: KernelStore, args: Any) -> int:
         kwargs["env"] = {**os.environ, **env}
     if args.cwd:
         kwargs["cwd"] = args.cwd
-    async with progress(f"starting kernel {name}"):
-        await km.start_kernel(**kwargs)
+
+    def phase() -> str:
+        return str(getattr(km.provisioner, "start_phase", "") or "")
+
+    # --timeout bounds the whole start: a queue wait, an image pull, the kernel's start-up.
+    deadline = time.monotonic() + args.timeout
+    async with progress(f"starting kernel {name}", detail=phase):
+        try:
+            await asyncio.wait_for(km.start_kernel(**kwargs), args.timeout)
+        except asyncio.TimeoutError:
+            where = f": {phase()}" if phase() else ""
+            raise KernelStartError(
+                f"kernel {name!r} was not ready within {args.timeout:g}s{where};"
+                " it has been cleaned up"
+            ) from None
         ready = await wait_for_kernel_info(
-            km.get_connection_info(session=False), km.session, args.timeout, alive=km.is_alive
+            km.get_connection_info(session=False),
+            km.session,
+            max(0.5, deadline - time.monotonic()),
+            alive=km.is_alive,
         )
     if ready is None:
         alive = await km.is_alive()

@@ -6,13 +6,16 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TextIO
 
 
 @contextlib.asynccontextmanager
-async def progress(message: str, stream: TextIO | None = None) -> AsyncIterator[None]:
-    """Show ``message`` with a spinner and elapsed time while the block runs."""
+async def progress(
+    message: str, stream: TextIO | None = None, detail: Callable[[], str] | None = None
+) -> AsyncIterator[None]:
+    """Show ``message`` with a spinner and elapsed time while the block runs, and what
+    ``detail()`` says the wait is on (a batch job's queue state, say)."""
     out = stream or sys.stderr
     if not out.isatty():
         yield
@@ -23,7 +26,9 @@ async def progress(message: str, stream: TextIO | None = None) -> AsyncIterator[
     async def spin() -> None:
         i = 0
         while True:
-            out.write(f"\r{frames[i % 4]} {message} ({time.monotonic() - started:.1f}s)")
+            note = detail() if detail is not None else ""
+            line = f"{frames[i % 4]} {message} ({time.monotonic() - started:.1f}s)"
+            out.write(f"\r\033[K{line}" + (f": {note}" if note else ""))
             out.flush()
             i += 1
             await asyncio.sleep(0.1)

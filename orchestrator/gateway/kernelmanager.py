@@ -123,6 +123,18 @@ class OrchestratorMappingKernelManager(
 
         return create_kernel_manager
 
+    def kernel_model(self, kernel_id: str) -> dict[str, t.Any]:
+        """jupyter_server's model, plus what the provisioner reports (a batch job's state
+        and queue reason, its time left) under ``provisioner``."""
+        model = dict(super().kernel_model(kernel_id))
+        provisioner = getattr(self._kernels.get(kernel_id), "provisioner", None)
+        fields = getattr(provisioner, "status_fields", None)
+        if fields is not None:
+            extra = fields()
+            if extra:
+                model["provisioner"] = extra
+        return model
+
     # ------------------------------------------------------------- ownership
     def owner_of(self, kernel_id: str) -> str:
         km = self._kernels.get(kernel_id)

@@ -90,6 +90,14 @@ class OrchestratorProvisionerMixin:
             await self.wait_for_change()
         return status  # type: ignore[no-any-return]
 
+    # What a start is waiting for, in words ("job 12 pending (Priority)"): the CLI's
+    # progress line shows it, and a start that times out names it.
+    start_phase = ""
+
+    def status_fields(self) -> dict[str, Any]:
+        """Provisioner-specific state for the gateway's kernel model (``provisioner``)."""
+        return {"phase": self.start_phase} if self.start_phase else {}
+
     async def reconnect(self) -> None:
         """Make a re-attached kernel reachable from this process (open its tunnels)."""
 

@@ -69,7 +69,7 @@ def slurm_submit(req):
         _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
         script = req["script"].replace("{kernel_dir}", _shlex.quote(kdir))
         argv = ["sbatch", "--parsable", *req["args"], "--output=" + os.path.join(kdir, "job.out")]
-        out = _slurm(argv, float(req.get("timeout", SLURM_TIMEOUT)), stdin=script)
+        out = _slurm(argv, float(req.get("timeout") or SLURM_TIMEOUT), stdin=script)
     except BaseException:
         shutil.rmtree(kdir, ignore_errors=True)
         raise
@@ -88,7 +88,7 @@ def slurm_poll(req):
     """
     out = _slurm(
         ["squeue", "--me", "--noheader", "--states=all", "--format=" + _QUEUE_FORMAT],
-        float(req.get("timeout", SLURM_TIMEOUT)),
+        float(req.get("timeout") or SLURM_TIMEOUT),
     )
     jobs = {}
     for line in out.splitlines():

@@ -119,7 +119,6 @@ class SlurmProvisioner(SSHProvisioner):
     end_reason = ""
     time_left: int | None = None
     warned = False
-    start_phase = ""
     _launching = False
     _job_request: batch.JobRequest | None = None
     poll_interval = 0.5
@@ -163,7 +162,7 @@ class SlurmProvisioner(SSHProvisioner):
                 await self._submit_and_start()
         finally:
             self._launching = False
-            self.start_phase = ""
+        self.start_phase = ""  # kept after a failure: the error names the phase it ended in
         await self.state_changed()
         return self.connection_info
 
@@ -317,7 +316,8 @@ class SlurmProvisioner(SSHProvisioner):
             self.start_phase = f"job {self.job_id} running: starting the kernel"
             await asyncio.sleep(0.2)
         raise KernelStartError(
-            f"the kernel in job {self.job_id} reported no ports within {self.startup_timeout:g}s"
+            f"the kernel in job {self.job_id} did not bind its ports in time"
+            f" ({self.startup_timeout:g}s)"
         )
 
     async def _ended_message(self, job: dict[str, str]) -> str:

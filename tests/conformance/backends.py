@@ -110,4 +110,27 @@ def kubernetes_backend(api_url: str, pods_of: Callable[[str], set[str]]) -> Back
     )
 
 
-BACKENDS = ["local", "docker", "ssh", "kubernetes"]
+def slurm_backend(slurmnet: Any, remote_dir: str) -> Backend:
+    from ..test_slurm import slurm_config
+
+    def jobs_and_processes(instance: str) -> set[str]:
+        """Kernel ids of this deployment's live jobs, and of its kernel processes."""
+        jobs = {
+            j["comment"].rsplit("kernel=", 1)[-1]
+            for j in slurmnet.live_jobs()
+            if f"instance={instance} " in j["comment"]
+        }
+        return jobs | processes_of(instance)
+
+    return Backend(
+        name="slurm",
+        provisioner="slurm-provisioner",
+        python="python",
+        config=slurm_config(slurmnet, remote_dir),
+        broken={"resources": {"partition": "nowhere", "time": "00:10:00"}},
+        broken_message="invalid partition specified",
+        running=jobs_and_processes,
+    )
+
+
+BACKENDS = ["local", "docker", "ssh", "kubernetes", "slurm"]

@@ -4,7 +4,8 @@ Start, execute and interrupt in both modes; restart (same id, fresh state); shut
 leaving nothing; re-attach from another process; gc of orphans; the failure paths (a
 bad image or host, a crash during start-up, a start-up time-out); hostile kernel ids
 and values. Real kernels on real back-ends: local processes, Docker containers, sshd
-hosts in network namespaces, pods (the Kubernetes API stand-in, pods run on Docker).
+hosts in network namespaces, pods (the Kubernetes API stand-in, pods run on Docker),
+batch jobs on a Slurm cluster in network namespaces.
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     elif request.param == "ssh":
         sshnet = request.getfixturevalue("sshnet")
         yield backends.ssh_backend(sshnet, str(tmp_path / "remote-kernels"))
+    elif request.param == "slurm":
+        slurmnet = request.getfixturevalue("slurmnet")
+        yield backends.slurm_backend(slurmnet, str(tmp_path / "slurm-kernels"))
     else:
         from kubernetes.client import CoreV1Api
 
