@@ -4,10 +4,13 @@ that the tests build in network namespaces (:mod:`tests.slurmnet`)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import signal
+import re
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,11 +18,19 @@ import pytest
 
 import orchestrator
 from orchestrator import procinfo
+from orchestrator.errors import KernelStartError, OrchestratorError
 
 from .conftest import write_kernelspec
 from .test_docker import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
+CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
+
+
+def ko(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
 
 
 def kernel_processes(kernel_id: str) -> list[int]:
@@ -56,13 +67,12 @@ def remote_dir(tmp_path: Path) -> Path:
 def slurmspec(slurmnet: Any, jupyter_env: dict[str, str], remote_dir: Path):  # type: ignore[no-untyped-def]
     """Write a slurm kernelspec named ``name`` with extra config."""
 
-    def make(name: str, **config: Any) -> str:
-        write_kernelspec(
-            jupyter_env["JUPYTER_DATA_DIR"],
-            name,
-            "slurm-provisioner",
-            slurm_config(slurmnet, remote_dir, **config),
-        )
+    def make(name: str, home_dir: bool = False, **config: Any) -> str:
+        """``home_dir``: the kernels' files in each account's home, the default."""
+        config = slurm_config(slurmnet, remote_dir, **config)
+        if home_dir:
+            del config["remote_dir"]
+        write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], name, "slurm-provisioner", config)
         return name
 
     return make
@@ -130,6 +140,390 @@ async def test_lifecycle_in_a_batch_job(slurmspec: Any, store: Any, slurmnet: An
     assert not (Path(prov.remote_dir) / km.kernel_id).exists()
 
 
-async def test_sanity_of_the_cluster(slurmnet: Any) -> None:
-    assert {n: ip for n, ip in slurmnet.node_ips.items()}
-    assert os.geteuid() == 0 and signal.SIGINT
+def jobs_of(slurmnet: Any, kernel_id: str) -> list[dict[str, str]]:
+    return [j for j in slurmnet.live_jobs() if j["comment"].endswith(f"kernel={kernel_id}")]
+
+
+@pytest.fixture
+def held_partition(slurmnet: Any) -> Iterator[str]:
+    """A partition that is down: its jobs pend (reason PartitionDown) until it is up."""
+    yield "held"
+    slurmnet.scontrol("update", "PartitionName=held", "State=DOWN")
+
+
+async def test_queue_wait_shows_progress_then_starts(
+    slurmspec: Any, store: Any, slurmnet: Any, held_partition: str
+) -> None:
+    name = slurmspec("queued", resources={"partition": held_partition, "time": "00:10:00"})
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    start = asyncio.ensure_future(km.start_kernel())
+    try:
+        deadline = time.monotonic() + 30
+        while "pending (PartitionDown)" not in getattr(km.provisioner, "start_phase", ""):
+            assert time.monotonic() < deadline and not start.done()
+            await asyncio.sleep(0.2)
+        job_id = km.provisioner.job_id
+        assert km.provisioner.status_fields()["phase"] == f"job {job_id} pending (PartitionDown)"
+        slurmnet.scontrol("update", f"PartitionName={held_partition}", "State=UP")
+        await asyncio.wait_for(start, 60)
+        assert km.provisioner.job_id == job_id
+        assert (await run(km, "print(6 * 7)"))["out"] == "42\n"
+    finally:
+        if not start.done():
+            start.cancel()
+        await km.shutdown_kernel(now=True)
+    wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job's end")
+
+
+async def test_cancel_while_pending_leaves_nothing(
+    slurmspec: Any, store: Any, slurmnet: Any, remote_dir: Path, held_partition: str
+) -> None:
+    name = slurmspec("cancelled", resources={"partition": held_partition, "time": "00:10:00"})
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    start = asyncio.ensure_future(km.start_kernel())
+    deadline = time.monotonic() + 30
+    while not (km.provisioner and km.provisioner.job_id):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    assert len(jobs_of(slurmnet, km.kernel_id)) == 1
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job's end")
+    assert await store.list() == []
+    assert not (remote_dir / km.kernel_id).exists()
+
+
+async def test_the_queue_time_out_cancels_the_job(
+    slurmspec: Any, store: Any, slurmnet: Any, remote_dir: Path, held_partition: str
+) -> None:
+    name = slurmspec(
+        "queue-timeout",
+        resources={"partition": held_partition, "time": "00:10:00"},
+        queue_timeout=3,
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(KernelStartError, match=r"was still pending after 3s \(reason: "
+                       r"PartitionDown\); it has been cancelled"):  # fmt: skip
+        await km.start_kernel()
+    wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job's end")
+    assert await store.list() == [] and list(remote_dir.iterdir()) == []
+
+
+def test_cli_start_timeout_names_the_pending_job(
+    slurmnet: Any, jupyter_env: dict[str, str], remote_dir: Path, held_partition: str
+) -> None:
+    installed = ko(
+        "kernelspec", "install", "slurm-provisioner", "--name", "hpc",
+        "--host", f"root@{slurmnet.login_ip}", "--identity-file", str(slurmnet.user_key),
+        "--known-hosts", str(slurmnet.known_hosts), "--partition", held_partition,
+        "--time", "00:10:00", "--python", sys.executable, "--remote-dir", str(remote_dir),
+        "--sbatch-arg=--mail-type=NONE",
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    result = ko("start", "hpc", "--timeout", "6")
+    assert result.returncode == 1, result
+    assert re.fullmatch(
+        r"error: kernel 'hpc' was not ready within 6s: job \d+ pending \(PartitionDown\);"
+        r" it has been cleaned up\n",
+        result.stderr,
+    ), result.stderr
+    assert [j for j in slurmnet.live_jobs() if j["name"].startswith("kernel-")] == []
+    # Refused at install: no job could ever run with these.
+    bad = ko("kernelspec", "install", "slurm-provisioner", "--name", "bad", "--host", "login",
+             "--partition", "batch", "--time", "0")  # fmt: skip
+    assert bad.returncode != 0 and "time '0' must be more than zero" in bad.stderr, bad.stderr
+
+
+async def test_a_job_ended_by_its_walltime_makes_the_kernel_dead(
+    slurmspec: Any, store: Any, slurmnet: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=slurmspec("walltime", walltime_warning=3600), kernel_store=store
+    )
+    await km.start_kernel()
+    prov = km.provisioner
+    try:
+        assert await km.is_alive()
+        assert prov.warned and "walltime ends in" in prov.status_fields()["warning"]
+        assert "reaches its walltime in" in caplog.text
+        slurmnet.scontrol("update", f"JobId={prov.job_id}", "TimeLimit=00:00:01")
+        deadline = time.monotonic() + 90
+        while await km.is_alive():
+            assert time.monotonic() < deadline, slurmnet.jobs()
+            await asyncio.sleep(0.5)
+        assert "reached its time limit (walltime)" in prov.end_reason
+        wait_until(lambda: kernel_processes(km.kernel_id) == [], 30, "the kernel's end")
+        # A restart cannot bring back the allocation: it fails, saying why, and the
+        # kernel is cleaned up.
+        with pytest.raises(KernelStartError, match=r"reached its time limit.*start a new kernel"):
+            await km.restart_kernel(now=True)
+    finally:
+        if await store.list():
+            await km.shutdown_kernel(now=True)
+    assert await store.list() == []
+
+
+async def test_a_node_failure_makes_the_kernel_dead(
+    slurmspec: Any, store: Any, slurmnet: Any
+) -> None:
+    km = orchestrator.AsyncKernelManager(kernel_name=slurmspec("node-fail"), kernel_store=store)
+    await km.start_kernel()
+    prov = km.provisioner
+    node = next(n for n, ip in slurmnet.node_ips.items() if ip == prov.node)
+    try:
+        slurmnet.cut(node)
+        deadline = time.monotonic() + 90
+        while await km.is_alive():
+            assert time.monotonic() < deadline, slurmnet.jobs()
+            await asyncio.sleep(0.5)
+        assert "the job's node failed" in prov.end_reason
+    finally:
+        slurmnet.restore(node)
+        await km.shutdown_kernel(now=True)
+    assert await store.list() == []
+    # Back on the network, the node's slurmd is told to end the job: nothing lingers.
+    wait_until(lambda: kernel_processes(km.kernel_id) == [], 90, "the orphaned kernel's end")
+    restarted = [0.0]
+
+    def in_service() -> bool:
+        if time.monotonic() - restarted[0] > 10:  # a fresh slurmd registers at once
+            slurmnet.kill_slurmd(node)
+            slurmnet.start_slurmd(node)
+            restarted[0] = time.monotonic()
+        slurmnet.resume(node)
+        states = slurmnet.run("login", ["sinfo", "-h", "-n", node, "-o", "%T"]).stdout.split()
+        return set(states) == {"idle"}  # a line per partition
+
+    info = ["sinfo", "-h", "-N", "-o", "%N %T %E"]
+    wait_until(in_service, 60, f"{node} back in service: {slurmnet.run('login', info).stdout}")
+
+
+async def test_an_unreachable_controller_is_unknown_not_death(
+    slurmspec: Any, store: Any, slurmnet: Any
+) -> None:
+    km = orchestrator.AsyncKernelManager(kernel_name=slurmspec("ctld-down"), kernel_store=store)
+    await km.start_kernel()
+    prov = km.provisioner
+    queue = await prov._queue()
+    try:
+        assert (await run(km, "x = 1"))["status"] == "ok"
+        slurmnet.freeze_controller()
+        try:
+            until = time.monotonic() + 12
+            while time.monotonic() < until:
+                assert await prov.poll() is None  # never "dead"
+                await asyncio.sleep(0.5)
+            assert queue.failures >= 1 and "Socket timed out" in queue.last_error
+            # The kernel itself needs no controller: it still answers.
+            assert (await run(km, "print(x + 41)"))["out"] == "42\n"
+        finally:
+            slurmnet.thaw_controller()
+        deadline = time.monotonic() + 60
+        while queue.failures:
+            assert time.monotonic() < deadline
+            await prov.poll()
+            await asyncio.sleep(0.5)
+        assert await prov.poll() is None and jobs_of(slurmnet, km.kernel_id)
+    finally:
+        await km.shutdown_kernel()
+    wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job's end")
+
+
+HOLDER = """
+import asyncio, os, sys
+import orchestrator
+async def main():
+    km = orchestrator.AsyncKernelManager(kernel_name=sys.argv[1], outlive_process=True)
+    start = asyncio.ensure_future(km.start_kernel())
+    while not (km.provisioner and km.provisioner.job_id):
+        await asyncio.sleep(0.05)
+    print(km.kernel_id, flush=True)
+    await start
+    if sys.argv[2] == "ready":
+        await km.client().execute_interactive("kept = 'state'", timeout=30)
+        print("ready", flush=True)
+    await asyncio.sleep(600)
+asyncio.run(main())
+"""
+
+
+def holder(name: str, until: str) -> tuple[subprocess.Popen[str], str]:
+    """A process that starts a kernel and prints its id (and 'ready' once it is)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, name, until], stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    kernel_id = proc.stdout.readline().strip()
+    if until == "ready":
+        assert proc.stdout.readline().strip() == "ready"
+    return proc, kernel_id
+
+
+async def test_kill_9_of_the_orchestrator_then_reattach(
+    slurmspec: Any, store: Any, slurmnet: Any
+) -> None:
+    proc, kernel_id = holder(slurmspec("reattach"), "ready")
+    proc.kill()
+    proc.wait()
+    km = await orchestrator.attach(kernel_id, store=store)
+    try:
+        assert (await run(km, "print(kept)"))["out"] == "state\n"
+        await km.restart_kernel()  # still in the same job
+        assert len(jobs_of(slurmnet, kernel_id)) == 1
+    finally:
+        await km.shutdown_kernel()
+    wait_until(lambda: jobs_of(slurmnet, kernel_id) == [], 30, "the job's end")
+
+
+async def test_a_start_killed_in_the_queue_is_cancelled_by_the_next_process(
+    slurmspec: Any, store: Any, slurmnet: Any, held_partition: str
+) -> None:
+    name = slurmspec("killed-pending", resources={"partition": held_partition, "time": "00:10:00"})
+    proc, kernel_id = holder(name, "pending")
+    proc.kill()
+    proc.wait()
+    assert len(jobs_of(slurmnet, kernel_id)) == 1 and await store.get(kernel_id)
+    mkm = orchestrator.AsyncMultiKernelManager(kernel_store=store)
+    await mkm.restore_kernels()
+    assert kernel_id not in mkm.list_kernel_ids()
+    wait_until(lambda: jobs_of(slurmnet, kernel_id) == [], 30, "the pending job's cancel")
+    assert await store.list() == []
+
+
+async def test_gc_cancels_only_its_own_orphans(slurmspec: Any, store: Any, slurmnet: Any) -> None:
+    name = slurmspec("gc")
+    proc, orphan = holder(name, "ready")
+    proc.kill()
+    proc.wait()
+    await store.delete(orphan)  # its record is lost
+    foreign = slurmnet.run(
+        "login",
+        ["sbatch", "--parsable", "--time=00:05:00", "--job-name=kernel-not-ours",
+         "--comment=kernel-orchestrator instance=someone-else kernel=x", "--wrap=sleep 300"],
+        check=True,
+    ).stdout.strip()  # fmt: skip
+    try:
+        out = ko("gc", "--grace", "0")
+        assert out.returncode == 0 and orphan in out.stdout, out
+        wait_until(lambda: jobs_of(slurmnet, orphan) == [], 30, "the orphan's cancel")
+        assert foreign in {j["id"] for j in slurmnet.live_jobs()}
+    finally:
+        slurmnet.run("login", ["scancel", foreign])
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"KERNEL_SLURM_TIME": "0"}, "time '0' must be more than zero"),
+        ({"KERNEL_SLURM_TIME": "soon"}, "time 'soon' is not a Slurm time limit"),
+        ({"KERNEL_SLURM_TIME": "12:00:00"}, "time '12:00:00' is above this kernelspec's maximum"),
+        ({"KERNEL_SLURM_MEM": "0"}, "mem '0' must be a positive size"),
+        ({"KERNEL_SLURM_MEM": "-1G"}, "mem '-1G' must be a positive size"),
+        ({"KERNEL_SLURM_MEM": "1T"}, "mem '1T' is above this kernelspec's maximum 64G"),
+        ({"KERNEL_SLURM_CPUS": "0"}, "cpus '0' must be a whole number from 1"),
+        ({"KERNEL_SLURM_CPUS": "1e3"}, "cpus '1e3' must be a whole number"),
+        ({"KERNEL_SLURM_CPUS": "NaN"}, "cpus 'NaN' must be a whole number"),
+        ({"KERNEL_SLURM_PARTITION": "debug"}, "does not let a start set partition"),
+        ({"KERNEL_SLURM_GRES": "gpu:1"}, "does not let a start set gres"),
+        ({"KERNEL_SLURM_PROFILE": "huge"}, "Slurm profile 'huge' is not defined"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--wrap=id"}, "--wrap is set by the provisioner"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--output=/etc/x"}, "--output is set by the provisioner"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--uid=0"}, "--uid is set by the provisioner"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--exclusive"}, "'--exclusive' is not allowed"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--mail-user=a;id"}, "no spaces or shell characters"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "-p debug"}, "must look like --flag or --flag=value"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "'unclosed"}, "No closing quotation"),
+    ],
+)
+async def test_hostile_resource_values_are_refused_before_sbatch(
+    slurmspec: Any, store: Any, slurmnet: Any, remote_dir: Path, env: dict[str, str], message: str
+) -> None:
+    name = slurmspec("hostile", sbatch_arg_allowlist=["--mail-type=*", "--mail-user=*"])
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(OrchestratorError, match=re.escape(message)):
+        await km.start_kernel(env={**os.environ, **env})
+    assert jobs_of(slurmnet, km.kernel_id) == [] and await store.list() == []
+    assert not remote_dir.exists() or list(remote_dir.iterdir()) == []
+
+
+async def test_allowed_values_and_profiles_reach_sbatch(
+    slurmspec: Any, store: Any, slurmnet: Any
+) -> None:
+    name = slurmspec(
+        "profiles",
+        profiles={"small": {"cpus": "2", "mem": "300M", "sbatch_args": ["--nice=10"]}},
+        sbatch_arg_allowlist=["--mail-type=*"],
+        setup=["export FROM_SETUP=module-loaded"],
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    env = {"KERNEL_SLURM_PROFILE": "small", "KERNEL_SLURM_TIME": "00:20:00",
+           "KERNEL_SLURM_SBATCH_ARGS": "--mail-type=NONE"}  # fmt: skip
+    await km.start_kernel(env={**os.environ, **env})
+    try:
+        shown = slurmnet.scontrol("show", "job", km.provisioner.job_id)
+        assert "NumCPUs=2" in shown and "TimeLimit=00:20:00" in shown and "Nice=10" in shown
+        assert "mem=300M" in shown
+        out = await run(km, "import os; print(os.environ.get('FROM_SETUP'))")
+        assert out["out"] == "module-loaded\n"
+    finally:
+        await km.shutdown_kernel()
+
+
+CROSS_USER = """
+import json, os, zmq
+seen = {{"me": os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name}}
+for what, path in (("file", {conn!r}), ("dir", {kdir!r})):
+    try:
+        open(path).read() if what == "file" else os.listdir(path)
+        seen[what] = "read"
+    except OSError as e:
+        seen[what] = type(e).__name__
+spy = zmq.Context().socket(zmq.SUB)
+spy.setsockopt(zmq.SUBSCRIBE, b"")
+spy.connect("tcp://{node}:{iopub}")
+print(json.dumps(seen))
+"""
+
+
+async def test_two_users_kernels_on_one_node_cannot_reach_each_other(
+    slurmspec: Any, store: Any, slurmnet: Any, kernel_accounts: tuple[str, ...]
+) -> None:
+    """Alice's and Bob's jobs run as their own accounts on the same node: Alice's kernel
+    reads neither Bob's connection file nor his directory, and hears nothing on his
+    IOPub port (the node hop is CurveZMQ-encrypted)."""
+    keys = {account: slurmnet.authorize_account(account) for account in kernel_accounts}
+    name = slurmspec(
+        "per-user",
+        user="ko-{username}",
+        identity_file=str(keys["ko-alice"]).replace("ko-alice", "ko-{username}"),
+        home_dir=True,
+        sbatch_args=["--nodelist=node1"],
+    )
+
+    def manager() -> Any:
+        return orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store,
+                                               multi_tenant=True)  # fmt: skip
+
+    alice, bob = manager(), manager()
+    await alice.start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
+    await bob.start_kernel(env={**os.environ, "KERNEL_USERNAME": "bob"})
+    try:
+        theirs = bob.provisioner
+        assert alice.provisioner.node == theirs.node == slurmnet.node_ips["node1"]
+        assert {j["user"] for j in slurmnet.live_jobs()} >= {"ko-alice", "ko-bob"}
+        assert alice.get_connection_info().get("curve_secretkey")
+        kdir = f"/home/ko-bob/.kernel-orchestrator/slurm/{bob.kernel_id}"
+        code = CROSS_USER.format(conn=f"{kdir}/connection.json", kdir=kdir, node=theirs.node,
+                                 iopub=theirs.remote_ports["iopub"])  # fmt: skip
+        seen = json.loads((await run(alice, code))["out"])
+        assert seen == {"me": "ko-alice", "file": "PermissionError", "dir": "PermissionError"}
+        assert (await run(bob, "print('bob-private')"))["out"] == "bob-private\n"
+        heard = await run(
+            alice, "n = 0\nwhile spy.poll(2000):\n    spy.recv_multipart(); n += 1\nprint(n)"
+        )
+        assert heard["out"] == "0\n"
+    finally:
+        await asyncio.gather(alice.shutdown_kernel(now=True), bob.shutdown_kernel(now=True))
+    for km in (alice, bob):
+        wait_until(lambda km=km: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job's end")

@@ -42,6 +42,20 @@ def _slurm(argv, timeout=SLURM_TIMEOUT, stdin=None):
     return proc.stdout
 
 
+_GONE = ("Invalid job id specified", "already completing or completed", "Job has already finished")
+
+
+def _scancel(argv):
+    """scancel; a job that has already ended is not an error (there is nothing to do)."""
+    try:
+        _slurm(argv)
+    except RuntimeError as e:
+        if any(phrase in str(e) for phrase in _GONE):
+            return False
+        raise
+    return True
+
+
 def _read_json(path):
     try:
         with open(path) as f:
@@ -111,8 +125,8 @@ def slurm_poll(req):
 
 def slurm_signal(req):
     """A signal to the job's batch process (the supervisor), which passes it on."""
-    _slurm(["scancel", "--batch", "--signal=" + str(req["signal"]), str(int(req["job_id"]))])
-    return {"sent": True}
+    job = str(int(req["job_id"]))
+    return {"sent": _scancel(["scancel", "--batch", "--signal=" + str(req["signal"]), job])}
 
 
 def slurm_control(req):
@@ -120,14 +134,13 @@ def slurm_control(req):
     _, kdir = _kernel_dir(req)
     control = {"action": req["control"], "generation": int(req["generation"]), "at": time.time()}
     _write_private(os.path.join(kdir, "control.json"), json.dumps(control))
-    _slurm(["scancel", "--batch", "--signal=USR1", str(int(req["job_id"]))])
-    return {"sent": True}
+    return {"sent": _scancel(["scancel", "--batch", "--signal=USR1", str(int(req["job_id"]))])}
 
 
 def slurm_cancel(req):
     """End the job (if any) and remove the kernel's directory."""
     if req.get("job_id"):
-        _slurm(["scancel", str(int(req["job_id"]))])
+        _scancel(["scancel", str(int(req["job_id"]))])
     if req.get("remove", True):
         _, kdir = _kernel_dir(req)
         shutil.rmtree(kdir, ignore_errors=True)
