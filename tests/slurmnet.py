@@ -230,7 +230,7 @@ class SlurmNet:
             (wd / sub).mkdir(mode=0o755)
         host = socket.gethostname()
         nodes = "\n".join(
-            f"NodeName={n} NodeAddr={ip} CPUs=2 RealMemory=4096 State=UNKNOWN"
+            f"NodeName={n} NodeAddr={ip} CPUs=16 RealMemory=16000 State=UNKNOWN"
             for n, ip in self.node_ips.items()
         )
         self.conf = wd / "slurm.conf"
@@ -258,6 +258,8 @@ SchedulerType=sched/backfill
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
+# The nodes claim more CPUs than this machine has, so that 20 one-CPU kernels fit.
+SlurmdParameters=config_overrides
 SlurmdTimeout=8
 SlurmctldTimeout=30
 MessageTimeout=4

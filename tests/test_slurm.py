@@ -341,7 +341,10 @@ async def main():
     print(km.kernel_id, flush=True)
     await start
     if sys.argv[2] == "ready":
-        await km.client().execute_interactive("kept = 'state'", timeout=30)
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)  # IOPub subscribed: no output is missed
+        await kc.execute_interactive("kept = 'state'", timeout=60)
         print("ready", flush=True)
     await asyncio.sleep(600)
 asyncio.run(main())
@@ -400,7 +403,8 @@ async def test_gc_cancels_only_its_own_orphans(slurmspec: Any, store: Any, slurm
     foreign = slurmnet.run(
         "login",
         ["sbatch", "--parsable", "--time=00:05:00", "--job-name=kernel-not-ours",
-         "--comment=kernel-orchestrator instance=someone-else kernel=x", "--wrap=sleep 300"],
+         "--output=/dev/null", "--comment=kernel-orchestrator instance=someone-else kernel=x",
+         "--wrap=sleep 300"],
         check=True,
     ).stdout.strip()  # fmt: skip
     try:

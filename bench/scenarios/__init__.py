@@ -18,6 +18,7 @@ SCENARIOS: dict[str, str] = {
     "docker": "bench.scenarios.docker",
     "encryption": "bench.scenarios.encryption",
     "ssh": "bench.scenarios.ssh",
+    "slurm": "bench.scenarios.slurm",
     "kubernetes": "bench.scenarios.kubernetes",
     "gateway": "bench.scenarios.gateway",
     "idle": "bench.scenarios.idle",

@@ -123,6 +123,12 @@ def slurm_poll(req):
     return {"jobs": jobs, "kernels": kernels}
 
 
+def slurm_state(req):
+    """One kernel's state file (no Slurm command: cheap enough to poll during a start)."""
+    _, kdir = _kernel_dir(req)
+    return {"state": _read_json(os.path.join(kdir, "state.json"))}
+
+
 def slurm_signal(req):
     """A signal to the job's batch process (the supervisor), which passes it on."""
     job = str(int(req["job_id"]))
@@ -166,6 +172,7 @@ def slurm_list(req):
 ACTIONS.update(
     slurm_submit=slurm_submit,
     slurm_poll=slurm_poll,
+    slurm_state=slurm_state,
     slurm_signal=slurm_signal,
     slurm_control=slurm_control,
     slurm_cancel=slurm_cancel,
@@ -173,4 +180,4 @@ ACTIONS.update(
     slurm_list=slurm_list,
 )
 # Slurm commands may take seconds (a busy controller): each runs on its own thread.
-SLOW = SLOW + tuple(name for name in ACTIONS if name.startswith("slurm_"))
+SLOW = SLOW + tuple(n for n in ACTIONS if n.startswith("slurm_") and n != "slurm_state")

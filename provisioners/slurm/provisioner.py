@@ -25,6 +25,7 @@ accounts), with Slurm in place of a process on the host:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import time
@@ -254,53 +255,66 @@ class SlurmProvisioner(SSHProvisioner):
         await self._open_tunnel()
         await self._wait_until_ready()
 
+    # During a start the kernel's state file is read every START_POLL seconds (one agent
+    # request, no Slurm command); the shared squeue snapshot at most once a second.
+    START_POLL = 0.05
+
+    async def _kernel_state(self) -> dict[str, Any]:
+        agent = await self._agent()
+        reply = await agent.call(
+            "slurm_state", {"kernel_id": str(self.kernel_id), "base_dir": self.remote_dir}, 15
+        )
+        return reply.get("state") or {}
+
+    async def _job(self) -> dict[str, str] | None:
+        """The job in a snapshot at most a second old; raises QueueUnknown."""
+        snap = await (await self._queue()).read(str(self.kernel_id), 1.0)
+        job = snap.jobs.get(self.job_id)
+        if job is None:
+            raise KernelStartError(f"job {self.job_id} left Slurm's queue before it started")
+        self.job_state, self.job_reason = job["state"], job["reason"]
+        if job["state"] not in RUNNING + PENDING:
+            raise KernelStartError(await self._ended_message(job))
+        return job
+
     async def _wait_for_allocation(self) -> None:
         """The queue wait: until the job runs, it ends, or ``queue_timeout`` passes."""
         deadline = time.monotonic() + self.queue_timeout
-        queue = await self._queue()
-        last = ("", "")
+        last, next_check = "", 0.0
         while True:
-            try:
-                snap = await queue.read(str(self.kernel_id), 0.25)
-            except QueueUnknown as e:
-                self.start_phase = f"job {self.job_id}: {e} (retrying)"
-                snap = None
-            job = snap.jobs.get(self.job_id) if snap else None
-            if snap is not None and job is None:
-                raise KernelStartError(f"job {self.job_id} left Slurm's queue before it started")
-            if job is not None:
-                self.job_state, self.job_reason = job["state"], job["reason"]
-                if job["state"] in RUNNING:
+            if await self._kernel_state():  # the supervisor runs: so does the job
+                self.start_phase = f"job {self.job_id} running"
+                return
+            if time.monotonic() >= next_check:
+                next_check = time.monotonic() + 1.0
+                try:
+                    job = await self._job()
+                except QueueUnknown as e:
+                    self.start_phase = f"job {self.job_id}: {e} (retrying)"
+                    job = None
+                if job is not None and job["state"] in RUNNING:
                     self.start_phase = f"job {self.job_id} running on {job['nodes']}"
                     return
-                if job["state"] not in PENDING:
-                    raise KernelStartError(await self._ended_message(job))
-                self.start_phase = f"job {self.job_id} pending ({job['reason']})"
-                if (job["state"], job["reason"]) != last:
-                    last = (job["state"], job["reason"])
-                    self.log.info("kernel %s: %s", self.kernel_id, self.start_phase)
+                if job is not None:
+                    self.start_phase = f"job {self.job_id} pending ({job['reason']})"
+                    if self.start_phase != last:
+                        last = self.start_phase
+                        self.log.info("kernel %s: %s", self.kernel_id, self.start_phase)
             if time.monotonic() > deadline:
                 why = f"reason: {self.job_reason}" if self.job_reason else "state unknown"
                 raise KernelStartError(
                     f"job {self.job_id} was still pending after {self.queue_timeout:g}s ({why});"
                     " it has been cancelled"
                 )
-            await asyncio.sleep(0.25)
+            await asyncio.sleep(self.START_POLL * 2)
 
     async def _wait_for_ports(self, generation: int) -> None:
         """Until the supervisor reports the kernel's node and ports for ``generation``."""
         deadline = time.monotonic() + self.startup_timeout
-        queue = await self._queue()
+        next_check = time.monotonic() + 1.0
+        self.start_phase = f"job {self.job_id} running: starting the kernel"
         while time.monotonic() < deadline:
-            try:
-                snap = await queue.read(str(self.kernel_id), 0.2)
-            except QueueUnknown:
-                await asyncio.sleep(0.2)
-                continue
-            job = snap.jobs.get(self.job_id)
-            if job is not None and job["state"] not in RUNNING + PENDING:
-                raise KernelStartError(await self._ended_message(job))
-            state = snap.kernels.get(str(self.kernel_id)) or {}
+            state = await self._kernel_state()
             if int(state.get("generation", -1)) == generation:
                 if state.get("status") == "running" and state.get("ports"):
                     self.node = str(state["node"])
@@ -313,8 +327,11 @@ class SlurmProvisioner(SSHProvisioner):
                         f"the kernel in job {self.job_id} exited during start-up ({detail})"
                         + (f"\n--- last lines of its output ---\n{tail}" if tail else "")
                     )
-            self.start_phase = f"job {self.job_id} running: starting the kernel"
-            await asyncio.sleep(0.2)
+            if time.monotonic() >= next_check:  # the job may have ended meanwhile
+                next_check = time.monotonic() + 1.0
+                with contextlib.suppress(QueueUnknown):
+                    await self._job()
+            await asyncio.sleep(self.START_POLL)
         raise KernelStartError(
             f"the kernel in job {self.job_id} did not bind its ports in time"
             f" ({self.startup_timeout:g}s)"

@@ -1,0 +1,201 @@
+"""Slurm scenario: the Slurm provisioner on a real cluster built in network namespaces.
+
+The cluster is ``tests.slurmnet.SlurmNet`` (slurmctld and sshd on a login host, slurmd
+on two compute nodes, one munged), started per benchmark and stopped in ``finally``.
+All traffic stays on this machine: the veth to the login host, the bridge behind it.
+
+* ``start``      -- start-to-ready (``start_kernel`` until a kernel_info reply) of a
+                    kernel in a batch job on an idle cluster, next to the SSH
+                    provisioner starting a kernel on the login host itself, interleaved
+                    (ABBA). Target: Slurm <= 1.5x SSH.
+* ``concurrent`` -- 20 Slurm kernels started at once: all ready, wall time, and how many
+                    ``squeue`` runs served them (one per login host per interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orchestrator
+from bench.harness import (
+    Benchmark,
+    Context,
+    Row,
+    Target,
+    comparison,
+    error_row,
+    measurement,
+    progress,
+    run_interleaved,
+    start_all_at_once,
+)
+from bench.scenarios.core import _ready_client, _shutdown
+from orchestrator.store import open_store
+
+NAME = "slurm"
+DESCRIPTION = (
+    "Slurm provisioner on a real cluster (namespaces): start-to-ready vs SSH on the login"
+    " host, 20 concurrent starts"
+)
+CONCURRENT_N = 20
+START_TIMEOUT = 120.0
+
+
+def _skip_reason() -> str:
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return "needs root on Linux (network namespaces)"
+    return ""
+
+
+@contextlib.asynccontextmanager
+async def _cluster(problems: list[str]) -> AsyncIterator[Any]:
+    from tests.slurmnet import SlurmNet
+
+    net = await asyncio.to_thread(SlurmNet().start)
+    progress(f"slurm: cluster up in {net.timings['start']:.1f}s")
+    try:
+        yield net
+    finally:
+        await asyncio.to_thread(net.stop)
+        if left := net.leftovers():
+            problems.append(f"cluster left: {left}")
+
+
+def _kernelspecs(ctx: Context, net: Any) -> None:
+    from tests.test_slurm import slurm_config
+
+    slurm = slurm_config(net, ctx.path("slurm-kernels"), queue_interval=1.0)
+    ssh = {k: slurm[k] for k in ("hosts", "identity_file", "known_hosts", "python")}
+    ssh["remote_dir"] = str(ctx.path("ssh-kernels"))
+    for name, provisioner, config in (
+        ("bench-slurm", "slurm-provisioner", slurm),
+        ("bench-login-ssh", "ssh-provisioner", ssh),
+    ):
+        spec_dir = ctx.root / "data" / "kernels" / name
+        spec_dir.mkdir(parents=True, exist_ok=True)
+        spec = {
+            "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+            "display_name": name,
+            "language": "python",
+            "metadata": {"kernel_provisioner": {"provisioner_name": provisioner, "config": config}},
+        }
+        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+
+
+async def _start_to_ready(store: Any, kernelspec: str) -> float:
+    km = orchestrator.AsyncKernelManager(kernel_name=kernelspec, kernel_store=store)
+    t0 = time.perf_counter()
+    try:
+        await asyncio.wait_for(km.start_kernel(), START_TIMEOUT)
+        (await _ready_client(km)).stop_channels()
+        return time.perf_counter() - t0
+    finally:
+        await _shutdown(km)
+
+
+async def bench_start(ctx: Context) -> list[Row]:
+    bench = "start to ready"
+    if reason := _skip_reason():
+        return [error_row(NAME, bench, reason)]
+    problems: list[str] = []
+    reps = 3 if ctx.quick else 6
+    async with _cluster(problems) as net:
+        _kernelspecs(ctx, net)
+        store = open_store(ctx.store_url("slurm-start.db"))
+        try:
+            samples = await run_interleaved(
+                "slurm start",
+                {
+                    "ssh on the login host": lambda: _start_to_ready(store, "bench-login-ssh"),
+                    "slurm job": lambda: _start_to_ready(store, "bench-slurm"),
+                },
+                reps,
+                max_seconds=600,
+                op_timeout=START_TIMEOUT + 60,
+                warmup=1,
+            )
+        finally:
+            store.close()
+    rows = comparison(
+        NAME,
+        bench,
+        samples,
+        "s",
+        baseline="ssh on the login host",
+        target=Target.ratio_at_most(1.5),
+        note="idle cluster; the Slurm time includes sbatch, scheduling, the job's start",
+    )
+    return rows + [error_row(NAME, bench, p) for p in problems]
+
+
+async def bench_concurrent(ctx: Context) -> list[Row]:
+    n = CONCURRENT_N
+    bench = f"{n} concurrent slurm starts"
+    if reason := _skip_reason():
+        return [error_row(NAME, bench, reason)]
+    problems: list[str] = []
+    kms: list[Any] = []
+    wall, ready, errors = 0.0, [], []
+    squeues = -1
+    async with _cluster(problems) as net:
+        _kernelspecs(ctx, net)
+        store = open_store(ctx.store_url("slurm-concurrent.db"))
+
+        async def one(t0: float) -> float:
+            km = orchestrator.AsyncKernelManager(kernel_name="bench-slurm", kernel_store=store)
+            kms.append(km)
+            await asyncio.wait_for(km.start_kernel(), START_TIMEOUT)
+            (await _ready_client(km)).stop_channels()
+            return time.perf_counter() - t0
+
+        try:
+            wall, ready, errors = await start_all_at_once(
+                "kernels as Slurm jobs", n, one, START_TIMEOUT + 60
+            )
+            started = [km for km in kms if km.has_kernel]
+            if started:
+                squeues = (await started[0].provisioner._queue()).requests
+        finally:
+            await asyncio.gather(*(_shutdown(km) for km in kms), return_exceptions=True)
+            store.close()
+            deadline = time.monotonic() + 30
+            while (live := net.live_jobs()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            if live:
+                problems.append(f"jobs left after shutdown: {[j['id'] for j in live]}")
+    rows = [
+        measurement(NAME, f"{bench}: wall", "slurm", [wall], "s"),
+        measurement(NAME, f"{bench}: per kernel to ready", "slurm", ready, "s"),
+        measurement(
+            NAME,
+            f"{bench}: kernels ready",
+            "slurm",
+            [float(len(ready))],
+            "count",
+            target=Target.at_least(n, f"{n}/{n} ready, 0 failed"),
+            note=f"{len(errors)} failed" + (f": {str(errors[0])[:200]}" if errors else ""),
+        ),
+        measurement(
+            NAME,
+            f"{bench}: squeue runs",
+            "slurm",
+            [float(squeues)],
+            "count",
+            note="squeue runs on the login host for all 20 starts and polls (one shared"
+            " snapshot per interval, not one per kernel)",
+        ),
+    ]
+    return rows + [error_row(NAME, bench, p) for p in problems]
+
+
+BENCHMARKS = [
+    Benchmark("start", "start-to-ready: Slurm job vs SSH on the login host", bench_start),
+    Benchmark("concurrent", f"{CONCURRENT_N} Slurm kernels started at once", bench_concurrent),
+]
