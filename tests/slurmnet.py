@@ -48,10 +48,10 @@ from .sshnet import (
     _locked,
     _netns_list,
     _netns_pids,
-    _owner_alive,
     _owner_token,
     _run,
     ensure_packages,
+    reap_dead_instances,
     sshd_config_lines,
 )
 
@@ -546,25 +546,8 @@ _NS_RE = re.compile(r"^ko-([0-9a-f]{6})-(?:login|node1|node2)$")
 
 def reap_stale() -> list[str]:
     """Tear down clusters whose owning process is gone (a killed test run)."""
-    reaped = []
-    with _locked():
-        owners = {}
-        if REGISTRY.is_dir():
-            for entry in REGISTRY.iterdir():
-                with contextlib.suppress(OSError):
-                    owners[entry.name] = entry.read_text().strip()
-        suffixes = {m.group(1) for n in _netns_list() if (m := _NS_RE.match(n))} | set(owners)
-        for suffix in sorted(suffixes):
-            token = owners.get(suffix)
-            if token is not None and _owner_alive(token):
-                continue
-            parts = (token or "").split()
-            third = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
-            _teardown(suffix, third)
-            for wd in Path(tempfile.gettempdir()).glob(f"ko-slurmnet-{suffix}-*"):
-                shutil.rmtree(wd, ignore_errors=True)
-            reaped.append(suffix)
-    return reaped
+    in_use = {m.group(1) for n in _netns_list() if (m := _NS_RE.match(n))}
+    return reap_dead_instances(REGISTRY, in_use, _teardown, "ko-slurmnet-")
 
 
 def slurmnet_fixture() -> Iterator[SlurmNet]:

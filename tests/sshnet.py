@@ -745,28 +745,48 @@ def leftovers(suffix: str, third: int | None = None, ns_inodes: Sequence[int] = 
     return left
 
 
-def reap_stale() -> list[str]:
-    """Tear down instances whose owning process is gone (e.g. a killed test run)."""
+def reap_dead_instances(
+    registry: Path,
+    in_use: set[str],
+    teardown: Callable[[str, int | None], object],
+    workdir_prefix: str,
+) -> list[str]:
+    """Tear down test networks whose owning process is gone (a killed test run).
+
+    ``in_use``: suffixes seen on the machine (namespace names); ``registry`` holds one
+    "pid starttime third-octet" file per live instance; ``teardown(suffix, third)``
+    removes one; its temporary ``workdir_prefix<suffix>-*`` folders go too.
+    """
     reaped = []
     with _locked():
         owners = {}
-        if REGISTRY.is_dir():
-            for entry in REGISTRY.iterdir():
+        if registry.is_dir():
+            for entry in registry.iterdir():
                 with contextlib.suppress(OSError):
                     owners[entry.name] = entry.read_text().strip()
-        suffixes = {m.group(1) for n in _netns_list() if (m := _NS_RE.match(n))}
-        suffixes |= set(owners)
-        for suffix in sorted(suffixes):
+        for suffix in sorted(in_use | set(owners)):
             token = owners.get(suffix)
             if token is not None and _owner_alive(token):
                 continue
             parts = (token or "").split()
             third = int(parts[2]) if len(parts) == 3 and parts[2].isdigit() else None
-            _teardown(suffix, [f"{NS_PREFIX}{suffix}-{n}" for n in HOST_NAMES], third)
-            for wd in Path(tempfile.gettempdir()).glob(f"ko-sshnet-{suffix}-*"):
+            teardown(suffix, third)
+            for wd in Path(tempfile.gettempdir()).glob(f"{workdir_prefix}{suffix}-*"):
                 shutil.rmtree(wd, ignore_errors=True)
             reaped.append(suffix)
     return reaped
+
+
+def reap_stale() -> list[str]:
+    """Tear down instances whose owning process is gone (e.g. a killed test run)."""
+    return reap_dead_instances(
+        REGISTRY,
+        {m.group(1) for n in _netns_list() if (m := _NS_RE.match(n))},
+        lambda suffix, third: _teardown(
+            suffix, [f"{NS_PREFIX}{suffix}-{n}" for n in HOST_NAMES], third
+        ),
+        "ko-sshnet-",
+    )
 
 
 def sshnet_fixture() -> Iterator[SSHNet]:

@@ -531,3 +531,68 @@ async def test_two_users_kernels_on_one_node_cannot_reach_each_other(
         await asyncio.gather(alice.shutdown_kernel(now=True), bob.shutdown_kernel(now=True))
     for km in (alice, bob):
         wait_until(lambda km=km: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job's end")
+
+
+ON_LOGIN_NODE = """
+import asyncio, sys
+import orchestrator
+
+async def main():
+    km = orchestrator.AsyncKernelManager(kernel_name=sys.argv[1])
+    await km.start_kernel()
+    try:
+        kc = km.client()
+        kc.start_channels()
+        await kc.wait_for_ready(timeout=60)
+        out = []
+        hook = lambda m: out.append(m["content"]["text"]) if m["msg_type"] == "stream" else None
+        code = "import os; print(os.environ['SLURM_JOB_ID'])"
+        await kc.execute_interactive(code, timeout=60, output_hook=hook)
+        kc.stop_channels()
+        prov = km.provisioner
+        print(prov.job_id, km.get_connection_info()["ip"], "".join(out).strip(),
+              prov._tunnel is None, prov._conn.target.describe(), sep="|")
+    finally:
+        await km.shutdown_kernel()
+
+asyncio.run(main())
+"""
+
+
+async def test_the_orchestrator_on_the_login_node_needs_no_ssh(
+    slurmspec: Any, slurmnet: Any
+) -> None:
+    """Run on the login host itself: sbatch and squeue run there, no SSH, no tunnel."""
+    name = slurmspec("on-login", hosts=[], on_login_node=True)
+    done = await asyncio.to_thread(
+        slurmnet.run, "login", [sys.executable, "-c", ON_LOGIN_NODE, name], timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    job_id, ip, seen_job, no_tunnel, via = done.stdout.strip().splitlines()[-1].split("|")
+    assert seen_job == job_id and ip in slurmnet.node_ips.values()
+    assert no_tunnel == "True" and via == "this host (no SSH)"
+    wait_until(lambda: job_id not in {j["id"] for j in slurmnet.live_jobs()}, 30, "job end")
+
+
+def test_kernelspec_install_on_the_login_node(jupyter_env: dict[str, str]) -> None:
+    import json as _json
+
+    base = [
+        "kernelspec",
+        "install",
+        "slurm-provisioner",
+        "--partition",
+        "batch",
+        "--time",
+        "1:00:00",
+    ]
+    done = ko(*base, "--name", "local-hpc", "--on-login-node", "--gres", "gpu:1")
+    assert done.returncode == 0, done.stderr
+    spec = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "local-hpc" / "kernel.json"
+    config = _json.loads(spec.read_text())["metadata"]["kernel_provisioner"]["config"]
+    assert config["on_login_node"] is True and "hosts" not in config
+    assert config["resources"] == {"partition": "batch", "time": "01:00:00", "gres": "gpu:1"}
+    for extra in ([], ["--on-login-node", "--host", "login1"]):
+        refused = ko(*base, "--name", "x", *extra)
+        assert refused.returncode != 0
+        assert "give either --host LOGIN or --on-login-node" in refused.stderr, refused.stderr

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import time
@@ -74,19 +73,11 @@ def _kernelspecs(ctx: Context, net: Any) -> None:
     slurm = slurm_config(net, ctx.path("slurm-kernels"), queue_interval=1.0)
     ssh = {k: slurm[k] for k in ("hosts", "identity_file", "known_hosts", "python")}
     ssh["remote_dir"] = str(ctx.path("ssh-kernels"))
-    for name, provisioner, config in (
-        ("bench-slurm", "slurm-provisioner", slurm),
-        ("bench-login-ssh", "ssh-provisioner", ssh),
-    ):
-        spec_dir = ctx.root / "data" / "kernels" / name
-        spec_dir.mkdir(parents=True, exist_ok=True)
-        spec = {
-            "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-            "display_name": name,
-            "language": "python",
-            "metadata": {"kernel_provisioner": {"provisioner_name": provisioner, "config": config}},
-        }
-        (spec_dir / "kernel.json").write_text(json.dumps(spec))
+    from tests.conftest import write_kernelspec
+
+    data_dir = str(ctx.root / "data")
+    write_kernelspec(data_dir, "bench-slurm", "slurm-provisioner", slurm)
+    write_kernelspec(data_dir, "bench-login-ssh", "ssh-provisioner", ssh)
 
 
 async def _start_to_ready(store: Any, kernelspec: str) -> float:

@@ -35,12 +35,10 @@ from typing import Any
 from traitlets import Bool, Dict, Float, List, Unicode
 
 from orchestrator.errors import KernelStartError, OrchestratorError
-from orchestrator.executors import run_blocking
-from orchestrator.provisioning.contract import GarbageContext, kernelspec_configs
-from orchestrator.tunnels.ssh import KernelTunnel, pool
+from orchestrator.provisioning.contract import GarbageContext, client_connection_info
 
-from ..ssh.accounts import static_accounts
 from ..ssh.agent import RemoteAgent, agent_for
+from ..ssh.localhost import local_connection
 from ..ssh.provisioner import SSHProvisioner
 from . import batch
 from .queue import ENDED_WHY, PENDING, RUNNING, ClusterQueue, QueueUnknown, queue_for
@@ -104,6 +102,12 @@ class SlurmProvisioner(SSHProvisioner):
         help="A restart after the job ended submits a new job (off: the restart fails with"
         " the reason the job ended).",
     )
+    on_login_node = Bool(
+        False,
+        config=True,
+        help="The orchestrator runs on the login host itself: Slurm's commands run here"
+        " without SSH, and clients connect to the node's ports directly.",
+    )
     remote_dir = Unicode(
         "~/.kernel-orchestrator/slurm",
         config=True,
@@ -120,6 +124,7 @@ class SlurmProvisioner(SSHProvisioner):
     end_reason = ""
     time_left: int | None = None
     warned = False
+    agent_extensions = EXTENSIONS
     _launching = False
     _job_request: batch.JobRequest | None = None
     poll_interval = 0.5
@@ -128,11 +133,38 @@ class SlurmProvisioner(SSHProvisioner):
     def has_process(self) -> bool:
         return bool(self.job_id)
 
-    async def _agent(self) -> RemoteAgent:
-        return agent_for(await self._connection(), self.python, EXTENSIONS)
-
     async def _queue(self) -> ClusterQueue:
         return queue_for(await self._agent(), self.remote_dir)
+
+    # ---------------------------------------------- on the login node, no SSH
+    async def _connection(self) -> Any:
+        if self.on_login_node:
+            self._conn = local_connection()  # type: ignore[assignment]
+            return self._conn
+        return await super()._connection()
+
+    async def _choose_host(self) -> None:
+        if self.on_login_node:
+            self.host, self._conn = "localhost", local_connection()  # type: ignore[assignment]
+            return
+        await super()._choose_host()
+
+    def _release_connection(self) -> None:
+        if self.on_login_node:
+            if self._conn is not None:
+                agent_for(self._conn, self.python, EXTENSIONS).untrack(str(self.kernel_id))  # type: ignore[arg-type]
+            self._conn = None
+            return
+        super()._release_connection()
+
+    def gc_hosts(self) -> list[str]:
+        return ["localhost"] if self.on_login_node else list(self.hosts)
+
+    async def _collect_on(self, host: str, ctx: GarbageContext) -> list[str]:
+        if self.on_login_node:
+            agent = agent_for(local_connection(), self.python, EXTENSIONS)  # type: ignore[arg-type]
+            return await self._collect_with(agent, host, ctx)
+        return await super()._collect_on(host, ctx)
 
     # ------------------------------------------------------------ launch
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
@@ -347,21 +379,18 @@ class SlurmProvisioner(SSHProvisioner):
         return self.end_reason + (f"\n--- last lines of its output ---\n{tail}" if tail else "")
 
     async def _open_tunnel(self) -> None:
-        assert self.remote_ports is not None and self._target is not None
-        if self._tunnel is not None and self._tunnel.forwards:
-            for ch, fwd in self._tunnel.forwards.items():  # a restart: same local ports
-                fwd.remote_host, fwd.remote_port = self.node, self.remote_ports[ch]
-        else:
-            self._tunnel = KernelTunnel(self._target)
-            self.local_ports = await run_blocking(
-                "ssh", self._tunnel.open, self.remote_ports, self.local_ports, self.node
-            )
-        self.local_ports = {ch: f.local_port for ch, f in self._tunnel.forwards.items()}
-        from orchestrator.provisioning.contract import client_connection_info
-
+        if not self.on_login_node:
+            await super()._open_tunnel()
+            return
+        assert self.remote_ports is not None  # the node's ports are reachable from here
         self.connection_info = client_connection_info(  # type: ignore[assignment]
-            self, "127.0.0.1", self.local_ports, self._curve
+            self, self.node, self.remote_ports, self._curve
         )
+
+    def _remote_endpoint(self) -> tuple[str, dict[str, int]]:
+        """The kernel listens on its node's address, reached from the login host."""
+        assert self.remote_ports is not None
+        return self.node, dict(self.remote_ports)
 
     async def _wait_until_ready(self) -> None:
         reply = await self.first_answer(
@@ -538,67 +567,52 @@ class SlurmProvisioner(SSHProvisioner):
         await self._open_tunnel()
 
     # ---------------------------------------------------------------- gc
-    @classmethod
-    async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
-        found: list[str] = []
-        for config in kernelspec_configs("slurm-provisioner"):
-            prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **config)
-            for account in static_accounts(prov.user, prov.identity_file, dict(prov.user_map)):
-                prov.account = account
-                for host in prov.hosts:
-                    found += await prov._collect_jobs(host, ctx)
-        return found
+    entry_point = "slurm-provisioner"
 
-    async def _collect_jobs(self, host: str, ctx: GarbageContext) -> list[str]:
+    async def _collect_with(self, agent: RemoteAgent, host: str, ctx: GarbageContext) -> list[str]:
         """Jobs and directories of this deployment on ``host`` that no record owns."""
         found: list[str] = []
-        try:
-            target = self._resolve(host)
-            conn = await run_blocking("ssh-connect", pool.acquire, target)
-        except OrchestratorError as e:
-            ctx.log.warning("gc: cannot reach %s: %s", host, e)
-            return found
-        try:
-            agent = agent_for(conn, self.python, EXTENSIONS)
-            reply = await agent.call("slurm_list", {"base_dir": self.remote_dir}, 60)
-            ages = {
-                str(k.get("kernel_id")): float(k.get("age", 0)) for k in reply.get("kernels", [])
-            }
-            for job_id, job in (reply.get("jobs") or {}).items():
-                m = _COMMENT.fullmatch(job.get("comment", "").strip())
-                if not m or m[1] != ctx.instance or m[2] in ctx.owned_kernel_ids:
-                    continue
-                if job["state"] not in PENDING + RUNNING:
-                    continue
-                if ages.get(m[2], ctx.grace_seconds) < ctx.grace_seconds:
-                    continue
-                found.append(f"Slurm job {job_id} (kernel {m[2]}) on {host}")
-                if not ctx.dry_run:
-                    await agent.call(
-                        "slurm_cancel",
-                        {"kernel_id": m[2], "base_dir": self.remote_dir, "job_id": job_id},
-                    )
-                ages.pop(m[2], None)
-            for k in reply.get("kernels", []):
-                kid = str(k.get("kernel_id", ""))
-                if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
-                    continue
-                if kid not in ages or ages[kid] < ctx.grace_seconds:
-                    continue
-                found.append(f"kernel directory {kid} on {host}")
-                if not ctx.dry_run:
-                    await agent.call(
-                        "slurm_cancel", {"kernel_id": kid, "base_dir": self.remote_dir}
-                    )
-        finally:
-            pool.release(target)
+        reply = await agent.call("slurm_list", {"base_dir": self.remote_dir}, 60)
+        ages = {str(k.get("kernel_id")): float(k.get("age", 0)) for k in reply.get("kernels", [])}
+        for job_id, job in (reply.get("jobs") or {}).items():
+            m = _COMMENT.fullmatch(job.get("comment", "").strip())
+            if not m or m[1] != ctx.instance or m[2] in ctx.owned_kernel_ids:
+                continue
+            if job["state"] not in PENDING + RUNNING:
+                continue
+            if ages.get(m[2], ctx.grace_seconds) < ctx.grace_seconds:
+                continue
+            found.append(f"Slurm job {job_id} (kernel {m[2]}) on {host}")
+            if not ctx.dry_run:
+                await agent.call(
+                    "slurm_cancel",
+                    {"kernel_id": m[2], "base_dir": self.remote_dir, "job_id": job_id},
+                )
+            ages.pop(m[2], None)
+        for k in reply.get("kernels", []):
+            kid = str(k.get("kernel_id", ""))
+            if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
+                continue
+            if kid not in ages or ages[kid] < ctx.grace_seconds:
+                continue
+            found.append(f"kernel directory {kid} on {host}")
+            if not ctx.dry_run:
+                await agent.call("slurm_cancel", {"kernel_id": kid, "base_dir": self.remote_dir})
         return found
 
     # ------------------------------------------------------- kernelspecs
     @classmethod
     def add_kernelspec_arguments(cls, parser: Any) -> None:
         super().add_kernelspec_arguments(parser)
+        for action in parser._actions:
+            if action.dest == "hosts":  # not with --on-login-node
+                action.required = False
         g = parser.add_argument_group("slurm-provisioner")
+        g.add_argument(
+            "--on-login-node",
+            action="store_true",
+            help="the orchestrator runs on the login host: no SSH (instead of --host)",
+        )
         g.add_argument("--partition", required=True)
         g.add_argument("--time", required=True, help="walltime, HH:MM:SS")
         for name in ("account", "qos", "gres", "reservation", "constraint", "cpus", "mem"):
@@ -613,7 +627,13 @@ class SlurmProvisioner(SSHProvisioner):
 
     @classmethod
     def kernelspec_config(cls, args: Any) -> dict[str, Any]:
+        if bool(args.hosts) == bool(args.on_login_node):
+            raise batch.ResourceError("give either --host LOGIN or --on-login-node")
+        args.hosts = args.hosts or []
         config = super().kernelspec_config(args)
+        if args.on_login_node:
+            config.pop("hosts", None)
+            config["on_login_node"] = True
         for ssh_only in ("loopback_private", "port_range"):
             config.pop(ssh_only, None)
         names = (

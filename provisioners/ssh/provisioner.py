@@ -152,8 +152,11 @@ class SSHProvisioner(  # type: ignore[misc]
             self._conn = await run_blocking("ssh-connect", pool.acquire, self._target)
         return self._conn
 
+    # Actions the remote agent gets beyond the launcher's (see remote.program).
+    agent_extensions: tuple[str, ...] = ()
+
     async def _agent(self) -> RemoteAgent:
-        return agent_for(await self._connection(), self.python)
+        return agent_for(await self._connection(), self.python, self.agent_extensions)
 
     # ----------------------------------------------------------- targets
     def _resolve(self, destination: str) -> SSHTarget:
@@ -278,17 +281,22 @@ class SSHProvisioner(  # type: ignore[misc]
             return
         raise KernelStartError("no host of the pool can be reached: " + "; ".join(failures))
 
+    def _remote_endpoint(self) -> tuple[str, dict[str, int]]:
+        """Where the kernel listens, as seen from the SSH host: its loopback here."""
+        assert self.remote is not None
+        return "127.0.0.1", {ch: int(p) for ch, p in self.remote["ports"].items()}
+
     async def _open_tunnel(self) -> None:
-        assert self.remote is not None and self._target is not None
-        remote_ports = {ch: int(p) for ch, p in self.remote["ports"].items()}
+        assert self._target is not None
+        remote_host, remote_ports = self._remote_endpoint()
         if self._tunnel is not None and self._tunnel.forwards:
             # A restart: same local ports, pointed at the new remote ports.
             for ch, fwd in self._tunnel.forwards.items():
-                fwd.remote_port = remote_ports[ch]
+                fwd.remote_host, fwd.remote_port = remote_host, remote_ports[ch]
         else:
             self._tunnel = KernelTunnel(self._target)
             self.local_ports = await run_blocking(
-                "ssh", self._tunnel.open, remote_ports, self.local_ports
+                "ssh", self._tunnel.open, remote_ports, self.local_ports, remote_host
             )
         self.local_ports = {ch: f.local_port for ch, f in self._tunnel.forwards.items()}
         self.connection_info = client_connection_info(  # type: ignore[assignment]
@@ -382,7 +390,7 @@ class SSHProvisioner(  # type: ignore[misc]
 
     def _release_connection(self) -> None:
         if self._conn is not None and self._target is not None:
-            agent_for(self._conn, self.python).untrack(str(self.kernel_id))
+            agent_for(self._conn, self.python, self.agent_extensions).untrack(str(self.kernel_id))
             pool.release(self._target)
         self._conn = None
 
@@ -435,10 +443,13 @@ class SSHProvisioner(  # type: ignore[misc]
             )
 
     # ---------------------------------------------------------------- gc
+    # The entry-point name gc looks for in kernelspecs (a subclass sets its own).
+    entry_point = "ssh-provisioner"
+
     @classmethod
     async def collect_garbage(cls, ctx: GarbageContext) -> list[str]:
         found: list[str] = []
-        for config in kernelspec_configs("ssh-provisioner"):
+        for config in kernelspec_configs(cls.entry_point):
             prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **config)
             accounts = static_accounts(prov.user, prov.identity_file, dict(prov.user_map))
             if not accounts:
@@ -449,34 +460,41 @@ class SSHProvisioner(  # type: ignore[misc]
                 )
             for account in accounts:
                 prov.account = account
-                for host in prov.hosts:
+                for host in prov.gc_hosts():
                     found += await prov._collect_on(host, ctx)
         return found
 
+    def gc_hosts(self) -> list[str]:
+        """The hosts gc visits for this kernelspec."""
+        return list(self.hosts)
+
     async def _collect_on(self, host: str, ctx: GarbageContext) -> list[str]:
         """Orphans of this deployment in the current account on ``host``."""
-        found: list[str] = []
         try:
             target = self._resolve(host)
             conn = await run_blocking("ssh-connect", pool.acquire, target)
         except OrchestratorError as e:
             ctx.log.warning("gc: cannot reach %s: %s", host, e)
-            return found
+            return []
         try:
-            agent = agent_for(conn, self.python)
-            reply = await agent.call("list", {"base_dir": self.remote_dir})
-            for k in reply.get("kernels", []):
-                kid = str(k.get("kernel_id", ""))
-                if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
-                    continue
-                if float(k.get("age", 0)) < ctx.grace_seconds:
-                    continue
-                who = f" as {self.account.user}" if self.account and self.account.user else ""
-                found.append(f"remote kernel {kid} on {host}{who} (pid {k.get('pid')})")
-                if not ctx.dry_run:
-                    await agent.call("cleanup", {"kernel_id": kid, "base_dir": self.remote_dir})
+            agent = agent_for(conn, self.python, self.agent_extensions)
+            return await self._collect_with(agent, host, ctx)
         finally:
             pool.release(target)
+
+    async def _collect_with(self, agent: RemoteAgent, host: str, ctx: GarbageContext) -> list[str]:
+        found: list[str] = []
+        reply = await agent.call("list", {"base_dir": self.remote_dir})
+        for k in reply.get("kernels", []):
+            kid = str(k.get("kernel_id", ""))
+            if k.get("instance") != ctx.instance or kid in ctx.owned_kernel_ids:
+                continue
+            if float(k.get("age", 0)) < ctx.grace_seconds:
+                continue
+            who = f" as {self.account.user}" if self.account and self.account.user else ""
+            found.append(f"remote kernel {kid} on {host}{who} (pid {k.get('pid')})")
+            if not ctx.dry_run:
+                await agent.call("cleanup", {"kernel_id": kid, "base_dir": self.remote_dir})
         return found
 
     # ------------------------------------------------------- kernelspecs
