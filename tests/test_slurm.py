@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -596,3 +597,32 @@ def test_kernelspec_install_on_the_login_node(jupyter_env: dict[str, str]) -> No
         refused = ko(*base, "--name", "x", *extra)
         assert refused.returncode != 0
         assert "give either --host LOGIN or --on-login-node" in refused.stderr, refused.stderr
+
+
+async def test_the_gateway_shows_a_pending_job_and_cancels_it(
+    slurmspec: Any, slurmnet: Any, tmp_path: Path, held_partition: str
+) -> None:
+    """With pending kernels on, the gateway's kernel model carries the job's state and
+    Slurm's reason while it waits; deleting the kernel then cancels the job."""
+    from .test_gateway import ADMIN_TOKEN, Gateway, call
+
+    name = slurmspec("gw-queued", resources={"partition": held_partition, "time": "00:10:00"})
+    gw = Gateway(tmp_path, "--", "--MappingKernelManager.use_pending_kernels=True", users=False)
+    gw.start()
+    try:
+        kernel = await call(gw.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": name})
+        deadline = time.monotonic() + 30
+        while True:
+            model = await call(gw.url, ADMIN_TOKEN, "GET", f"/api/kernels/{kernel['id']}")
+            phase = model.get("provisioner", {}).get("phase", "")
+            if "pending (PartitionDown)" in phase:
+                break
+            assert time.monotonic() < deadline, model
+            await asyncio.sleep(0.3)
+        assert re.fullmatch(r"job \d+ pending \(PartitionDown\)", phase)
+        assert model["provisioner"]["state"] == "PENDING"
+        assert jobs_of(slurmnet, kernel["id"])
+        await call(gw.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kernel['id']}")
+        wait_until(lambda: jobs_of(slurmnet, kernel["id"]) == [], 30, "the job's cancel")
+    finally:
+        gw.kill(signal.SIGTERM)

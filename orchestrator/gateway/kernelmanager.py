@@ -10,6 +10,7 @@ taken from the store, so culling keeps working across restarts of the service.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import typing as t
 
@@ -327,6 +328,38 @@ class OrchestratorMappingKernelManager(
                 await self.save_activity()
             except Exception as e:
                 self.log.warning("could not save kernel activity (will retry): %s", e)
+
+    async def _async_shutdown_kernel(  # type: ignore[override]
+        self, kernel_id: str, now: bool = False, restart: bool = False
+    ) -> None:
+        """Shut a kernel down; one still starting (a batch job waiting in the queue, with
+        pending kernels on) is cancelled, which removes what its start made (the job),
+        instead of being awaited to the end of its start as jupyter_client does."""
+        starting = self._pending_kernels.get(kernel_id)
+        km = self._kernels.get(kernel_id)
+        if (
+            not restart
+            and starting is not None
+            and not starting.done()
+            and km is not None
+            and not km.ready.done()
+        ):
+            self.log.info("Kernel shutdown while starting: %s (start cancelled)", kernel_id)
+            starting.cancel()
+            with contextlib.suppress(BaseException):
+                await starting
+            self.stop_watching_activity(kernel_id)
+            self.stop_buffering(kernel_id)
+            self._pending_kernels.pop(kernel_id, None)
+            self._kernels.pop(kernel_id, None)
+            with contextlib.suppress(Exception):
+                from jupyter_server.prometheus.metrics import KERNEL_CURRENTLY_RUNNING_TOTAL
+
+                KERNEL_CURRENTLY_RUNNING_TOTAL.labels(type=km.kernel_name).dec()
+            return
+        await super()._async_shutdown_kernel(kernel_id, now=now, restart=restart)
+
+    shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
 
     def _forget_kernel(self, kernel_id: str) -> None:
         """Drop a kernel another process now owns: no activity watch, no pool slot."""
