@@ -90,6 +90,9 @@ def slurm_submit(req):
     job_id = out.strip().split(";")[0]
     if not job_id.isdigit():
         raise RuntimeError(f"sbatch printed no job id: {out.strip()[:200]!r}")
+    if not os.path.isdir(kdir):  # the start was cancelled while sbatch ran
+        _scancel(["scancel", job_id])
+        raise RuntimeError(f"the start was cancelled; job {job_id} has been cancelled")
     meta["job_id"] = job_id
     _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
     return {"job_id": job_id, "dir": kdir}
@@ -147,6 +150,8 @@ def slurm_cancel(req):
     """End the job (if any) and remove the kernel's directory."""
     if req.get("job_id"):
         _scancel(["scancel", str(int(req["job_id"]))])
+    elif req.get("job_name"):  # a submit whose answer never came: its job has our name
+        _scancel(["scancel", "--name=" + str(req["job_name"])])
     if req.get("remove", True):
         _, kdir = _kernel_dir(req)
         shutil.rmtree(kdir, ignore_errors=True)

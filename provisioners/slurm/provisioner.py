@@ -126,6 +126,7 @@ class SlurmProvisioner(SSHProvisioner):
     warned = False
     agent_extensions = EXTENSIONS
     _launching = False
+    _ending_since: float | None = None
     _job_request: batch.JobRequest | None = None
     poll_interval = 0.5
 
@@ -425,7 +426,17 @@ class SlurmProvisioner(SSHProvisioner):
         )
         if job["state"] in RUNNING:
             self._check_walltime(job)
-            return int(state.get("exit") or 1) if kernel_exited else None
+            if not kernel_exited:
+                self._ending_since = None
+                return None
+            if state.get("error") == "the job was ended":
+                # Slurm is ending the job (walltime, preemption, a cancel): its final
+                # state, a moment later, says why.
+                self._ending_since = self._ending_since or time.monotonic()
+                if time.monotonic() - self._ending_since < 60:
+                    return None
+                self._ended(f"job {self.job_id} was ended")
+            return int(state.get("exit") or 1)
         if job["state"] in PENDING:
             return None
         why = ENDED_WHY.get(job["state"], f"the job ended ({job['state'].lower()})")
@@ -507,7 +518,16 @@ class SlurmProvisioner(SSHProvisioner):
             await self._teardown()
 
     async def _cancel_job(self) -> None:
-        if not self.job_id or not self.host:
+        if not self.host:
+            return
+        if not self.job_id:  # submitted, perhaps, but its id never came back
+            with contextlib.suppress(OrchestratorError):
+                agent = await self._agent()
+                await agent.call(
+                    "slurm_cancel",
+                    {"kernel_id": str(self.kernel_id), "base_dir": self.remote_dir,
+                     "job_name": f"kernel-{self.kernel_id}"},
+                )  # fmt: skip
             return
         try:
             await self._job_call("slurm_cancel", remove=True)

@@ -288,15 +288,24 @@ def agent(_req):
             answer({"id": msg.get("id"), "error": str(e) or type(e).__name__})
 
     answer({"id": 0, "reply": {"agent": os.getpid()}})
+    running: list = []
     for line in iter(sys.stdin.readline, ""):
         try:
             msg = json.loads(line)
         except ValueError:
             continue
         if msg.get("action") in SLOW:
-            threading.Thread(target=handle, args=(msg,), daemon=True).start()
+            thread = threading.Thread(target=handle, args=(msg,), daemon=True)
+            thread.start()
+            running = [t for t in running if t.is_alive()] + [thread]
         elif msg.get("action") != "agent":
             handle(msg)
+    # The channel is gone, perhaps mid-launch: let started actions finish (a launch
+    # that times out kills its kernel; a submit whose start was cancelled cancels its
+    # job) rather than leave what they made behind. Each is bounded by its own timeout.
+    deadline = time.monotonic() + 120
+    for thread in running:
+        thread.join(max(0.0, deadline - time.monotonic()))
     return None
 
 

@@ -250,6 +250,10 @@ class SSHProvisioner(  # type: ignore[misc]
             await self._open_tunnel()
             await self._wait_until_ready()
         except BaseException as e:
+            if self.remote is None:
+                # The launch was sent but not answered (a cancelled start): the cleanup
+                # finds its process, if it got one, from the kernel's own directory.
+                self.remote = {}
             await self._remove_remote()
             await self._teardown()
             if isinstance(e, OrchestratorError) and not isinstance(e, KernelStartError):
