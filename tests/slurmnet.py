@@ -254,7 +254,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-SchedulerType=sched/backfill
+SchedulerType=sched/builtin
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core_Memory
 ReturnToService=2
@@ -267,7 +267,7 @@ MinJobAge=600
 KillWait=2
 InactiveLimit=0
 MpiDefault=none
-SchedulerParameters=sched_interval=2
+SchedulerParameters=sched_interval=1
 {nodes}
 PartitionName=batch Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
 PartitionName=held Nodes={",".join(NODES)} MaxTime=INFINITE State=DOWN
