@@ -353,6 +353,34 @@ def measurement(
     ).finish()
 
 
+def concurrent_start_rows(
+    scenario: str,
+    benchmark: str,
+    variant: str,
+    n: int,
+    wall: float,
+    ready: Sequence[float],
+    *,
+    note: str = "",
+    wall_note: str = "",
+) -> list[Row]:
+    """The rows every "n kernels started at once" benchmark reports: the wall time,
+    each kernel's time to ready, and how many got ready (target: all n)."""
+    return [
+        measurement(scenario, f"{benchmark}: wall", variant, [wall], "s", note=wall_note),
+        measurement(scenario, f"{benchmark}: per kernel to ready", variant, ready, "s"),
+        measurement(
+            scenario,
+            f"{benchmark}: kernels ready",
+            variant,
+            [float(len(ready))],
+            "count",
+            target=Target.at_least(n, f"{n}/{n} ready, 0 failed"),
+            note=note,
+        ),
+    ]
+
+
 def comparison(
     scenario: str,
     benchmark: str,

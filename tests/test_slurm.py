@@ -23,6 +23,7 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 
 from .conftest import write_kernelspec
 from .test_docker import run
+from .test_ssh import CROSS_USER_SPY
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
 CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
@@ -115,8 +116,10 @@ async def test_lifecycle_in_a_batch_job(slurmspec: Any, store: Any, slurmnet: An
         kc.start_channels()
         try:
             await kc.wait_for_ready(timeout=30)
-            msg_id = kc.execute("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
-                                "    print('interrupted')")  # fmt: skip
+            msg_id = kc.execute(
+                "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+                "    print('interrupted')"
+            )
             await asyncio.sleep(1.5)
             await km.interrupt_kernel()
             reply = await kc._async_get_shell_msg(timeout=20)  # type: ignore[attr-defined]
@@ -204,8 +207,11 @@ async def test_the_queue_time_out_cancels_the_job(
         queue_timeout=3,
     )
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
-    with pytest.raises(KernelStartError, match=r"was still pending after 3s \(reason: "
-                       r"PartitionDown\); it has been cancelled"):  # fmt: skip
+    with pytest.raises(
+        KernelStartError,
+        match=r"was still pending after 3s \(reason: "
+        r"PartitionDown\); it has been cancelled",
+    ):
         await km.start_kernel()
     wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job's end")
     assert await store.list() == [] and list(remote_dir.iterdir()) == []
@@ -215,12 +221,27 @@ def test_cli_start_timeout_names_the_pending_job(
     slurmnet: Any, jupyter_env: dict[str, str], remote_dir: Path, held_partition: str
 ) -> None:
     installed = ko(
-        "kernelspec", "install", "slurm-provisioner", "--name", "hpc",
-        "--host", f"root@{slurmnet.login_ip}", "--identity-file", str(slurmnet.user_key),
-        "--known-hosts", str(slurmnet.known_hosts), "--partition", held_partition,
-        "--time", "00:10:00", "--python", sys.executable, "--remote-dir", str(remote_dir),
+        "kernelspec",
+        "install",
+        "slurm-provisioner",
+        "--name",
+        "hpc",
+        "--host",
+        f"root@{slurmnet.login_ip}",
+        "--identity-file",
+        str(slurmnet.user_key),
+        "--known-hosts",
+        str(slurmnet.known_hosts),
+        "--partition",
+        held_partition,
+        "--time",
+        "00:10:00",
+        "--python",
+        sys.executable,
+        "--remote-dir",
+        str(remote_dir),
         "--sbatch-arg=--mail-type=NONE",
-    )  # fmt: skip
+    )
     assert installed.returncode == 0, installed.stderr
     result = ko("start", "hpc", "--timeout", "6")
     assert result.returncode == 1, result
@@ -231,8 +252,19 @@ def test_cli_start_timeout_names_the_pending_job(
     ), result.stderr
     assert [j for j in slurmnet.live_jobs() if j["name"].startswith("kernel-")] == []
     # Refused at install: no job could ever run with these.
-    bad = ko("kernelspec", "install", "slurm-provisioner", "--name", "bad", "--host", "login",
-             "--partition", "batch", "--time", "0")  # fmt: skip
+    bad = ko(
+        "kernelspec",
+        "install",
+        "slurm-provisioner",
+        "--name",
+        "bad",
+        "--host",
+        "login",
+        "--partition",
+        "batch",
+        "--time",
+        "0",
+    )
     assert bad.returncode != 0 and "time '0' must be more than zero" in bad.stderr, bad.stderr
 
 
@@ -403,11 +435,17 @@ async def test_gc_cancels_only_its_own_orphans(slurmspec: Any, store: Any, slurm
     await store.delete(orphan)  # its record is lost
     foreign = slurmnet.run(
         "login",
-        ["sbatch", "--parsable", "--time=00:05:00", "--job-name=kernel-not-ours",
-         "--output=/dev/null", "--comment=kernel-orchestrator instance=someone-else kernel=x",
-         "--wrap=sleep 300"],
+        [
+            "sbatch",
+            "--parsable",
+            "--time=00:05:00",
+            "--job-name=kernel-not-ours",
+            "--output=/dev/null",
+            "--comment=kernel-orchestrator instance=someone-else kernel=x",
+            "--wrap=sleep 300",
+        ],
         check=True,
-    ).stdout.strip()  # fmt: skip
+    ).stdout.strip()
     try:
         out = ko("gc", "--grace", "0")
         assert out.returncode == 0 and orphan in out.stdout, out
@@ -462,8 +500,11 @@ async def test_allowed_values_and_profiles_reach_sbatch(
         setup=["export FROM_SETUP=module-loaded"],
     )
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
-    env = {"KERNEL_SLURM_PROFILE": "small", "KERNEL_SLURM_TIME": "00:20:00",
-           "KERNEL_SLURM_SBATCH_ARGS": "--mail-type=NONE"}  # fmt: skip
+    env = {
+        "KERNEL_SLURM_PROFILE": "small",
+        "KERNEL_SLURM_TIME": "00:20:00",
+        "KERNEL_SLURM_SBATCH_ARGS": "--mail-type=NONE",
+    }
     await km.start_kernel(env={**os.environ, **env})
     try:
         shown = slurmnet.scontrol("show", "job", km.provisioner.job_id)
@@ -473,22 +514,6 @@ async def test_allowed_values_and_profiles_reach_sbatch(
         assert out["out"] == "module-loaded\n"
     finally:
         await km.shutdown_kernel()
-
-
-CROSS_USER = """
-import json, os, zmq
-seen = {{"me": os.environ.get("USER") or __import__("pwd").getpwuid(os.getuid()).pw_name}}
-for what, path in (("file", {conn!r}), ("dir", {kdir!r})):
-    try:
-        open(path).read() if what == "file" else os.listdir(path)
-        seen[what] = "read"
-    except OSError as e:
-        seen[what] = type(e).__name__
-spy = zmq.Context().socket(zmq.SUB)
-spy.setsockopt(zmq.SUBSCRIBE, b"")
-spy.connect("tcp://{node}:{iopub}")
-print(json.dumps(seen))
-"""
 
 
 async def test_two_users_kernels_on_one_node_cannot_reach_each_other(
@@ -507,8 +532,9 @@ async def test_two_users_kernels_on_one_node_cannot_reach_each_other(
     )
 
     def manager() -> Any:
-        return orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store,
-                                               multi_tenant=True)  # fmt: skip
+        return orchestrator.AsyncKernelManager(
+            kernel_name=name, kernel_store=store, multi_tenant=True
+        )
 
     alice, bob = manager(), manager()
     await alice.start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
@@ -519,8 +545,12 @@ async def test_two_users_kernels_on_one_node_cannot_reach_each_other(
         assert {j["user"] for j in slurmnet.live_jobs()} >= {"ko-alice", "ko-bob"}
         assert alice.get_connection_info().get("curve_secretkey")
         kdir = f"/home/ko-bob/.kernel-orchestrator/slurm/{bob.kernel_id}"
-        code = CROSS_USER.format(conn=f"{kdir}/connection.json", kdir=kdir, node=theirs.node,
-                                 iopub=theirs.remote_ports["iopub"])  # fmt: skip
+        code = CROSS_USER_SPY.format(
+            conn=f"{kdir}/connection.json",
+            kdir=kdir,
+            host=theirs.node,
+            iopub=theirs.remote_ports["iopub"],
+        )
         seen = json.loads((await run(alice, code))["out"])
         assert seen == {"me": "ko-alice", "file": "PermissionError", "dir": "PermissionError"}
         assert (await run(bob, "print('bob-private')"))["out"] == "bob-private\n"

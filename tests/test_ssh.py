@@ -470,7 +470,7 @@ for what, path in (("file", {conn!r}), ("dir", {kdir!r})):
         seen[what] = type(e).__name__
 spy = zmq.Context().socket(zmq.SUB)
 spy.setsockopt(zmq.SUBSCRIBE, b"")
-spy.connect("tcp://127.0.0.1:{iopub}")
+spy.connect("tcp://{host}:{iopub}")
 print(json.dumps(seen))
 """
 
@@ -514,7 +514,10 @@ async def test_each_user_runs_in_an_account_of_their_own(
         theirs = bob.provisioner.remote
         assert theirs["dir"].startswith("/home/ko-bob/")
         code = CROSS_USER_SPY.format(
-            conn=theirs["connection_file"], kdir=theirs["dir"], iopub=theirs["ports"]["iopub"]
+            conn=theirs["connection_file"],
+            kdir=theirs["dir"],
+            host="127.0.0.1",
+            iopub=theirs["ports"]["iopub"],
         )
         seen = json.loads((await run(alice, code))["out"])
         assert seen == {"me": "ko-alice", "file": "PermissionError", "dir": "PermissionError"}

@@ -50,9 +50,9 @@ from bench.harness import (
     Row,
     Target,
     comparison,
+    concurrent_start_rows,
     error_row,
     interleaved_round_trips,
-    measurement,
     progress,
     run_interleaved,
     start_all_at_once,
@@ -395,19 +395,7 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
     note = f"{len(ready)}/{n} ready, {len(errors)} failed; concurrent shutdown {shutdown_s:.1f} s"
     if errors:
         note += f"; first failure: {str(errors[0])[:200]}"
-    rows = [
-        measurement(NAME, f"{bench}: wall", "docker", [wall], "s"),
-        measurement(NAME, f"{bench}: per kernel to ready", "docker", ready, "s"),
-        measurement(
-            NAME,
-            f"{bench}: kernels ready",
-            "docker",
-            [float(len(ready))],
-            "count",
-            target=Target.at_least(n, f"{n}/{n} ready, 0 failed"),
-            note=note,
-        ),
-    ]
+    rows = concurrent_start_rows(NAME, bench, "docker", n, wall, ready, note=note)
     if left:
         rows.append(error_row(NAME, bench, left))
     return rows

@@ -63,6 +63,7 @@ from bench.harness import (
     Row,
     Target,
     comparison,
+    concurrent_start_rows,
     error_row,
     measurement,
     poll_until,
@@ -905,23 +906,15 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
     w_max = max(w_open) if w_open else -1
     reopen_gaps, other_gaps = _watch_gaps(watch_samples)
     rows = [
-        measurement(
+        *concurrent_start_rows(
             NAME,
-            f"{bench}: wall",
+            bench,
             "kubernetes",
-            [wall],
-            "s",
-            note="until the last start finished or failed",
-        ),
-        measurement(NAME, f"{bench}: per kernel to ready", "kubernetes", ready, "s"),
-        measurement(
-            NAME,
-            f"{bench}: kernels ready",
-            "kubernetes",
-            [float(len(ready))],
-            "count",
-            target=Target.at_least(n, f"{n}/{n} ready, 0 failed"),
+            n,
+            wall,
+            ready,
             note=note,
+            wall_note="until the last start finished or failed",
         ),
         measurement(
             NAME,

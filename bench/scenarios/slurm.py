@@ -29,6 +29,7 @@ from bench.harness import (
     Row,
     Target,
     comparison,
+    concurrent_start_rows,
     error_row,
     measurement,
     progress,
@@ -161,18 +162,9 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
                 await asyncio.sleep(0.5)
             if live:
                 problems.append(f"jobs left after shutdown: {[j['id'] for j in live]}")
+    note = f"{len(errors)} failed" + (f": {str(errors[0])[:200]}" if errors else "")
     rows = [
-        measurement(NAME, f"{bench}: wall", "slurm", [wall], "s"),
-        measurement(NAME, f"{bench}: per kernel to ready", "slurm", ready, "s"),
-        measurement(
-            NAME,
-            f"{bench}: kernels ready",
-            "slurm",
-            [float(len(ready))],
-            "count",
-            target=Target.at_least(n, f"{n}/{n} ready, 0 failed"),
-            note=f"{len(errors)} failed" + (f": {str(errors[0])[:200]}" if errors else ""),
-        ),
+        *concurrent_start_rows(NAME, bench, "slurm", n, wall, ready, note=note),
         measurement(
             NAME,
             f"{bench}: squeue runs",

@@ -57,6 +57,7 @@ from bench.harness import (
     Stats,
     Target,
     comparison,
+    concurrent_start_rows,
     error_row,
     interleaved_round_trips,
     measurement,
@@ -894,17 +895,7 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
     if errors:
         note += f"; first failure: {str(errors[0])[:200]}"
     rows = [
-        measurement(NAME, f"{bench}: wall", "ssh", [wall], "s"),
-        measurement(NAME, f"{bench}: per kernel to ready", "ssh", ready, "s"),
-        measurement(
-            NAME,
-            f"{bench}: kernels ready",
-            "ssh",
-            [float(len(ready))],
-            "count",
-            target=Target.at_least(n, f"{n}/{n} ready, 0 failed"),
-            note=note,
-        ),
+        *concurrent_start_rows(NAME, bench, "ssh", n, wall, ready, note=note),
         measurement(
             NAME,
             f"{bench}: SSHConnection objects",

@@ -41,7 +41,7 @@ from ..ssh.agent import RemoteAgent, agent_for
 from ..ssh.localhost import local_connection
 from ..ssh.provisioner import SSHProvisioner
 from . import batch
-from .queue import ENDED_WHY, PENDING, RUNNING, ClusterQueue, QueueUnknown, queue_for
+from .queue import PENDING, RUNNING, ClusterQueue, QueueUnknown, ended_why, queue_for
 
 EXTENSIONS = (str(Path(__file__).with_name("login.py")),)
 SUPERVISOR = Path(__file__).with_name("supervisor.py").read_text()
@@ -299,7 +299,7 @@ class SlurmProvisioner(SSHProvisioner):
         )
         return reply.get("state") or {}
 
-    async def _job(self) -> dict[str, str] | None:
+    async def _job(self) -> dict[str, str]:
         """The job in a snapshot at most a second old; raises QueueUnknown."""
         snap = await (await self._queue()).read(str(self.kernel_id), 1.0)
         job = snap.jobs.get(self.job_id)
@@ -371,7 +371,7 @@ class SlurmProvisioner(SSHProvisioner):
         )
 
     async def _ended_message(self, job: dict[str, str]) -> str:
-        why = ENDED_WHY.get(job["state"], f"the job ended ({job['state'].lower()})")
+        why = ended_why(job["state"])
         reason = job.get("reason") or ""
         self.end_reason = f"job {self.job_id}: {why}" + (
             f" ({reason})" if reason and reason != "None" else ""
@@ -412,7 +412,7 @@ class SlurmProvisioner(SSHProvisioner):
             return 1
         try:
             snap = await (await self._queue()).read(str(self.kernel_id), self.queue_interval)
-        except (QueueUnknown, OrchestratorError) as e:
+        except OrchestratorError as e:  # QueueUnknown among them
             self.log.debug("Slurm status of kernel %s unknown: %s", self.kernel_id, e)
             return None
         job = snap.jobs.get(self.job_id)
@@ -439,8 +439,7 @@ class SlurmProvisioner(SSHProvisioner):
             return int(state.get("exit") or 1)
         if job["state"] in PENDING:
             return None
-        why = ENDED_WHY.get(job["state"], f"the job ended ({job['state'].lower()})")
-        self._ended(f"job {self.job_id}: {why}")
+        self._ended(f"job {self.job_id}: {ended_why(job['state'])}")
         return 1
 
     def _ended(self, reason: str) -> None:
@@ -522,12 +521,7 @@ class SlurmProvisioner(SSHProvisioner):
             return
         if not self.job_id:  # submitted, perhaps, but its id never came back
             with contextlib.suppress(OrchestratorError):
-                agent = await self._agent()
-                await agent.call(
-                    "slurm_cancel",
-                    {"kernel_id": str(self.kernel_id), "base_dir": self.remote_dir,
-                     "job_name": f"kernel-{self.kernel_id}"},
-                )  # fmt: skip
+                await self._job_call("slurm_cancel", job_name=f"kernel-{self.kernel_id}")
             return
         try:
             await self._job_call("slurm_cancel", remove=True)

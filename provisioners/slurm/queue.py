@@ -49,6 +49,11 @@ ENDED_WHY = {
 }
 
 
+def ended_why(state: str) -> str:
+    """Why a job in ``state`` (an ended one) is gone, in words."""
+    return ENDED_WHY.get(state, f"the job ended ({state.lower()})")
+
+
 class QueueUnknown(OrchestratorError):
     """Slurm could not be asked right now (controller unreachable, time-out)."""
 
