@@ -18,6 +18,18 @@ class KubernetesConfig(LoggingConfigurable):
     """Configuration of ``kubernetes-provisioner`` kernelspecs."""
 
     api_url = Unicode("", config=True, help="API server URL ('' : in-cluster, else kubeconfig).")
+    api_token_file = Unicode(
+        "",
+        config=True,
+        help="With api_url: file holding the bearer token (read again as it rotates, e.g. a"
+        " projected ServiceAccount token).",
+    )
+    api_ca_file = Unicode(
+        "",
+        config=True,
+        help="With api_url: CA bundle that signs the API server's certificate ('' : the"
+        " system's CAs).",
+    )
     kubeconfig = Unicode(
         "", config=True, help="kubeconfig file ('' : $KUBECONFIG, else ~/.kube/config)."
     )

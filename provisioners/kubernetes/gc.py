@@ -44,6 +44,9 @@ async def collect_orphaned_pods(
                     core.delete_namespaced_pod,
                     pod.metadata.name,
                     pod.metadata.namespace,
-                    grace_period_seconds=0,
+                    body=client.V1DeleteOptions(
+                        grace_period_seconds=0,
+                        preconditions=client.V1Preconditions(uid=pod.metadata.uid),
+                    ),
                 )
     return found

@@ -1,5 +1,5 @@
-"""Per-user kernel namespaces: made locked down, shared by that user's kernels, removed
-with the last of them.
+"""Per-user kernel namespaces: made locked down, shared by that user's kernels, and
+never deleted.
 
 A namespace the provisioner creates carries:
 
@@ -12,8 +12,11 @@ A namespace the provisioner creates carries:
 * a NetworkPolicy: kernel pods accept ingress from the orchestrator only, and send
   egress only to cluster DNS and the operator's ``egress_allow`` peers.
 
-A namespace is deleted when the last kernel in it is shut down, never while another
-kernel pod of any owner still runs there, and never unless it bears the mark.
+A namespace is never deleted, as kubespawner never deletes them: deleting it when
+"the last kernel" leaves races with that user's next start (its pod lands in a
+namespace that is being terminated, or takes every other kernel there down with it),
+and an empty namespace costs nothing. Two first starts of one user at once both
+create it; the second's 409 Conflict is the first's success.
 """
 
 from __future__ import annotations
@@ -118,7 +121,7 @@ async def _create_tolerating_conflict(fn: Any, *args: Any) -> None:
 
 async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bool:
     """Make sure ``plan.name`` exists and is ready for kernels; True when it is one of
-    ours (marked), so that the last kernel in it removes it."""
+    ours (marked), False when it is the operator's (used as it is)."""
     core = client.CoreV1Api(api)
     deadline = time.monotonic() + TERMINATING_WAIT
     while True:
@@ -133,7 +136,7 @@ async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bo
         phase = existing.status.phase if existing is not None and existing.status else ""
         if existing is None or phase != "Terminating":
             break
-        # The last kernel of this user just left and took the namespace with it.
+        # An operator is deleting it: wait, then make it again.
         if time.monotonic() > deadline:
             raise KernelStartError(f"namespace {plan.name} is still being deleted")
         await asyncio.sleep(0.5)
@@ -167,28 +170,4 @@ async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bo
             plan.name,
             network_policy(plan),
         )
-    return True
-
-
-async def release(api: client.ApiClient, namespace: str, leaving_pod: str) -> bool:
-    """Delete ``namespace`` if it is ours and no kernel pod but ``leaving_pod`` is left
-    in it; True when it was deleted."""
-    core = client.CoreV1Api(api)
-    try:
-        existing = await call_api(core.read_namespace, namespace)
-    except ApiException:
-        return False
-    if not is_managed(existing):
-        return False
-    selector = ",".join(f"{k}={v}" for k, v in KERNEL_SELECTOR.items())
-    try:
-        pods = await call_api(core.list_namespaced_pod, namespace, label_selector=selector)
-    except ApiException:
-        return False
-    if any(p.metadata.name != leaving_pod for p in pods.items):
-        return False
-    try:
-        await call_api(core.delete_namespace, namespace)
-    except ApiException:
-        return False
     return True

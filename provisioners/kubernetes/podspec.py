@@ -23,7 +23,13 @@ SECRET_DIR = "/var/run/kernel-secret"
 # Secret volume is read-only: the file is copied, 0600, into a memory-backed emptyDir
 # first. The kernel's own argv follows as separate arguments ("$@"): no quoting, no
 # templating, nothing user-supplied is ever parsed by the shell.
-COPY_THEN_EXEC = f'install -m 600 {SECRET_DIR}/connection.json {CONNECTION_FILE} && exec "$@"'
+# The shell also records its pid, which ``exec`` hands on to the kernel, so that a
+# signal can be sent to the kernel by exec into the pod (see ``signal_command``).
+KERNEL_PID_FILE = f"{CONNECTION_DIR}/kernel.pid"
+COPY_THEN_EXEC = (
+    f"install -m 600 {SECRET_DIR}/connection.json {CONNECTION_FILE}"
+    f' && echo $$ > {KERNEL_PID_FILE} && exec "$@"'
+)
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 
 # Settings a profile may set (kubespawner's profile_list idea, validated keys only).
@@ -115,6 +121,18 @@ def _resources(s: PodSettings) -> client.V1ResourceRequirements:
     return client.V1ResourceRequirements(requests=requests or None, limits=limits or None)
 
 
+def signal_command(signum: int) -> list[str]:
+    """The command that, exec'd in the kernel's container, sends ``signum`` to the kernel.
+
+    The pod shares one process namespace, so the kernel is not PID 1 there (the pause
+    process is) and receives signals it has no handler for, SIGTERM included.
+    """
+    import signal
+
+    name = signal.Signals(signum).name.removeprefix("SIG")
+    return ["sh", "-c", f'kill -s {name} "$(cat {KERNEL_PID_FILE})"']
+
+
 def build_pod(
     name: str, namespace: str, s: PodSettings, command: list[str], secret_name: str
 ) -> client.V1Pod:
@@ -163,6 +181,7 @@ def build_pod(
     spec = client.V1PodSpec(
         containers=[container],
         restart_policy="Never",
+        share_process_namespace=True,
         volumes=volumes,
         automount_service_account_token=False,
         enable_service_links=False,

@@ -11,7 +11,14 @@
 * Clients reach the kernel at its pod IP (the orchestrator runs in the cluster), with
   CurveZMQ on by default since that traffic crosses the network.
 * Interrupts go as ``interrupt_request`` messages (no exec into the pod needed);
-  terminate/kill delete the pod with a grace period of 10 s / 0 s.
+  other signals are sent to the kernel process by exec into its pod (the pod keeps
+  running, as a local kernel's process would); terminate/kill delete the pod with a
+  grace period of 10 s / 0 s.
+* Every delete carries the pod's (or Secret's) uid as a precondition: a kernel never
+  deletes a newer object that reuses its name, and a restart waits for its new pod by
+  uid, not by name.
+* Namespaces are never deleted (kubespawner's rule): another kernel of the user may be
+  starting in it at that very moment.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.resources import kubernetes_quantity
 from . import gc, kernelspec, namespaces
-from .apiclient import call_api, shared_client
+from .apiclient import ClusterAccess, call_api, connect
 from .config import KubernetesConfig
 from .names import dns_label, label_value
 from .podspec import (
@@ -50,6 +57,7 @@ from .podspec import (
     PodSettings,
     build_pod,
     build_secret,
+    signal_command,
 )
 from .podstatus import api_message, exit_code, start_error, startup_problem
 from .watcher import PodWatcher, shared_watcher
@@ -69,12 +77,14 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
     pod_namespace: str = ""
     pod_name: str = ""
     pod_uid: str = ""
+    secret_uid: str = ""
     pod_ip: str = ""
     created_namespace: bool = False
     settings: PodSettings | None = None
     _cmd: list[str] | None = None
     local_ports: dict[str, int] | None = None
     _forwards: Any = None
+    _api: client.ApiClient | None = None
 
     @property
     def has_process(self) -> bool:
@@ -82,7 +92,22 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
 
     @property
     def api(self) -> client.ApiClient:
-        return shared_client(self.api_url, self.kubeconfig, self.kube_context)
+        if self._api is None:
+            raise OrchestratorError("the Kubernetes provisioner is not connected yet")
+        return self._api
+
+    async def _connect(self) -> None:
+        """Load the cluster configuration (exec plugins included) off the event loop."""
+        if self._api is None:
+            self._api = await connect(
+                ClusterAccess(
+                    api_url=self.api_url,
+                    kubeconfig=self.kubeconfig,
+                    context=self.kube_context,
+                    token_file=self.api_token_file,
+                    ca_file=self.api_ca_file,
+                )
+            )
 
     @property
     def core(self) -> client.CoreV1Api:
@@ -98,6 +123,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
     # ----------------------------------------------------------- settings
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
+        await self._connect()
         client_env, environment = launch_environment(
             kwargs.pop("env", None), self.kernel_spec.env, self.environment, self.env_allowlist
         )
@@ -182,7 +208,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             )
             created = await self._create_pod(pod)
             self.pod_uid = created.metadata.uid
-            await self._call(
+            secret = await self._call(
                 self.core.create_namespaced_secret,
                 self.pod_namespace,
                 build_secret(
@@ -193,6 +219,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                     self._connection(),
                 ),
             )
+            self.secret_uid = secret.metadata.uid
             await self._wait_running(watcher)
             await self._open_forwards()
             self._set_connection_info()
@@ -204,8 +231,8 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         return self.connection_info
 
     async def _create_pod(self, pod: Any) -> Any:
-        """Create the pod; if the user's last other kernel took the namespace away
-        between our check and now, make the namespace again and retry once."""
+        """Create the pod; if an operator deleted the namespace between our check and
+        now, wait for it to go, make it again and retry once."""
         try:
             return await call_api(self.core.create_namespaced_pod, self.pod_namespace, pod)
         except ApiException as e:
@@ -256,7 +283,8 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         key = (self.pod_namespace, self.pod_name)
         deadline = time.monotonic() + self.startup_timeout
         while True:
-            pod = watcher.get(key)
+            watcher.check()
+            pod = watcher.get(key, self.pod_uid)  # not an earlier pod of the same name
             if pod is not None:
                 problem = startup_problem(pod)
                 if problem:
@@ -269,7 +297,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                 if status.get("phase") == "Running" and status.get("podIP"):
                     self.pod_ip = status["podIP"]
                     return
-            elif key in watcher.deleted:
+            elif self.pod_uid in watcher.deleted_uids:
                 raise KernelStartError(f"kernel pod {self.pod_name} was deleted while starting")
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -346,11 +374,9 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             return 0
         watcher = self._watcher()
         key = (self.pod_namespace, self.pod_name)
-        pod = watcher.get(key)
+        pod = watcher.get(key, self.pod_uid)
         if pod is None:
-            return 1 if key in watcher.deleted or watcher._ready.is_set() else None
-        if pod.get("metadata", {}).get("uid") not in (None, self.pod_uid) and self.pod_uid:
-            return 1  # a different pod with the same name
+            return 1 if watcher.is_gone(key, self.pod_uid) else None
         phase = (pod.get("status") or {}).get("phase")
         if phase in ("Succeeded", "Failed"):
             return exit_code(pod)
@@ -369,7 +395,48 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             km._connect_control_socket()
             km.session.send(km._control_socket, msg)
             return
-        await self._delete_pod(grace=0 if signum == signal.SIGKILL else 10)
+        await self._signal_by_exec(signum)
+
+    async def _signal_by_exec(self, signum: int) -> None:
+        """Send ``signum`` to the kernel process by exec into its pod (the pod stays)."""
+        from kubernetes.stream import stream
+
+        # kubernetes.stream swaps the ApiClient's request function while it runs: a
+        # client shared with the watch thread would send its requests as websockets.
+        core = client.CoreV1Api(client.ApiClient(self.api.configuration))
+
+        def run() -> str:
+            resp = stream(
+                core.connect_get_namespaced_pod_exec,
+                self.pod_name,
+                self.pod_namespace,
+                container="kernel",
+                command=signal_command(signum),
+                stderr=True,
+                stdout=True,
+                stdin=False,
+                tty=False,
+                _preload_content=False,
+            )
+            resp.run_forever(timeout=15)
+            errors = resp.read_stderr() if resp.peek_stderr() else ""
+            code = resp.returncode
+            resp.close()
+            return errors.strip() if code else ""
+
+        try:
+            problem = await call_api(run)
+        except ApiException as e:
+            hint = " (the chart's kernels.execForSignals grants it)" if e.status == 403 else ""
+            raise OrchestratorError(
+                f"cannot signal kernel pod {self.pod_namespace}/{self.pod_name}:"
+                f" {e.status} {api_message(e)}{hint}"
+            ) from None
+        if problem:
+            raise OrchestratorError(
+                f"signal {signal.Signals(signum).name} to kernel pod {self.pod_name} failed:"
+                f" {problem}"
+            )
 
     async def kill(self, restart: bool = False) -> None:
         await self._delete_pod(grace=0)
@@ -378,31 +445,39 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         await self._delete_pod(grace=10)
 
     async def _delete_pod(self, grace: int) -> None:
+        """Delete this kernel's pod, and only it: the uid precondition makes the API
+        server refuse (409) if the name now belongs to a newer pod."""
         if not self.pod_name:
             return
-        with contextlib.suppress(ApiException):
+        with contextlib.suppress(ApiException):  # 404: gone already; 409: not ours
             await call_api(
                 self.core.delete_namespaced_pod,
                 self.pod_name,
                 self.pod_namespace,
-                grace_period_seconds=grace,
-                propagation_policy="Background",
+                body=_delete_options(self.pod_uid, grace),
             )
 
     async def _delete_everything(self, grace: int = 0) -> None:
-        """Pod, Secret, and the namespace if this kernel created it; then confirm."""
+        """Pod and Secret (never the namespace: see the module's docstring); then
+        wait until the pod is gone, so that a restart's new pod can take its name."""
         if not self.pod_name:
             return
         await self._delete_pod(grace)
         with contextlib.suppress(ApiException):
-            await call_api(self.core.delete_namespaced_secret, self.pod_name, self.pod_namespace)
-        if self.created_namespace:
-            # Only once no other kernel (of this user or any other) is left in it.
-            await namespaces.release(self.api, self.pod_namespace, self.pod_name)
+            await call_api(
+                self.core.delete_namespaced_secret,
+                self.pod_name,
+                self.pod_namespace,
+                body=_delete_options(self.secret_uid, 0),
+            )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                await call_api(self.core.read_namespaced_pod, self.pod_name, self.pod_namespace)
+                pod = await call_api(
+                    self.core.read_namespaced_pod, self.pod_name, self.pod_namespace
+                )
+                if self.pod_uid and pod.metadata.uid != self.pod_uid:
+                    break  # ours is gone; the name is someone else's now
             except ApiException as e:
                 if e.status == 404:
                     break
@@ -413,16 +488,9 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         if not restart:
             self._close_forwards()
             self.local_ports = None
-        if restart:
-            # The next launch creates a fresh pod with the same name and kernel id.
-            await self._delete_everything_but_namespace()
-            return
+        # On restart the next launch creates a fresh pod with the same name and kernel
+        # id, and waits for it by its new uid.
         await self._delete_everything(grace=0)
-
-    async def _delete_everything_but_namespace(self) -> None:
-        created, self.created_namespace = self.created_namespace, False
-        await self._delete_everything(grace=0)
-        self.created_namespace = created
 
     # -------------------------------------------------------- persistence
     async def get_provisioner_info(self) -> dict[str, Any]:
@@ -432,6 +500,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                 "namespace": self.pod_namespace,
                 "pod_name": self.pod_name,
                 "pod_uid": self.pod_uid,
+                "secret_uid": self.secret_uid,
                 "pod_ip": self.pod_ip,
                 "created_namespace": self.created_namespace,
                 "cmd": self._cmd,
@@ -447,6 +516,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         self.pod_namespace = provisioner_info.get("namespace") or ""
         self.pod_name = provisioner_info.get("pod_name") or ""
         self.pod_uid = provisioner_info.get("pod_uid") or ""
+        self.secret_uid = provisioner_info.get("secret_uid") or ""
         self.pod_ip = provisioner_info.get("pod_ip") or ""
         self.created_namespace = bool(provisioner_info.get("created_namespace"))
         self._cmd = provisioner_info.get("cmd")
@@ -457,6 +527,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             self._curve = (_text(ci["curve_publickey"]), _text(ci["curve_secretkey"]))
         self.local_ports = provisioner_info.get("local_ports")
         self.reachability = provisioner_info.get("reachability") or self.reachability
+        await self._connect()
         if self.pod_name:
             await self._watcher().ready()
 
@@ -476,6 +547,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         found: list[str] = []
         for cfg in kernelspec_configs("kubernetes-provisioner"):
             prov = cls(kernel_id="gc", kernel_spec=None, parent=None, **cfg)
+            await prov._connect()
             scope = None if prov.namespace_template else prov.namespace
             found += await gc.collect_orphaned_pods(prov.core, scope, ctx)
         return found
@@ -488,6 +560,14 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
     @classmethod
     def kernelspec_config(cls, args: Any) -> dict[str, Any]:
         return kernelspec.config_from(args)
+
+
+def _delete_options(uid: str, grace: int) -> client.V1DeleteOptions:
+    return client.V1DeleteOptions(
+        grace_period_seconds=grace,
+        propagation_policy="Background",
+        preconditions=client.V1Preconditions(uid=uid) if uid else None,
+    )
 
 
 def _text(value: Any) -> str:

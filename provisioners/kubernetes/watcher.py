@@ -4,26 +4,43 @@ Enterprise Gateway listed pods every few seconds per kernel; 500 kernels meant 5
 pollers. Here a single watch (in a thread: the kubernetes client is synchronous)
 streams changes to every pod of this orchestrator deployment (label selector on the
 instance label) and keeps the latest object per pod; kernels wait on it without any
-request of their own. The watch resumes from its last resourceVersion and re-lists
-when the server says that version is gone.
+request of their own.
+
+A real API server ends watches (``timeout_seconds``, restarts, load balancers) and
+forgets old resourceVersions. The watch resumes from the last resourceVersion it saw
+(bookmarks keep that fresh while nothing changes), lists again only when the server
+answers 410 Gone, backs off exponentially while the server is unreachable, and after a
+few failures in a row reports the failure: :meth:`PodWatcher.ready` and kernels waiting
+on their pod fail with the server's reason instead of timing out silently.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
-from orchestrator.executors import run_blocking
+from orchestrator.errors import OrchestratorError
 
 log = logging.getLogger("kernel-orchestrator.kubernetes")
 
 PodKey = tuple[str, str]  # (namespace, name)
+WATCH_SECONDS = 240  # the server ends each watch after this; we resume at once
+PERSISTENT_FAILURES = 4  # failures in a row after which the watch reports itself failing
+MAX_BACKOFF = 30.0
+
+
+def backoff_delay(failures: int) -> float:
+    """Seconds to wait after ``failures`` failures in a row: 0.5 s doubling to 30 s,
+    with jitter so that replicas do not retry in step."""
+    return float(min(MAX_BACKOFF, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2))
 
 
 class PodWatcher:
@@ -34,7 +51,9 @@ class PodWatcher:
         self.namespace = namespace  # None: all namespaces
         self.selector = selector
         self.pods: dict[PodKey, dict[str, Any]] = {}
-        self.deleted: set[PodKey] = set()
+        self.deleted_uids: set[str] = set()  # pods seen gone, by uid (names are reused)
+        self.failure = ""  # why the watch is failing, while it persistently is
+        self.lists = 0  # full lists made (the first, then one per 410 Gone)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -44,65 +63,109 @@ class PodWatcher:
         )
         self._thread.start()
 
+    @property
+    def scope(self) -> str:
+        return f"namespace {self.namespace}" if self.namespace else "all namespaces"
+
     def _list(self) -> str:
         if self.namespace:
             result = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector)
         else:
             result = self.core.list_pod_for_all_namespaces(label_selector=self.selector)
         sanitized = client.ApiClient().sanitize_for_serialization
+        fresh = {(p.metadata.namespace, p.metadata.name): sanitized(p) for p in result.items}
         with self._lock:
-            self.pods = {
-                (p.metadata.namespace, p.metadata.name): sanitized(p) for p in result.items
-            }
+            # A re-list after 410 Gone has no DELETED events for pods that went meanwhile.
+            live = {p["metadata"].get("uid") for p in fresh.values()}
+            for old in self.pods.values():
+                if (uid := old.get("metadata", {}).get("uid")) and uid not in live:
+                    self.deleted_uids.add(uid)
+            self.pods = fresh
+            self.lists += 1
         self._notify()
         return str(result.metadata.resource_version or "")
 
+    def _watch_kwargs(self, version: str) -> tuple[Callable[..., Any], dict[str, Any]]:
+        kwargs: dict[str, Any] = {
+            "label_selector": self.selector,
+            "resource_version": version,
+            "allow_watch_bookmarks": True,
+            "timeout_seconds": WATCH_SECONDS,
+            "_request_timeout": (10, WATCH_SECONDS + 30),
+        }
+        if self.namespace:
+            kwargs["namespace"] = self.namespace
+            return self.core.list_namespaced_pod, kwargs
+        return self.core.list_pod_for_all_namespaces, kwargs
+
     def _run(self) -> None:
-        version = ""
+        version, failures = "", 0
         while not self._stop.is_set():
             try:
                 if not version:
                     version = self._list()
                     self._ready.set()
+                    failures = self._healthy()
+                func, kwargs = self._watch_kwargs(version)
                 w = watch.Watch()
-                func: Callable[..., Any]
-                kwargs: dict[str, Any] = {
-                    "label_selector": self.selector,
-                    "resource_version": version,
-                    "timeout_seconds": 30,
-                    "_request_timeout": 60,
-                }
-                if self.namespace:
-                    func = self.core.list_namespaced_pod
-                    kwargs["namespace"] = self.namespace
-                else:
-                    func = self.core.list_pod_for_all_namespaces
                 for event in w.stream(func, **kwargs):
                     if self._stop.is_set():
                         w.stop()
                         break
-                    obj = event["raw_object"]
-                    meta = obj.get("metadata", {})
-                    key = (meta.get("namespace", ""), meta.get("name", ""))
-                    version = meta.get("resourceVersion", version)
-                    with self._lock:
-                        if event["type"] == "DELETED":
-                            self.pods.pop(key, None)
-                            self.deleted.add(key)
-                        elif event["type"] in ("ADDED", "MODIFIED"):
-                            self.pods[key] = obj
-                            self.deleted.discard(key)
-                    self._notify()
+                    failures = self._healthy() if failures else 0
+                    version = self._apply(event, version)
             except ApiException as e:
-                if e.status == 410:  # our resourceVersion is too old: list again
+                if e.status == 410:  # our resourceVersion expired: list again, at once
+                    log.info("pod watch (%s): resourceVersion expired, listing again", self.scope)
                     version = ""
                     continue
-                log.warning("pod watch failed: %s; retrying", e.reason)
-                self._stop.wait(1.0)
-            except Exception as e:  # network trouble: back off, resume
-                log.warning("pod watch interrupted: %s; retrying", e)
-                self._stop.wait(1.0)
-                version = ""
+                failures += 1
+                self._failed(failures, f"{e.status} {e.reason}".strip())
+            except Exception as e:  # network trouble: back off, resume from `version`
+                failures += 1
+                self._failed(failures, f"{type(e).__name__}: {e}")
+
+    def _apply(self, event: dict[str, Any], version: str) -> str:
+        """Apply one watch event; return the resourceVersion to resume from."""
+        obj = event.get("raw_object") or {}
+        kind = event.get("type")
+        if kind == "ERROR":  # older clients hand the server's Status over as an event
+            raise ApiException(status=obj.get("code", 500), reason=obj.get("message", ""))
+        meta = obj.get("metadata", {})
+        new_version = str(meta.get("resourceVersion") or version)
+        if kind == "BOOKMARK":
+            return new_version
+        key = (meta.get("namespace", ""), meta.get("name", ""))
+        with self._lock:
+            if kind == "DELETED":
+                current = self.pods.get(key)
+                if current is None or current.get("metadata", {}).get("uid") == meta.get("uid"):
+                    self.pods.pop(key, None)
+                if meta.get("uid"):
+                    self.deleted_uids.add(meta["uid"])
+            elif kind in ("ADDED", "MODIFIED"):
+                self.pods[key] = obj
+        self._notify()
+        return new_version
+
+    def _healthy(self) -> int:
+        if self.failure:
+            log.warning("pod watch (%s) recovered", self.scope)
+            self.failure = ""
+            self._notify()
+        return 0
+
+    def _failed(self, failures: int, reason: str) -> None:
+        delay = backoff_delay(failures)
+        if failures >= PERSISTENT_FAILURES or reason.startswith(("401", "403")):
+            if not self.failure:
+                log.error("pod watch (%s) is failing: %s", self.scope, reason)
+            self.failure = reason
+            self._notify()
+        else:
+            log.warning("pod watch (%s) interrupted: %s; retrying in %.1fs", self.scope,
+                        reason, delay)
+        self._stop.wait(delay)
 
     def _notify(self) -> None:
         with self._lock:
@@ -110,9 +173,23 @@ class PodWatcher:
         for loop, event in waiters:
             loop.call_soon_threadsafe(event.set)
 
-    def get(self, key: PodKey) -> dict[str, Any] | None:
+    def get(self, key: PodKey, uid: str = "") -> dict[str, Any] | None:
+        """The latest state of pod ``key`` (only if its uid is ``uid``, when given)."""
         with self._lock:
-            return self.pods.get(key)
+            pod = self.pods.get(key)
+        if pod is not None and uid and pod.get("metadata", {}).get("uid") != uid:
+            return None  # the name's earlier (or a later) pod
+        return pod
+
+    def is_gone(self, key: PodKey, uid: str) -> bool:
+        """Whether pod ``key`` with ``uid`` is known to be deleted."""
+        with self._lock:
+            if uid in self.deleted_uids:
+                return True
+            pod = self.pods.get(key)
+        if pod is None:
+            return self._ready.is_set()  # listed, watched, and not there
+        return bool(uid) and pod.get("metadata", {}).get("uid") != uid
 
     async def wait_change(self, timeout: float) -> None:
         """Return after the next change (or ``timeout``)."""
@@ -128,8 +205,22 @@ class PodWatcher:
             with self._lock:
                 self._waiters.remove(entry)
 
+    def check(self) -> None:
+        """Raise if the watch is persistently failing (kernels would wait in vain)."""
+        if self.failure:
+            raise OrchestratorError(f"cannot watch kernel pods in {self.scope}: {self.failure}")
+
     async def ready(self, timeout: float = 30) -> None:
-        await run_blocking("kubernetes", self._ready.wait, timeout)
+        """Wait for the first list; raise, naming the reason, if it does not come."""
+        deadline = time.monotonic() + timeout
+        while not self._ready.is_set():
+            self.check()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise OrchestratorError(
+                    f"the pod watch ({self.scope}) did not start within {timeout:g}s"
+                )
+            await self.wait_change(min(remaining, 0.5))
 
     def stop(self) -> None:
         self._stop.set()

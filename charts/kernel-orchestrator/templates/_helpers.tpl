@@ -213,12 +213,12 @@ cluster-wide ClusterRole).
 {{- if .Values.kernels.portForward }}
 - apiGroups: [""]
   resources: ["pods/portforward"]
-  verbs: ["create", "get"]
+  verbs: ["create"]
 {{- end }}
 {{- if .Values.kernels.execForSignals }}
 - apiGroups: [""]
   resources: ["pods/exec"]
-  verbs: ["create", "get"]
+  verbs: ["create"]
 {{- end }}
 {{- if .Values.kernels.readPodLogs }}
 - apiGroups: [""]
@@ -227,8 +227,5 @@ cluster-wide ClusterRole).
 {{- end }}
 - apiGroups: [""]
   resources: ["secrets"]
-  verbs: ["create", "get", "delete"]
-- apiGroups: [""]
-  resources: ["events"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["create", "delete"]
 {{- end }}
