@@ -189,3 +189,48 @@ def slurmnet():  # type: ignore[no-untyped-def]
     from .slurmnet import slurmnet_fixture
 
     yield from slurmnet_fixture()
+
+
+# --------------------------------------------------------------------- Kubernetes
+@pytest.fixture(scope="session")
+def kube_cluster():  # type: ignore[no-untyped-def]
+    """The real single-node cluster (scripts/kube/cluster.sh), up for the session.
+
+    At the end, no pod of this session's deployments may be left on it.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("the Kubernetes node (kubelet, containerd, CNI) needs root")
+    from .kubecluster import kube_cluster_fixture
+
+    for cluster in kube_cluster_fixture():
+        yield cluster
+        from .kubecluster import session_leftovers
+
+        left = session_leftovers(cluster, SESSION_INSTANCES)
+        assert not left, f"pods or Secrets left on the cluster: {left}"
+
+
+@pytest.fixture(scope="session")
+def kube_release(kube_cluster, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The chart's RBAC for kernels in one shared namespace (ko-kernels)."""
+    from .kubecluster import SHARED_VALUES, install_release
+
+    return install_release(kube_cluster, "ko", SHARED_VALUES, tmp_path_factory.mktemp("kube"))
+
+
+@pytest.fixture(scope="session")
+def kube_per_user(kube_cluster, tmp_path_factory):  # type: ignore[no-untyped-def]
+    """The chart's RBAC for a namespace per user, made by the orchestrator."""
+    from .kubecluster import PER_USER_VALUES, install_release
+
+    return install_release(kube_cluster, "kou", PER_USER_VALUES, tmp_path_factory.mktemp("kube"))
+
+
+@pytest.fixture
+def kube(kube_release):  # type: ignore[no-untyped-def]
+    """``kube_release``, with the provisioner's shared watches and clients dropped after
+    the test (the next test starts as a fresh process would)."""
+    yield kube_release
+    from .kubecluster import forget_provisioner_state
+
+    forget_provisioner_state()

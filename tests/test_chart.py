@@ -111,12 +111,12 @@ def rules_of(
 
 
 POD_RULES = [
-    (("",), ("pods",), ("create", "get", "list", "watch", "delete")),
+    (("",), ("pods",), ("create", "list", "watch", "delete")),
     (("",), ("pods/log",), ("get",)),
     (("",), ("secrets",), ("create", "delete")),
 ]
-PORT_FORWARD_RULE = (("",), ("pods/portforward",), ("create",))
-EXEC_RULE = (("",), ("pods/exec",), ("create",))
+PORT_FORWARD_RULE = (("",), ("pods/portforward",), ("get", "create"))
+EXEC_RULE = (("",), ("pods/exec",), ("get", "create"))
 PER_USER_RULES = [
     (("",), ("namespaces",), ("create", "get")),
     (("rbac.authorization.k8s.io",), ("rolebindings",), ("create",)),
@@ -339,9 +339,11 @@ def test_namespace_per_user_cluster_role(port_forward: bool) -> None:
         {"apiGroups": [rbac], "resources": ["rolebindings"], "verbs": ["create"]},
         {"apiGroups": [rbac], "resources": ["clusterroles"], "verbs": ["bind"],
          "resourceNames": [kernel_role]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
     ]  # fmt: skip
-    expected = POD_RULES + ([PORT_FORWARD_RULE] if port_forward else [])
+    # The pod watch is the cluster role's: the kernel role only creates and deletes.
+    expected = [(("",), ("pods",), ("create", "delete")), *POD_RULES[1:]]
+    expected += [PORT_FORWARD_RULE] if port_forward else []
     expected += [(("networking.k8s.io",), ("networkpolicies",), ("create",))]
     assert sorted(rules_of(roles[kernel_role])) == sorted(expected)
     (binding,) = of_kind(objs, "ClusterRoleBinding")  # the kernel role is never bound here

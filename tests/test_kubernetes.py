@@ -1,92 +1,123 @@
-"""The Kubernetes provisioner against the stand-in API server, pods run on Docker.
+"""The Kubernetes provisioner on a real cluster, as the chart's ServiceAccount.
 
-tests/kube/ holds the test infrastructure: a stateful stand-in for the API server
-(real HTTP, real ``kubernetes`` client, manifests validated against the official
-schemas) and a pod runner that plays the kubelet on the local Docker Engine.
+The cluster is ``scripts/kube/cluster.sh``'s (etcd, kube-apiserver, the controller
+manager, the scheduler and the real kubelet on containerd, built from Kubernetes'
+sources; see tests/kubecluster.py). The provisioner reaches the API server with a
+token of the ServiceAccount the chart renders, bound to exactly the chart's Role or
+ClusterRoles: a right the chart lacks fails the test that needs it, and
+``test_least_privilege`` shows that every right it grants is used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
+import signal
+import time
 from typing import Any
 
 import pytest
-from kubernetes.client import CoreV1Api, NetworkingV1Api, RbacAuthorizationV1Api
+from kubernetes.client import NetworkingV1Api, RbacAuthorizationV1Api
 
 import orchestrator
 from orchestrator.errors import OrchestratorError
+from orchestrator.labels import LABEL_INSTANCE
 from provisioners.kubernetes import watcher as kube_watcher
+from provisioners.kubernetes.names import label_value
 
 from .conftest import write_kernelspec
-from .kube.fixtures import kube_pod_runner, kube_standin  # noqa: F401
+from .kubecluster import KubeCluster, Release, forget_provisioner_state
 from .test_docker import run
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("docker_engine", "jupyter_env")]
-IMAGE = "kernel-orchestrator/kernel-python:latest"
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
 
 
 @pytest.fixture
-def kube(kube_standin: Any, kube_pod_runner: Any) -> Any:  # noqa: F811
-    yield kube_standin
-    kube_watcher.stop_all()  # our shared watches end before the stand-in stops
-    from provisioners.kubernetes.apiclient import forget_clients
+def kspec(kube: Release, jupyter_env: dict[str, str]):  # type: ignore[no-untyped-def]
+    """Write a kernelspec: the chart's config for ``release`` (default: the shared
+    one), plus ``config``."""
 
-    forget_clients()
-
-
-@pytest.fixture
-def kspec(kube: Any, jupyter_env: dict[str, str]):  # type: ignore[no-untyped-def]
-    def make(name: str, **config: Any) -> str:
-        base = {"api_url": kube.url, "namespace": "default", "image": IMAGE, "startup_timeout": 60}
-        base.update(config)
-        write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], name, "kubernetes-provisioner", base)
+    def make(name: str, release: Release | None = None, **config: Any) -> str:
+        release = release or kube
+        extra = {k: v for k, v in release.kernelspec.items() if k in ("interrupt_mode",)}
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            name,
+            "kubernetes-provisioner",
+            release.config(**config),
+            **extra,
+        )
         return name
 
     return make
 
 
-def core(kube: Any) -> CoreV1Api:
-    return CoreV1Api(kube.api_client())
+@pytest.fixture
+def per_user(kube_per_user: Release) -> Any:
+    yield kube_per_user
+    forget_provisioner_state()
 
 
-def pods(kube: Any, namespace: str | None = None) -> list[Any]:
-    if namespace:
-        return core(kube).list_namespaced_pod(namespace).items
-    return core(kube).list_pod_for_all_namespaces().items
+def pods(cluster: KubeCluster, store: Any, namespace: str | None = None) -> list[Any]:
+    """This test's kernel pods (by its store's instance label), going ones left out."""
+    selector = f"{LABEL_INSTANCE}={label_value(store.instance_id)}"
+    core = cluster.core()
+    found = (
+        core.list_namespaced_pod(namespace, label_selector=selector)
+        if namespace
+        else core.list_pod_for_all_namespaces(label_selector=selector)
+    )
+    return [p for p in found.items if not p.metadata.deletion_timestamp]
 
 
-def secrets(kube: Any, namespace: str = "default") -> list[Any]:
-    return core(kube).list_namespaced_secret(namespace).items
+def secrets(cluster: KubeCluster, store: Any) -> list[Any]:
+    selector = f"{LABEL_INSTANCE}={label_value(store.instance_id)}"
+    return cluster.core().list_secret_for_all_namespaces(label_selector=selector).items
 
 
-async def test_lifecycle_in_a_pod(kspec: Any, kube: Any, store: Any) -> None:
+async def nothing_left(cluster: KubeCluster, store: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (pods(cluster, store) or secrets(cluster, store)) and time.monotonic() < deadline:
+        await asyncio.sleep(0.25)
+    assert pods(cluster, store) == [] and secrets(cluster, store) == []
+    assert await store.list() == []
+
+
+def watches(cluster: KubeCluster, since: int, user: str) -> int:
+    """Watch requests ``user`` opened since ``since`` (each is logged when it starts)."""
+    return sum(
+        1 for e in cluster.audit(since, user, stages=("ResponseStarted",)) if e["verb"] == "watch"
+    )
+
+
+async def test_lifecycle_in_a_pod(kspec: Any, kube: Release, store: Any) -> None:
+    cluster = kube.cluster
+    mark = cluster.audit_mark()
     name = kspec("kpy")
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     await km.start_kernel()
     try:
-        (pod,) = pods(kube, "default")
+        (pod,) = pods(cluster, store, kube.kernel_namespace)
         assert pod.metadata.labels["kernel-orchestrator.kernel-id"] == km.kernel_id
         assert pod.metadata.labels["kernel-orchestrator.instance"] == store.instance_id
-        assert km.ip == pod.status.pod_ip
+        assert km.ip == pod.status.pod_ip and pod.spec.node_name == cluster.info["node"]
         assert km.curve_secretkey  # pod IPs cross the network: CurveZMQ by default
-        (secret,) = secrets(kube)
+        (secret,) = secrets(cluster, store)
         assert secret.metadata.owner_references[0].uid == pod.metadata.uid
         sc = pod.spec.containers[0].security_context
         assert sc.allow_privilege_escalation is False and sc.run_as_non_root is True
         assert sc.capabilities.drop == ["ALL"] and pod.spec.automount_service_account_token is False
 
-        # the key and the Curve secret travel only inside the Secret's data: no request
-        # carries them in clear, and the pod spec never holds them
-        import base64
-
+        # The key and the Curve secret travel only inside the Secret's data: the audit
+        # log (which keeps pod bodies) never sees them, nor does the pod spec.
         key = km.session.key.decode()
-        for secret_text in (key, km.curve_secretkey.decode()):
-            assert kube.requests_containing(secret_text) == []
+        audit = cluster.audit_text(mark)
+        assert "create" in audit and key not in audit and km.curve_secretkey.decode() not in audit
         data = json.loads(base64.b64decode(secret.data["connection.json"]))
         assert data["key"] == key and data["curve_secretkey"] == km.curve_secretkey.decode()
-        pod_json = json.dumps(core(kube).api_client.sanitize_for_serialization(pod))
+        pod_json = json.dumps(cluster.admin().sanitize_for_serialization(pod))
         assert key not in pod_json and secret.data["connection.json"] not in pod_json
 
         assert (await run(km, "state = 11"))["status"] == "ok"
@@ -95,17 +126,31 @@ async def test_lifecycle_in_a_pod(kspec: Any, kube: Any, store: Any) -> None:
         await kc.wait_for_ready(timeout=30)
         kc.execute("import time; time.sleep(60)")
         await asyncio.sleep(1.5)
-        await km.interrupt_kernel()
+        await km.interrupt_kernel()  # SIGINT goes as a message: no exec needed
         reply = await kc.get_shell_msg(timeout=20)
         assert reply["content"]["ename"] == "KeyboardInterrupt"
         kc.stop_channels()
+
+        # Another signal reaches the kernel process by exec into its pod; the pod stays.
+        code = "import signal; got = []; signal.signal(signal.SIGUSR1, lambda *a: got.append(1))"
+        assert (await run(km, code))["status"] == "ok"
+        await km.signal_kernel(signal.SIGUSR1)
+        assert (await run(km, "print(got, state)"))["out"] == "[1] 11\n"
+        assert [p.metadata.uid for p in pods(cluster, store)] == [pod.metadata.uid]
+
+        # A restart waits for the new pod by its uid, not the old one's name.
         await km.restart_kernel()
         assert (await run(km, "state"))["ename"] == "NameError"
-        assert len(pods(kube, "default")) == 1
+        (new_pod,) = pods(cluster, store)
+        assert new_pod.metadata.name == pod.metadata.name
+        assert new_pod.metadata.uid != pod.metadata.uid
+        assert km.provisioner.pod_uid == new_pod.metadata.uid
     finally:
         await km.shutdown_kernel()
-    assert pods(kube, "default") == [] and secrets(kube) == []
-    assert await store.get(km.kernel_id) is None
+    await nothing_left(cluster, store)
+    # Every delete named the uid it meant.
+    deletes = [e for e in cluster.audit(mark, kube.username) if e["verb"] == "delete"]
+    assert deletes and all(e["responseStatus"]["code"] in (200, 404) for e in deletes)
 
 
 @pytest.mark.parametrize(
@@ -117,22 +162,43 @@ async def test_lifecycle_in_a_pod(kspec: Any, kube: Any, store: Any) -> None:
         ({"gpus": 1}, {}, "Unschedulable"),
         ({}, {"KERNEL_IMAGE": "evil/miner:1"}, "image 'evil/miner:1' is not allowed"),
         ({}, {"KERNEL_PROFILE": "huge"}, "unknown profile 'huge'"),
+        (
+            {"image": "nowhere/ghost:1.0", "image_pull_policy": "Never"},
+            {},
+            "ErrImageNeverPull",
+        ),
     ],
 )
 async def test_start_failures_are_fast_and_clean(
-    kspec: Any, kube: Any, store: Any, config: dict[str, Any], env: dict[str, str], message: str
+    kspec: Any, kube: Release, store: Any, config: dict[str, Any], env: dict[str, str], message: str
 ) -> None:
     name = kspec("kbad", **config)
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
-    started = asyncio.get_running_loop().time()
+    started = time.monotonic()
     with pytest.raises(OrchestratorError, match=message):
         await km.start_kernel(env={**os.environ, **env})
-    assert asyncio.get_running_loop().time() - started < 30  # not the whole start timeout
-    assert pods(kube) == [] and secrets(kube) == []
-    assert await store.list() == []
+    assert time.monotonic() - started < 30  # not the whole start timeout
+    await nothing_left(kube.cluster, store)
 
 
-async def test_gpu_profiles_and_resources_render(kspec: Any, kube: Any, store: Any) -> None:
+async def test_kernel_that_dies_during_start_up_is_reported_with_its_log(
+    kspec: Any, kube: Release, store: Any
+) -> None:
+    name = kspec("kdie")
+    spec_file = os.path.join(os.environ["JUPYTER_DATA_DIR"], "kernels", name, "kernel.json")
+    with open(spec_file) as f:
+        spec = json.load(f)
+    spec["argv"] = ["python", "-c", "import sys; print('no kernel today'); sys.exit(3)"]
+    with open(spec_file, "w") as f:
+        json.dump(spec, f)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(OrchestratorError, match=r"(?s)exit code 3.*no kernel today"):
+        await km.start_kernel()
+    await nothing_left(kube.cluster, store)
+
+
+async def test_gpu_profiles_and_resources_render(kspec: Any, kube: Release, store: Any) -> None:
+    cluster = kube.cluster
     name = kspec(
         "kprof",
         cpu_request="100m",
@@ -149,33 +215,34 @@ async def test_gpu_profiles_and_resources_render(kspec: Any, kube: Any, store: A
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     await km.start_kernel(env={**os.environ, "KERNEL_PROFILE": "small"})
     try:
-        (pod,) = pods(kube, "default")
+        (pod,) = pods(cluster, store)
         res = pod.spec.containers[0].resources
         assert res.limits == {"memory": "256Mi", "cpu": "500m"}
         assert res.requests["cpu"] == "100m"
     finally:
         await km.shutdown_kernel(now=True)
+    mark = cluster.audit_mark()
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     with pytest.raises(OrchestratorError, match="Unschedulable"):
         await km.start_kernel(env={**os.environ, "KERNEL_PROFILE": "gpu"})
-    bodies = [
-        r.body if isinstance(r.body, dict) else json.loads(r.body or b"{}")
-        for r in kube.requests
-        if r.method == "POST" and r.path.endswith("/pods")
+    (sent,) = [
+        e["requestObject"]
+        for e in cluster.audit(mark, kube.username)
+        if e["verb"] == "create" and e["objectRef"]["resource"] == "pods"
     ]
-    (sent,) = [b for b in bodies if "a100" in json.dumps(b)]
     container = sent["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert sent["spec"]["tolerations"][0]["key"] == "gpu"
+    await nothing_left(cluster, store)
 
 
-async def test_namespace_per_user_and_hostile_values(kspec: Any, kube: Any, store: Any) -> None:
+async def test_namespace_per_user_and_hostile_values(
+    kspec: Any, per_user: Release, store: Any
+) -> None:
+    cluster = per_user.cluster
     name = kspec(
         "kuser",
-        namespace_template="kernels-{username}",
-        create_namespace=True,
-        namespace_role="kernel-orchestrator-kernels",
-        orchestrator_service_account="platform/kernel-orchestrator",
+        release=per_user,
         volumes=[{"name": "home", "emptyDir": {}}],
         volume_mounts=[{"name": "home", "mountPath": "/home/{username}"}],
     )
@@ -184,16 +251,18 @@ async def test_namespace_per_user_and_hostile_values(kspec: Any, kube: Any, stor
     await km.start_kernel(
         env={**os.environ, "KERNEL_USERNAME": hostile, "KERNEL_NOTE": "a'b\"c$(d)"}
     )
+    second = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     try:
         ns = km.provisioner.pod_namespace
         assert ns.startswith("kernels-evil-user") and len(ns) <= 63
-        (pod,) = pods(kube, ns)
+        (pod,) = pods(cluster, store, ns)
         assert pod.metadata.labels["kernel-orchestrator.user"].startswith("evil-user")
         assert pod.spec.containers[0].volume_mounts[-1].mount_path.startswith("/home/evil-user")
-        rb = RbacAuthorizationV1Api(kube.api_client()).read_namespaced_role_binding(
+        rb = RbacAuthorizationV1Api(cluster.admin()).read_namespaced_role_binding(
             "kernel-orchestrator", ns
         )
-        assert rb.role_ref.name == "kernel-orchestrator-kernels"
+        kernel_config = per_user.kernelspec["metadata"]["kernel_provisioner"]["config"]
+        assert rb.role_ref.name == kernel_config["namespace_role"]
         out = (
             await run(
                 km, "import os; print(os.environ['KERNEL_NOTE'], os.environ['KERNEL_USERNAME'])"
@@ -202,50 +271,106 @@ async def test_namespace_per_user_and_hostile_values(kspec: Any, kube: Any, stor
         assert out == f"a'b\"c$(d) {hostile}\n"
         # Made locked down: PodSecurity restricted, marked as ours, no API token in the
         # pod, ingress from the orchestrator only, egress to DNS only.
-        labels = core(kube).read_namespace(ns).metadata.labels
+        labels = cluster.core().read_namespace(ns).metadata.labels
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
         assert labels["kernel-orchestrator.io/kernel-namespace"] == "true"
         assert pod.spec.automount_service_account_token is False
-        policy = NetworkingV1Api(kube.api_client()).read_namespaced_network_policy(
+        policy = NetworkingV1Api(cluster.admin()).read_namespaced_network_policy(
             "kernel-orchestrator-kernels", ns
         )
         assert policy.spec.policy_types == ["Ingress", "Egress"]
         (source,) = policy.spec.ingress[0]._from
-        assert source.namespace_selector.match_labels == {"kubernetes.io/metadata.name": "platform"}
-        assert source.pod_selector.match_labels == {"app.kubernetes.io/component": "orchestrator"}
+        assert source.namespace_selector.match_labels == {
+            "kubernetes.io/metadata.name": "ko-platform"
+        }
+        assert source.pod_selector.match_labels["app.kubernetes.io/component"] == "orchestrator"
         (dns,) = policy.spec.egress
         assert {(p.protocol, p.port) for p in dns.ports} == {("UDP", 53), ("TCP", 53)}
 
         # A second kernel of the same user shares the namespace; shutting the first
-        # down leaves it (and the second kernel) alone.
-        second = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+        # down leaves the namespace (and the second kernel) alone.
         await second.start_kernel(env={**os.environ, "KERNEL_USERNAME": hostile})
         assert second.provisioner.pod_namespace == ns
     finally:
         await km.shutdown_kernel(now=True)
     try:
-        assert ns in [n.metadata.name for n in core(kube).list_namespace().items]
         assert (await run(second, "print(1 + 1)"))["out"] == "2\n"
     finally:
         await second.shutdown_kernel(now=True)
-    names = [n.metadata.name for n in core(kube).list_namespace().items]
-    assert ns not in names  # made for this user's kernels, and gone with the last of them
+    # Never deleted, not even after the user's last kernel (kubespawner's rule).
+    assert cluster.core().read_namespace(ns).status.phase == "Active"
+    await nothing_left(cluster, store)
 
-    # A namespace the operator made (unmarked) is used as it is, and never deleted.
-    core(kube).create_namespace({"metadata": {"name": "kernels-carol"}})
+
+async def test_concurrent_first_starts_of_a_user(kspec: Any, per_user: Release, store: Any) -> None:
+    """Both of a new user's first kernels create the namespace; one gets 409 and both run."""
+    name = kspec("kfirst", release=per_user)
+    user = f"dave{os.getpid()}"
+    kms = [orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store) for _ in range(2)]
+    mark = per_user.cluster.audit_mark()
+    try:
+        await asyncio.gather(
+            *(km.start_kernel(env={**os.environ, "KERNEL_USERNAME": user}) for km in kms)
+        )
+        for km in kms:
+            assert (await run(km, "print('up')"))["out"] == "up\n"
+    finally:
+        await asyncio.gather(*(km.shutdown_kernel(now=True) for km in kms if km.has_kernel))
+    creates = [
+        e["responseStatus"]["code"]
+        for e in per_user.cluster.audit(mark, per_user.username)
+        if e["verb"] == "create" and e["objectRef"]["resource"] == "namespaces"
+    ]
+    assert sorted(creates) in ([201], [201, 409])  # the second may find it made already
+    await nothing_left(per_user.cluster, store)
+
+
+async def test_operators_own_namespace_is_used_as_it_is(
+    kspec: Any, per_user: Release, store: Any
+) -> None:
+    """A namespace the operator made (unmarked, with its own RoleBinding) is used and
+    left as it is; without a binding the start fails naming the API's refusal."""
+    cluster = per_user.cluster
+    role = per_user.kernelspec["metadata"]["kernel_provisioner"]["config"]["namespace_role"]
+    cluster.create_namespace("kernels-carol", {"pod-security.kubernetes.io/enforce": "restricted"})
+    cluster.create_namespace("kernels-erin", {"pod-security.kubernetes.io/enforce": "restricted"})
+    sa_ns, _, sa_name = per_user.service_account.partition("/")
+    rbac = RbacAuthorizationV1Api(cluster.admin())
+    binding = {
+        "metadata": {"name": "operator-binding"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns}],
+    }
+    try:
+        rbac.create_namespaced_role_binding("kernels-carol", binding)
+    except Exception as e:
+        assert "AlreadyExists" in str(e)
+    name = kspec("kcarol", release=per_user)
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     await km.start_kernel(env={**os.environ, "KERNEL_USERNAME": "carol"})
-    await km.shutdown_kernel(now=True)
-    assert "kernels-carol" in [n.metadata.name for n in core(kube).list_namespace().items]
-    core(kube).delete_namespace("kernels-carol")
+    try:
+        assert km.provisioner.pod_namespace == "kernels-carol"
+        assert (await run(km, "print(3)"))["out"] == "3\n"
+    finally:
+        await km.shutdown_kernel(now=True)
+    labels = cluster.core().read_namespace("kernels-carol").metadata.labels
+    assert "kernel-orchestrator.io/kernel-namespace" not in labels
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(OrchestratorError, match="403 Forbidden"):
+        await km.start_kernel(env={**os.environ, "KERNEL_USERNAME": "erin"})
+    await nothing_left(cluster, store)
 
 
-async def test_one_watch_for_many_kernels_and_reattach(kspec: Any, kube: Any, store: Any) -> None:
+async def test_one_watch_for_many_kernels_and_reattach(
+    kspec: Any, kube: Release, store: Any
+) -> None:
+    cluster = kube.cluster
+    mark = cluster.audit_mark()
     name = kspec("kmany")
     kms = [orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store) for _ in range(3)]
     await asyncio.gather(*(km.start_kernel() for km in kms))
     try:
-        assert kube.open_watches == 1
+        assert watches(cluster, mark, kube.username) == 1
         assert (await run(kms[0], "kept = 'yes'"))["status"] == "ok"
         for km in kms:
             km.detach()
@@ -253,16 +378,16 @@ async def test_one_watch_for_many_kernels_and_reattach(kspec: Any, kube: Any, st
         report = await mkm.restore_kernels()
         assert sorted(report.reattached) == sorted(km.kernel_id for km in kms)
         assert (await run(mkm.get_kernel(kms[0].kernel_id), "print(kept)"))["out"] == "yes\n"
-        assert kube.open_watches == 1
+        assert watches(cluster, mark, kube.username) == 1
         await mkm.shutdown_all()
     finally:
         for km in kms:
             if km.provisioner and km.provisioner.pod_name:
                 await km.provisioner.cleanup()
-    assert pods(kube, "default") == [] and secrets(kube) == []
+    await nothing_left(cluster, store)
 
 
-async def test_gc_removes_orphaned_pods(kspec: Any, kube: Any, store: Any) -> None:
+async def test_gc_removes_orphaned_pods(kspec: Any, kube: Release, store: Any) -> None:
     from orchestrator.gc import collect_garbage
 
     name = kspec("kgc")
@@ -274,28 +399,29 @@ async def test_gc_removes_orphaned_pods(kspec: Any, kube: Any, store: Any) -> No
     report = await collect_garbage(store, grace_seconds=0)
     assert any(lost.kernel_id in o for o in report.orphans)
     remaining = [
-        p.metadata.labels["kernel-orchestrator.kernel-id"]
-        for p in pods(kube, "default")
-        if not p.metadata.deletion_timestamp
+        p.metadata.labels["kernel-orchestrator.kernel-id"] for p in pods(kube.cluster, store)
     ]
     assert remaining == [keep.kernel_id]
     await keep.shutdown_kernel(now=True)
-    for _ in range(100):
-        if not pods(kube, "default"):
-            break
-        await asyncio.sleep(0.1)
-    assert pods(kube, "default") == []
+    await nothing_left(kube.cluster, store)
 
 
-async def test_port_forward_reachability(kspec: Any, kube: Any, store: Any) -> None:
-    """From outside a cluster: the kernel's ports through the API server's port-forward."""
+async def test_port_forward_reachability(kspec: Any, kube: Release, store: Any) -> None:
+    """From outside the pod network: the kernel's ports through the API server."""
+    cluster = kube.cluster
+    mark = cluster.audit_mark()
     name = kspec("kpf", reachability="port-forward")
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     await km.start_kernel()
     try:
         assert km.ip == "127.0.0.1" and km.shell_port not in range(50001, 50006)
         assert (await run(km, "pf = 2; print(pf * 21)"))["out"] == "42\n"
-        assert kube.open_portforwards >= 1
+        forwards = [
+            e
+            for e in cluster.audit(mark, kube.username, stages=("ResponseStarted",))
+            if e["objectRef"].get("subresource") == "portforward"
+        ]
+        assert forwards and all(e["responseStatus"]["code"] == 101 for e in forwards)
         ports = (km.shell_port, km.iopub_port, km.control_port)
         km.detach()
         km.provisioner._close_forwards()  # as if this process had exited
@@ -304,6 +430,164 @@ async def test_port_forward_reachability(kspec: Any, kube: Any, store: Any) -> N
         assert (await run(km2, "print(pf)"))["out"] == "2\n"
         await km2.shutdown_kernel()
     finally:
-        if pods(kube, "default"):
+        if pods(cluster, store):
             await km.shutdown_kernel(now=True)
-    assert pods(kube, "default") == [] and secrets(kube) == []
+    await nothing_left(cluster, store)
+
+
+async def test_watch_resumes_and_relists_only_when_told(
+    kube: Release, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server ends each watch (here every 2 s): the watch resumes from its last
+    resourceVersion without listing again; a resourceVersion the server has forgotten
+    (410 Gone) makes it list once more."""
+    from .kubecluster import service_account_client
+
+    monkeypatch.setattr(kube_watcher, "WATCH_SECONDS", 2)
+    api = service_account_client(kube)
+    selector = f"{LABEL_INSTANCE}=resume-test"
+    w = kube_watcher.PodWatcher(api, kube.kernel_namespace, selector)
+    try:
+        await w.ready()
+        mark = kube.cluster.audit_mark()
+        await asyncio.sleep(7)
+        assert w.lists == 1 and not w.failure
+        assert watches(kube.cluster, mark, kube.username) >= 3
+    finally:
+        w.stop()
+
+    class ForgetfulWatcher(kube_watcher.PodWatcher):
+        """Resumes from a resourceVersion long compacted away, as after a long outage."""
+
+        first = True
+
+        def _list(self) -> str:
+            version = super()._list()
+            if self.first:
+                self.first = False
+                return "1"
+            return version
+
+    w = ForgetfulWatcher(api, kube.kernel_namespace, selector)
+    try:
+        await w.ready()
+        deadline = time.monotonic() + 20
+        while w.lists < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert w.lists == 2 and not w.failure
+    finally:
+        w.stop()
+        api.close()
+
+
+async def test_persistent_watch_failure_fails_starts_with_the_reason(
+    kspec: Any, kube: Release, store: Any, tmp_path: Any
+) -> None:
+    bad = tmp_path / "revoked.token"
+    bad.write_text("not-a-token")
+    bad.chmod(0o600)
+    name = kspec("kdenied", api_token_file=str(bad))
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    started = time.monotonic()
+    with pytest.raises(OrchestratorError, match=r"cannot watch kernel pods.*401"):
+        await km.start_kernel()
+    assert time.monotonic() - started < 15
+    await nothing_left(kube.cluster, store)
+
+
+async def test_signals_without_exec_rights_are_refused_clearly(
+    kspec: Any, per_user: Release, store: Any
+) -> None:
+    """The per-user release grants no pods/exec: a signal other than SIGINT is refused
+    naming the chart value that grants it, and the kernel keeps running."""
+    name = kspec("knoexec", release=per_user)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel(env={**os.environ, "KERNEL_USERNAME": "frank"})
+    try:
+        with pytest.raises(OrchestratorError, match=r"403.*kernels\.execForSignals"):
+            await km.signal_kernel(signal.SIGUSR1)
+        assert (await run(km, "print('still here')"))["out"] == "still here\n"
+    finally:
+        await km.shutdown_kernel(now=True)
+    await nothing_left(per_user.cluster, store)
+
+
+def _requests(events: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
+    """(namespace, api group, resource[/subresource], verb) of each allowed request,
+    as RBAC sees it: a websocket exec or port-forward is a "get" that the API server
+    also authorizes as a "create", and a RoleBinding made uses "bind" on its role."""
+    used = set()
+    for e in events:
+        ref, code = e.get("objectRef") or {}, e["responseStatus"]["code"]
+        if not ref or code == 403:
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        verbs = {e["verb"]}
+        if ref.get("subresource") in ("exec", "portforward"):
+            verbs.add("create")
+        for verb in verbs:
+            used.add((ref.get("namespace", ""), ref.get("apiGroup", ""), resource, verb))
+        if resource == "rolebindings" and "create" in verbs and code == 201:
+            used.add((ref["namespace"], "rbac.authorization.k8s.io", "clusterroles", "bind"))
+    return used
+
+
+async def test_least_privilege(kspec: Any, kube: Release, per_user: Release, store: Any) -> None:
+    """A kernel's whole life uses every right the chart grants, and needs no other:
+    nothing is refused (403), and no granted (scope, resource, verb) goes unused."""
+    cluster = kube.cluster
+    mark = cluster.audit_mark()
+    handler = "import signal; signal.signal(signal.SIGUSR1, lambda *a: print('usr1'))"
+    # Shared namespace: a port-forwarded kernel, signalled by exec, then shut down; a
+    # kernel that dies starting (its log is read); gc lists pods.
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=kspec("klp", reachability="port-forward"), kernel_store=store
+    )
+    await km.start_kernel()
+    try:
+        assert (await run(km, handler))["status"] == "ok"
+        await km.signal_kernel(signal.SIGUSR1)
+    finally:
+        await km.shutdown_kernel()
+    # Per-user namespaces: a new user's namespace made and bound, a kernel in it.
+    user = f"grace{os.getpid()}"
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=kspec("klpu", release=per_user), kernel_store=store
+    )
+    await km.start_kernel(env={**os.environ, "KERNEL_USERNAME": user})
+    created_namespace = km.provisioner.pod_namespace
+    await km.shutdown_kernel()
+    # Both: a kernel that dies during start-up is reported with its log.
+    for release, env in ((kube, {}), (per_user, {"KERNEL_USERNAME": user})):
+        name = kspec("klpdie", release=release)
+        spec_file = os.path.join(os.environ["JUPYTER_DATA_DIR"], "kernels", name, "kernel.json")
+        with open(spec_file) as f:
+            spec = json.load(f)
+        spec["argv"] = ["python", "-c", "raise SystemExit('bye')"]
+        with open(spec_file, "w") as f:
+            json.dump(spec, f)
+        forget_provisioner_state()
+        km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+        with pytest.raises(OrchestratorError, match="bye"):
+            await km.start_kernel(env={**os.environ, **env})
+    await nothing_left(cluster, store)
+
+    events = cluster.audit(mark)
+    for release in (kube, per_user):
+        mine = [e for e in events if e["user"]["username"] == release.username]
+        refused = [(e["verb"], e["objectRef"]) for e in mine if e["responseStatus"]["code"] == 403]
+        assert refused == [], f"{release.name}: refused: {refused}"
+        used = _requests(mine)
+
+        def covered(rule: tuple[str, str, str, str], used: set[Any] = used) -> bool:
+            scope, group, resource, verb = rule
+            return any(
+                (g, r, v) == (group, resource, verb)
+                and (
+                    scope in ("*", ns) or (scope == "kernel-namespaces" and ns == created_namespace)
+                )
+                for ns, g, r, v in used
+            )
+
+        unused = [rule for rule in release.rules() if not covered(rule)]
+        assert unused == [], f"{release.name}: granted but never used: {unused}"

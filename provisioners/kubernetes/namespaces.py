@@ -48,6 +48,7 @@ DNS_PORTS = [
     client.V1NetworkPolicyPort(protocol="TCP", port=53),
 ]
 TERMINATING_WAIT = 60.0
+RIGHTS_WAIT = 15.0
 
 
 @dataclass
@@ -111,17 +112,63 @@ def network_policy(plan: NamespacePlan) -> client.V1NetworkPolicy:
     )
 
 
-async def _create_tolerating_conflict(fn: Any, *args: Any) -> None:
+async def _create_tolerating_conflict(fn: Any, *args: Any) -> bool:
+    """Create; True if this call made it, False if it existed (409) already."""
     try:
         await call_api(fn, *args)
     except ApiException as e:
         if e.status != 409:  # made meanwhile by another kernel of this user: fine
             raise start_error(e) from None
+        return False
+    return True
+
+
+async def _wait_for_rights(api: client.ApiClient, namespace: str) -> None:
+    """Wait until a RoleBinding just made takes effect (the authorizer's cache lags
+    it by a moment); asking costs nothing, every user may review its own access."""
+    review = client.V1SelfSubjectAccessReview(
+        spec=client.V1SelfSubjectAccessReviewSpec(
+            resource_attributes=client.V1ResourceAttributes(
+                namespace=namespace, verb="create", resource="pods"
+            )
+        )
+    )
+    authz = client.AuthorizationV1Api(api)
+    deadline = time.monotonic() + RIGHTS_WAIT
+    while True:
+        answer = await call_api(authz.create_self_subject_access_review, review)
+        if answer.status.allowed:
+            return
+        if time.monotonic() > deadline:
+            raise KernelStartError(
+                f"the RoleBinding in namespace {namespace} did not take effect within"
+                f" {RIGHTS_WAIT:g}s"
+            )
+        await asyncio.sleep(0.2)
+
+
+# Namespaces this process has made ready, per API server: later starts in them cost no
+# request at all. (An operator deleting one meanwhile fails the pod's creation, which
+# forgets it here; the next start makes it again.)
+_ready: dict[tuple[str, str], bool] = {}
+
+
+def forget(api: client.ApiClient, name: str) -> None:
+    _ready.pop((api.configuration.host, name), None)
 
 
 async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bool:
     """Make sure ``plan.name`` exists and is ready for kernels; True when it is one of
     ours (marked), False when it is the operator's (used as it is)."""
+    cache_key = (api.configuration.host, plan.name)
+    if cache_key in _ready:
+        return _ready[cache_key]
+    ours = await _ensure(api, plan, create)
+    _ready[cache_key] = ours
+    return ours
+
+
+async def _ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bool:
     core = client.CoreV1Api(api)
     deadline = time.monotonic() + TERMINATING_WAIT
     while True:
@@ -164,6 +211,9 @@ async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bo
         await _create_tolerating_conflict(
             client.RbacAuthorizationV1Api(api).create_namespaced_role_binding, plan.name, binding
         )
+        # Made by us or by a concurrent first start a moment ago: either way it may not
+        # be in force yet.
+        await _wait_for_rights(api, plan.name)
     if plan.network_policy:
         await _create_tolerating_conflict(
             client.NetworkingV1Api(api).create_namespaced_network_policy,

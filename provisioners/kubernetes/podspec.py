@@ -30,6 +30,14 @@ COPY_THEN_EXEC = (
     f"install -m 600 {SECRET_DIR}/connection.json {CONNECTION_FILE}"
     f' && echo $$ > {KERNEL_PID_FILE} && exec "$@"'
 )
+
+
+def _literal(arg: str) -> str:
+    """``arg`` as Kubernetes passes it on: it expands ``$(VAR)`` in a container's
+    command and reads ``$$`` as ``$``, so every ``$`` is doubled."""
+    return arg.replace("$", "$$")
+
+
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 
 # Settings a profile may set (kubespawner's profile_list idea, validated keys only).
@@ -159,7 +167,9 @@ def build_pod(
         name="kernel",
         image=s.image,
         image_pull_policy=s.image_pull_policy,
-        command=["sh", "-c", COPY_THEN_EXEC, "kernel", *command] if command else None,
+        command=[_literal(a) for a in ("sh", "-c", COPY_THEN_EXEC, "kernel", *command)]
+        if command
+        else None,
         env=[client.V1EnvVar(name=k, value=v) for k, v in sorted(s.environment.items())] or None,
         ports=[
             client.V1ContainerPort(

@@ -29,6 +29,23 @@ def api_message(e: ApiException) -> str:
         return str(e.reason)
 
 
+def refusal(e: Exception) -> tuple[int, str]:
+    """(HTTP status, the API server's message) of a failed request, websocket
+    upgrades included: kubernetes.stream reports a refused handshake as status 0 with
+    the server's Status object inside its text."""
+    if isinstance(e, ApiException) and e.status:
+        return int(e.status), api_message(e)
+    text = str(getattr(e, "reason", "") or e)
+    start = text.find('{"kind":"Status"')
+    try:
+        status = json.loads(text[start:]) if start >= 0 else {}
+    except ValueError:
+        status = {}
+    if isinstance(status, dict) and status.get("code"):
+        return int(status["code"]), str(status.get("message", ""))
+    return 0, text
+
+
 def start_error(e: ApiException) -> KernelStartError:
     """A start-up failure naming what the API server said."""
     return KernelStartError(f"Kubernetes API: {e.status} {e.reason}: {api_message(e)}")

@@ -23,7 +23,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 import time
@@ -59,7 +58,7 @@ from .podspec import (
     build_secret,
     signal_command,
 )
-from .podstatus import api_message, exit_code, start_error, startup_problem
+from .podstatus import api_message, exit_code, refusal, start_error, startup_problem
 from .watcher import PodWatcher, shared_watcher
 
 LABEL_USER = "kernel-orchestrator.user"
@@ -236,8 +235,10 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         try:
             return await call_api(self.core.create_namespaced_pod, self.pod_namespace, pod)
         except ApiException as e:
-            if not (self.namespace_template and "being terminated" in api_message(e)):
+            gone = e.status == 404 or "being terminated" in api_message(e)
+            if not (self.namespace_template and gone):
                 raise start_error(e) from None
+        namespaces.forget(self.api, self.pod_namespace)
         await self._ensure_namespace()
         return await self._call(self.core.create_namespaced_pod, self.pod_namespace, pod)
 
@@ -427,10 +428,11 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         try:
             problem = await call_api(run)
         except ApiException as e:
-            hint = " (the chart's kernels.execForSignals grants it)" if e.status == 403 else ""
+            status, message = refusal(e)
+            hint = " (the chart's kernels.execForSignals grants it)" if status == 403 else ""
             raise OrchestratorError(
                 f"cannot signal kernel pod {self.pod_namespace}/{self.pod_name}:"
-                f" {e.status} {api_message(e)}{hint}"
+                f" {status} {message}{hint}"
             ) from None
         if problem:
             raise OrchestratorError(
@@ -470,18 +472,14 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                 self.pod_namespace,
                 body=_delete_options(self.secret_uid, 0),
             )
+        # Watched, not polled: the pod is gone when the watch shows it go (or a newer
+        # pod has its name), with no request of ours.
+        watcher, key = self._watcher(), (self.pod_namespace, self.pod_name)
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                pod = await call_api(
-                    self.core.read_namespaced_pod, self.pod_name, self.pod_namespace
-                )
-                if self.pod_uid and pod.metadata.uid != self.pod_uid:
-                    break  # ours is gone; the name is someone else's now
-            except ApiException as e:
-                if e.status == 404:
-                    break
-            await asyncio.sleep(0.2)
+        while self.pod_uid and not watcher.saw_deleted(key, self.pod_uid):
+            if time.monotonic() > deadline:
+                break
+            await watcher.wait_change(min(1.0, max(0.0, deadline - time.monotonic())))
         self.pod_name = ""
 
     async def cleanup(self, restart: bool = False) -> None:

@@ -163,8 +163,9 @@ class PodWatcher:
             self.failure = reason
             self._notify()
         else:
-            log.warning("pod watch (%s) interrupted: %s; retrying in %.1fs", self.scope,
-                        reason, delay)
+            log.warning(
+                "pod watch (%s) interrupted: %s; retrying in %.1fs", self.scope, reason, delay
+            )
         self._stop.wait(delay)
 
     def _notify(self) -> None:
@@ -190,6 +191,15 @@ class PodWatcher:
         if pod is None:
             return self._ready.is_set()  # listed, watched, and not there
         return bool(uid) and pod.get("metadata", {}).get("uid") != uid
+
+    def saw_deleted(self, key: PodKey, uid: str) -> bool:
+        """Whether the watch has seen pod ``uid`` go (stricter than :meth:`is_gone`: a
+        pod created a moment ago that the watch has not shown yet is not gone)."""
+        with self._lock:
+            if uid in self.deleted_uids:
+                return True
+            pod = self.pods.get(key)
+        return pod is not None and pod.get("metadata", {}).get("uid") != uid
 
     async def wait_change(self, timeout: float) -> None:
         """Return after the next change (or ``timeout``)."""

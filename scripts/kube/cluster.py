@@ -103,7 +103,14 @@ def issue(name: str, cn: str, org: str = "", *, sans: tuple[str, ...] = (),
 
 def make_pki() -> None:
     PKI.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.umask(0o077)
+    old_umask = os.umask(0o077)  # keys are born private ...
+    try:
+        _make_pki()
+    finally:
+        os.umask(old_umask)  # ... but containerd must unpack images as they are
+
+
+def _make_pki() -> None:
     run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
         "-nodes", "-keyout", str(PKI / "ca.key"), "-out", str(PKI / "ca.crt"), "-days", "30",
         "-subj", "/CN=kernel-orchestrator test cluster CA",
@@ -148,7 +155,8 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None
     PIDS.mkdir(parents=True, exist_ok=True)
     log = open(LOGS / f"{name}.log", "ab")
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                            start_new_session=True, env={**os.environ, **(env or {})})
+                            start_new_session=True, env={**os.environ, **(env or {})},
+                            umask=0o022)
     log.close()
     (PIDS / name).write_text(str(proc.pid))
 

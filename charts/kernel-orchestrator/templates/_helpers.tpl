@@ -207,18 +207,26 @@ RBAC rules of the Kubernetes provisioner on kernel pods (the same in a Role and 
 cluster-wide ClusterRole).
 */}}
 {{- define "kernel-orchestrator.kernelRules" -}}
+{{- /* With per-user namespaces the one pod watch is cluster-wide (the orchestrator's
+ClusterRole); the kernel role then needs no list or watch of its own. */}}
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["create", "get", "list", "watch", "delete"]
+{{- if .Values.kernels.namespacePerUser }}
+  verbs: ["create", "delete"]
+{{- else }}
+  verbs: ["create", "list", "watch", "delete"]
+{{- end }}
+{{- /* Websocket upgrades (the Python client's port-forward and exec) are GETs that the
+API server also authorizes as "create": both verbs are needed, and both are used. */}}
 {{- if .Values.kernels.portForward }}
 - apiGroups: [""]
   resources: ["pods/portforward"]
-  verbs: ["create"]
+  verbs: ["get", "create"]
 {{- end }}
 {{- if .Values.kernels.execForSignals }}
 - apiGroups: [""]
   resources: ["pods/exec"]
-  verbs: ["create"]
+  verbs: ["get", "create"]
 {{- end }}
 {{- if .Values.kernels.readPodLogs }}
 - apiGroups: [""]
