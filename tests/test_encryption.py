@@ -1,8 +1,8 @@
 """CurveZMQ by default for kernels reached over a network: proven on the wire.
 
-Kernel traffic to a container on a Docker network is captured with tcpdump on that
-network's bridge (the test's own network) while a cell prints a marker: encrypted,
-the marker never appears; with encryption disabled, it does.
+Kernel traffic to a container on a Docker network (or a pod on the test cluster's
+node) is captured with tcpdump on that network's bridge (the test's own) while a cell
+prints a marker: encrypted, the marker never appears; with encryption disabled, it does.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import orchestrator
 from orchestrator.errors import OrchestratorError
 
 from .conftest import write_kernelspec
-from .kube.fixtures import kube_pod_runner, kube_standin  # noqa: F401
 from .test_docker import our_containers, run
-from .test_kubernetes import kspec, kube  # noqa: F401
+from .test_kubernetes import kspec  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("docker_engine", "jupyter_env")]
 LEGACY_IMAGE = "kernel-orchestrator/kernel-python-legacy:test"
@@ -270,18 +269,18 @@ async def test_auto_falls_back_with_a_warning(
 
 async def test_kubernetes_pod_kernel_is_encrypted_on_the_wire(
     kspec: Any,  # noqa: F811
-    kube: Any,  # noqa: F811
+    kube: Any,
     store: Any,
     tcpdump: str,
     tmp_path: Path,
 ) -> None:
-    """Pods are reached by pod IP (here: the stand-in's pods on the docker0 bridge)."""
+    """Pods are reached by pod IP: captured on the node's pod bridge (ko-cni0)."""
     name = kspec("kenc")
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     await km.start_kernel()
     try:
         assert km.curve_secretkey
-        cap = Capture(tcpdump, "docker0", tmp_path / "pod.pcap")
+        cap = Capture(tcpdump, "ko-cni0", tmp_path / "pod.pcap")
         try:
             result = await run(km, "# CODE-MARK-7f3e\nprint('OUT' + '-MARK-' + '9c1d' * 3)")
             await asyncio.sleep(0.5)

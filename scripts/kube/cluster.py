@@ -343,12 +343,21 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [{cri}.containerd.runtimes.runc.options]
   SystemdCgroup = false
   Root = "{root}/runc"
+[{cri}.registry]
+  # Tests may send traffic only to this machine: every registry is a loopback port
+  # where nothing listens, so an image that is not here fails at once.
+  config_path = "{root}/registries"
 [{cri}.cni]
   bin_dir = "/usr/lib/cni"
   conf_dir = "{cni_conf}"
 """
     path = root / "config.toml"
     root.mkdir(parents=True, exist_ok=True)
+    for registry in ("_default", "docker.io", "registry.k8s.io", "ghcr.io", "quay.io"):
+        hosts = root / "registries" / registry / "hosts.toml"
+        hosts.parent.mkdir(parents=True, exist_ok=True)
+        hosts.write_text('server = "http://127.0.0.1:9"\n[host."http://127.0.0.1:9"]\n'
+                         '  capabilities = ["pull", "resolve"]\n')
     path.write_text(text)
     return path
 

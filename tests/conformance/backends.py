@@ -98,14 +98,21 @@ def ssh_backend(sshnet: Any, remote_dir: str) -> Backend:
     )
 
 
-def kubernetes_backend(api_url: str, pods_of: Callable[[str], set[str]]) -> Backend:
+def kubernetes_backend(config: dict[str, Any], pods_of: Callable[[str], set[str]]) -> Backend:
+    """On the real cluster, as the chart's ServiceAccount (``config``: the chart's
+    kernelspec config with the token and CA to reach the API server)."""
     return Backend(
         name="kubernetes",
         provisioner="kubernetes-provisioner",
         python="python",
-        config={"api_url": api_url, "namespace": "default", "image": KERNEL_IMAGE},
-        broken={"image": "nowhere/ghost:1.0", "image_allowlist": ["nowhere/*"]},
-        broken_message="ErrImagePull",
+        config={**config, "image": KERNEL_IMAGE},
+        # Never pulled: the node reaches no registry (nor may a test).
+        broken={
+            "image": "nowhere/ghost:1.0",
+            "image_allowlist": ["nowhere/*"],
+            "image_pull_policy": "Never",
+        },
+        broken_message="ErrImageNeverPull",
         running=pods_of,
     )
 

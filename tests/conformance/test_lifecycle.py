@@ -26,7 +26,6 @@ from orchestrator.errors import OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE
 
 from ..conftest import write_kernelspec
-from ..kube.fixtures import kube_pod_runner, kube_standin  # noqa: F401
 from ..test_docker import run
 from . import backends
 from .backends import Backend
@@ -56,29 +55,26 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
         slurmnet = request.getfixturevalue("slurmnet")
         yield backends.slurm_backend(slurmnet, str(tmp_path / "slurm-kernels"))
     else:
-        from kubernetes.client import CoreV1Api
-
-        from provisioners.kubernetes import watcher
-        from provisioners.kubernetes.apiclient import forget_clients
         from provisioners.kubernetes.names import label_value
 
-        kube = request.getfixturevalue("kube_standin")
-        request.getfixturevalue("kube_pod_runner")
-        core = CoreV1Api(kube.api_client())
+        from ..kubecluster import forget_provisioner_state
+
+        release = request.getfixturevalue("kube_release")
+        core = release.cluster.core()
 
         def pods_of(instance: str) -> set[str]:
             selector = f"{LABEL_INSTANCE}={label_value(instance)}"
             return {
                 p.metadata.name
                 for p in core.list_pod_for_all_namespaces(label_selector=selector).items
+                if not p.metadata.deletion_timestamp
             } | {
                 s.metadata.name
                 for s in core.list_secret_for_all_namespaces(label_selector=selector).items
             }
 
-        yield backends.kubernetes_backend(kube.url, pods_of)
-        watcher.stop_all()  # our shared watches end before the stand-in stops
-        forget_clients()
+        yield backends.kubernetes_backend(release.config(), pods_of)
+        forget_provisioner_state()  # as if this process had exited
 
 
 def kernelspec(
