@@ -193,7 +193,7 @@ def slurmnet():  # type: ignore[no-untyped-def]
 
 # --------------------------------------------------------------------- Kubernetes
 @pytest.fixture(scope="session")
-def kube_cluster():  # type: ignore[no-untyped-def]
+def kube_cluster(docker_engine: str):  # type: ignore[no-untyped-def]
     """The real single-node cluster (scripts/kube/cluster.sh), up for the session.
 
     At the end, no pod of this session's deployments may be left on it.

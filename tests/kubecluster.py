@@ -98,6 +98,15 @@ class KubeCluster:
             f.seek(since)
             return f.read().decode(errors="replace")
 
+    def restart(self, component: str) -> None:
+        """Stop one component and start it again (``cluster.sh restart``)."""
+        subprocess.run(
+            ["bash", str(CLUSTER_SH), "restart", component],
+            check=True,
+            capture_output=True,
+            timeout=180,
+        )
+
     def create_namespace(self, name: str, labels: dict[str, str] | None = None) -> None:
         from kubernetes.client.rest import ApiException
 

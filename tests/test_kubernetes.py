@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import signal
+import sys
 import time
 from typing import Any
 
@@ -439,8 +440,8 @@ async def test_watch_resumes_and_relists_only_when_told(
     kube: Release, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The server ends each watch (here every 2 s): the watch resumes from its last
-    resourceVersion without listing again; a resourceVersion the server has forgotten
-    (410 Gone) makes it list once more."""
+    resourceVersion without listing again; after an API server restart that has
+    forgotten that resourceVersion (410 Gone), it lists once more."""
     from .kubecluster import service_account_client
 
     monkeypatch.setattr(kube_watcher, "WATCH_SECONDS", 2)
@@ -456,23 +457,18 @@ async def test_watch_resumes_and_relists_only_when_told(
     finally:
         w.stop()
 
-    class ForgetfulWatcher(kube_watcher.PodWatcher):
-        """Resumes from a resourceVersion long compacted away, as after a long outage."""
-
-        first = True
-
-        def _list(self) -> str:
-            version = super()._list()
-            if self.first:
-                self.first = False
-                return "1"
-            return version
-
-    w = ForgetfulWatcher(api, kube.kernel_namespace, selector)
+    # The API server restarts: the watch fails, backs off and resumes; the restarted
+    # server's cache starts after the watch's resourceVersion (something changed
+    # meanwhile), so it answers 410 Gone, and the watch lists once more.
+    w = kube_watcher.PodWatcher(api, kube.kernel_namespace, selector)
     try:
         await w.ready()
-        deadline = time.monotonic() + 20
-        while w.lists < 2 and time.monotonic() < deadline:
+        kube.cluster.core().create_namespaced_config_map(
+            kube.kernel_namespace, {"metadata": {"generateName": "resume-test-"}}
+        )
+        await asyncio.to_thread(kube.cluster.restart, "kube-apiserver")
+        deadline = time.monotonic() + 60
+        while (w.lists < 2 or w.failure) and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         assert w.lists == 2 and not w.failure
     finally:
@@ -591,3 +587,74 @@ async def test_least_privilege(kspec: Any, kube: Release, per_user: Release, sto
 
         unused = [rule for rule in release.rules() if not covered(rule)]
         assert unused == [], f"{release.name}: granted but never used: {unused}"
+
+
+async def test_kubeconfig_exec_plugin_runs_off_the_event_loop(
+    kspec: Any, kube: Release, store: Any, tmp_path: Any
+) -> None:
+    """A kubeconfig whose credentials come from an exec plugin (as cloud CLIs do, slowly):
+    the plugin runs on the Kubernetes thread pool, and the event loop keeps ticking."""
+    plugin = tmp_path / "slow-credentials"
+    plugin.write_text(
+        f"#!{sys.executable}\n"
+        "import json, sys, time\n"
+        "time.sleep(1.5)\n"
+        f"token = open({str(kube.token_file)!r}).read().strip()\n"
+        "json.dump({'apiVersion': 'client.authentication.k8s.io/v1', 'kind': 'ExecCredential',"
+        " 'status': {'token': token}}, sys.stdout)\n"
+    )
+    plugin.chmod(0o700)
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "ko",
+                "clusters": [
+                    {
+                        "name": "ko",
+                        "cluster": {
+                            "server": kube.cluster.server,
+                            "certificate-authority": kube.cluster.ca_file,
+                        },
+                    }
+                ],
+                "users": [
+                    {
+                        "name": "sa",
+                        "user": {
+                            "exec": {
+                                "apiVersion": "client.authentication.k8s.io/v1",
+                                "command": str(plugin),
+                                "interactiveMode": "Never",
+                            }
+                        },
+                    }
+                ],
+                "contexts": [{"name": "ko", "context": {"cluster": "ko", "user": "sa"}}],
+            }
+        )
+    )
+    kubeconfig.chmod(0o600)
+    name = kspec("kexec", api_url="", api_token_file="", api_ca_file="", kubeconfig=str(kubeconfig))
+    gaps: list[float] = []
+
+    async def tick() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    try:
+        await km.start_kernel()
+        assert (await run(km, "print('via exec plugin')"))["out"] == "via exec plugin\n"
+    finally:
+        ticker.cancel()
+        await km.shutdown_kernel(now=True)
+    assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.2f}s"
+    await nothing_left(kube.cluster, store)

@@ -117,7 +117,8 @@ def _make_pki() -> None:
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     local = ("DNS:localhost", "IP:127.0.0.1")
-    issue("etcd-server", "etcd", sans=local, usage="serverAuth")
+    # etcd's gRPC gateway dials etcd itself with this certificate: both usages.
+    issue("etcd-server", "etcd", sans=local, usage="serverAuth,clientAuth")
     issue("apiserver-etcd", "kube-apiserver-etcd-client")
     issue("apiserver", "kube-apiserver", usage="serverAuth",
           sans=(*local, f"IP:{SERVICE_IP}", "DNS:kubernetes", "DNS:kubernetes.default",
@@ -159,6 +160,17 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None) -> None
                             umask=0o022)
     log.close()
     (PIDS / name).write_text(str(proc.pid))
+    (PIDS / f"{name}.argv").write_text(json.dumps(argv))
+
+
+def restart(name: str) -> None:
+    """Stop component ``name`` and start it again as it was (the tests restart the API
+    server to see watches survive it); waits until the API server is ready again."""
+    argv = json.loads((PIDS / f"{name}.argv").read_text())
+    stop(name)
+    start(name, argv)
+    info = json.loads(INFO.read_text())
+    wait_for("the API server", lambda: api_ready(info), 120, "kube-apiserver")
 
 
 def alive(name: str) -> bool:
@@ -215,6 +227,7 @@ def stop(name: str, grace: float = 10.0) -> None:
     except OSError:
         pass
     (PIDS / name).unlink(missing_ok=True)
+    (PIDS / f"{name}.argv").unlink(missing_ok=True)
 
 
 def pid_running(pid: int) -> bool:
@@ -700,7 +713,8 @@ def status() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("up", "down", "status"))
+    parser.add_argument("action", choices=("up", "down", "status", "restart"))
+    parser.add_argument("component", nargs="?", choices=COMPONENTS, help="for restart")
     parser.add_argument("--bin", type=Path, help="directory of the built binaries (build.sh)")
     args = parser.parse_args()
     if args.action == "up":
@@ -709,6 +723,10 @@ def main() -> None:
         up(args.bin)
     elif args.action == "down":
         down()
+    elif args.action == "restart":
+        if not args.component:
+            parser.error("restart needs a component")
+        restart(args.component)
     else:
         status()
 

@@ -7,6 +7,7 @@
 #           kernel images into the node; prints the admin kubeconfig path last.
 #   down    stops everything `up` started and removes its state.
 #   status  prints the admin kubeconfig path if the cluster is up, else fails.
+#   restart COMPONENT   stops one component and starts it again as it was.
 #
 # Needs root (kubelet, containerd, CNI). State lives in $KUBE_STATE
 # (default /var/lib/kernel-orchestrator-kube); see cluster.py for the layout.
@@ -16,8 +17,8 @@ case "${1:-}" in
     up)
         bin=$(bash "$HERE/build.sh" | tail -n 1)
         exec python3 "$HERE/cluster.py" up --bin "$bin" ;;
-    down|status)
-        exec python3 "$HERE/cluster.py" "$1" ;;
+    down|status|restart)
+        exec python3 "$HERE/cluster.py" "$@" ;;
     *)
-        echo "usage: $0 up|down|status" >&2; exit 2 ;;
+        echo "usage: $0 up|down|status|restart COMPONENT" >&2; exit 2 ;;
 esac
