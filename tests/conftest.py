@@ -192,9 +192,10 @@ def slurmnet():  # type: ignore[no-untyped-def]
 
 
 # --------------------------------------------------------------------- Kubernetes
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kube_cluster(docker_engine: str):  # type: ignore[no-untyped-def]
-    """The real single-node cluster (scripts/kube/cluster.sh), up for the session.
+    """The real single-node cluster (scripts/kube/cluster.sh), up for one test module
+    (about 15 s to bring up): the tests after it run on a machine without it.
 
     At the end, no pod of this session's deployments may be left on it.
     """
@@ -210,7 +211,7 @@ def kube_cluster(docker_engine: str):  # type: ignore[no-untyped-def]
         assert not left, f"pods or Secrets left on the cluster: {left}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kube_release(kube_cluster, tmp_path_factory):  # type: ignore[no-untyped-def]
     """The chart's RBAC for kernels in one shared namespace (ko-kernels)."""
     from .kubecluster import SHARED_VALUES, install_release
@@ -218,7 +219,7 @@ def kube_release(kube_cluster, tmp_path_factory):  # type: ignore[no-untyped-def
     return install_release(kube_cluster, "ko", SHARED_VALUES, tmp_path_factory.mktemp("kube"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def kube_per_user(kube_cluster, tmp_path_factory):  # type: ignore[no-untyped-def]
     """The chart's RBAC for a namespace per user, made by the orchestrator."""
     from .kubecluster import PER_USER_VALUES, install_release

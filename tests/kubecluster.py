@@ -2,7 +2,7 @@
 
 * :class:`KubeCluster` — the cluster of ``scripts/kube/cluster.sh`` (etcd, the control
   plane and the real kubelet, built from Kubernetes' sources), brought up once per
-  session and taken down after it (``KO_KEEP_KUBE=1`` keeps it for the next run); an
+  test module and taken down after it (``KO_KEEP_KUBE=1`` keeps it up); an
   admin client and the API server's audit log, from which tests count requests.
 * :class:`Release` — one install of the chart's RBAC (its ServiceAccount, the Role or
   ClusterRoles it renders, the admission policy) with a token of that ServiceAccount.

@@ -38,11 +38,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
 @pytest.fixture
 def kspec(kube: Release, jupyter_env: dict[str, str]):  # type: ignore[no-untyped-def]
     """Write a kernelspec: the chart's config for ``release`` (default: the shared
-    one), plus ``config``."""
+    one), plus ``config``; ``argv`` replaces the kernel's command."""
 
-    def make(name: str, release: Release | None = None, **config: Any) -> str:
+    def make(
+        name: str, release: Release | None = None, argv: list[str] | None = None, **config: Any
+    ) -> str:
         release = release or kube
         extra = {k: v for k, v in release.kernelspec.items() if k in ("interrupt_mode",)}
+        if argv:
+            extra["argv"] = argv
         write_kernelspec(
             jupyter_env["JUPYTER_DATA_DIR"],
             name,
@@ -185,13 +189,7 @@ async def test_start_failures_are_fast_and_clean(
 async def test_kernel_that_dies_during_start_up_is_reported_with_its_log(
     kspec: Any, kube: Release, store: Any
 ) -> None:
-    name = kspec("kdie")
-    spec_file = os.path.join(os.environ["JUPYTER_DATA_DIR"], "kernels", name, "kernel.json")
-    with open(spec_file) as f:
-        spec = json.load(f)
-    spec["argv"] = ["python", "-c", "import sys; print('no kernel today'); sys.exit(3)"]
-    with open(spec_file, "w") as f:
-        json.dump(spec, f)
+    name = kspec("kdie", argv=["python", "-c", "print('no kernel today'); exit(3)"])
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     with pytest.raises(OrchestratorError, match=r"(?s)exit code 3.*no kernel today"):
         await km.start_kernel()
@@ -555,13 +553,7 @@ async def test_least_privilege(kspec: Any, kube: Release, per_user: Release, sto
     await km.shutdown_kernel()
     # Both: a kernel that dies during start-up is reported with its log.
     for release, env in ((kube, {}), (per_user, {"KERNEL_USERNAME": user})):
-        name = kspec("klpdie", release=release)
-        spec_file = os.path.join(os.environ["JUPYTER_DATA_DIR"], "kernels", name, "kernel.json")
-        with open(spec_file) as f:
-            spec = json.load(f)
-        spec["argv"] = ["python", "-c", "raise SystemExit('bye')"]
-        with open(spec_file, "w") as f:
-            json.dump(spec, f)
+        name = kspec("klpdie", release=release, argv=["python", "-c", "raise SystemExit('bye')"])
         forget_provisioner_state()
         km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
         with pytest.raises(OrchestratorError, match="bye"):

@@ -24,6 +24,7 @@ Standard library only: it runs before the project's virtualenv exists.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -567,6 +568,7 @@ def up(bin_dir: Path) -> None:
     wait_for("containerd", lambda: ctr("version").returncode == 0, 60, "containerd")
     import_images()
     make_cgroups()
+    save_sysctls()
     start("kubelet", [
         str(bin_dir / "kubelet"), "--config", str(kubelet_config(ports["kubelet"])),
         "--kubeconfig", str(STATE / "kubelet.kubeconfig"), "--root-dir", str(STATE / "kubelet"),
@@ -618,6 +620,56 @@ def unmount_under(*roots: Path) -> None:
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
     for point in sorted((m for m in mounts if m.startswith(prefixes)), key=len, reverse=True):
         run("umount", "-l", point, check=False)
+
+
+# The kubelet tunes these at start (panic on oops, overcommit, ...); ``down`` puts this
+# machine's own values back.
+KUBELET_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic",
+                   "kernel/panic_on_oops", "kernel/keys/root_maxkeys",
+                   "kernel/keys/root_maxbytes")
+SYSCTLS_SAVED = Path("/run/kernel-orchestrator-kube.sysctls.json")
+
+
+def save_sysctls() -> None:
+    if SYSCTLS_SAVED.exists():  # an earlier up's originals, not restored yet
+        return
+    values = {}
+    for key in KUBELET_SYSCTLS:
+        with contextlib.suppress(OSError):
+            values[key] = (Path("/proc/sys") / key).read_text().strip()
+    SYSCTLS_SAVED.write_text(json.dumps(values))
+
+
+def restore_sysctls() -> None:
+    if not SYSCTLS_SAVED.exists():
+        return
+    for key, value in json.loads(SYSCTLS_SAVED.read_text()).items():
+        with contextlib.suppress(OSError):
+            (Path("/proc/sys") / key).write_text(value)
+    SYSCTLS_SAVED.unlink()
+
+
+def remove_kubelet_iptables() -> None:
+    """The chains the kubelet makes (KUBE-FIREWALL and its canaries), v4 and v6."""
+    for tool in ("iptables", "ip6tables"):
+        if not shutil.which(tool):
+            continue
+        for table in ("filter", "nat", "mangle"):
+            listing = run(tool, "-t", table, "-S", check=False).stdout.splitlines()
+            for line in listing:
+                parts = line.split()
+                if parts[:1] == ["-A"] and "-j" in parts and \
+                        parts[parts.index("-j") + 1].startswith("KUBE-") and \
+                        not parts[1].startswith("KUBE-"):
+                    run(tool, "-t", table, "-D", *parts[1:], check=False)
+            for line in listing:
+                parts = line.split()
+                if parts[:1] == ["-N"] and parts[1].startswith("KUBE-"):
+                    run(tool, "-t", table, "-F", parts[1], check=False)
+            for line in listing:
+                parts = line.split()
+                if parts[:1] == ["-N"] and parts[1].startswith("KUBE-"):
+                    run(tool, "-t", table, "-X", parts[1], check=False)
 
 
 def make_cgroups() -> None:
@@ -698,6 +750,8 @@ def down() -> None:
     unmount_under(STATE)
     remove_cgroups()
     remove_bridge()
+    remove_kubelet_iptables()
+    restore_sysctls()
     shutil.rmtree(STATE, ignore_errors=True)
     say("down: every component stopped and its state removed")
 
