@@ -8,7 +8,7 @@ bash scripts/install.sh
 # Quality gates first: they are fast and their failures are cheap to read.
 .venv/bin/ruff check orchestrator provisioners tests bench
 .venv/bin/mypy
-# The Kubernetes tests' cluster is built from source once per machine (about 10 minutes,
+# The Kubernetes tests' cluster is built from source once per machine (about 6 minutes,
 # cached): built here, so no test's timeout runs while it compiles.
 if [ "$(id -u)" = 0 ]; then
     bash scripts/kube/build.sh >/dev/null

@@ -43,6 +43,27 @@ def backoff_delay(failures: int) -> float:
     return float(min(MAX_BACKOFF, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2))
 
 
+class RecentUids:
+    """The uids of the last ``keep`` pods seen deleted: a long-running gateway deletes
+    pods for ever, and only recent deletions are ever asked about (a kernel waiting
+    for its own pod to go, or a start whose pod vanished)."""
+
+    def __init__(self, keep: int = 10_000) -> None:
+        self.keep = keep
+        self._uids: dict[str, None] = {}  # insertion-ordered: the oldest goes first
+
+    def add(self, uid: str) -> None:
+        self._uids[uid] = None
+        if len(self._uids) > self.keep:
+            del self._uids[next(iter(self._uids))]
+
+    def __contains__(self, uid: object) -> bool:
+        return uid in self._uids
+
+    def __len__(self) -> int:
+        return len(self._uids)
+
+
 class PodWatcher:
     """Latest state of this deployment's pods, pushed to async waiters."""
 
@@ -51,7 +72,7 @@ class PodWatcher:
         self.namespace = namespace  # None: all namespaces
         self.selector = selector
         self.pods: dict[PodKey, dict[str, Any]] = {}
-        self.deleted_uids: set[str] = set()  # pods seen gone, by uid (names are reused)
+        self.deleted_uids = RecentUids()  # pods seen gone, by uid (names are reused)
         self.failure = ""  # why the watch is failing, while it persistently is
         self.lists = 0  # full lists made (the first, then one per 410 Gone)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []

@@ -3,7 +3,7 @@
 # kubelet from the release pinned in ./go.mod, through the Go module proxy only.
 #
 # Binaries land in $KUBE_CACHE/bin-<version>/ and are reused when present, so only
-# the first run on a machine pays for the build (about 10 minutes on 2 cores, module downloads included).
+# the first run on a machine pays for the build (about 6 minutes on 2 cores, module downloads included).
 # Go's module and build caches live beside them, so a rebuild after a version bump
 # reuses whatever did not change.  Prints the bin directory as its last line.
 set -euo pipefail
