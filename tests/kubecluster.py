@@ -279,7 +279,7 @@ def forget_provisioner_state() -> None:
 
     watcher.stop_all()
     forget_clients()
-    namespaces._ready.clear()
+    namespaces.forget_all()
 
 
 def session_leftovers(cluster: KubeCluster, instances: set[str]) -> list[str]:

@@ -112,15 +112,12 @@ def network_policy(plan: NamespacePlan) -> client.V1NetworkPolicy:
     )
 
 
-async def _create_tolerating_conflict(fn: Any, *args: Any) -> bool:
-    """Create; True if this call made it, False if it existed (409) already."""
+async def _create_tolerating_conflict(fn: Any, *args: Any) -> None:
     try:
         await call_api(fn, *args)
     except ApiException as e:
         if e.status != 409:  # made meanwhile by another kernel of this user: fine
             raise start_error(e) from None
-        return False
-    return True
 
 
 async def _wait_for_rights(api: client.ApiClient, namespace: str) -> None:
@@ -150,25 +147,28 @@ async def _wait_for_rights(api: client.ApiClient, namespace: str) -> None:
 # Namespaces this process has made ready, per API server: later starts in them cost no
 # request at all. (An operator deleting one meanwhile fails the pod's creation, which
 # forgets it here; the next start makes it again.)
-_ready: dict[tuple[str, str], bool] = {}
+_ready: set[tuple[str, str]] = set()
 
 
 def forget(api: client.ApiClient, name: str) -> None:
-    _ready.pop((api.configuration.host, name), None)
+    _ready.discard((api.configuration.host, name))
 
 
-async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bool:
-    """Make sure ``plan.name`` exists and is ready for kernels; True when it is one of
-    ours (marked), False when it is the operator's (used as it is)."""
+def forget_all() -> None:
+    """Forget every namespace made ready (as a new process would know none)."""
+    _ready.clear()
+
+
+async def ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> None:
+    """Make sure ``plan.name`` exists and is ready for kernels: one of ours (marked,
+    bound, with its policy), or the operator's own, used as it is."""
     cache_key = (api.configuration.host, plan.name)
-    if cache_key in _ready:
-        return _ready[cache_key]
-    ours = await _ensure(api, plan, create)
-    _ready[cache_key] = ours
-    return ours
+    if cache_key not in _ready:
+        await _ensure(api, plan, create)
+        _ready.add(cache_key)
 
 
-async def _ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> bool:
+async def _ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> None:
     core = client.CoreV1Api(api)
     deadline = time.monotonic() + TERMINATING_WAIT
     while True:
@@ -188,7 +188,7 @@ async def _ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> b
             raise KernelStartError(f"namespace {plan.name} is still being deleted")
         await asyncio.sleep(0.5)
     if existing is not None and not is_managed(existing):
-        return False  # the operator's own namespace: used as it is, never deleted
+        return  # the operator's own namespace: used as it is
     if existing is None:
         if not create:
             raise KernelStartError(f"namespace {plan.name} does not exist")
@@ -220,4 +220,3 @@ async def _ensure(api: client.ApiClient, plan: NamespacePlan, create: bool) -> b
             plan.name,
             network_policy(plan),
         )
-    return True

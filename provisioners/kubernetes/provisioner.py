@@ -78,7 +78,6 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
     pod_uid: str = ""
     secret_uid: str = ""
     pod_ip: str = ""
-    created_namespace: bool = False
     settings: PodSettings | None = None
     _cmd: list[str] | None = None
     local_ports: dict[str, int] | None = None
@@ -262,7 +261,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             egress_allow=list(self.egress_allow),
             kernel_ports=sorted(CONTAINER_PORTS.values()),
         )
-        self.created_namespace = await namespaces.ensure(self.api, plan, self.create_namespace)
+        await namespaces.ensure(self.api, plan, self.create_namespace)
 
     def _connection(self) -> dict[str, Any]:
         km = self.parent
@@ -500,7 +499,6 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                 "pod_uid": self.pod_uid,
                 "secret_uid": self.secret_uid,
                 "pod_ip": self.pod_ip,
-                "created_namespace": self.created_namespace,
                 "cmd": self._cmd,
                 "local_ports": self.local_ports,
                 "reachability": self.reachability,
@@ -516,7 +514,6 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         self.pod_uid = provisioner_info.get("pod_uid") or ""
         self.secret_uid = provisioner_info.get("secret_uid") or ""
         self.pod_ip = provisioner_info.get("pod_ip") or ""
-        self.created_namespace = bool(provisioner_info.get("created_namespace"))
         self._cmd = provisioner_info.get("cmd")
         settings = provisioner_info.get("settings")
         self.settings = PodSettings(**settings) if settings else None
