@@ -410,7 +410,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         loop = None
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
-        self._keeper().want(self.kernel_id, self._lease_claimed, loop)
+        self._keeper().want(self.kernel_id, self._lease_claimed, loop, self._lease_lost)
 
     # ---------------------------------------------------- lifecycle overrides
     async def _async_pre_start_kernel(self, **kw: t.Any) -> t.Any:

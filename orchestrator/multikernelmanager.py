@@ -102,6 +102,10 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
     def _forget_kernel(self, kernel_id: str) -> None:
         self._kernels.pop(kernel_id, None)
 
+    def should_restore(self, record: KernelRecord) -> bool:
+        """Whether the restore attaches to ``record``'s kernel (all of them, here)."""
+        return True
+
     async def _restore_one(self, record: KernelRecord, report: RestoreReport) -> None:
         kernel_id = record.kernel_id
         connection_file = record.connection_file or os.path.join(
@@ -144,7 +148,11 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
         """Re-attach every saved kernel still alive; clean up the records of the others."""
         assert self.kernel_store is not None
         report = RestoreReport()
-        records = [r for r in await self.kernel_store.list() if r.kernel_id not in self._kernels]
+        records = [
+            r
+            for r in await self.kernel_store.list()
+            if r.kernel_id not in self._kernels and self.should_restore(r)
+        ]
         gate = asyncio.Semaphore(max(1, self.reattach_concurrency))
 
         async def bounded(record: KernelRecord) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import procinfo
-from .errors import OwnedElsewhereError
+from .errors import OwnedElsewhereError, UnknownKernelError
 from .store import KernelStore
 from .store.lease import Holder, Lease
 
@@ -125,6 +125,7 @@ async def claim(
 class _Watch:
     on_change: Callable[..., Any]
     loop: asyncio.AbstractEventLoop | None
+    on_gone: Callable[[str], Any] | None = None
 
 
 class LeaseKeeper:
@@ -160,11 +161,13 @@ class LeaseKeeper:
         kernel_id: str,
         on_claimed: Callable[[Lease], Any],
         loop: asyncio.AbstractEventLoop | None,
+        on_gone: Callable[[str], Any] | None = None,
     ) -> None:
-        """Claim ``kernel_id`` as soon as its owner's lease lapses; then ``on_claimed(lease)``."""
+        """Claim ``kernel_id`` as soon as its owner's lease lapses; then ``on_claimed(lease)``.
+        If its record is removed meanwhile (shut down by its owner), ``on_gone(reason)``."""
         with self._lock:
             if kernel_id not in self._held:
-                self._wanted[kernel_id] = _Watch(on_claimed, loop)
+                self._wanted[kernel_id] = _Watch(on_claimed, loop, on_gone)
         self._ensure_thread()
 
     def drop(self, kernel_id: str) -> Lease | None:
@@ -226,6 +229,12 @@ class LeaseKeeper:
             try:
                 lease = await claim(self.store, kernel_id, self.lease_seconds)
             except OwnedElsewhereError:
+                continue
+            except UnknownKernelError:
+                with self._lock:
+                    gone = self._wanted.pop(kernel_id, None)
+                if gone is not None and gone.on_gone is not None:
+                    _notify(_Watch(gone.on_gone, gone.loop), "its record was removed")
                 continue
             except Exception as e:
                 log.debug("kernel %s: claim failed: %s", kernel_id, e)

@@ -87,6 +87,35 @@ KERNEL_IMAGE = "kernel-orchestrator/kernel-python:latest"
 
 
 @pytest.fixture(scope="session")
+def postgres():  # type: ignore[no-untyped-def]
+    """A private PostgreSQL server (Debian's), for the tests' whole session."""
+    from .pgserver import PostgresServer
+
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_store_url(postgres, monkeypatch: pytest.MonkeyPatch) -> str:  # type: ignore[no-untyped-def]
+    """A fresh PostgreSQL database for this test; clients find the password in $PGPASSFILE."""
+    for key, value in postgres.env.items():
+        monkeypatch.setenv(key, value)
+    return str(postgres.create_database())
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def sql_store_url(request: pytest.FixtureRequest, jupyter_env: dict[str, str]) -> str:
+    """Each SQL store in turn: the same contract, both databases."""
+    if request.param == "sqlite":
+        return jupyter_env["KERNEL_ORCHESTRATOR_STORE"]
+    return str(request.getfixturevalue("pg_store_url"))
+
+
+@pytest.fixture(scope="session")
 def docker_engine() -> Iterator[str]:
     """A real Docker Engine with the kernel image built (installs/starts/builds as needed).
 

@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from . import debian
 from .sshnet import (
     SSHD,
     SSHNetError,
@@ -71,23 +72,7 @@ READY_TIMEOUT = 60.0
 def ensure_slurm_packages() -> None:
     """Debian's slurm-wlm and munge (no service is started: their daemons here are ours)."""
     ensure_packages()
-    missing = sorted({pkg for path, pkg in PACKAGES.items() if not os.access(path, os.X_OK)})
-    if not missing:
-        return
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    policy = Path("/usr/sbin/policy-rc.d")
-    own_policy = not policy.exists()
-    if own_policy:
-        policy.write_text("#!/bin/sh\n# kernel-orchestrator tests: start no service\nexit 101\n")
-        policy.chmod(0o755)
-    try:
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        if subprocess.run(cmd, env=env, capture_output=True, check=False).returncode != 0:
-            subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
-            subprocess.run(cmd, env=env, capture_output=True, check=True)
-    finally:
-        if own_policy:
-            policy.unlink(missing_ok=True)
+    debian.ensure(PACKAGES)
 
 
 class SlurmNet:

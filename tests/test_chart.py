@@ -223,7 +223,9 @@ KERNELSPEC = {"display_name": "X", "language": "python", "argv": ["python"]}
     "values, complaint",
     [
         ({"replicaCount": "two"}, "/replicaCount"),
-        ({"replicaCount": 2}, "/replicaCount"),
+        ({"replicaCount": -1}, "/replicaCount"),
+        ({"store": {"sqlite": {}}}, "sqlite"),
+        ({"podDisruptionBudget": {"maxUnavailable": 0}}, "/podDisruptionBudget/maxUnavailable"),
         ({"replicasCount": 1}, "replicasCount"),
         ({"image": {"registry": "example.org"}}, "registry"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
@@ -523,6 +525,48 @@ def test_deployment_single_replica_recreate_and_probes() -> None:
     assert c["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["resources"]["requests"] and c["resources"]["limits"]
     assert c["resources"]["limits"]["memory"] == "1Gi"
+
+
+def test_replicas_need_an_external_postgresql_store() -> None:
+    with pytest.raises(Exception, match="replicaCount > 1 needs an external PostgreSQL store"):
+        render_objects({"replicaCount": 3})
+    objs = render_objects(
+        {"replicaCount": 3, "store": {"postgresql": {"existingSecret": "kernels-db"}}}
+    )
+    deployment = one(objs, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 3
+    # Rolling, pod by pod: every replica serves every kernel, none is ever the only copy.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
+    env = env_of(deployment)
+    # The URL (with its password) comes from the Secret: it is in no value or pod spec.
+    assert env["KERNEL_ORCHESTRATOR_STORE"] == {
+        "name": "KERNEL_ORCHESTRATOR_STORE",
+        "valueFrom": {"secretKeyRef": {"name": "kernels-db", "key": "url"}},
+    }
+    assert not of_kind(objs, "PersistentVolumeClaim")
+    mounts = {m["name"] for m in container(deployment)["volumeMounts"]}
+    volumes = {v["name"] for v in spec["template"]["spec"]["volumes"]}
+    assert "store" not in mounts and "store" not in volumes
+    pdb = one(objs, "PodDisruptionBudget")
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": spec["selector"]["matchLabels"]},
+    }
+    for obj in objs:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_sqlite_store_keeps_recreate_and_a_pdb_that_allows_eviction() -> None:
+    objs = render_objects()
+    assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert one(objs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert not of_kind(
+        render_objects({"podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget"
+    )
 
 
 def test_replicas_zero_allowed() -> None:

@@ -143,7 +143,7 @@ def test_shutdown_all() -> None:
         (["restart", "nope"], "unknown kernel id 'nope'"),
         (["start", "no-such-spec"], "unknown kernelspec 'no-such-spec' (available: python3)"),
         (["--store", "sqlite:////proc/none/k.db", "list"], "cannot open kernel store"),
-        (["--store", "postgres://x/y", "list"], "unsupported kernel store URL scheme"),
+        (["--store", "mysql://x/y", "list"], "unsupported kernel store URL scheme"),
         (["shutdown"], "give a KERNEL_ID or --all"),
         (["start", "python3", "--label", "novalue"], "bad --label value 'novalue'"),
     ],

@@ -104,7 +104,10 @@ class Gateway:
 class JupyterServer:
     """A stock Jupyter Server whose kernels live in the gateway."""
 
-    def __init__(self, gateway: Gateway, tmp: Path) -> None:
+    def __init__(
+        self, gateway: Gateway, tmp: Path, *, url: str = "", auth_token: str = ALICE
+    ) -> None:
+        """``url``: where the gateway is (default ``gateway``'s own, else a balancer)."""
         self.port = free_port()
         self.token = "js-" + uuid.uuid4().hex
         env = {
@@ -122,8 +125,8 @@ class JupyterServer:
                 f"--port={self.port}",
                 "--ServerApp.port_retries=0",
                 f"--IdentityProvider.token={self.token}",
-                f"--gateway-url={gateway.url}",
-                f"--GatewayClient.auth_token={ALICE}",
+                f"--gateway-url={url or gateway.url}",
+                f"--GatewayClient.auth_token={auth_token}",
                 "--GatewayClient.request_timeout=120",
                 f"--ServerApp.root_dir={tmp}",
             ],

@@ -100,7 +100,7 @@ def test_public_dict_redacts_the_key() -> None:
     "url, message",
     [
         ("sqlite:", "names no file"),
-        ("postgres://db/x", "unsupported kernel store URL scheme 'postgres'"),
+        ("mysql://db/x", "unsupported kernel store URL scheme 'mysql'"),
         ("sqlite:////proc/no/such/dir/k.db", "cannot open kernel store"),
     ],
 )

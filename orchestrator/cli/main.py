@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import sys
 from collections.abc import Awaitable, Callable
@@ -37,19 +38,24 @@ def build_parser() -> argparse.ArgumentParser:
         " to kernels from the kernel store, so kernels outlive the command.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        help="kernel store (sqlite:///path.db); default $KERNEL_ORCHESTRATOR_STORE or"
-        " an SQLite file in the Jupyter data dir",
+    store_help = (
+        "kernel store: postgresql://USER@HOST:PORT/DB (several gateway replicas) or"
+        " sqlite:///path.db; default $KERNEL_ORCHESTRATOR_STORE, else an SQLite file in the"
+        " Jupyter data dir"
     )
-    parser.add_argument(
-        "--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    log_levels = ["DEBUG", "INFO", "WARNING", "ERROR"]
+    parser.add_argument("--store", metavar="URL", help=store_help)
+    parser.add_argument("--log-level", default="WARNING", choices=log_levels)
+    # The same options after the sub-command (``serve --store URL``); given there they
+    # win, absent there they leave the top-level value alone.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help=store_help)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=log_levels)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    add_command = functools.partial(sub.add_parser, parents=[common])
 
-    p = sub.add_parser("start", help="start a kernel and print its id")
+    p = add_command("start", help="start a kernel and print its id")
     p.add_argument("kernelspec", help="kernelspec name, e.g. python3")
     p.add_argument("--json", action="store_true", help="print the kernel's record as JSON")
     p.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
@@ -63,11 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=commands.cmd_start)
 
-    p = sub.add_parser("list", help="list kernels in the store")
+    p = add_command("list", help="list kernels in the store")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=commands.cmd_list)
 
-    p = sub.add_parser("exec", help="run code in a kernel, streaming its output")
+    p = add_command("exec", help="run code in a kernel, streaming its output")
     p.add_argument("kernel_id")
     p.add_argument("code", help="code to run ('-' reads it from stdin)")
     p.add_argument(
@@ -88,12 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
         "take the kernel over from the process that owns it (a gateway, say): that"
         " owner is fenced, its restarter stops and it drops the kernel"
     )
-    p = sub.add_parser("interrupt", help="interrupt a kernel")
+    p = add_command("interrupt", help="interrupt a kernel")
     p.add_argument("kernel_id")
     p.add_argument("--force", action="store_true", help=force_help)
     p.set_defaults(run=commands.cmd_interrupt)
 
-    p = sub.add_parser("restart", help="restart a kernel (same id)")
+    p = add_command("restart", help="restart a kernel (same id)")
     p.add_argument("kernel_id")
     p.add_argument("--now", action="store_true", help="kill instead of asking it to stop")
     p.add_argument("--timeout", type=_positive, default=60.0)
@@ -104,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("shutdown", "shut down a kernel, or all with --all"),
         ("forget", "remove a kernel whose host is gone (shutdown --force)"),
     ):
-        p = sub.add_parser(name, help=summary)
+        p = add_command(name, help=summary)
         p.add_argument("kernel_id", nargs="?")
         p.add_argument("--all", action="store_true")
         p.add_argument("--now", action="store_true", help="kill instead of asking it to stop")
@@ -123,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.set_defaults(run=commands.cmd_shutdown)
 
-    p = sub.add_parser("gc", help="remove stale records and orphaned kernels")
+    p = add_command("gc", help="remove stale records and orphaned kernels")
     p.add_argument("--dry-run", action="store_true", help="only report what would go")
     p.add_argument(
         "--grace",
@@ -133,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=commands.cmd_gc)
 
-    p = sub.add_parser("serve", help="serve kernels over HTTP/WebSocket (a kernel gateway)")
+    p = add_command("serve", help="serve kernels over HTTP/WebSocket (a kernel gateway)")
     p.add_argument("--ip", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8888)
     p.add_argument(
@@ -188,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(run=None)
 
-    p = sub.add_parser("kernelspec", help="manage kernelspecs for our provisioners")
+    p = add_command("kernelspec", help="manage kernelspecs for our provisioners")
     ks = p.add_subparsers(dest="kernelspec_command", metavar="ACTION")
     ks.required = True
     from .kernelspecs import add_install_parser

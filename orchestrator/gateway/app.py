@@ -99,6 +99,11 @@ class GatewayApp(ServerApp):
             use_json_logs(self.log)
 
     def init_configurables(self) -> None:
+        from ..ownership import set_holder_kind
+
+        # Other replicas sharing the store see our leases as a gateway's: theirs to take
+        # over for a request, not a CLI's to leave alone.
+        set_holder_kind("gateway")
         if self.default_kernelspecs:
             from .defaults import ensure_default_kernelspecs
 
@@ -139,6 +144,20 @@ class GatewayApp(ServerApp):
         ksm: t.Any = self.kernel_spec_manager
         if hasattr(ksm, "multi_user"):
             ksm.multi_user = bool(idp.multi_user)
+        self._open_store()
+
+    def _open_store(self) -> None:
+        """Open (create, migrate) the kernel store now: a gateway whose store is unusable
+        refuses to start, saying why, rather than serve and fail every request."""
+        from ..errors import OrchestratorError
+
+        km: t.Any = self.kernel_manager
+        try:
+            store = km.kernel_store
+        except OrchestratorError as e:
+            print(f"kernel-orchestrator serve: {e}", file=sys.stderr, flush=True)
+            self.exit(2)
+        self.log.info("kernel store: %s (schema version %d)", store.url, store.schema_version)
 
     def init_webapp(self) -> None:
         super().init_webapp()

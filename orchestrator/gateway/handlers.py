@@ -5,6 +5,10 @@ Jupyter Server's gateway client and JupyterLab speak) and add, before anything
 happens: the caller owns the kernel (else 404, as if it did not exist), the start
 request is small and its environment holds only allow-listed, valid variables, and
 the limits on kernels in total and per user are respected (4xx with a clear message).
+
+Any replica of the gateway answers for any kernel of the store: one that another
+replica started is attached to here first (``serve_kernel``), and lifecycle
+actions take its lease over from the replica that held it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from jupyter_server.utils import ensure_async, url_escape, url_path_join
 from tornado import web
 
 from ..errors import FencedError, KernelLimitError, OrchestratorError, OwnedElsewhereError
+from ..store.record import TENANT_LABEL as OWNER_LABEL
 from ..users import ADMIN
 from .environment import kernel_environment
 
@@ -44,11 +49,23 @@ def _is_admin(handler: JupyterHandler) -> bool:
     return _username(handler) == ADMIN
 
 
-def _check_owner(handler: JupyterHandler, kernel_id: str) -> None:
-    km = _km(handler)
-    if kernel_id not in km or (
-        not _is_admin(handler) and km.owner_of(kernel_id) != _username(handler)
-    ):
+async def _check_owner(handler: JupyterHandler, kernel_id: str) -> None:
+    """404 unless the kernel exists and is the caller's; then have it served here.
+
+    Judged by the store, whichever replica started the kernel (or handed it out of a
+    pool moments ago), then attached to: never a 404 for a kernel that exists and is
+    yours, and a foreign kernel looks exactly like a missing one.
+    """
+    admin, user = _is_admin(handler), _username(handler)
+
+    def may_use(record: t.Any) -> bool:
+        return admin or str(record.labels.get(OWNER_LABEL, "")) == user
+
+    try:
+        served = await _km(handler).serve_kernel(kernel_id, may_use)
+    except OrchestratorError as e:  # the store is down, or the kernel unreachable from here
+        raise web.HTTPError(503, f"kernel {kernel_id}: {e}") from None
+    if not served:
         raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
 
 
@@ -56,9 +73,12 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
     @web.authenticated
     async def get(self) -> None:
         km = _km(self)
-        # The operator sees every kernel, pooled ones included; a user only their own.
-        ids = km.list_kernel_ids() if _is_admin(self) else km.kernels_of(_username(self))
-        models = [km.kernel_model(k) for k in ids if k in km]
+        # The operator sees every kernel, pooled ones included; a user only their own;
+        # both whichever replica serves them.
+        try:
+            models = await km.kernel_models_of(None if _is_admin(self) else _username(self))
+        except OrchestratorError as e:
+            raise web.HTTPError(503, str(e)) from None
         self.finish(json.dumps(models, default=str))
 
     @web.authenticated
@@ -113,29 +133,30 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
 class KernelHandler(kernel_handlers.KernelHandler):
     @web.authenticated
     async def get(self, kernel_id: str) -> None:
-        _check_owner(self, kernel_id)
+        await _check_owner(self, kernel_id)
         await super().get(kernel_id)  # type: ignore[misc]
 
     @web.authenticated
     async def delete(self, kernel_id: str) -> None:
-        _check_owner(self, kernel_id)
-        with _lifecycle_conflicts():
+        await _check_owner(self, kernel_id)
+        async with _lifecycle(self, kernel_id):
             await super().delete(kernel_id)  # type: ignore[misc]
 
 
 class KernelActionHandler(kernel_handlers.KernelActionHandler):
     @web.authenticated
     async def post(self, kernel_id: str, action: str) -> None:
-        _check_owner(self, kernel_id)
-        with _lifecycle_conflicts():
+        await _check_owner(self, kernel_id)
+        async with _lifecycle(self, kernel_id):
             await super().post(kernel_id, action)  # type: ignore[misc]
 
 
-@contextlib.contextmanager
-def _lifecycle_conflicts() -> t.Iterator[None]:
-    """Lifecycle work on a kernel another process owns (or took over) is a 409 naming
-    that owner, not a server error."""
+@contextlib.asynccontextmanager
+async def _lifecycle(handler: JupyterHandler, kernel_id: str) -> t.AsyncIterator[None]:
+    """Own the kernel for lifecycle work (taking it over from another replica); work
+    on a kernel a CLI or library process owns is a 409 naming that owner."""
     try:
+        await _km(handler).get_kernel(kernel_id).take_over()
         yield
     except (OwnedElsewhereError, FencedError) as e:
         raise web.HTTPError(409, str(e)) from None
@@ -147,7 +168,7 @@ class ChannelsHandler(KernelWebsocketHandler):
         # kernel and sends it a request, which a foreign socket must never get to do.
         if self.current_user is None:
             raise web.HTTPError(403)
-        _check_owner(self, self.kernel_id)
+        await _check_owner(self, self.kernel_id)
         await super().pre_get()
 
 
@@ -201,7 +222,7 @@ class PathResolverHandler(APIHandler):
         response: dict[str, t.Any] = {"resolved": []}
         if kernel_id:
             try:
-                _check_owner(self, kernel_id)
+                await _check_owner(self, kernel_id)
                 kernel = _km(self).get_kernel(kernel_id)
                 resolve = getattr(kernel, "resolve_path", None)
                 resolved = await ensure_async(resolve(path)) if resolve else None

@@ -2,9 +2,25 @@
 
 ``OrchestratorMappingKernelManager`` is jupyter_server's ``AsyncMappingKernelManager``
 (REST models, activity tracking, culling, metrics) whose kernels are our persisted,
-re-attachable managers. At start-up it restores every saved kernel and gives each the
+re-attachable managers. At start-up it restores the saved kernels and gives each the
 server's bookkeeping (activity watching, "dead" callback) with its last activity
 taken from the store, so culling keeps working across restarts of the service.
+
+Several gateway replicas can share one store (PostgreSQL), behind a load balancer
+that sends any request to any replica:
+
+* A replica serves every kernel of the store. A request or WebSocket for a kernel it
+  does not have attaches to it from the store as a client (executing needs no
+  ownership), so nobody ever gets a 404 for a kernel that exists.
+* Each kernel has one owner, the holder of its lease, which alone does lifecycle work
+  on its own: auto-restart and culling. Every replica saves the activity it sees to
+  the store, and the owner culls on the store's latest activity.
+* A lifecycle request (restart, interrupt, shutdown) that reaches a replica which does
+  not own the kernel takes the lease over from the owning replica first (the
+  generation fences the previous owner, which carries on as a client).
+* A replica that dies stops renewing its leases; every replica scans the store each
+  ``adopt_interval`` seconds and takes over kernels whose lease has expired.
+* Limits and warm pools are counted in the store, atomically, across replicas.
 """
 
 from __future__ import annotations
@@ -12,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import time
 import typing as t
+import uuid
 
 from jupyter_server.services.kernels.kernelmanager import (
     AsyncMappingKernelManager,
@@ -21,11 +39,15 @@ from jupyter_server.services.kernels.kernelmanager import (
 )
 from traitlets import Dict, DottedObjectName, Float, Int, Type, default
 
+from .. import ownership
+from ..errors import OrchestratorError, OwnedElsewhereError
 from ..manager import PersistentKernelManagerMixin
 from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreReport
+from ..store import KernelRecord, Limits
+from ..store.lease import Holder
+from ..store.record import POOL_LABEL, TENANT_LABEL
 
-OWNER_LABEL = "owner"
-POOL_LABEL = "pool"
+OWNER_LABEL = TENANT_LABEL
 
 
 class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernelManager):
@@ -67,11 +89,49 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
     def owner(self) -> str:
         return str(self.labels.get(OWNER_LABEL, ""))
 
+    @property
+    def pooled(self) -> bool:
+        """An unclaimed kernel of a warm pool."""
+        return bool(self.labels.get(POOL_LABEL)) and not self.owner
+
+    async def follow(self, record: KernelRecord) -> None:
+        """Catch up with a restart another replica did: a client here still has the
+        provisioner state of the process (or container) that replica replaced. The
+        ports stay, so the sockets, and the clients on them, carry on."""
+        if self.is_owner or record.restarts == self._restart_count or self.provisioner is None:
+            return
+        await self.provisioner.load_provisioner_info(record.provisioner_info)
+        self._restart_count = record.restarts
+        self.log.info("kernel %s was restarted by another replica; following it", self.kernel_id)
+
+    async def take_over(self) -> None:
+        """Own the kernel before lifecycle work asked of this replica.
+
+        If another gateway replica owns it, the lease is taken over (its generation
+        fences that replica, which carries on serving the kernel's clients); a kernel
+        that a CLI or library process owns is left to it (:class:`OwnedElsewhereError`).
+        """
+        if self.kernel_store is None or self._lease is not None:
+            return
+        self._lost_reason = ""
+        try:
+            await self.claim_ownership()
+        except OwnedElsewhereError as e:
+            owner = e.owner
+            if not (isinstance(owner, Holder) and owner.kind == "gateway"):
+                raise
+            self.log.info(
+                "kernel %s: taking it over from %s for a request", self.kernel_id, owner.describe()
+            )
+            await self.claim_ownership(force=True)
+        if self.has_kernel:
+            self.start_restarter()
+
 
 class OrchestratorMappingKernelManager(
     PersistentMultiKernelManagerMixin, AsyncMappingKernelManager
 ):
-    """The gateway's kernel manager."""
+    """The gateway's kernel manager (see the module docstring for replicas)."""
 
     kernel_manager_class = DottedObjectName(
         "orchestrator.gateway.kernelmanager.OrchestratorServerKernelManager",
@@ -81,15 +141,33 @@ class OrchestratorMappingKernelManager(
     activity_save_interval = Float(
         30.0, config=True, help="Seconds between saves of kernels' last activity to the store."
     )
+    adopt_interval = Float(
+        0.0,
+        config=True,
+        help="Seconds between scans of the store for kernels nobody owns (their replica"
+        " died, their lease expired); 0: a third of the lease.",
+    )
     max_kernels = Int(
-        0, config=True, help="Most kernels in total, starting ones included (0: no limit)."
+        0,
+        config=True,
+        help="Most kernels in total, starting ones included, across every replica sharing"
+        " the store (0: no limit).",
     )
     warm_pools = Dict(
         config=True,
-        help="kernelspec name -> number of kernels kept started and ready; a start request"
-        " for that kernelspec (without its own environment) is served from the pool.",
+        help="kernelspec name -> number of kernels kept started and ready (across every"
+        " replica sharing the store); a start request for that kernelspec (without its"
+        " own environment) is served from the pool.",
     )
-    max_kernels_per_user = Int(0, config=True, help="Most kernels per user (0: no limit).")
+    max_kernels_per_user = Int(
+        0, config=True, help="Most kernels per user, across replicas (0: no limit)."
+    )
+    reservation_seconds = Float(
+        900.0,
+        config=True,
+        help="How long a start under way holds its slot against the limits before its"
+        " kernel is recorded (a replica that dies mid-start frees it after that).",
+    )
 
     @default("kernel_manager_class")
     def _default_kernel_manager_class(self) -> str:
@@ -97,11 +175,11 @@ class OrchestratorMappingKernelManager(
 
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
-        self._starting_owners: dict[str, str] = {}
         self._activity_task: asyncio.Task[None] | None = None
-        self._pools: dict[str, list[str]] = {}
-        self._background: set[asyncio.Future[None]] = set()
-        self._refilling: dict[str, int] = {}
+        self._adopt_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Future[t.Any]] = set()
+        self._refilling: set[str] = set()
+        self._attaching: dict[str, asyncio.Future[None]] = {}
         #: What a kernel gets of the gateway's environment (set by the app).
         self.base_environment: dict[str, str] = {}
         #: Other tenants' processes can reach this machine's loopback (set by the app).
@@ -124,6 +202,11 @@ class OrchestratorMappingKernelManager(
 
         return create_kernel_manager
 
+    def _spawn(self, coro: t.Coroutine[t.Any, t.Any, t.Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def kernel_model(self, kernel_id: str) -> dict[str, t.Any]:
         """jupyter_server's model, plus what the provisioner reports (a batch job's state
         and queue reason, its time left) under ``provisioner``."""
@@ -136,30 +219,127 @@ class OrchestratorMappingKernelManager(
                 model["provisioner"] = extra
         return model
 
+    @staticmethod
+    def record_model(record: KernelRecord) -> dict[str, t.Any]:
+        """The model of a kernel this replica has not attached to (another serves it)."""
+        stamp = dt.datetime.fromtimestamp(record.last_activity, tz=dt.timezone.utc)
+        return {
+            "id": record.kernel_id,
+            "name": record.kernel_name,
+            "last_activity": stamp.isoformat().replace("+00:00", "Z"),
+            "execution_state": "unknown",
+            "connections": 0,
+        }
+
+    async def kernel_models_of(self, owner: str | None) -> list[dict[str, t.Any]]:
+        """Every kernel of ``owner`` (None: everyone's, pooled ones included) in the
+        store, whichever replica serves it."""
+        assert self.kernel_store is not None
+        models = []
+        for record in await self.kernel_store.list():
+            if owner is not None and record.labels.get(OWNER_LABEL, "") != owner:
+                continue  # (a pooled kernel has no owner label: nobody's but the operator's)
+            if record.kernel_id in self._kernels:
+                models.append(self.kernel_model(record.kernel_id))
+            else:
+                models.append(self.record_model(record))
+        return models
+
     # ------------------------------------------------------------- ownership
     def owner_of(self, kernel_id: str) -> str:
         km = self._kernels.get(kernel_id)
-        if km is not None:
-            return str(getattr(km, "owner", ""))
-        return self._starting_owners.get(kernel_id, "")
+        return str(getattr(km, "owner", "")) if km is not None else ""
 
     def kernels_of(self, owner: str | None) -> list[str]:
-        """Kernels of ``owner`` (None: everyone's), starting ones included, pooled excluded."""
-        pooled = {k for ids in self._pools.values() for k in ids}
-        ids = list(self._kernels) + [k for k in self._starting_owners if k not in self._kernels]
-        return [k for k in ids if k not in pooled and (owner is None or self.owner_of(k) == owner)]
+        """Kernels of ``owner`` this replica has (None: everyone's), pooled excluded."""
+        return [
+            k
+            for k, km in self._kernels.items()
+            if not km.pooled and (owner is None or km.owner == owner)
+        ]
 
+    async def serve_kernel(
+        self, kernel_id: str, may_use: t.Callable[[KernelRecord], bool] = lambda _: True
+    ) -> bool:
+        """Have ``kernel_id`` served here, if the store has it and ``may_use`` its record.
+
+        The store is the truth, not this replica's memory: a kernel another replica
+        started is attached to (as a client, or as owner if nobody holds its lease); one
+        another replica shut down is dropped here; labels another replica changed (a
+        pooled kernel handed to a user) are taken over. False: no such kernel (or not
+        the caller's). Raises :class:`OrchestratorError` saying why a kernel that exists
+        cannot be reached from here (or why the store cannot be read).
+        """
+        assert self.kernel_store is not None
+        record = await self.kernel_store.get(kernel_id)
+        km = self._kernels.get(kernel_id)
+        if record is None:
+            if km is not None:
+                self.log.info("kernel %s was shut down elsewhere; dropping it", kernel_id)
+                self._forget_kernel(kernel_id)
+                km.release()
+            return False
+        if km is not None and km.labels != record.labels:
+            km.labels = dict(record.labels)
+        if not may_use(record):
+            return False
+        if km is not None:
+            await km.follow(record)
+            return True
+        report = RestoreReport()
+        await self._restore_one(record, report)
+        if kernel_id in self._kernels:
+            return True
+        if kernel_id in report.removed:
+            return False
+        raise OrchestratorError(
+            report.failed.get(kernel_id) or f"kernel {kernel_id} is unreachable"
+        )
+
+    def _ownership_lost(self, km: t.Any, reason: str) -> None:
+        """Another replica owns ``km``'s kernel now: keep serving its clients from here
+        as a client (unless the kernel is gone)."""
+        kernel_id = str(km.kernel_id)
+        if self._kernels.get(kernel_id) is not km:
+            km.release()
+            return
+        self._spawn(self._demote(km, reason))
+
+    async def _demote(self, km: t.Any, reason: str) -> None:
+        kernel_id = str(km.kernel_id)
+        assert self.kernel_store is not None
+        try:
+            record = await self.kernel_store.get(kernel_id)
+        except Exception as e:  # the store is down: keep serving it, as a client
+            self.log.warning("kernel %s: %s; the store is unreachable: %s", kernel_id, reason, e)
+            record = KernelRecord(kernel_id, km.kernel_name, "", labels=dict(km.labels))
+        if record is None:
+            self.log.info("kernel %s was shut down by another process; dropping it", kernel_id)
+            if self._kernels.get(kernel_id) is km:
+                self._forget_kernel(kernel_id)
+            km.release()
+            return
+        km.labels = dict(record.labels)
+        km._lost_reason = ""  # a lifecycle request here may take it over again
+        km.want_ownership()
+        self.log.info("kernel %s: %s; serving it as a client", kernel_id, reason)
+
+    # ------------------------------------------------------------- starting
     def pre_start_kernel(self, kernel_name: str | None, kwargs: t.Any) -> t.Any:
         owner = kwargs.pop("owner", "")
+        pool = kwargs.pop("pool", "")
         km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
-        if owner:
-            km.labels = {**km.labels, OWNER_LABEL: owner}  # type: ignore[attr-defined]
+        labels = {OWNER_LABEL: owner} if owner else {POOL_LABEL: pool} if pool else {}
+        if labels:
+            km.labels = {**km.labels, **labels}  # type: ignore[attr-defined]
         return km, name, kernel_id
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(total=self.max_kernels, per_tenant=self.max_kernels_per_user)
 
     async def start_kernel_for(self, owner: str, **kwargs: t.Any) -> str:
         """Start a kernel owned by ``owner``: from a warm pool when possible, else cold."""
-        import time
-
         from .metrics import START_FAILURES, START_SECONDS, failure_reason
 
         started = time.monotonic()
@@ -175,85 +355,119 @@ class OrchestratorMappingKernelManager(
         return kernel_id
 
     async def _start_kernel_for(self, owner: str, **kwargs: t.Any) -> tuple[str, str]:
-        from ..errors import KernelLimitError
-
-        # Kernels still being restored count too: wait for them before any limit check
-        # (the checks below and the placeholder run without a pause in between).
+        assert self.kernel_store is not None
         await self.restored()
-        if self.max_kernels and len(self.kernels_of(None)) >= self.max_kernels:
-            raise KernelLimitError(f"the gateway runs its maximum of {self.max_kernels} kernels")
-        if self.max_kernels_per_user and len(self.kernels_of(owner)) >= self.max_kernels_per_user:
-            raise KernelLimitError(
-                f"user {owner!r} already has the maximum of {self.max_kernels_per_user} kernels"
-            )
-        pooled = self._take_from_pool(kwargs.get("kernel_name") or "", kwargs.get("env"))
+        pooled = await self._take_from_pool(
+            kwargs.get("kernel_name") or "", kwargs.get("env"), owner
+        )
         if pooled is not None:
-            km = self._kernels[pooled]
-            km.labels = {OWNER_LABEL: owner}
-            await km.save_record()
-            self.log.info(
-                "kernel %s handed out from the %s pool to %s", pooled, km.kernel_name, owner
-            )
             return pooled, "pool"
-        placeholder = f"starting-{id(kwargs)}"
-        self._starting_owners[placeholder] = owner
+        kernel_id = kwargs.pop("kernel_id", None) or str(uuid.uuid4())
+        # The slot is taken in the store, atomically, before anything starts: replicas
+        # starting kernels at the same moment cannot exceed a limit together.
+        await self.kernel_store.reserve(
+            kernel_id,
+            tenant=owner or None,
+            pool=None,
+            limits=self.limits,
+            seconds=self.reservation_seconds,
+        )
         try:
-            return await self.start_kernel(owner=owner, **kwargs), "cold"
+            return await self.start_kernel(kernel_id=kernel_id, owner=owner, **kwargs), "cold"
         finally:
-            self._starting_owners.pop(placeholder, None)
+            with contextlib.suppress(Exception):  # the record, once inserted, ended it
+                await self.kernel_store.unreserve(kernel_id)
 
     # ------------------------------------------------------------ warm pools
-    def _take_from_pool(self, kernel_name: str, env: t.Any) -> str | None:
-        """A ready pooled kernel for ``kernel_name``, removed from its pool (or None).
+    async def _take_from_pool(self, kernel_name: str, env: t.Any, owner: str) -> str | None:
+        """A ready pooled kernel for ``kernel_name`` handed to ``owner`` (or None).
 
         Only requests without an environment of their own qualify: a pooled kernel was
-        started before the request. Taking is synchronous, so no two requests can get
-        the same kernel.
+        started before the request. The store hands each pooled kernel out once, even
+        to replicas asking at the same moment; this replica then owns it.
         """
+        if kernel_name not in self.warm_pools:
+            return None
         extra = {k for k, v in (env or {}).items() if self.base_environment.get(k) != v}
         if extra - {"KERNEL_USERNAME"}:
             return None
-        pool = self._pools.get(kernel_name) or []
-        while pool:
-            kernel_id = pool.pop(0)
-            if kernel_id in self._kernels:
-                self._schedule_refill(kernel_name)
-                return kernel_id
+        assert self.kernel_store is not None
         self._schedule_refill(kernel_name)
-        return None
+        while True:
+            lease = await self.kernel_store.claim_pooled(
+                kernel_name, owner, ownership.this_holder(), self._keeper().lease_seconds
+            )
+            if lease is None:
+                return None
+            kernel_id = lease.kernel_id
+            km = self._kernels.get(kernel_id)
+            try:
+                if km is None:
+                    if not await self.serve_kernel(kernel_id):
+                        continue  # it died in the pool (and is cleaned up): the next one
+                    km = self._kernels[kernel_id]
+                else:
+                    km._hold(lease)
+                km.labels = {OWNER_LABEL: owner}
+                await km.save_record()
+            except OrchestratorError as e:
+                self.log.warning("warm pool %s: kernel %s unusable: %s", kernel_name, kernel_id, e)
+                continue
+            self.log.info(
+                "kernel %s handed out from the %s pool to %s", kernel_id, kernel_name, owner
+            )
+            return kernel_id
+
+    def _keeper(self) -> ownership.LeaseKeeper:
+        assert self.kernel_store is not None
+        return ownership.keeper_for(self.kernel_store)
 
     def _schedule_refill(self, kernel_name: str) -> None:
-        if kernel_name in self.warm_pools:
-            task = asyncio.ensure_future(self._refill(kernel_name))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        if kernel_name in self.warm_pools and kernel_name not in self._refilling:
+            self._spawn(self._refill(kernel_name))
 
     async def _refill(self, kernel_name: str) -> None:
-        """Start pooled kernels until the pool holds its configured size."""
+        """Start pooled kernels until the pool (counted in the store) holds its size."""
         want = int(self.warm_pools.get(kernel_name, 0))
-        if want and self._depends_on_user(kernel_name):
+        if not want or kernel_name in self._refilling:
+            return
+        if self._depends_on_user(kernel_name):
             self.log.warning(
                 "warm pool %s: not filled, the kernelspec's configuration depends on the"
                 " user ({username}); its kernels are started per request",
                 kernel_name,
             )
             return
-        pool = self._pools.setdefault(kernel_name, [])
-        while len(pool) + self._refilling.get(kernel_name, 0) < want:
-            self._refilling[kernel_name] = self._refilling.get(kernel_name, 0) + 1
-            try:
-                kernel_id = await self.start_kernel(
-                    kernel_name=kernel_name, owner="", env=dict(self.base_environment)
-                )
-                km = self._kernels[kernel_id]
-                km.labels = {POOL_LABEL: kernel_name}
-                await km.save_record()
-                pool.append(kernel_id)
-            except Exception as e:
-                self.log.warning("warm pool %s: could not start a kernel: %s", kernel_name, e)
-                return
-            finally:
-                self._refilling[kernel_name] -= 1
+        assert self.kernel_store is not None
+        self._refilling.add(kernel_name)
+        try:
+            while True:
+                kernel_id = str(uuid.uuid4())
+                try:
+                    await self.kernel_store.reserve(
+                        kernel_id,
+                        tenant=None,
+                        pool=kernel_name,
+                        limits=Limits(pool_size=want),
+                        seconds=self.reservation_seconds,
+                    )
+                except OrchestratorError:
+                    return  # full (or the store is down: the next hand-out tries again)
+                try:
+                    await self.start_kernel(
+                        kernel_id=kernel_id,
+                        kernel_name=kernel_name,
+                        pool=kernel_name,
+                        env=dict(self.base_environment),
+                    )
+                except Exception as e:
+                    self.log.warning("warm pool %s: could not start a kernel: %s", kernel_name, e)
+                    return
+                finally:
+                    with contextlib.suppress(Exception):
+                        await self.kernel_store.unreserve(kernel_id)
+        finally:
+            self._refilling.discard(kernel_name)
 
     def _depends_on_user(self, kernel_name: str) -> bool:
         """Whether kernels of ``kernel_name`` differ by user (a pooled one would not)."""
@@ -268,43 +482,82 @@ class OrchestratorMappingKernelManager(
     async def fill_pools(self) -> None:
         await asyncio.gather(*(self._refill(name) for name in self.warm_pools))
 
-    def pool_size(self, kernel_name: str) -> int:
-        return len(self._pools.get(kernel_name, []))
+    async def pool_size(self, kernel_name: str) -> int:
+        """Unclaimed kernels of a pool, across replicas."""
+        assert self.kernel_store is not None
+        return await self.kernel_store.count(pool=kernel_name)
 
+    # --------------------------------------------------------------- culling
     async def cull_kernel_if_idle(self, kernel_id: str) -> None:
-        if any(kernel_id in ids for ids in self._pools.values()):
-            return  # pooled kernels are idle by design
+        """Only the owner culls, on the latest activity any replica saw."""
+        km = self._kernels.get(kernel_id)
+        if km is None or km.pooled or not km.is_owner:
+            return  # pooled kernels are idle by design; clients leave it to the owner
+        assert self.kernel_store is not None
+        try:
+            record = await self.kernel_store.get(kernel_id)
+        except Exception as e:
+            self.log.warning("kernel %s: not culled, the store is unreachable: %s", kernel_id, e)
+            return
+        if record is None:
+            return
+        stored = dt.datetime.fromtimestamp(record.last_activity, tz=dt.timezone.utc)
+        if getattr(km, "last_activity", None) is None or stored > km.last_activity:
+            km.last_activity = stored
         await super().cull_kernel_if_idle(kernel_id)
 
     # --------------------------------------------------------------- restore
+    def should_restore(self, record: KernelRecord) -> bool:
+        """Kernels nobody owns, or whose owner's lease expired or who provably died;
+        those a live replica owns are attached when a request asks for them."""
+        owner = Holder.from_dict(record.owner)
+        if owner is None or record.lease_expires <= time.time():
+            return True
+        return owner.holder_id == ownership.this_holder().holder_id or ownership.holder_is_dead(
+            owner
+        )
+
+    async def _restore_one(self, record: KernelRecord, report: RestoreReport) -> None:
+        """Attach to one kernel (at most once at a time per kernel) and serve it."""
+        kernel_id = record.kernel_id
+        while kernel_id in self._attaching:
+            await asyncio.shield(self._attaching[kernel_id])
+        if kernel_id in self._kernels:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._attaching[kernel_id] = done
+        try:
+            await super()._restore_one(record, report)
+            if kernel_id in self._kernels:
+                await self._serve_restored(kernel_id, record)
+        finally:
+            del self._attaching[kernel_id]
+            done.set_result(None)
+
+    async def _serve_restored(self, kernel_id: str, record: KernelRecord) -> None:
+        """Jupyter Server's bookkeeping for a kernel it did not start."""
+        km = self._kernels[kernel_id]
+        self._kernel_connections[kernel_id] = 0
+        km.execution_state = "idle"
+        km.reason = ""
+        await self._finish_kernel_start(kernel_id)
+        stamp = record.last_activity
+        # _finish_kernel_start stamps "now", and the iopub status messages of our
+        # re-attach check may still arrive: put the saved activity back once they
+        # have, unless a client connected meanwhile.
+        saved = (
+            dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc)
+            if stamp
+            else dt.datetime.now(dt.timezone.utc)
+        )
+        km.last_activity = saved
+        asyncio.get_running_loop().call_later(1.0, self._restore_activity, kernel_id, saved)
+        if not self._initialized_culler:
+            self.initialize_culler()
+
     async def _async_restore_kernels(self) -> RestoreReport:
         report = await super()._async_restore_kernels()
-        assert self.kernel_store is not None
-        records = {r.kernel_id: r for r in await self.kernel_store.list()}
-        for kernel_id in report.reattached:
-            km = self._kernels[kernel_id]
-            self._kernel_connections[kernel_id] = 0
-            km.execution_state = "idle"
-            km.reason = ""
-            await self._finish_kernel_start(kernel_id)
-            record = records.get(kernel_id)
-            stamp = record.last_activity if record else None
-            # _finish_kernel_start stamps "now", and the iopub status messages of our
-            # re-attach check may still arrive: put the saved activity back once they
-            # have, unless a client connected meanwhile.
-            saved = (
-                dt.datetime.fromtimestamp(stamp, tz=dt.timezone.utc)
-                if stamp
-                else dt.datetime.now(dt.timezone.utc)
-            )
-            km.last_activity = saved
-            asyncio.get_running_loop().call_later(1.0, self._restore_activity, kernel_id, saved)
-            pool = (km.labels or {}).get(POOL_LABEL)
-            if pool and not (km.labels or {}).get(OWNER_LABEL):
-                self._pools.setdefault(pool, []).append(kernel_id)
-        if report.reattached and not self._initialized_culler:
-            self.initialize_culler()
-        self._ensure_activity_saver()
+        self._ensure_background_work()
         return report
 
     def _restore_activity(self, kernel_id: str, saved: dt.datetime) -> None:
@@ -312,9 +565,24 @@ class OrchestratorMappingKernelManager(
         if km is not None and not self._kernel_connections.get(kernel_id):
             km.last_activity = saved
 
-    def _ensure_activity_saver(self) -> None:
+    def _ensure_background_work(self) -> None:
         if self._activity_task is None:
             self._activity_task = asyncio.ensure_future(self._save_activity_forever())
+        if self._adopt_task is None and self.restore_on_start:
+            self._adopt_task = asyncio.ensure_future(self._adopt_forever())
+
+    async def _adopt_forever(self) -> None:
+        """Take over the kernels of replicas that died (their leases expired)."""
+        interval = self.adopt_interval or max(1.0, self._keeper().lease_seconds / 3)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                report = await PersistentMultiKernelManagerMixin._async_restore_kernels(self)
+            except Exception as e:
+                self.log.warning("could not look for kernels to take over (will retry): %s", e)
+                continue
+            for kernel_id in report.reattached:
+                self.log.info("kernel %s taken over from a replica that is gone", kernel_id)
 
     async def _save_activity_forever(self) -> None:
         """Keep the store's last activity current, so culling survives a restart.
@@ -362,20 +630,23 @@ class OrchestratorMappingKernelManager(
     shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
 
     def _forget_kernel(self, kernel_id: str) -> None:
-        """Drop a kernel another process now owns: no activity watch, no pool slot."""
+        """Drop a kernel this replica no longer serves: no activity watch."""
         self.stop_watching_activity(kernel_id)
         self._kernel_connections.pop(kernel_id, None)
-        for pool in self._pools.values():
-            if kernel_id in pool:
-                pool.remove(kernel_id)
         super()._forget_kernel(kernel_id)
 
     async def save_activity(self) -> None:
+        """Save the activity this replica saw on its kernels (owned or not): the owner
+        culls on the latest any replica saw. With ``cull_connected`` off, a kernel
+        with clients connected here counts as active, as it does for one replica."""
         if self.kernel_store is None:
             return
+        now = time.time()
         for kernel_id, km in list(self._kernels.items()):
             stamp = getattr(km, "last_activity", None)
-            if stamp is not None:
+            if not self.cull_connected and self._kernel_connections.get(kernel_id):
+                await self.kernel_store.touch(kernel_id, now)
+            elif stamp is not None:
                 await self.kernel_store.touch(kernel_id, stamp.timestamp())
 
     async def _async_start_kernel(
@@ -385,7 +656,7 @@ class OrchestratorMappingKernelManager(
         path: t.Any = None,  # type: ignore[override]
         **kwargs: t.Any,
     ) -> str:
-        self._ensure_activity_saver()
+        self._ensure_background_work()
         await self.restored()
         return await AsyncMappingKernelManager._async_start_kernel(
             self, kernel_id=kernel_id, path=path, **kwargs

@@ -8,13 +8,14 @@ from pathlib import Path
 from jupyter_core.paths import jupyter_data_dir
 
 from ..errors import StoreError
-from .base import KernelStore, MemoryKernelStore
+from .base import KernelStore, Limits, MemoryKernelStore
 from .record import KernelRecord
 from .sqlite import SQLiteKernelStore
 
 __all__ = [
     "KernelRecord",
     "KernelStore",
+    "Limits",
     "MemoryKernelStore",
     "SQLiteKernelStore",
     "default_store_url",
@@ -35,12 +36,18 @@ def default_store_url() -> str:
 def open_store(url: str | None = None) -> KernelStore:
     """Open the store a URL names.
 
-    Accepted forms: ``sqlite:///absolute/path.db``, ``sqlite:relative.db``, a plain
-    file path, and ``memory:`` (nothing persisted).
+    Accepted forms: ``postgresql://USER@HOST:PORT/DB`` (or ``postgres://``; any libpq
+    URL), ``sqlite:///absolute/path.db``, ``sqlite:relative.db``, a plain file path,
+    and ``memory:`` (nothing persisted). A store that cannot be opened raises
+    :class:`StoreError` naming it (never its password) and why.
     """
     url = url or default_store_url()
     if url in ("memory:", "memory://"):
         return MemoryKernelStore()
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresKernelStore
+
+        return PostgresKernelStore(url)
     if url.startswith("sqlite:"):
         path = url[len("sqlite:") :]
         if path.startswith("//"):
@@ -52,5 +59,8 @@ def open_store(url: str | None = None) -> KernelStore:
         return SQLiteKernelStore(path)
     if "://" in url:
         scheme = url.split("://", 1)[0]
-        raise StoreError(f"unsupported kernel store URL scheme {scheme!r} in {url!r}")
+        raise StoreError(
+            f"unsupported kernel store URL scheme {scheme!r} (use postgresql://, sqlite://"
+            " or memory:)"
+        )
     return SQLiteKernelStore(url)

@@ -13,10 +13,35 @@ import abc
 import builtins
 import time
 import uuid
+from dataclasses import dataclass
 
-from ..errors import FencedError, OrchestratorError, OwnedElsewhereError, UnknownKernelError
+from ..errors import (
+    FencedError,
+    KernelLimitError,
+    OrchestratorError,
+    OwnedElsewhereError,
+    UnknownKernelError,
+)
 from .lease import Holder, Lease, Ownership
-from .record import KernelRecord
+from .record import POOL_LABEL, TENANT_LABEL, KernelRecord
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many kernels may exist at once, counted in the store across every process
+    (every gateway replica) that shares it; 0 means no limit."""
+
+    total: int = 0  # non-pooled kernels in all
+    per_tenant: int = 0  # kernels of one user
+    pool_size: int = 0  # unclaimed kernels of one warm pool
+
+
+def limit_refusal(limit: int, tenant: str | None, pool: str | None) -> KernelLimitError:
+    if pool is not None:
+        return KernelLimitError(f"warm pool {pool!r} already holds its {limit} kernels")
+    if tenant is not None:
+        return KernelLimitError(f"user {tenant!r} already has the maximum of {limit} kernels")
+    return KernelLimitError(f"the gateway runs its maximum of {limit} kernels")
 
 
 def granted_generation(
@@ -147,6 +172,45 @@ class KernelStore(abc.ABC):
         jupyter_client's ``detach``-style calls are synchronous, and a process that lets
         go of a kernel must do so before it exits."""
 
+    # ----------------------------------------------- limits, reservations, pools
+    @abc.abstractmethod
+    async def reserve(
+        self,
+        kernel_id: str,
+        *,
+        tenant: str | None,
+        pool: str | None,
+        limits: Limits,
+        seconds: float,
+    ) -> None:
+        """Reserve a slot for a kernel about to start, or raise :class:`KernelLimitError`.
+
+        Atomic across processes: kernels recorded plus live reservations are counted
+        against ``limits`` (a pool's size for ``pool``, else the totals) and the
+        reservation is added in one step, so replicas starting kernels at once can
+        never exceed a limit together. Inserting the kernel's record ends the
+        reservation; so does :meth:`unreserve`, or ``seconds`` passing.
+        """
+
+    @abc.abstractmethod
+    async def unreserve(self, kernel_id: str) -> None:
+        """Drop a reservation whose start failed."""
+
+    @abc.abstractmethod
+    async def count(self, *, tenant: str | None = None, pool: str | None = None) -> int:
+        """Kernels counted as :meth:`reserve` counts them (a pool's unclaimed kernels,
+        a tenant's, or all non-pooled ones)."""
+
+    @abc.abstractmethod
+    async def claim_pooled(
+        self, pool: str, tenant: str, holder: Holder, lease_seconds: float
+    ) -> Lease | None:
+        """Hand one unclaimed kernel of ``pool`` to ``tenant``, owned by ``holder``.
+
+        Atomic: two replicas never hand out the same kernel. The pool's previous owner
+        (a peer replica) is fenced by the new generation. None when the pool is empty.
+        """
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store's connections."""
@@ -160,6 +224,7 @@ class MemoryKernelStore(KernelStore):
     def __init__(self) -> None:
         self._records: dict[str, KernelRecord] = {}
         self._owners: dict[str, Ownership] = {}
+        self._reservations: dict[str, tuple[str | None, str | None, float]] = {}
         self._instance = uuid.uuid4().hex[:12]
 
     @property
@@ -262,6 +327,72 @@ class MemoryKernelStore(KernelStore):
             return False
         self._owners[lease.kernel_id] = Ownership(None, 0.0, own.generation)
         return True
+
+    def _live_reservations(self) -> builtins.list[tuple[str | None, str | None]]:
+        now = time.time()
+        self._reservations = {
+            k: v for k, v in self._reservations.items() if v[2] > now and k not in self._records
+        }
+        return [(t, p) for t, p, _ in self._reservations.values()]
+
+    async def count(self, *, tenant: str | None = None, pool: str | None = None) -> int:
+        def counted(labels: dict[str, str]) -> bool:
+            t, p = labels.get(TENANT_LABEL) or None, labels.get(POOL_LABEL) or None
+            if pool is not None:
+                return p == pool and t is None
+            if tenant is not None:
+                return t == tenant
+            return t is not None or p is None
+
+        recorded = sum(counted(r.labels) for r in self._records.values())
+        reserved = 0
+        for t, p in self._live_reservations():
+            if pool is not None:
+                reserved += p == pool
+            elif tenant is not None:
+                reserved += t == tenant
+            else:
+                reserved += p is None
+        return recorded + reserved
+
+    async def reserve(
+        self,
+        kernel_id: str,
+        *,
+        tenant: str | None,
+        pool: str | None,
+        limits: Limits,
+        seconds: float,
+    ) -> None:
+        checks: builtins.list[tuple[int, str | None, str | None]] = []
+        if pool is not None:
+            checks.append((limits.pool_size, None, pool))
+        else:
+            checks.append((limits.total, None, None))
+            if tenant is not None:
+                checks.append((limits.per_tenant, tenant, None))
+        for limit, who, which in checks:
+            if limit and await self.count(tenant=who, pool=which) >= limit:
+                raise limit_refusal(limit, who, which)
+        self._reservations[kernel_id] = (tenant, pool, time.time() + seconds)
+
+    async def unreserve(self, kernel_id: str) -> None:
+        self._reservations.pop(kernel_id, None)
+
+    async def claim_pooled(
+        self, pool: str, tenant: str, holder: Holder, lease_seconds: float
+    ) -> Lease | None:
+        for record in sorted(self._records.values(), key=lambda r: (r.created, r.kernel_id)):
+            labels = record.labels or {}
+            if labels.get(POOL_LABEL) == pool and not labels.get(TENANT_LABEL):
+                own = self._owners.get(record.kernel_id, Ownership(None, 0.0, 0))
+                same = own.owner is not None and own.owner.holder_id == holder.holder_id
+                generation = own.generation if same else own.generation + 1
+                expires = time.time() + lease_seconds
+                self._owners[record.kernel_id] = Ownership(holder, expires, generation)
+                record.labels = {TENANT_LABEL: tenant}
+                return Lease(record.kernel_id, holder.holder_id, generation, expires)
+        return None
 
     def close(self) -> None:
         pass

@@ -17,6 +17,12 @@ from typing import Any
 
 _BYTES_TAG = "__bytes_b64__"
 
+#: The label naming the user a kernel belongs to (the store also keeps it in a column,
+#: so limits per user are counted there).
+TENANT_LABEL = "owner"
+#: The label of a warm pool's unclaimed kernel: the pool (its kernelspec name).
+POOL_LABEL = "pool"
+
 
 def to_jsonable(value: Any) -> Any:
     """Convert ``value`` to something ``json.dumps`` accepts, losslessly.

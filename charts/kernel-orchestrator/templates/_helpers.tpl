@@ -153,6 +153,18 @@ below it, the config directory (JUPYTER_CONFIG_PATH).
 {{- end }}
 
 {{/*
+Whether the kernel store is an external PostgreSQL database (its URL in a Secret);
+rendering fails for several replicas on the single-writer SQLite store.
+*/}}
+{{- define "kernel-orchestrator.postgresStore" -}}
+{{- if .Values.store.postgresql.existingSecret -}}
+true
+{{- else if gt (int .Values.replicaCount) 1 -}}
+{{- fail "kernel-orchestrator: replicaCount > 1 needs an external PostgreSQL store (store.postgresql.existingSecret, a Secret holding its URL): the embedded SQLite store is single-writer" }}
+{{- end -}}
+{{- end }}
+
+{{/*
 Store URL: an SQLite file on the store volume.
 */}}
 {{- define "kernel-orchestrator.storeURL" -}}

@@ -1,0 +1,121 @@
+"""A kernel store on a PostgreSQL server, for gateway replicas on several machines.
+
+The same tables and migrations as the SQLite store (:mod:`.sql`), through psycopg 3.
+Each process keeps one connection and runs one short transaction at a time on the
+store's thread pool, like the SQLite store: store traffic is lifecycle and bookkeeping,
+never a kernel message, so one connection per process is plenty.
+
+When the server restarts or the network drops, the call that meets the broken
+connection fails with a :class:`StoreError` that says so and the next call connects
+again; nothing is retried blindly, since a write whose commit was lost in transit
+may or may not have happened. Callers already retry on their own schedule (the lease
+keeper every third of a lease, the restore with backoff).
+
+The URL may carry a password; it is never logged or shown: :attr:`url` is the URL
+without it. Prefer a password file (``$PGPASSFILE``) or ``$PGPASSWORD`` from a
+Secret, so the password is in no process's argv either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import StoreError
+from .migrations import POSTGRES_MIGRATIONS
+from .sql import Dialect, SQLKernelStore
+
+POSTGRES = Dialect(
+    name="postgresql",
+    placeholder="%s",
+    greatest="GREATEST",
+    for_update=" FOR UPDATE",
+    skip_locked=" FOR UPDATE SKIP LOCKED",
+    lock_reservations="LOCK TABLE reservations IN EXCLUSIVE MODE",
+    table_exists="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+)
+
+CONNECT_TIMEOUT = 5  # seconds; a libpq URL's own connect_timeout wins
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (what logs and error messages show)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class PostgresKernelStore(SQLKernelStore):
+    """Kernel records in a PostgreSQL database named by a ``postgresql://`` URL."""
+
+    dialect = POSTGRES
+    migrations = POSTGRES_MIGRATIONS
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        try:
+            import psycopg
+        except ImportError as e:  # pragma: no cover - psycopg is a dependency
+            raise StoreError(
+                f"the kernel store {redact_url(url)} needs psycopg 3"
+                " (pip install 'kernel-orchestrator[postgresql]')"
+            ) from e
+        self._psycopg = psycopg
+        self._dsn = url
+        self.url = redact_url(url)
+        self._conn: Any = None
+        try:
+            self._connect()
+            self._open_schema()
+        except psycopg.Error as e:
+            self._drop_connection()
+            raise StoreError(f"cannot open {self._explain(e)}") from e
+
+    def _connect(self) -> Any:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._drop_connection()
+            kwargs: dict[str, Any] = {"autocommit": True, "application_name": "kernel-orchestrator"}
+            if "connect_timeout" not in self._dsn and "PGCONNECT_TIMEOUT" not in os.environ:
+                kwargs["connect_timeout"] = CONNECT_TIMEOUT
+            self._conn = self._psycopg.connect(self._dsn, **kwargs)
+        return self._conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        conn = self._connect()
+        with conn.transaction(), conn.cursor() as cur:
+            yield cur
+
+    def _explain(self, error: Exception) -> str | None:
+        if not isinstance(error, self._psycopg.Error):
+            return None
+        text = " ".join(str(error).split()) or type(error).__name__
+        if isinstance(error, self._psycopg.OperationalError):
+            return f"kernel store {self.url} is unreachable: {text}"
+        return f"kernel store {self.url}: {text}"
+
+    def _on_failure(self, error: Exception) -> None:
+        conn = self._conn
+        if conn is not None and (conn.broken or conn.closed):
+            self._drop_connection()  # the next call connects again
+
+    def _is_duplicate(self, error: Exception) -> bool:
+        return isinstance(error, self._psycopg.errors.UniqueViolation)
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_connection()

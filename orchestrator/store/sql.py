@@ -1,0 +1,457 @@
+"""The kernel store on an SQL database, written once for SQLite and PostgreSQL.
+
+Every operation is one short transaction whose SQL both databases understand; what
+differs between them (placeholders, row locks, how a table is locked, the name of
+``max`` of two values) is a :class:`Dialect`. A subclass only opens connections,
+runs transactions and explains its driver's errors.
+
+Writes that decide something (a claim, a fenced save, a reservation against a limit)
+read and write inside one transaction that holds the rows it read: SQLite by taking
+the database's write lock first (``BEGIN IMMEDIATE``), PostgreSQL by ``FOR UPDATE``
+row locks and, for reservations, a table lock. So two processes, or two gateway
+replicas on two machines, can never both win the same claim or the last free slot.
+"""
+
+from __future__ import annotations
+
+import abc
+import builtins
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from ..errors import OrchestratorError, StoreError, UnknownKernelError
+from ..executors import run_blocking
+from .base import KernelStore, Limits, fenced, granted_generation, limit_refusal, refusal
+from .lease import Holder, Lease, Ownership
+from .migrations import migrate
+from .record import POOL_LABEL, TENANT_LABEL, KernelRecord
+
+T = TypeVar("T")
+
+_COLUMNS = "data, last_activity, owner_info, lease_expires, generation, tenant"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between the SQL of the databases we store kernels in."""
+
+    name: str
+    placeholder: str  # the driver's parameter marker
+    greatest: str  # the larger of two values
+    for_update: str  # suffix of a SELECT that locks the rows it returns
+    skip_locked: str  # ... and skips rows another transaction has locked
+    lock_reservations: str  # serialise reservers ("" where the transaction already does)
+    table_exists: str  # one row if the table named by the parameter exists
+
+
+class SQLKernelStore(KernelStore):
+    """Kernel records, their leases and the start reservations, in SQL tables."""
+
+    dialect: Dialect
+    migrations: dict[int, tuple[str, ...]]
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._version = 0
+        self._instance = ""
+
+    # --------------------------------------------------- what a subclass provides
+    @abc.abstractmethod
+    def _transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A cursor inside a transaction that commits on success, rolls back on error."""
+
+    @abc.abstractmethod
+    def _explain(self, error: Exception) -> str | None:
+        """One line naming what is wrong with the store for a driver error (None if
+        ``error`` is not the driver's)."""
+
+    @abc.abstractmethod
+    def _is_duplicate(self, error: Exception) -> bool:
+        """Whether ``error`` is a primary-key violation."""
+
+    def _on_failure(self, error: Exception) -> None:
+        """Called after a driver error (a server store drops a broken connection here)."""
+
+    # ------------------------------------------------------------------ helpers
+    def _q(self, sql: str) -> str:
+        return (
+            sql if self.dialect.placeholder == "?" else sql.replace("?", self.dialect.placeholder)
+        )
+
+    def _exec(self, cur: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        if params:
+            cur.execute(self._q(sql), params)
+        else:
+            cur.execute(sql)
+        return cur
+
+    def _open_schema(self) -> None:
+        """Create or migrate the schema and read (or make) the deployment's instance id."""
+        import uuid
+
+        with self._transaction() as cur:
+            self._version = migrate(self, cur)
+            self._exec(
+                cur,
+                "INSERT INTO meta(key, value) VALUES ('instance', ?) ON CONFLICT(key) DO NOTHING",
+                (uuid.uuid4().hex[:12],),
+            )
+            row = self._exec(cur, "SELECT value FROM meta WHERE key='instance'").fetchone()
+        self._instance = str(row[0])
+
+    def _run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            try:
+                return fn()
+            except OrchestratorError:
+                raise
+            except Exception as e:
+                why = self._explain(e)
+                if why is None:
+                    raise
+                self._on_failure(e)
+                raise StoreError(why) from e
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        return await run_blocking("store", self._run, fn)
+
+    def _select(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
+        with self._transaction() as cur:
+            return list(self._exec(cur, sql, params).fetchall())
+
+    @staticmethod
+    def _from_row(row: tuple[Any, ...]) -> KernelRecord:
+        data, last_activity, owner_info, lease_expires, generation, tenant = row
+        record = KernelRecord.from_json_dict(json.loads(data))
+        record.last_activity = max(record.last_activity, float(last_activity))
+        record.owner = json.loads(owner_info) if owner_info else {}
+        record.lease_expires = float(lease_expires or 0.0)
+        record.generation = int(generation or 0)
+        if tenant:  # handed out from a pool by another process: the column is the truth
+            record.labels = {k: v for k, v in record.labels.items() if k != POOL_LABEL}
+            record.labels[TENANT_LABEL] = tenant
+        return record
+
+    def _ownership(self, cur: Any, kernel_id: str) -> Ownership | None:
+        row = self._exec(
+            cur,
+            "SELECT owner_info, lease_expires, generation FROM kernels WHERE kernel_id=?"
+            + self.dialect.for_update,
+            (kernel_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        owner = Holder.from_dict(json.loads(row[0])) if row[0] else None
+        return Ownership(owner, float(row[1] or 0.0), int(row[2] or 0))
+
+    def _check(self, cur: Any, kernel_id: str, lease: Lease | None) -> bool:
+        """Whether the row exists; raises if ``lease`` (or, without one, a live owner)
+        forbids writing it."""
+        own = self._ownership(cur, kernel_id)
+        if own is None:
+            if lease is not None:
+                raise fenced(kernel_id, lease, None)
+            return False
+        if lease is None:
+            if own.live():
+                raise refusal(kernel_id, own)
+        elif (
+            own.owner is None
+            or own.owner.holder_id != lease.holder_id
+            or own.generation != lease.generation
+        ):
+            raise fenced(kernel_id, lease, own)
+        return True
+
+    @staticmethod
+    def _payload(record: KernelRecord) -> str:
+        data = record.to_json_dict()
+        for key in ("owner", "lease_expires", "generation"):
+            data.pop(key, None)  # the columns hold these
+        return json.dumps(data, separators=(",", ":"))
+
+    @staticmethod
+    def _tenant_pool(record: KernelRecord) -> tuple[str | None, str | None]:
+        labels = record.labels or {}
+        return labels.get(TENANT_LABEL) or None, labels.get(POOL_LABEL) or None
+
+    def _insert_row(
+        self, cur: Any, record: KernelRecord, owner: Holder | None, expires: float
+    ) -> None:
+        """A new row: owned by ``owner`` (generation 1), or unowned (generation 0)."""
+        tenant, pool = self._tenant_pool(record)
+        self._exec(
+            cur,
+            "INSERT INTO kernels(kernel_id, kernel_name, provisioner_name, created,"
+            " last_activity, data, owner_id, owner_info, lease_expires, generation, tenant, pool)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.kernel_id,
+                record.kernel_name,
+                record.provisioner_name,
+                record.created,
+                record.last_activity,
+                self._payload(record),
+                owner.holder_id if owner else None,
+                json.dumps(owner.to_dict()) if owner else None,
+                expires,
+                1 if owner else 0,
+                tenant,
+                pool,
+            ),
+        )
+        self._exec(cur, "DELETE FROM reservations WHERE kernel_id=?", (record.kernel_id,))
+
+    # --------------------------------------------------------------- interface
+    @property
+    def instance_id(self) -> str:
+        return self._instance
+
+    @property
+    def schema_version(self) -> int:
+        return self._version
+
+    async def insert(self, record: KernelRecord, holder: Holder, lease_seconds: float) -> Lease:
+        def op() -> Lease:
+            expires = time.time() + lease_seconds
+            try:
+                with self._transaction() as cur:
+                    self._insert_row(cur, record, holder, expires)
+            except Exception as e:
+                if self._is_duplicate(e):
+                    raise OrchestratorError(
+                        f"kernel id {record.kernel_id!r} is already in use"
+                    ) from None
+                raise
+            return Lease(record.kernel_id, holder.holder_id, 1, expires)
+
+        return await self._call(op)
+
+    def save_sync(self, record: KernelRecord, lease: Lease | None = None) -> None:
+        def op() -> None:
+            with self._transaction() as cur:
+                if not self._check(cur, record.kernel_id, lease):
+                    self._insert_row(cur, record, None, 0.0)
+                    return
+                tenant, pool = self._tenant_pool(record)
+                self._exec(
+                    cur,
+                    "UPDATE kernels SET kernel_name=?, provisioner_name=?,"
+                    f" last_activity={self.dialect.greatest}(last_activity, ?), data=?,"
+                    " tenant=?, pool=? WHERE kernel_id=?",
+                    (
+                        record.kernel_name,
+                        record.provisioner_name,
+                        record.last_activity,
+                        self._payload(record),
+                        tenant,
+                        pool,
+                        record.kernel_id,
+                    ),
+                )
+
+        self._run(op)
+
+    async def save(self, record: KernelRecord, lease: Lease | None = None) -> None:
+        await run_blocking("store", self.save_sync, record, lease)
+
+    async def get(self, kernel_id: str) -> KernelRecord | None:
+        rows = await self._call(
+            lambda: self._select(f"SELECT {_COLUMNS} FROM kernels WHERE kernel_id=?", (kernel_id,))
+        )
+        return self._from_row(rows[0]) if rows else None
+
+    async def list(self) -> builtins.list[KernelRecord]:
+        rows = await self._call(
+            lambda: self._select(f"SELECT {_COLUMNS} FROM kernels ORDER BY created, kernel_id")
+        )
+        return [self._from_row(row) for row in rows]
+
+    async def delete(self, kernel_id: str, lease: Lease | None = None) -> bool:
+        def op() -> bool:
+            with self._transaction() as cur:
+                if lease is not None and not self._check(cur, kernel_id, lease):
+                    return False
+                cur = self._exec(cur, "DELETE FROM kernels WHERE kernel_id=?", (kernel_id,))
+                return bool(cur.rowcount > 0)
+
+        return await self._call(op)
+
+    async def touch(self, kernel_id: str, when: float | None = None) -> None:
+        stamp = when if when is not None else time.time()
+
+        def op() -> None:
+            with self._transaction() as cur:
+                self._exec(
+                    cur,
+                    f"UPDATE kernels SET last_activity={self.dialect.greatest}(last_activity, ?)"
+                    " WHERE kernel_id=?",
+                    (stamp, kernel_id),
+                )
+
+        await self._call(op)
+
+    async def claim(
+        self,
+        kernel_id: str,
+        holder: Holder,
+        lease_seconds: float,
+        *,
+        force: bool = False,
+        steal_generation: int | None = None,
+    ) -> Lease:
+        def op() -> Lease:
+            with self._transaction() as cur:
+                own = self._ownership(cur, kernel_id)
+                if own is None:
+                    raise UnknownKernelError(f"unknown kernel id {kernel_id!r}")
+                now = time.time()
+                generation = granted_generation(
+                    own, holder, now, force=force, steal_generation=steal_generation
+                )
+                if generation is None:
+                    raise refusal(kernel_id, own)
+                self._set_owner(cur, kernel_id, holder, now + lease_seconds, generation)
+            return Lease(kernel_id, holder.holder_id, generation, now + lease_seconds)
+
+        return await self._call(op)
+
+    def _set_owner(
+        self, cur: Any, kernel_id: str, holder: Holder, expires: float, generation: int
+    ) -> None:
+        self._exec(
+            cur,
+            "UPDATE kernels SET owner_id=?, owner_info=?, lease_expires=?, generation=?"
+            " WHERE kernel_id=?",
+            (holder.holder_id, json.dumps(holder.to_dict()), expires, generation, kernel_id),
+        )
+
+    async def renew(self, holder_id: str, lease_seconds: float) -> dict[str, int]:
+        def op() -> dict[str, int]:
+            with self._transaction() as cur:
+                rows = self._exec(
+                    cur,
+                    "UPDATE kernels SET lease_expires=? WHERE owner_id=?"
+                    " RETURNING kernel_id, generation",
+                    (time.time() + lease_seconds, holder_id),
+                ).fetchall()
+            return {str(k): int(g) for k, g in rows}
+
+        return await self._call(op)
+
+    def release_now(self, lease: Lease) -> bool:
+        def op() -> bool:
+            with self._transaction() as cur:
+                cur = self._exec(
+                    cur,
+                    "UPDATE kernels SET owner_id=NULL, owner_info=NULL, lease_expires=0"
+                    " WHERE kernel_id=? AND owner_id=? AND generation=?",
+                    (lease.kernel_id, lease.holder_id, lease.generation),
+                )
+                return bool(cur.rowcount > 0)
+
+        return self._run(op)
+
+    # ------------------------------------------------- limits, reservations, pools
+    def _counts(self, cur: Any, tenant: str | None, pool: str | None, now: float) -> int:
+        """Kernels (recorded or reserved) that count against the limit for
+        ``tenant``/``pool``: a pool's unclaimed kernels for ``pool``, else the
+        tenant's (``tenant``) or everyone's (both None) non-pooled kernels."""
+        args: tuple[Any, ...]
+        rargs: tuple[Any, ...]
+        if pool is not None:
+            where, args = "pool=? AND tenant IS NULL", (pool,)
+            reserved, rargs = "pool=?", (pool,)
+        elif tenant is not None:
+            where, args = "tenant=?", (tenant,)
+            reserved, rargs = "tenant=?", (tenant,)
+        else:
+            where, args = "(tenant IS NOT NULL OR pool IS NULL)", ()
+            reserved, rargs = "pool IS NULL", ()
+        recorded = self._exec(cur, f"SELECT COUNT(*) FROM kernels WHERE {where}", args).fetchone()
+        pending = self._exec(
+            cur,
+            f"SELECT COUNT(*) FROM reservations WHERE {reserved} AND expires > ?"
+            " AND kernel_id NOT IN (SELECT kernel_id FROM kernels)",
+            (*rargs, now),
+        ).fetchone()
+        return int(recorded[0]) + int(pending[0])
+
+    async def reserve(
+        self,
+        kernel_id: str,
+        *,
+        tenant: str | None,
+        pool: str | None,
+        limits: Limits,
+        seconds: float,
+    ) -> None:
+        def op() -> None:
+            now = time.time()
+            with self._transaction() as cur:
+                if self.dialect.lock_reservations:
+                    self._exec(cur, self.dialect.lock_reservations)
+                self._exec(cur, "DELETE FROM reservations WHERE expires <= ?", (now,))
+                checks: builtins.list[tuple[int, str | None, str | None]] = []
+                if pool is not None:
+                    checks.append((limits.pool_size, None, pool))
+                else:
+                    checks.append((limits.total, None, None))
+                    if tenant is not None:
+                        checks.append((limits.per_tenant, tenant, None))
+                for limit, who, which in checks:
+                    if limit and self._counts(cur, who, which, now) >= limit:
+                        raise limit_refusal(limit, who, which)
+                self._exec(
+                    cur,
+                    "INSERT INTO reservations(kernel_id, tenant, pool, expires)"
+                    " VALUES (?, ?, ?, ?)",
+                    (kernel_id, tenant, pool, now + seconds),
+                )
+
+        await self._call(op)
+
+    async def unreserve(self, kernel_id: str) -> None:
+        def op() -> None:
+            with self._transaction() as cur:
+                self._exec(cur, "DELETE FROM reservations WHERE kernel_id=?", (kernel_id,))
+
+        await self._call(op)
+
+    async def count(self, *, tenant: str | None = None, pool: str | None = None) -> int:
+        def op() -> int:
+            with self._transaction() as cur:
+                return self._counts(cur, tenant, pool, time.time())
+
+        return await self._call(op)
+
+    async def claim_pooled(
+        self, pool: str, tenant: str, holder: Holder, lease_seconds: float
+    ) -> Lease | None:
+        def op() -> Lease | None:
+            with self._transaction() as cur:
+                row = self._exec(
+                    cur,
+                    "SELECT kernel_id, generation, owner_id FROM kernels"
+                    " WHERE pool=? AND tenant IS NULL ORDER BY created, kernel_id LIMIT 1"
+                    + self.dialect.skip_locked,
+                    (pool,),
+                ).fetchone()
+                if row is None:
+                    return None
+                kernel_id, generation = str(row[0]), int(row[1] or 0)
+                if row[2] != holder.holder_id:
+                    generation += 1  # fences the replica that filled the pool
+                expires = time.time() + lease_seconds
+                self._set_owner(cur, kernel_id, holder, expires, generation)
+                self._exec(
+                    cur, "UPDATE kernels SET tenant=? WHERE kernel_id=?", (tenant, kernel_id)
+                )
+            return Lease(kernel_id, holder.holder_id, generation, expires)
+
+        return await self._call(op)

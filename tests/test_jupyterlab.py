@@ -1,0 +1,137 @@
+"""JupyterLab end to end, in a real browser, with its kernels in our gateway.
+
+JupyterLab (from PyPI) runs with ``--gateway-url`` pointing at ``kernel-orchestrator
+serve``; headless Debian Chromium, driven by playwright-core, opens the launcher,
+picks the Docker kernelspec's notebook, runs a cell and sees its output. The gateway
+is then restarted (killed, started again), and a second cell uses the first one's
+state. A screenshot goes to the test run's output folder (``$KO_TEST_OUTPUT``,
+default ``test-output/`` in the checkout).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .browser import ensure_browser, script
+from .conftest import REPO
+from .test_gateway import ADMIN_TOKEN, Gateway, free_port, wait_http
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
+
+
+def output_dir() -> Path:
+    folder = Path(os.environ.get("KO_TEST_OUTPUT") or REPO / "test-output")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def start_lab(gateway_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+    port, token = free_port(), "lab-" + uuid.uuid4().hex
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(tmp / "lab-config"),
+        "JUPYTER_RUNTIME_DIR": str(tmp / "lab-runtime"),
+    }
+    lab = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            f"--port={port}",
+            "--ServerApp.port_retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--gateway-url={gateway_url}",
+            f"--GatewayClient.auth_token={ADMIN_TOKEN}",
+            "--GatewayClient.request_timeout=120",
+            # No traffic beyond loopback: no update check against PyPI, no news feed.
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.news_url=",
+            f"--ServerApp.root_dir={tmp}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp / "jupyterlab.log", "ab"),  # noqa: SIM115
+        env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/api/status?token={token}", timeout=120)
+    return lab, url, token
+
+
+async def _read_until(proc: asyncio.subprocess.Process, marker: str, timeout: float) -> None:
+    assert proc.stdout is not None
+    seen: list[str] = []
+    while True:
+        raw = await asyncio.wait_for(proc.stdout.readline(), timeout)
+        if not raw:
+            raise AssertionError(f"the browser script ended early: {seen}")
+        line = raw.decode().strip()
+        seen.append(line)
+        if line.startswith("FAIL"):
+            raise AssertionError(line)
+        if line == marker:
+            return
+
+
+async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
+    docker_engine: str, tmp_path: Path
+) -> None:
+    from orchestrator.gateway.defaults import DOCKER_SPEC
+
+    node_modules = await asyncio.to_thread(ensure_browser)
+    gateway = Gateway(tmp_path, users=False).start()
+    lab, lab_url, lab_token = await asyncio.to_thread(start_lab, gateway.url, tmp_path)
+    screenshot = output_dir() / "jupyterlab-docker-kernel.png"
+    screenshot.unlink(missing_ok=True)
+    browser = await asyncio.create_subprocess_exec(
+        "node",
+        str(script("lab.cjs")),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "NODE_PATH": str(node_modules),
+            "LAB_URL": lab_url,
+            "LAB_TOKEN": lab_token,
+            "KERNEL_DISPLAY_NAME": "Python 3 (Docker)",
+            "SCREENSHOT": str(screenshot),
+        },
+    )
+    try:
+        await _read_until(browser, "STEP first-cell", 240)
+        from .test_gateway import call
+
+        kernels = await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels")
+        assert [k["name"] for k in kernels] == [DOCKER_SPEC]
+        await asyncio.to_thread(gateway.kill, signal.SIGKILL)
+        await asyncio.to_thread(gateway.start)
+        assert browser.stdin is not None
+        browser.stdin.write(b"CONTINUE\n")
+        await browser.stdin.drain()
+        await _read_until(browser, "DONE", 240)
+        assert await asyncio.wait_for(browser.wait(), 60) == 0
+        assert screenshot.stat().st_size > 10_000
+        after = await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels")
+        assert [k["id"] for k in after] == [k["id"] for k in kernels]  # the same kernel
+    finally:
+        if browser.returncode is None:
+            browser.kill()
+            await browser.wait()
+        lab.send_signal(signal.SIGTERM)
+        try:
+            lab.wait(30)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+        from .test_gateway import _shutdown_all
+
+        await _shutdown_all(gateway)
+        gateway.kill(signal.SIGTERM)

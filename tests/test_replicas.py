@@ -1,0 +1,323 @@
+"""Gateway replicas over one PostgreSQL store, behind nginx, driven by Jupyter Server.
+
+Three ``kernel-orchestrator serve`` processes share a real PostgreSQL server (Debian's,
+started by the tests) and sit behind Debian's nginx as a round-robin load balancer
+with WebSocket proxying. Clients, a real Jupyter Server with ``--gateway-url`` among
+them, only ever talk to nginx, so every request may land on any replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tornado.httpclient import HTTPClientError
+from tornado.iostream import StreamClosedError
+from tornado.websocket import WebSocketClosedError
+
+from .nginx import Nginx
+from .test_gateway import (
+    ADMIN_TOKEN,
+    CLI,
+    Gateway,
+    JupyterServer,
+    KernelSocket,
+    call,
+    status_of,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
+
+# What a client sees when the replica behind its WebSocket dies.
+DROPPED = (
+    ConnectionError,
+    OSError,
+    asyncio.TimeoutError,
+    TimeoutError,
+    WebSocketClosedError,
+    StreamClosedError,
+)
+
+
+class Replicas:
+    """N gateway replicas on one store, and nginx in front of them."""
+
+    def __init__(self, tmp: Path, store_url: str, count: int = 3, *extra: str) -> None:
+        self.gateways: list[Gateway] = []
+        for n in range(count):
+            home = tmp / f"replica{n}"
+            home.mkdir()
+            self.gateways.append(Gateway(home, "--store", store_url, *extra, users=False))
+        self.nginx = Nginx([g.port for g in self.gateways])
+        self.store_url = store_url
+
+    def start(self) -> Replicas:
+        for gw in self.gateways:
+            gw.start()
+        self.nginx.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.nginx.url
+
+    def holder_of(self, record: Any) -> Gateway:
+        """The replica whose process owns the kernel's lease."""
+        pid = record.owner.get("pid")
+        for gw in self.gateways:
+            if gw.proc is not None and gw.proc.pid == pid:
+                return gw
+        raise AssertionError(f"no replica holds {record.kernel_id}: owner {record.owner}")
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        for gw in self.gateways:
+            if gw.proc is not None and gw.proc.poll() is None:
+                gw.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def replicas(tmp_path: Path, pg_store_url: str) -> Iterator[Replicas]:
+    group = Replicas(tmp_path, pg_store_url).start()
+    try:
+        yield group
+    finally:
+        try:
+            asyncio.run(_shutdown_everything(group))
+        finally:
+            group.stop()
+
+
+async def _shutdown_everything(group: Replicas) -> None:
+    live = next(g for g in group.gateways if g.proc is not None and g.proc.poll() is None)
+    for k in await call(live.url, ADMIN_TOKEN, "GET", "/api/kernels"):
+        await status_of(live.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{k['id']}")
+
+
+def store_record(url: str, kernel_id: str) -> Any:
+    from orchestrator.store import open_store
+
+    store = open_store(url)
+    try:
+        return asyncio.run(store.get(kernel_id))
+    finally:
+        store.close()
+
+
+async def record_of(url: str, kernel_id: str) -> Any:
+    return await asyncio.to_thread(store_record, url, kernel_id)
+
+
+async def execute_retrying(ws: KernelSocket, code: str, deadline: float) -> dict[str, Any]:
+    """Execute through a socket whose far end may be failing over: a request lost in
+    the switch is sent again until the deadline."""
+    while True:
+        try:
+            return await ws.execute(code, timeout=max(0.5, min(5, deadline - time.monotonic())))
+        except (asyncio.TimeoutError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+
+
+async def test_every_replica_serves_every_kernel(replicas: Replicas) -> None:
+    kernel = await call(replicas.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+    kid = kernel["id"]
+    ws = await KernelSocket.open(replicas.gateways[0].url, ADMIN_TOKEN, kid)
+    assert (await ws.execute("shared = 41"))["status"] == "ok"
+    ws.close()
+    for gw in replicas.gateways:  # each replica directly, never a 404
+        model = await call(gw.url, ADMIN_TOKEN, "GET", f"/api/kernels/{kid}")
+        assert model["id"] == kid
+        listed = await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")
+        assert [k["id"] for k in listed] == [kid]
+        ws = await KernelSocket.open(gw.url, ADMIN_TOKEN, kid)
+        try:
+            assert (await ws.execute("shared += 1; print(shared)"))["out"].strip().isdigit()
+        finally:
+            ws.close()
+    # Lifecycle work through a replica that does not hold the lease takes it over.
+    record = await record_of(replicas.store_url, kid)
+    other = next(g for g in replicas.gateways if g is not replicas.holder_of(record))
+    await call(other.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/interrupt")
+    record = await record_of(replicas.store_url, kid)
+    assert replicas.holder_of(record) is other
+    await call(replicas.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")
+    for gw in replicas.gateways:
+        assert (await status_of(gw.url, ADMIN_TOKEN, "GET", f"/api/kernels/{kid}"))[0] == 404
+
+
+async def test_failover_after_kill_9_of_the_holder(replicas: Replicas, tmp_path: Path) -> None:
+    js = JupyterServer(replicas.gateways[0], tmp_path, url=replicas.url, auth_token=ADMIN_TOKEN)
+    try:
+        base, token = js.url, js.token
+        kernel = await call(base, token, "POST", "/api/kernels", {"name": "python3"})
+        kid = kernel["id"]
+        ws = await KernelSocket.open(base, token, kid)
+        try:
+            assert (await ws.execute("state = 'kept'; print(state)"))["out"] == "kept\n"
+            holder = replicas.holder_of(await record_of(replicas.store_url, kid))
+            holder.kill(signal.SIGKILL)
+            killed = time.monotonic()
+            reply = await execute_retrying(ws, "print(state)", killed + 60)
+            assert reply["out"] == "kept\n"
+        finally:
+            ws.close()
+        restarted = await call(base, token, "POST", f"/api/kernels/{kid}/restart")
+        assert restarted["id"] == kid
+        record = await record_of(replicas.store_url, kid)
+        assert replicas.holder_of(record) is not holder and record.restarts == 1
+        ws = await KernelSocket.open(base, token, kid)
+        try:
+            reply = await execute_retrying(
+                ws, "print('fresh' if 'state' not in dir() else state)", time.monotonic() + 60
+            )
+            assert reply["out"] == "fresh\n"
+        finally:
+            ws.close()
+        await call(base, token, "DELETE", f"/api/kernels/{kid}")
+        assert await record_of(replicas.store_url, kid) is None
+    finally:
+        js.stop()
+
+
+async def test_load_with_a_replica_killed_mid_run(replicas: Replicas) -> None:
+    kernels = [
+        (await call(replicas.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"}))["id"]
+        for _ in range(10)
+    ]
+    rounds, failures, reconnects = 12, [], [0]
+    halfway = asyncio.Event()
+
+    async def client(n: int) -> None:
+        kid = kernels[n % len(kernels)]
+        ws = await KernelSocket.open(replicas.url, ADMIN_TOKEN, kid)
+
+        async def run(code: str) -> dict[str, Any]:
+            nonlocal ws
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    return await ws.execute(code, timeout=10)
+                except DROPPED:
+                    if time.monotonic() > deadline:
+                        raise
+                    ws.close()  # the client's own job: reconnect, send again
+                    await asyncio.sleep(0.2)
+                    reconnects[0] += 1
+                    with contextlib.suppress(*DROPPED, HTTPClientError):
+                        ws = await KernelSocket.open(replicas.url, ADMIN_TOKEN, kid)
+
+        try:
+            await run(f"c{n} = 0")
+            for i in range(rounds):
+                if i == rounds // 2:
+                    halfway.set()
+                reply = await run(f"c{n} = {i + 1}; print(c{n})")
+                if reply["status"] != "ok" or reply["out"] != f"{i + 1}\n":
+                    failures.append((n, i, reply))
+                await asyncio.sleep(0.05)
+        finally:
+            ws.close()
+
+    async def killer() -> None:
+        await halfway.wait()
+        await asyncio.to_thread(replicas.gateways[1].kill, signal.SIGKILL)
+
+    await asyncio.wait_for(asyncio.gather(killer(), *(client(n) for n in range(20))), 600)
+    assert failures == []
+    listed = await call(replicas.url, ADMIN_TOKEN, "GET", "/api/kernels")
+    assert sorted(k["id"] for k in listed) == sorted(kernels)
+
+
+async def test_store_restart_loses_no_record(replicas: Replicas, postgres: Any) -> None:
+    kernels = [
+        (await call(replicas.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"}))["id"]
+        for _ in range(3)
+    ]
+    ws = await KernelSocket.open(replicas.url, ADMIN_TOKEN, kernels[0])
+    try:
+        assert (await ws.execute("during = 1"))["status"] == "ok"
+        await asyncio.to_thread(postgres.restart)
+        # Kernel traffic never needed the store.
+        assert (await ws.execute("print(during)"))["out"] == "1\n"
+    finally:
+        ws.close()
+    deadline = time.monotonic() + 60
+    while True:  # each replica's next store call connects again
+        codes = [
+            (await status_of(g.url, ADMIN_TOKEN, "GET", "/readyz"))[0] for g in replicas.gateways
+        ]
+        if codes == [200, 200, 200] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert codes == [200, 200, 200]
+    listed = await call(replicas.url, ADMIN_TOKEN, "GET", "/api/kernels")
+    assert sorted(k["id"] for k in listed) == sorted(kernels)
+    new = await call(replicas.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+    assert len(await call(replicas.url, ADMIN_TOKEN, "GET", "/api/kernels")) == 4
+    for kid in [*kernels, new["id"]]:
+        record = await record_of(replicas.store_url, kid)
+        assert record is not None and record.owner, kid
+
+
+async def test_limits_and_pools_count_across_replicas(tmp_path: Path, pg_store_url: str) -> None:
+    group = Replicas(
+        tmp_path, pg_store_url, 3, "--max-kernels", "4", "--warm-pool", "python3=2"
+    ).start()
+    try:
+        deadline = time.monotonic() + 120
+        from orchestrator.store import open_store
+
+        store = open_store(pg_store_url)
+        try:
+            while await store.count(pool="python3") < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.5)
+            # Three replicas filled one pool of two between them.
+            await asyncio.sleep(2)
+            assert await store.count(pool="python3") == 2
+            assert len(await store.list()) == 2
+        finally:
+            store.close()
+        results = await asyncio.gather(
+            *(
+                status_of(g.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+                for g in group.gateways * 3
+            )
+        )
+        codes = sorted(code for code, _ in results)
+        assert codes == [200] * 4 + [429] * 5, results
+        ids = [body["id"] for code, body in results if code == 200]
+        assert len(set(ids)) == 4  # no pooled kernel handed out twice
+    finally:
+        try:
+            await _shutdown_everything(group)
+        finally:
+            group.stop()
+
+
+def test_gateway_refuses_an_unusable_store(postgres: Any) -> None:
+    env = {**os.environ, **postgres.env}
+    for store, expected in (
+        (f"postgresql://ko@127.0.0.1:{postgres.port + 1}/nowhere", "unreachable"),
+        (postgres.url("no_such_database"), "no_such_database"),
+        ("mysql://db/x", "unsupported kernel store URL scheme 'mysql'"),
+    ):
+        done = subprocess.run(
+            [CLI, "serve", "--port", "0", "--allow-root", "--store", store],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode != 0, (store, done.stderr)
+        assert expected in done.stderr, (store, done.stderr)
+        assert "Traceback" not in done.stderr
