@@ -150,6 +150,7 @@ def test_default_render() -> None:
             "NetworkPolicy",
             "NetworkPolicy",
             "PersistentVolumeClaim",
+            "PodDisruptionBudget",
             "Role",
             "RoleBinding",
             "Secret",
@@ -200,7 +201,11 @@ def test_no_pod_security_policy() -> None:
     for variant in VARIANTS.values():
         for o in render_objects(variant):
             assert o["kind"] != "PodSecurityPolicy"
-            assert not o["apiVersion"].startswith("policy/")
+            # policy/v1 only for the PodDisruptionBudget (policy/v1beta1 is gone).
+            assert not o["apiVersion"].startswith("policy/") or (
+                o["kind"],
+                o["apiVersion"],
+            ) == ("PodDisruptionBudget", "policy/v1")
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

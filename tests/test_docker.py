@@ -154,9 +154,13 @@ async def test_resource_limits_and_overrides(
         },
     )
     km = orchestrator.AsyncKernelManager(kernel_name="pylimits", kernel_store=store)
-    await km.start_kernel(env={**os.environ, "KERNEL_MEMORY": "384m"})
+    # Jupyter Server sends the notebook's folder with every start: a hint, ignored when
+    # the kernelspec does not let clients choose the working directory.
+    hint = {"KERNEL_WORKING_DIR": "/home/someone/notebooks"}
+    await km.start_kernel(env={**os.environ, "KERNEL_MEMORY": "384m", **hint})
     try:
         (container,) = our_containers(dclient, km.kernel_id)
+        assert container.attrs["Config"]["WorkingDir"] != hint["KERNEL_WORKING_DIR"]
         host = container.attrs["HostConfig"]
         assert host["NanoCpus"] == 500_000_000
         assert host["Memory"] == 384 * 1024 * 1024

@@ -15,6 +15,12 @@ from orchestrator.errors import OrchestratorError
 from ..common.resources import MIN_CPUS, docker_size, positive_number
 
 # Client variable -> setting it overrides.
+#
+# Jupyter Server's gateway client sends KERNEL_WORKING_DIR with every start from a
+# notebook (the notebook's folder on the Jupyter Server host, which rarely exists in a
+# container): a hint, so it is ignored unless the kernelspec lets clients choose the
+# working directory. Every other variable a kernelspec does not allow is refused.
+HINTS = {"KERNEL_WORKING_DIR"}
 OVERRIDE_VARIABLES = {
     "KERNEL_IMAGE": "image",
     "KERNEL_CPUS": "cpus",
@@ -59,6 +65,8 @@ def apply_overrides(
         if variable not in client_env:
             continue
         if setting not in allowed:
+            if variable in HINTS:
+                continue
             raise SettingsError(
                 f"{variable} is not allowed for this kernelspec"
                 f" (overridable: {', '.join(allowed) or 'nothing'})"

@@ -39,7 +39,7 @@ async function runCell(page, code, expected, attempts) {
     await page.keyboard.press(attempt === 1 ? "Shift+Enter" : "Control+Enter");
     const output = page.locator(".jp-OutputArea-output", { hasText: expected });
     try {
-      await output.first().waitFor({ timeout: 20000 });
+      await output.first().waitFor({ timeout: 15000 });
       return;
     } catch (e) {
       if (attempt === attempts) throw new Error(`no output ${JSON.stringify(expected)}: ${e}`);
@@ -55,8 +55,8 @@ async function main() {
     args: FLAGS,
     headless: true,
   });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
   try {
-    const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
     page.setDefaultTimeout(60000);
     await page.goto(`${process.env.LAB_URL}/lab?token=${process.env.LAB_TOKEN}`);
     const card = page.locator(
@@ -64,13 +64,18 @@ async function main() {
     );
     await card.click({ timeout: 120000 });
     await page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 120000 });
-    await runCell(page, "x = 6 * 7; print(x)", "42", 1);
+    await runCell(page, "x = 6 * 7; print(x)", "42", 3);
     console.log("STEP first-cell");
     if ((await nextLine()) !== "CONTINUE") throw new Error("the test did not say CONTINUE");
     await page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 120000 });
     await runCell(page, "print(x + 1)", "43", 3);
     await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
     console.log("DONE");
+  } catch (e) {
+    // What the page showed, for the test's report: a dialog's text, and a screenshot.
+    const dialogs = await page.locator(".jp-Dialog").allInnerTexts().catch(() => []);
+    await page.screenshot({ path: process.env.SCREENSHOT.replace(/\.png$/, "-failure.png") }).catch(() => {});
+    throw new Error(`${e.message.split("\n")[0]}; dialogs: ${JSON.stringify(dialogs)}`);
   } finally {
     await browser.close();
   }
