@@ -21,6 +21,7 @@ SCENARIOS: dict[str, str] = {
     "slurm": "bench.scenarios.slurm",
     "kubernetes": "bench.scenarios.kubernetes",
     "gateway": "bench.scenarios.gateway",
+    "replicas": "bench.scenarios.replicas",
     "idle": "bench.scenarios.idle",
 }
 

@@ -3,7 +3,7 @@
 # registry: debootstrap (minbase) + `docker import`.
 #
 #   image:    kernel-orchestrator/debian-base:bookworm   (override: BASE_TAG)
-#   contains: python3, python3-venv, python3-pip, ca-certificates, tini
+#   contains: python3, python3-venv, python3-pip, ca-certificates, tini, libpq5
 #
 # The Debian mirror is taken from this machine's apt configuration
 # (/etc/apt/sources.list and /etc/apt/sources.list.d/*.list|*.sources),
@@ -18,7 +18,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 SUITE=${DEBIAN_SUITE:-bookworm}
 BASE_TAG=${BASE_TAG:-kernel-orchestrator/debian-base:$SUITE}
-PACKAGES=python3,python3-venv,python3-pip,ca-certificates,tini
+PACKAGES=python3,python3-venv,python3-pip,ca-certificates,tini,libpq5
 FORCE=0
 
 say() { echo "make-offline-base: $*" >&2; }
