@@ -47,18 +47,6 @@ def default_lease_seconds() -> float:
     return value if value > 0 else DEFAULT_LEASE_SECONDS
 
 
-def _machine() -> str:
-    try:
-        boot = open("/proc/sys/kernel/random/boot_id").read().strip()  # noqa: SIM115
-    except OSError:
-        boot = ""
-    try:
-        pidns = os.readlink("/proc/self/ns/pid")
-    except OSError:
-        pidns = ""
-    return f"{boot}/{pidns}" if boot else ""
-
-
 _holder: Holder | None = None
 _holder_lock = threading.Lock()
 
@@ -73,7 +61,7 @@ def this_holder() -> Holder:
                 holder_id=uuid.uuid4().hex[:16],
                 kind=_holder.kind if _holder is not None else "library",
                 host=socket.gethostname(),
-                machine=_machine(),
+                machine=procinfo.machine_id(),
                 pid=pid,
                 start_ticks=procinfo.start_ticks(pid),
             )

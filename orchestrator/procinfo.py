@@ -25,6 +25,20 @@ def _stat_fields(pid: int) -> list[str] | None:
     return rest  # rest[0] is field 3 (state)
 
 
+def machine_id() -> str:
+    """Where a pid means this process's pid: the boot id and the pid namespace ('' if
+    unknown). Two machines, or two containers, may share a host name, never this."""
+    try:
+        boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+    except OSError:
+        return ""
+    try:
+        pidns = os.readlink(_PROC / "self" / "ns" / "pid")
+    except OSError:
+        pidns = ""
+    return f"{boot}/{pidns}"
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if unknown."""
     fields = _stat_fields(pid)

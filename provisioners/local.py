@@ -33,7 +33,7 @@ from traitlets import Unicode
 
 from orchestrator import procinfo
 from orchestrator.encryption import keypair, resolve_policy, should_encrypt
-from orchestrator.errors import KernelStartError
+from orchestrator.errors import KernelStartError, ReattachError
 from orchestrator.labels import ENV_INSTANCE, ENV_KERNEL_ID
 from orchestrator.paths import kernel_log_dir, open_private
 from orchestrator.provisioning.contract import GarbageContext, OrchestratorProvisionerMixin
@@ -213,11 +213,21 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
                 "cwd": str(self.cwd) if self.cwd else None,
                 "ports_cached": bool(self.ports_cached),
                 "private_dir": self.private_dir,
+                # Where the pid means this kernel: a process elsewhere cannot judge it.
+                "machine": procinfo.machine_id(),
             }
         )
         return info
 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        machine = provisioner_info.get("machine")
+        if machine and procinfo.machine_id() and machine != procinfo.machine_id():
+            # Its pid means nothing here: polling it would call a running kernel gone
+            # (and clean up its record). Only a process on its machine can drive it.
+            raise ReattachError(
+                f"kernel {self.kernel_id} is a local process of another machine (or pid"
+                " namespace); only an orchestrator process there can reach it"
+            )
         await super().load_provisioner_info(provisioner_info)
         self.start_ticks = provisioner_info.get("start_ticks")
         self.log_path = provisioner_info.get("log_path")

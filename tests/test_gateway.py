@@ -66,6 +66,9 @@ class Gateway:
         self.log = tmp / "gateway.log"
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
+        #: A command the gateway runs under (``unshare ...``: another "machine").
+        self.wrapper: list[str] = []
+        self.env: dict[str, str] | None = None
 
     @property
     def url(self) -> str:
@@ -76,6 +79,7 @@ class Gateway:
         False, as soon as it answers at all (/healthz), perhaps still restoring."""
         self.proc = subprocess.Popen(
             [
+                *self.wrapper,
                 CLI,
                 "serve",
                 "--port",
@@ -91,6 +95,7 @@ class Gateway:
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"),  # noqa: SIM115
+            env=self.env,
         )
         wait_http(f"{self.url}/readyz" if ready else f"{self.url}/healthz")
         return self

@@ -303,6 +303,70 @@ async def test_limits_and_pools_count_across_replicas(tmp_path: Path, pg_store_u
             group.stop()
 
 
+async def test_a_dead_replicas_kernels_are_taken_over_when_its_lease_expires(
+    docker_engine: str, tmp_path: Path, pg_store_url: str
+) -> None:
+    """Replica B runs in a pid namespace of its own, as on another machine: it cannot
+    see that A died, so it takes A's kernels over only once A's leases expire, with
+    no request asking. A local kernel of A's stays A's machine's: B refuses it rather
+    than judge it gone by a pid that means nothing there."""
+    from orchestrator.gateway.defaults import DOCKER_SPEC
+
+    env = {**os.environ, "KERNEL_ORCHESTRATOR_LEASE_SECONDS": "3"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(tmp_path / "a", "--store", pg_store_url, users=False)
+    b = Gateway(tmp_path / "b", "--store", pg_store_url, users=False)
+    for gw in (a, b):
+        gw.env = env
+    b.wrapper = ["unshare", "--pid", "--fork", "--kill-child", "--"]
+    try:
+        a.start()
+        b.start()
+        docker_kernel = await call(
+            a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": DOCKER_SPEC}
+        )
+        local_kernel = await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+        ws = await KernelSocket.open(a.url, ADMIN_TOKEN, docker_kernel["id"])
+        assert (await ws.execute("kept = 7"))["status"] == "ok"
+        ws.close()
+        before = await record_of(pg_store_url, docker_kernel["id"])
+        a.kill(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            record = await record_of(pg_store_url, docker_kernel["id"])
+            if record.owner.get("holder_id") != before.owner["holder_id"]:
+                break
+            await asyncio.sleep(0.5)
+        assert record.owner["holder_id"] != before.owner["holder_id"], "not taken over"
+        assert record.generation == before.generation + 1
+        assert record.owner["machine"] != before.owner["machine"]
+        ws = await KernelSocket.open(b.url, ADMIN_TOKEN, docker_kernel["id"])
+        try:
+            assert (await ws.execute("print(kept)"))["out"] == "7\n"
+        finally:
+            ws.close()
+        code, body = await status_of(
+            b.url, ADMIN_TOKEN, "GET", f"/api/kernels/{local_kernel['id']}"
+        )
+        assert code == 503 and "another machine" in body["message"], body
+        assert await record_of(pg_store_url, local_kernel["id"]) is not None
+        await call(b.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{docker_kernel['id']}")
+    finally:
+        for gw in (a, b):
+            if gw.proc is not None and gw.proc.poll() is None:
+                # (unshare ignores SIGTERM; its --kill-child passes SIGKILL on)
+                gw.kill(signal.SIGKILL if gw is b else signal.SIGTERM)
+        await asyncio.sleep(3.5)  # B's leases lapse, so the operator's CLI may act
+        # The local kernel, from its own machine (this one), as an operator would.
+        subprocess.run(
+            [CLI, "shutdown", "--all", "--now", "--store", pg_store_url],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+
 def test_gateway_refuses_an_unusable_store(postgres: Any) -> None:
     env = {**os.environ, **postgres.env}
     for store, expected in (

@@ -180,6 +180,8 @@ class OrchestratorMappingKernelManager(
         self._background: set[asyncio.Future[t.Any]] = set()
         self._refilling: set[str] = set()
         self._attaching: dict[str, asyncio.Future[None]] = {}
+        # Kernels an attach failed for, with the (generation, lease) it saw then.
+        self._unreachable: dict[str, tuple[int, float]] = {}
         #: What a kernel gets of the gateway's environment (set by the app).
         self.base_environment: dict[str, str] = {}
         #: Other tenants' processes can reach this machine's loopback (set by the app).
@@ -510,6 +512,8 @@ class OrchestratorMappingKernelManager(
     def should_restore(self, record: KernelRecord) -> bool:
         """Kernels nobody owns, or whose owner's lease expired or who provably died;
         those a live replica owns are attached when a request asks for them."""
+        if self._unreachable.get(record.kernel_id) == (record.generation, record.lease_expires):
+            return False  # failed before, and nothing changed since: not every scan again
         owner = Holder.from_dict(record.owner)
         if owner is None or record.lease_expires <= time.time():
             return True
@@ -529,7 +533,10 @@ class OrchestratorMappingKernelManager(
         try:
             await super()._restore_one(record, report)
             if kernel_id in self._kernels:
+                self._unreachable.pop(kernel_id, None)
                 await self._serve_restored(kernel_id, record)
+            elif kernel_id in report.failed:
+                self._unreachable[kernel_id] = (record.generation, record.lease_expires)
         finally:
             del self._attaching[kernel_id]
             done.set_result(None)
