@@ -52,6 +52,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import debian
+
 __all__ = ["SSHHost", "SSHNet", "SSHNetError", "ensure_packages", "reap_stale", "sshnet_fixture"]
 
 SSHD = "/usr/sbin/sshd"
@@ -63,8 +65,6 @@ HOST_NAMES = ("hosta", "jump", "hostb")
 REGISTRY = Path("/run/ko-sshnet")
 LOCK_FILE = Path("/run/lock/ko-sshnet.lock")
 READY_TIMEOUT = 20.0
-
-_APT_ENV = {"DEBIAN_FRONTEND": "noninteractive", "NEEDRESTART_MODE": "l"}
 
 
 class SSHNetError(RuntimeError):
@@ -109,23 +109,10 @@ def ensure_packages() -> None:
     if os.geteuid() != 0:
         raise SSHNetError(f"need root to install {missing}")
     before = set(_port22_listeners()) if shutil.which("ss") else set()
-    env = {**os.environ, **_APT_ENV}
-    policy = Path("/usr/sbin/policy-rc.d")
-    own_policy = not policy.exists()
-    if own_policy:
-        policy.write_text("#!/bin/sh\n# kernel-orchestrator tests: start no service\nexit 101\n")
-        policy.chmod(0o755)
     try:
-        cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing]
-        known = subprocess.run(["apt-cache", "show", *missing], capture_output=True, check=False)
-        if known.returncode != 0:  # no package lists yet (or stale ones)
-            subprocess.run(
-                ["apt-get", "update", "-q"], env=env, check=True, stdout=subprocess.DEVNULL
-            )
-        subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
-    finally:
-        if own_policy:
-            policy.unlink(missing_ok=True)
+        debian.ensure({SSHD: "openssh-server", "ssh-keygen": "openssh-client", "ip": "iproute2"})
+    except debian.PackageError as e:
+        raise SSHNetError(str(e)) from e
     if shutil.which("ss"):
         started = [p for p in _port22_listeners() if p not in before]
         if started:

@@ -715,6 +715,41 @@ async def _start_kernels(server: Server, n: int) -> list[str]:
     return ids
 
 
+async def connect_clients(
+    ctx: Context, name: str, base: str, token: str, kernels: list[str], warmup: int
+) -> list[LoadWorker]:
+    """The load: CLIENTS_PER_KERNEL WebSocket clients per kernel at ``base``, spread over
+    CLIENT_PROCS worker processes, connected and warmed up."""
+    n_clients = len(kernels) * CLIENTS_PER_KERNEL
+    clients = [kernels[i % len(kernels)] for i in range(n_clients)]
+    workers = [
+        LoadWorker(f"{name}-{w}", ctx.root / f"load-{name}-{w}.log") for w in range(CLIENT_PROCS)
+    ]
+    try:
+        ready = await asyncio.gather(
+            *(
+                worker.start(
+                    {
+                        "base": base,
+                        "token": token,
+                        "kernels": clients[w::CLIENT_PROCS],
+                        "warmup": warmup,
+                    },
+                    timeout=240,
+                )
+                for w, worker in enumerate(workers)
+            )
+        )
+    except BaseException:
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        raise
+    connected = sum(r["connected"] for r in ready)
+    if connected != n_clients:
+        await asyncio.gather(*(w.stop() for w in workers), return_exceptions=True)
+        raise RuntimeError(f"{name}: only {connected}/{n_clients} clients connected")
+    return workers
+
+
 async def bench_throughput(ctx: Context) -> list[Row]:
     p = _params(ctx.quick)
     blocks, block_s, ramp_s = p["blocks"], p["block_s"], p["ramp_s"]
@@ -744,31 +779,13 @@ async def bench_throughput(ctx: Context) -> list[Row]:
         await asyncio.gather(*(s.start() for s in servers.values()))
         for name, server in servers.items():
             kernels = await _start_kernels(server, N_KERNELS)
-            clients = [kernels[i % N_KERNELS] for i in range(n_clients)]
-            for w in range(CLIENT_PROCS):
-                worker = LoadWorker(f"{name}-{w}", ctx.root / f"load-{name}-{w}.log")
-                workers[name].append(worker)
             progress(
                 f"  {name}: {n_clients} clients in {CLIENT_PROCS} process(es), connecting and"
                 f" warming up ({p['client_warmup']} executes each)"
             )
-            ready = await asyncio.gather(
-                *(
-                    worker.start(
-                        {
-                            "base": server.base,
-                            "token": server.token,
-                            "kernels": clients[w::CLIENT_PROCS],
-                            "warmup": p["client_warmup"],
-                        },
-                        timeout=180,
-                    )
-                    for w, worker in enumerate(workers[name])
-                )
+            workers[name] = await connect_clients(
+                ctx, name, server.base, server.token, kernels, p["client_warmup"]
             )
-            connected = sum(r["connected"] for r in ready)
-            if connected != n_clients:
-                raise RuntimeError(f"{name}: only {connected}/{n_clients} clients connected")
             kpids[name] = server.kernel_pids()
             if len(kpids[name]) != N_KERNELS:
                 raise RuntimeError(

@@ -38,7 +38,6 @@ from bench.harness import (
     progress,
 )
 from bench.scenarios.gateway import (
-    CLIENT_PROCS,
     CLIENTS_PER_KERNEL,
     CODE,
     EXECUTE_TIMEOUT,
@@ -47,6 +46,7 @@ from bench.scenarios.gateway import (
     Server,
     _params,
     _start_kernels,
+    connect_clients,
     stop_all,
     ws_execute,
     ws_open,
@@ -149,26 +149,9 @@ async def bench_throughput(ctx: Context) -> list[Row]:
             for n, server in enumerate(group.servers):
                 extra = N_KERNELS - share * len(group.servers) if n == 0 else 0
                 kernels += await _start_kernels(server, share + extra)
-            clients = [kernels[i % N_KERNELS] for i in range(n_clients)]
-            for w in range(CLIENT_PROCS):
-                workers[name].append(LoadWorker(f"{name}-{w}", ctx.root / f"load-{name}-{w}.log"))
-            ready = await asyncio.gather(
-                *(
-                    worker.start(
-                        {
-                            "base": group.base,
-                            "token": group.token,
-                            "kernels": clients[w::CLIENT_PROCS],
-                            "warmup": p["client_warmup"],
-                        },
-                        timeout=240,
-                    )
-                    for w, worker in enumerate(workers[name])
-                )
+            workers[name] = await connect_clients(
+                ctx, name, group.base, group.token, kernels, p["client_warmup"]
             )
-            connected = sum(r["connected"] for r in ready)
-            if connected != n_clients:
-                raise RuntimeError(f"{name}: only {connected}/{n_clients} clients connected")
             progress(f"  {name}: {n_clients} clients on {N_KERNELS} kernels connected")
         names = list(groups)
         for i in Bounded("replica blocks", blocks, 60 + blocks * 2 * (block_s + 120)):

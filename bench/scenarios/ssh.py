@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib.util
 import json
 import os
 import re
@@ -128,27 +127,15 @@ def _params(quick: bool) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ setup
 
 REPO = Path(__file__).resolve().parents[2]
-# tests/sshnet.py: test infrastructure, not part of the product. Loaded from its file
-# (not ``import tests.sshnet``): no other ``tests`` package can shadow it, and mypy's
-# check of bench/ does not extend into the test tree. Typed as Any here.
+# tests/sshnet.py: test infrastructure, not part of the product (imported as the
+# slurm and kubernetes scenarios import theirs). Typed as Any here.
 SSHNet = Any
 
 
 def _sshnet_module() -> Any:
-    name = "ko_bench_sshnet"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / "sshnet.py")
-    if spec is None or spec.loader is None:
-        raise RuntimeError(f"cannot load {REPO / 'tests' / 'sshnet.py'}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # before exec: its dataclasses look themselves up there
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    return module
+    from tests import sshnet
+
+    return sshnet
 
 
 def _skip_reason() -> str:

@@ -36,6 +36,19 @@ class Limits:
     pool_size: int = 0  # unclaimed kernels of one warm pool
 
 
+def limit_checks(
+    tenant: str | None, pool: str | None, limits: Limits
+) -> list[tuple[int, str | None, str | None]]:
+    """What a reservation for ``tenant``/``pool`` must stay under: (limit, the tenant and
+    pool to count, as :meth:`KernelStore.count` takes them)."""
+    if pool is not None:
+        return [(limits.pool_size, None, pool)]
+    checks: list[tuple[int, str | None, str | None]] = [(limits.total, None, None)]
+    if tenant is not None:
+        checks.append((limits.per_tenant, tenant, None))
+    return checks
+
+
 def limit_refusal(limit: int, tenant: str | None, pool: str | None) -> KernelLimitError:
     if pool is not None:
         return KernelLimitError(f"warm pool {pool!r} already holds its {limit} kernels")
@@ -364,14 +377,7 @@ class MemoryKernelStore(KernelStore):
         limits: Limits,
         seconds: float,
     ) -> None:
-        checks: builtins.list[tuple[int, str | None, str | None]] = []
-        if pool is not None:
-            checks.append((limits.pool_size, None, pool))
-        else:
-            checks.append((limits.total, None, None))
-            if tenant is not None:
-                checks.append((limits.per_tenant, tenant, None))
-        for limit, who, which in checks:
+        for limit, who, which in limit_checks(tenant, pool, limits):
             if limit and await self.count(tenant=who, pool=which) >= limit:
                 raise limit_refusal(limit, who, which)
         self._reservations[kernel_id] = (tenant, pool, time.time() + seconds)

@@ -26,7 +26,15 @@ from typing import Any, TypeVar
 
 from ..errors import OrchestratorError, StoreError, UnknownKernelError
 from ..executors import run_blocking
-from .base import KernelStore, Limits, fenced, granted_generation, limit_refusal, refusal
+from .base import (
+    KernelStore,
+    Limits,
+    fenced,
+    granted_generation,
+    limit_checks,
+    limit_refusal,
+    refusal,
+)
 from .lease import Holder, Lease, Ownership
 from .migrations import migrate
 from .record import POOL_LABEL, TENANT_LABEL, KernelRecord
@@ -397,14 +405,7 @@ class SQLKernelStore(KernelStore):
                 if self.dialect.lock_reservations:
                     self._exec(cur, self.dialect.lock_reservations)
                 self._exec(cur, "DELETE FROM reservations WHERE expires <= ?", (now,))
-                checks: builtins.list[tuple[int, str | None, str | None]] = []
-                if pool is not None:
-                    checks.append((limits.pool_size, None, pool))
-                else:
-                    checks.append((limits.total, None, None))
-                    if tenant is not None:
-                        checks.append((limits.per_tenant, tenant, None))
-                for limit, who, which in checks:
+                for limit, who, which in limit_checks(tenant, pool, limits):
                     if limit and self._counts(cur, who, which, now) >= limit:
                         raise limit_refusal(limit, who, which)
                 self._exec(
