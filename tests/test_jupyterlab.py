@@ -76,6 +76,7 @@ async def _read_until(proc: asyncio.subprocess.Process, marker: str, timeout: fl
             raise AssertionError(f"the browser script ended early: {seen}")
         line = raw.decode().strip()
         seen.append(line)
+        print("browser:", line)  # (pytest shows it with the test's output)
         if line.startswith("FAIL"):
             raise AssertionError(line)
         if line == marker:

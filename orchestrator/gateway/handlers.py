@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import itertools
 import json
 import typing as t
 
@@ -163,13 +164,35 @@ async def _lifecycle(handler: JupyterHandler, kernel_id: str) -> t.AsyncIterator
 
 
 class ChannelsHandler(KernelWebsocketHandler):
+    #: session key -> the arrival number of its newest connection being checked
+    _arrivals: t.ClassVar[dict[str, int]] = {}
+    _arrival_numbers = itertools.count()
+
     async def pre_get(self) -> None:
         # Before jupyter_server's pre_get: that one registers the session with the
         # kernel and sends it a request, which a foreign socket must never get to do.
         if self.current_user is None:
             raise web.HTTPError(403)
-        await _check_owner(self, self.kernel_id)
-        await super().pre_get()
+        session_id = self.get_argument("session_id", "")
+        if not session_id:
+            await _check_owner(self, self.kernel_id)
+            await super().pre_get()
+            return
+        # jupyter_server lets a session's newest connection replace (close) an older
+        # one. Our check awaits the store, so connections can finish it out of order:
+        # one the client has already given up for a newer one (Jupyter Server's gateway
+        # client reconnects at once when a kernel starts) must not close that newer
+        # one, or the messages sent on it are lost.
+        key, number = f"{self.kernel_id}:{session_id}", next(self._arrival_numbers)
+        self._arrivals[key] = number
+        try:
+            await _check_owner(self, self.kernel_id)
+            if self._arrivals.get(key) != number:
+                raise web.HTTPError(409, "a newer connection of this session replaced it")
+            await super().pre_get()
+        finally:
+            if self._arrivals.get(key) == number:
+                del self._arrivals[key]
 
 
 def _spec_allowed(handler: JupyterHandler, kernel_name: str) -> bool:
