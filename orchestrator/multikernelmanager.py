@@ -27,7 +27,8 @@ import typing as t
 from dataclasses import dataclass, field
 
 from jupyter_client import multikernelmanager as jc_mkm
-from jupyter_core.utils import run_sync
+from jupyter_core.paths import jupyter_runtime_dir
+from jupyter_core.utils import ensure_dir_exists, run_sync
 from traitlets import Bool, DottedObjectName, Float, Instance, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
@@ -75,6 +76,15 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
     last_restore: RestoreReport | None = None
     restore_error: str = ""  # why the last restore attempt failed ('' if none did)
     restore_attempts: int = 0
+
+    @default("connection_dir")
+    def _default_connection_dir(self) -> str:
+        """Jupyter's runtime dir (as jupyter_server's manager uses), not jupyter_client's
+        default of the working directory: connection files hold the kernel's key, and
+        must not be left in whatever directory the process was started from."""
+        runtime_dir = jupyter_runtime_dir()
+        ensure_dir_exists(runtime_dir, 0o700)
+        return runtime_dir
 
     @default("kernel_store")
     def _default_kernel_store(self) -> KernelStore:

@@ -102,3 +102,29 @@ def test_kernel_ids_from_another_process_cannot_be_reused(
         check=True,
         capture_output=True,
     )
+
+
+async def test_connection_files_stay_out_of_the_working_directory(
+    jupyter_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """jupyter_client's multi-kernel manager writes connection files (holding the
+    kernel's key) into the working directory by default; ours, starting and
+    restoring alike, keeps them in the private runtime dir."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    first = orchestrator.AsyncMultiKernelManager()
+    kernel_id = await first.start_kernel(kernel_name="python3")
+    second: Any = None
+    try:
+        second = orchestrator.AsyncMultiKernelManager()
+        report = await asyncio.wait_for(second.restore_kernels(), 30)
+        assert report.reattached == [kernel_id]
+        runtime = Path(jupyter_env["JUPYTER_RUNTIME_DIR"])
+        for mkm in (first, second):
+            path = Path(mkm.get_kernel(kernel_id).connection_file)
+            assert path.parent == runtime and path.stat().st_mode & 0o077 == 0
+        assert list(cwd.iterdir()) == []
+    finally:
+        await first.shutdown_kernel(kernel_id, now=True)
+    assert list(cwd.iterdir()) == []

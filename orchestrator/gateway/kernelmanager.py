@@ -238,13 +238,19 @@ class OrchestratorMappingKernelManager(
         store, whichever replica serves it."""
         assert self.kernel_store is not None
         models = []
-        for record in await self.kernel_store.list():
+        records = await self.kernel_store.list()
+        for record in records:
             if owner is not None and record.labels.get(OWNER_LABEL, "") != owner:
                 continue  # (a pooled kernel has no owner label: nobody's but the operator's)
             if record.kernel_id in self._kernels:
                 models.append(self.kernel_model(record.kernel_id))
             else:
                 models.append(self.record_model(record))
+        stored = {r.kernel_id for r in records}
+        for kernel_id, km in list(self._kernels.items()):  # starting here, not saved yet
+            mine = owner is None or km.owner == owner
+            if kernel_id not in stored and not km._recorded and mine:
+                models.append(self.kernel_model(kernel_id))
         return models
 
     # ------------------------------------------------------------- ownership
@@ -275,6 +281,9 @@ class OrchestratorMappingKernelManager(
         assert self.kernel_store is not None
         record = await self.kernel_store.get(kernel_id)
         km = self._kernels.get(kernel_id)
+        if record is None and km is not None and not km._recorded:
+            # Starting here and not saved yet: this replica's own view is the truth.
+            return may_use(KernelRecord(kernel_id, km.kernel_name, "", labels=dict(km.labels)))
         if record is None:
             if km is not None:
                 self.log.info("kernel %s was shut down elsewhere; dropping it", kernel_id)
@@ -397,7 +406,11 @@ class OrchestratorMappingKernelManager(
         self._schedule_refill(kernel_name)
         while True:
             lease = await self.kernel_store.claim_pooled(
-                kernel_name, owner, ownership.this_holder(), self._keeper().lease_seconds
+                kernel_name,
+                owner,
+                ownership.this_holder(),
+                self._keeper().lease_seconds,
+                limits=self.limits,
             )
             if lease is None:
                 return None

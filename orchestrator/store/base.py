@@ -216,12 +216,21 @@ class KernelStore(abc.ABC):
 
     @abc.abstractmethod
     async def claim_pooled(
-        self, pool: str, tenant: str, holder: Holder, lease_seconds: float
+        self,
+        pool: str,
+        tenant: str,
+        holder: Holder,
+        lease_seconds: float,
+        limits: Limits = Limits(),
     ) -> Lease | None:
         """Hand one unclaimed kernel of ``pool`` to ``tenant``, owned by ``holder``.
 
-        Atomic: two replicas never hand out the same kernel. The pool's previous owner
-        (a peer replica) is fenced by the new generation. None when the pool is empty.
+        Atomic: two replicas never hand out the same kernel, and a claimed kernel
+        counts against ``limits`` (the totals and ``tenant``'s) as a cold start's
+        reservation does, in the same step, so pooled and cold starts together
+        never exceed a limit (:class:`KernelLimitError` when one is reached). The
+        pool's previous owner (a peer replica) is fenced by the new generation.
+        None when the pool is empty.
         """
 
     @abc.abstractmethod
@@ -386,8 +395,16 @@ class MemoryKernelStore(KernelStore):
         self._reservations.pop(kernel_id, None)
 
     async def claim_pooled(
-        self, pool: str, tenant: str, holder: Holder, lease_seconds: float
+        self,
+        pool: str,
+        tenant: str,
+        holder: Holder,
+        lease_seconds: float,
+        limits: Limits = Limits(),
     ) -> Lease | None:
+        for limit, who, which in limit_checks(tenant or None, None, limits):
+            if limit and await self.count(tenant=who, pool=which) >= limit:
+                raise limit_refusal(limit, who, which)
         for record in sorted(self._records.values(), key=lambda r: (r.created, r.kernel_id)):
             labels = record.labels or {}
             if labels.get(POOL_LABEL) == pool and not labels.get(TENANT_LABEL):

@@ -390,6 +390,21 @@ class SQLKernelStore(KernelStore):
         ).fetchone()
         return int(recorded[0]) + int(pending[0])
 
+    def _check_limits(
+        self, cur: Any, tenant: str | None, pool: str | None, limits: Limits
+    ) -> None:
+        """Raise :class:`KernelLimitError` if one more kernel for ``tenant``/``pool``
+        would exceed ``limits``. Serialised with every other check (the reservations
+        lock, or SQLite's one writer), so the count stays true until the transaction
+        that adds the kernel commits."""
+        if self.dialect.lock_reservations:
+            self._exec(cur, self.dialect.lock_reservations)
+        now = time.time()
+        self._exec(cur, "DELETE FROM reservations WHERE expires <= ?", (now,))
+        for limit, who, which in limit_checks(tenant, pool, limits):
+            if limit and self._counts(cur, who, which, now) >= limit:
+                raise limit_refusal(limit, who, which)
+
     async def reserve(
         self,
         kernel_id: str,
@@ -402,12 +417,7 @@ class SQLKernelStore(KernelStore):
         def op() -> None:
             now = time.time()
             with self._transaction() as cur:
-                if self.dialect.lock_reservations:
-                    self._exec(cur, self.dialect.lock_reservations)
-                self._exec(cur, "DELETE FROM reservations WHERE expires <= ?", (now,))
-                for limit, who, which in limit_checks(tenant, pool, limits):
-                    if limit and self._counts(cur, who, which, now) >= limit:
-                        raise limit_refusal(limit, who, which)
+                self._check_limits(cur, tenant, pool, limits)
                 self._exec(
                     cur,
                     "INSERT INTO reservations(kernel_id, tenant, pool, expires)"
@@ -432,10 +442,16 @@ class SQLKernelStore(KernelStore):
         return await self._call(op)
 
     async def claim_pooled(
-        self, pool: str, tenant: str, holder: Holder, lease_seconds: float
+        self,
+        pool: str,
+        tenant: str,
+        holder: Holder,
+        lease_seconds: float,
+        limits: Limits = Limits(),
     ) -> Lease | None:
         def op() -> Lease | None:
             with self._transaction() as cur:
+                self._check_limits(cur, tenant or None, None, limits)
                 row = self._exec(
                     cur,
                     "SELECT kernel_id, generation, owner_id FROM kernels"
