@@ -36,6 +36,9 @@ class Limits:
     pool_size: int = 0  # unclaimed kernels of one warm pool
 
 
+NO_LIMITS = Limits()
+
+
 def limit_checks(
     tenant: str | None, pool: str | None, limits: Limits
 ) -> list[tuple[int, str | None, str | None]]:
@@ -221,7 +224,7 @@ class KernelStore(abc.ABC):
         tenant: str,
         holder: Holder,
         lease_seconds: float,
-        limits: Limits = Limits(),
+        limits: Limits = NO_LIMITS,
     ) -> Lease | None:
         """Hand one unclaimed kernel of ``pool`` to ``tenant``, owned by ``holder``.
 
@@ -400,7 +403,7 @@ class MemoryKernelStore(KernelStore):
         tenant: str,
         holder: Holder,
         lease_seconds: float,
-        limits: Limits = Limits(),
+        limits: Limits = NO_LIMITS,
     ) -> Lease | None:
         for limit, who, which in limit_checks(tenant or None, None, limits):
             if limit and await self.count(tenant=who, pool=which) >= limit:

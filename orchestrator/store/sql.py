@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 from ..errors import OrchestratorError, StoreError, UnknownKernelError
 from ..executors import run_blocking
 from .base import (
+    NO_LIMITS,
     KernelStore,
     Limits,
     fenced,
@@ -447,7 +448,7 @@ class SQLKernelStore(KernelStore):
         tenant: str,
         holder: Holder,
         lease_seconds: float,
-        limits: Limits = Limits(),
+        limits: Limits = NO_LIMITS,
     ) -> Lease | None:
         def op() -> Lease | None:
             with self._transaction() as cur:
