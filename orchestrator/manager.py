@@ -207,17 +207,18 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     def _launch_args_for_record(self) -> dict[str, t.Any]:
         """The launch arguments a later restart needs, minus what is not data.
 
-        ``env`` is reduced to the entries that differ from this process's own
-        environment: that is what the caller really asked for, and it keeps the
-        orchestrator's environment (tokens and the like) out of the store.
+        ``env`` is saved as the entries that differ from this process's own
+        environment (what the caller really asked for) plus the *names* of those it
+        took unchanged from it (``env_inherited``): the orchestrator's environment
+        (tokens, the store's URL) stays out of the store, and a restart by another
+        process gives the kernel the same variables, never that process's others.
         """
         saved: dict[str, t.Any] = {}
         for key, value in (self._launch_args or {}).items():
             if key == "env" and isinstance(value, dict):
-                saved["env"] = {
-                    k: v for k, v in value.items() if os.environ.get(k) != v and isinstance(v, str)
-                }
-                saved["env_inherits"] = True
+                strings = {k: v for k, v in value.items() if isinstance(v, str)}
+                saved["env"] = {k: v for k, v in strings.items() if os.environ.get(k) != v}
+                saved["env_inherited"] = sorted(set(strings) - set(saved["env"]))
             elif isinstance(value, (str, int, float, bool, list, dict)) or value is None:
                 saved[key] = value
         return saved
@@ -225,8 +226,12 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     @staticmethod
     def _launch_args_from_record(saved: dict[str, t.Any]) -> dict[str, t.Any]:
         args = dict(saved)
-        if args.pop("env_inherits", False):
-            env = dict(os.environ)
+        inherited = args.pop("env_inherited", None)
+        if args.pop("env_inherits", False) and inherited is None:
+            # A record of an older version, which saved no names: all of them, as then.
+            inherited = list(os.environ)
+        if inherited is not None:
+            env = {k: os.environ[k] for k in inherited if k in os.environ}
             env.update(args.get("env") or {})
             args["env"] = env
         return args

@@ -170,6 +170,31 @@ async def test_restart_after_reattach_keeps_id_and_ports(store: Any) -> None:
         await km.shutdown_kernel()
 
 
+async def test_restart_after_reattach_keeps_the_environment_the_kernel_was_given(
+    store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kernel started with an explicit environment (as the gateway starts them) gets
+    that same environment back when another manager restarts it, never the restarting
+    process's other variables (its tokens, its store's URL)."""
+    monkeypatch.setenv("KO_TEST_ORCHESTRATOR_SECRET", "s3cret")
+    given = {"PATH": os.environ["PATH"], "CHOSEN": "yes"}
+    first = orchestrator.AsyncKernelManager(kernel_name="python3", kernel_store=store)
+    await first.start_kernel(env=given)
+    kernel_id = first.kernel_id
+    first.detach()
+    km = await orchestrator.attach(kernel_id, store=store)
+    try:
+        await km.restart_kernel()
+        names = "('PATH', 'CHOSEN', 'KO_TEST_ORCHESTRATOR_SECRET')"
+        code = f"import os; print(sorted(k for k in {names} if k in os.environ))"
+        result = await _exec(km, code)
+        assert result["out"] == "['CHOSEN', 'PATH']\n"
+        record = await store.get(kernel_id)
+        assert "s3cret" not in repr(record.launch_args)
+    finally:
+        await km.shutdown_kernel()
+
+
 def test_sync_multikernel_manager_restores_on_construction(store: Any) -> None:
     kernels, _ = start_kernels_elsewhere(1)
     mkm = orchestrator.MultiKernelManager(kernel_store=store)
