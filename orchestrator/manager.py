@@ -403,10 +403,49 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
                 log.exception("ownership-lost callback failed")
 
     def _lease_claimed(self, lease: Lease) -> None:
-        """The owner's lease lapsed and we took over: start doing the lifecycle work."""
+        """The owner's lease lapsed and we took over: start doing the lifecycle work,
+        once caught up with what the previous owner did (see :meth:`_take_up`)."""
         self._hold(lease)
-        if self.has_kernel:  # type: ignore[attr-defined]
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # no loop here (sync use): nothing to catch up from
+            if self.has_kernel:  # type: ignore[attr-defined]
+                self.start_restarter()
+            return
+        task = asyncio.ensure_future(self._take_up())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _take_up(self) -> None:
+        """Catch up with the record, then watch the kernel as its owner.
+
+        As a client we kept the provisioner state we attached with; the previous owner
+        may have restarted the kernel since (a new process, pod or container on the
+        same ports). Watching the old one would find it dead and restart a live
+        kernel, losing its state.
+        """
+        assert self.kernel_store is not None
+        try:
+            record = await self.kernel_store.get(self.kernel_id)
+        except Exception as e:  # the store is down: the restarter must not guess
+            self._lease_lost(f"the store could not be read to take it over: {e}")
+            return
+        if record is None:
+            self._lease_lost("its record was removed")
+            return
+        await self.follow_record(record)
+        if self.is_owner and self.has_kernel:  # type: ignore[attr-defined]
             self.start_restarter()
+
+    async def follow_record(self, record: KernelRecord) -> None:
+        """Catch up with a restart another process did: our provisioner state is that
+        of the kernel process (or container, pod, job) it replaced. The ports stay, so
+        the sockets, and the clients on them, carry on."""
+        if record.restarts == self._restart_count or self.provisioner is None:
+            return
+        await self.provisioner.load_provisioner_info(record.provisioner_info)
+        self._restart_count = record.restarts
+        self.log.info("kernel %s was restarted by another process; following it", self.kernel_id)
 
     def want_ownership(self) -> None:
         """Take the kernel over as soon as its current owner's lease lapses."""
@@ -633,6 +672,8 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 # their parent, unless their manager has ``outlive_process``; a process killed outright
 # runs no exit hook, and its kernels stay for the next process to re-attach.
 _live: weakref.WeakSet[PersistentKernelManagerMixin] = weakref.WeakSet()
+# Tasks started from callbacks (a lease taken over), kept until they end.
+_background: set[asyncio.Future[t.Any]] = set()
 _exit_hook_installed = False
 _exit_lock = threading.Lock()
 

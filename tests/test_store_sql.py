@@ -154,6 +154,28 @@ def test_postgres_url_errors_name_the_store_never_the_password(postgres) -> None
         open_store(dead)
 
 
+def test_redacted_postgres_urls_hide_every_password() -> None:
+    from orchestrator.store.postgres import redact_url
+
+    url = "postgresql://ko:pw1@[::1]:5432/db?sslmode=require&password=pw2&sslpassword=pw3"
+    shown = redact_url(url)
+    assert not any(p in shown for p in ("pw1", "pw2", "pw3")), shown
+    assert shown.startswith("postgresql://ko:***@[::1]:5432/db?sslmode=require")
+
+
+def test_postgres_connections_cannot_hang_a_replica(pg_store_url: str) -> None:
+    """Statement and lock waits are bounded, and a dead peer is noticed by keepalives."""
+    store = open_store(pg_store_url)
+    try:
+        with store._transaction() as cur:  # type: ignore[attr-defined]
+            cur.execute("SHOW statement_timeout")
+            assert cur.fetchone()[0] == "20s"
+            cur.execute("SHOW tcp_keepalives_idle")
+            assert cur.fetchone()[0] == "15"
+    finally:
+        store.close()
+
+
 async def test_postgres_store_reconnects_after_a_server_restart(
     postgres, pg_store_url: str
 ) -> None:  # type: ignore[no-untyped-def]

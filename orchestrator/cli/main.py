@@ -221,6 +221,7 @@ def _serve(args: Any) -> int:
 
     from ..gateway.app import TOKEN_ENV
     from ..gateway.app import main as serve_main
+    from ..store import STORE_URL_ENV
 
     argv = [f"--ip={args.ip}", f"--port={args.port}", "--ServerApp.port_retries=0"]
     if args.token:
@@ -232,7 +233,9 @@ def _serve(args: Any) -> int:
     if args.users_file:
         argv.append(f"--OrchestratorIdentityProvider.user_tokens_file={args.users_file}")
     if args.store:
-        argv.append(f"--OrchestratorMappingKernelManager.store_url={args.store}")
+        # Through the environment, as the token: a config value would be logged (with
+        # its password) by traitlets' debug output of the configuration.
+        os.environ[STORE_URL_ENV] = args.store
     if args.max_kernels:
         argv.append(f"--OrchestratorMappingKernelManager.max_kernels={args.max_kernels}")
     if args.warm_pool:

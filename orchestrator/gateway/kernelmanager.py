@@ -40,7 +40,7 @@ from jupyter_server.services.kernels.kernelmanager import (
 from traitlets import Dict, DottedObjectName, Float, Int, Type, default
 
 from .. import ownership
-from ..errors import OrchestratorError, OwnedElsewhereError
+from ..errors import FencedError, OrchestratorError, OwnedElsewhereError
 from ..manager import PersistentKernelManagerMixin
 from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreReport
 from ..store import KernelRecord, Limits
@@ -95,14 +95,10 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
         return bool(self.labels.get(POOL_LABEL)) and not self.owner
 
     async def follow(self, record: KernelRecord) -> None:
-        """Catch up with a restart another replica did: a client here still has the
-        provisioner state of the process (or container) that replica replaced. The
-        ports stay, so the sockets, and the clients on them, carry on."""
-        if self.is_owner or record.restarts == self._restart_count or self.provisioner is None:
-            return
-        await self.provisioner.load_provisioner_info(record.provisioner_info)
-        self._restart_count = record.restarts
-        self.log.info("kernel %s was restarted by another replica; following it", self.kernel_id)
+        """Catch up with a restart another replica did (the owner has nothing to
+        catch up with: it did every restart)."""
+        if not self.is_owner:
+            await self.follow_record(record)
 
     async def take_over(self) -> None:
         """Own the kernel before lifecycle work asked of this replica.
@@ -111,8 +107,14 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
         fences that replica, which carries on serving the kernel's clients); a kernel
         that a CLI or library process owns is left to it (:class:`OwnedElsewhereError`).
         """
-        if self.kernel_store is None or self._lease is not None:
+        if self.kernel_store is None:
             return
+        if self._lease is not None:
+            try:
+                await self._ensure_owner()  # against the store: our lease may be stale
+                return
+            except FencedError:
+                pass  # another replica took it over since: take it back, as for any
         self._lost_reason = ""
         try:
             await self.claim_ownership()

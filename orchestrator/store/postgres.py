@@ -22,7 +22,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 from ..errors import StoreError
 from .migrations import POSTGRES_MIGRATIONS
@@ -39,17 +39,37 @@ POSTGRES = Dialect(
 )
 
 CONNECT_TIMEOUT = 5  # seconds; a libpq URL's own connect_timeout wins
+#: libpq settings for a connection that must never hang a replica: a dead server or a
+#: cut network is noticed within about a minute (TCP keepalives, unacknowledged data),
+#: and no statement or lock wait runs longer than the lease it may be renewing. The
+#: URL's own values (or libpq's environment) win.
+CONNECTION_DEFAULTS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 15,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # milliseconds
+}
+SESSION_OPTIONS = "-c statement_timeout=20s -c idle_in_transaction_session_timeout=60s"
+SECRET_PARAMETERS = ("password", "sslpassword")
 
 
 def redact_url(url: str) -> str:
-    """The URL without its password (what logs and error messages show)."""
+    """The URL without its password, in the user part or the query (what logs and
+    error messages show)."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key in SECRET_PARAMETERS for key, _ in query):
+        query = [(k, "***" if k in SECRET_PARAMETERS else v) for k, v in query]
+        return urlunsplit(
+            (parts.scheme, netloc, parts.path, urlencode(query, safe="*"), parts.fragment)
+        )
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -83,8 +103,12 @@ class PostgresKernelStore(SQLKernelStore):
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._drop_connection()
             kwargs: dict[str, Any] = {"autocommit": True, "application_name": "kernel-orchestrator"}
-            if "connect_timeout" not in self._dsn and "PGCONNECT_TIMEOUT" not in os.environ:
+            given = set(parse_qs(urlsplit(self._dsn).query))
+            if "connect_timeout" not in given and "PGCONNECT_TIMEOUT" not in os.environ:
                 kwargs["connect_timeout"] = CONNECT_TIMEOUT
+            if "options" not in given and "PGOPTIONS" not in os.environ:
+                kwargs["options"] = SESSION_OPTIONS
+            kwargs.update({k: v for k, v in CONNECTION_DEFAULTS.items() if k not in given})
             self._conn = self._psycopg.connect(self._dsn, **kwargs)
         return self._conn
 
