@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -213,7 +214,24 @@ class LeaseKeeper:
                 )
                 log.warning("kernel %s is no longer owned by this process: %s", kernel_id, reason)
                 _notify(watch, reason)
+        if not wanted:
+            return
+        try:  # one read for all: an owner that renews costs no claim attempt
+            owners = await self.store.ownerships(wanted)
+        except Exception as e:
+            log.debug("could not read the owners of wanted kernels: %s", e)
+            return
+        now = time.time()
         for kernel_id, watch in wanted.items():
+            own = owners.get(kernel_id)
+            owner = own.owner if own is not None else None
+            if (
+                own is not None
+                and owner is not None
+                and own.live(now)
+                and not holder_is_dead(owner)
+            ):
+                continue
             try:
                 lease = await claim(self.store, kernel_id, self.lease_seconds)
             except OwnedElsewhereError:

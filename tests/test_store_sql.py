@@ -45,6 +45,9 @@ async def test_records_leases_and_fencing(sql_store_url: str) -> None:
             await store.save(record("k1"), lease)
         assert await store.renew("holder-b", 30) == {"k1": 2}
         assert await store.renew("holder-a", 30) == {}
+        owners = await store.ownerships(["k1", "missing"])
+        assert list(owners) == ["k1"] and owners["k1"].generation == 2
+        assert owners["k1"].owner == B and owners["k1"].live()
         await store.touch("k1", 5e9)
         assert (await store.list())[0].last_activity == 5e9
         assert store.release_now(taken) and await store.delete("k1")

@@ -184,6 +184,8 @@ class OrchestratorMappingKernelManager(
         self._attaching: dict[str, asyncio.Future[None]] = {}
         # Kernels an attach failed for, with the (generation, lease) it saw then.
         self._unreachable: dict[str, tuple[int, float]] = {}
+        # The last activity saved per kernel, so an idle kernel costs no write.
+        self._saved_activity: dict[str, float] = {}
         #: What a kernel gets of the gateway's environment (set by the app).
         self.base_environment: dict[str, str] = {}
         #: Other tenants' processes can reach this machine's loopback (set by the app).
@@ -613,7 +615,7 @@ class OrchestratorMappingKernelManager(
         the saver, or culling after the next restart would silently stop working.
         """
         while True:
-            await asyncio.sleep(self.activity_save_interval)
+            await asyncio.sleep(self.activity_save_seconds())
             try:
                 await self.save_activity()
             except Exception as e:
@@ -657,19 +659,37 @@ class OrchestratorMappingKernelManager(
         self._kernel_connections.pop(kernel_id, None)
         super()._forget_kernel(kernel_id)
 
+    def activity_save_seconds(self) -> float:
+        """Seconds between activity saves: ``activity_save_interval``, but at most a
+        third of the idle time-out, so that an owner culling on the store's activity
+        never culls a kernel that is in use through another replica."""
+        interval = self.activity_save_interval
+        if self.cull_idle_timeout > 0:
+            interval = min(interval, max(1.0, self.cull_idle_timeout / 3))
+        return interval
+
     async def save_activity(self) -> None:
         """Save the activity this replica saw on its kernels (owned or not): the owner
         culls on the latest any replica saw. With ``cull_connected`` off, a kernel
-        with clients connected here counts as active, as it does for one replica."""
+        with clients connected here counts as active, as it does for one replica.
+        A kernel with no new activity since the last save costs no write."""
         if self.kernel_store is None:
             return
         now = time.time()
+        saved = self._saved_activity
+        for kernel_id in set(saved) - set(self._kernels):
+            del saved[kernel_id]
         for kernel_id, km in list(self._kernels.items()):
             stamp = getattr(km, "last_activity", None)
             if not self.cull_connected and self._kernel_connections.get(kernel_id):
-                await self.kernel_store.touch(kernel_id, now)
+                when = now
             elif stamp is not None:
-                await self.kernel_store.touch(kernel_id, stamp.timestamp())
+                when = stamp.timestamp()
+            else:
+                continue
+            if saved.get(kernel_id) != when:
+                await self.kernel_store.touch(kernel_id, when)
+                saved[kernel_id] = when
 
     async def _async_start_kernel(
         self,

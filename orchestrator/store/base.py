@@ -13,6 +13,7 @@ import abc
 import builtins
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from ..errors import (
@@ -183,6 +184,11 @@ class KernelStore(abc.ABC):
         """Extend every lease ``holder_id`` holds, in one write: kernel id -> generation."""
 
     @abc.abstractmethod
+    async def ownerships(self, kernel_ids: Collection[str]) -> dict[str, Ownership]:
+        """The current owner of each of ``kernel_ids`` that has a record, in one read
+        (a process waiting to take kernels over asks this before claiming any)."""
+
+    @abc.abstractmethod
     def release_now(self, lease: Lease) -> bool:
         """Give a kernel up (no owner) if ``lease`` still holds it. Blocking but short:
         jupyter_client's ``detach``-style calls are synchronous, and a process that lets
@@ -343,6 +349,13 @@ class MemoryKernelStore(KernelStore):
                 self._owners[kernel_id] = Ownership(own.owner, expires, own.generation)
                 held[kernel_id] = own.generation
         return held
+
+    async def ownerships(self, kernel_ids: Collection[str]) -> dict[str, Ownership]:
+        return {
+            k: self._owners.get(k, Ownership(None, 0.0, 0))
+            for k in kernel_ids
+            if k in self._records
+        }
 
     def release_now(self, lease: Lease) -> bool:
         own = self._owners.get(lease.kernel_id)

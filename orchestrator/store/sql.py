@@ -20,7 +20,7 @@ import contextlib
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -353,6 +353,29 @@ class SQLKernelStore(KernelStore):
 
         return await self._call(op)
 
+    async def ownerships(self, kernel_ids: Collection[str]) -> dict[str, Ownership]:
+        ids = list(kernel_ids)
+
+        def op() -> dict[str, Ownership]:
+            found: dict[str, Ownership] = {}
+            with self._transaction() as cur:
+                for at in range(0, len(ids), 500):  # (SQLite allows 999 parameters)
+                    chunk = ids[at : at + 500]
+                    rows = self._exec(
+                        cur,
+                        "SELECT kernel_id, owner_info, lease_expires, generation FROM kernels"
+                        f" WHERE kernel_id IN ({', '.join('?' * len(chunk))})",
+                        tuple(chunk),
+                    ).fetchall()
+                    for kernel_id, info, expires, generation in rows:
+                        owner = Holder.from_dict(json.loads(info)) if info else None
+                        found[str(kernel_id)] = Ownership(
+                            owner, float(expires or 0.0), int(generation or 0)
+                        )
+            return found
+
+        return await self._call(op) if ids else {}
+
     def release_now(self, lease: Lease) -> bool:
         def op() -> bool:
             with self._transaction() as cur:
@@ -391,9 +414,7 @@ class SQLKernelStore(KernelStore):
         ).fetchone()
         return int(recorded[0]) + int(pending[0])
 
-    def _check_limits(
-        self, cur: Any, tenant: str | None, pool: str | None, limits: Limits
-    ) -> None:
+    def _check_limits(self, cur: Any, tenant: str | None, pool: str | None, limits: Limits) -> None:
         """Raise :class:`KernelLimitError` if one more kernel for ``tenant``/``pool``
         would exceed ``limits``. Serialised with every other check (the reservations
         lock, or SQLite's one writer), so the count stays true until the transaction
