@@ -385,3 +385,102 @@ def test_gateway_refuses_an_unusable_store(postgres: Any) -> None:
         assert done.returncode != 0, (store, done.stderr)
         assert expected in done.stderr, (store, done.stderr)
         assert "Traceback" not in done.stderr
+
+
+@contextlib.asynccontextmanager
+async def two_replicas(
+    tmp_path: Path, store_url: str, *extra: str, lease_seconds: float = 0
+) -> Any:
+    """Replicas A and B on one store, each reached directly (no balancer: the test
+    decides which replica every request goes to)."""
+    env = {**os.environ}
+    if lease_seconds:
+        env["KERNEL_ORCHESTRATOR_LEASE_SECONDS"] = str(lease_seconds)
+    pair = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        gw = Gateway(tmp_path / name, "--store", store_url, *extra, users=False)
+        gw.env = env
+        pair.append(gw)
+    try:
+        for gw in pair:
+            gw.start()
+        yield pair
+    finally:
+        live = [g for g in pair if g.proc is not None and g.proc.poll() is None]
+        if live:
+            for k in await call(live[0].url, ADMIN_TOKEN, "GET", "/api/kernels"):
+                await status_of(live[0].url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{k['id']}")
+        for gw in live:
+            gw.kill(signal.SIGTERM)
+
+
+async def test_a_client_replica_takes_over_a_restarted_kernel_without_restarting_it(
+    tmp_path: Path, pg_store_url: str
+) -> None:
+    """A restarts the kernel while B serves a client of it, then A dies: B takes the
+    kernel over when A's lease lapses, and watches the kernel A restarted, not the
+    process that restart replaced (which it would find dead and restart again)."""
+    async with two_replicas(tmp_path, pg_store_url, lease_seconds=3) as (a, b):
+        kid = (await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"}))["id"]
+        ws = await KernelSocket.open(b.url, ADMIN_TOKEN, kid)
+        try:
+            assert (await ws.execute("before = 1"))["status"] == "ok"
+            await call(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/restart")
+            reply = await execute_retrying(ws, "after = 2; print(after)", time.monotonic() + 30)
+            assert reply["out"] == "2\n"
+            a.kill(signal.SIGKILL)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                record = await record_of(pg_store_url, kid)
+                if record.owner.get("pid") == b.proc.pid:  # type: ignore[union-attr]
+                    break
+                await asyncio.sleep(0.5)
+            assert record.owner.get("pid") == b.proc.pid, record.owner  # type: ignore[union-attr]
+            await asyncio.sleep(8)  # several of B's restarter polls, as owner
+            record = await record_of(pg_store_url, kid)
+            assert record.restarts == 1
+            assert (await ws.execute("print(after)"))["out"] == "2\n"
+        finally:
+            ws.close()
+
+
+async def test_a_lifecycle_request_on_a_replica_that_lost_the_lease_takes_it_back(
+    tmp_path: Path, pg_store_url: str
+) -> None:
+    """Right after B took the kernel over, A still believes it holds the lease (until
+    its next renewal): a request on A checks the store and takes the kernel back."""
+    async with two_replicas(tmp_path, pg_store_url) as (a, b):
+        kid = (await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"}))["id"]
+        await call(b.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/interrupt")
+        assert (await record_of(pg_store_url, kid)).owner["pid"] == b.proc.pid  # type: ignore[union-attr]
+        code, body = await status_of(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/interrupt")
+        assert code == 204, body
+        record = await record_of(pg_store_url, kid)
+        assert record.owner["pid"] == a.proc.pid and record.generation == 3  # type: ignore[union-attr]
+        code, body = await status_of(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/restart")
+        assert code == 200, body
+
+
+async def test_the_owner_does_not_cull_a_kernel_in_use_through_another_replica(
+    tmp_path: Path, pg_store_url: str
+) -> None:
+    """A owns the kernel and culls; B has the only client, connected and idle. B's
+    saved activity keeps the kernel alive; once the client leaves, A culls it."""
+    cull = ("--cull-idle-timeout", "6", "--cull-interval", "1")
+    async with two_replicas(tmp_path, pg_store_url, *cull) as (a, b):
+        kid = (await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"}))["id"]
+        ws = await KernelSocket.open(b.url, ADMIN_TOKEN, kid)
+        try:
+            assert (await ws.execute("x = 1"))["status"] == "ok"
+            await asyncio.sleep(15)  # well past the idle time-out
+            assert (await status_of(a.url, ADMIN_TOKEN, "GET", f"/api/kernels/{kid}"))[0] == 200
+            assert (await ws.execute("print(x)"))["out"] == "1\n"
+        finally:
+            ws.close()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if await record_of(pg_store_url, kid) is None:
+                break
+            await asyncio.sleep(1)
+        assert await record_of(pg_store_url, kid) is None, "not culled once idle"
