@@ -245,9 +245,18 @@ async def test_store_restart_loses_no_record(replicas: Replicas, postgres: Any) 
     ws = await KernelSocket.open(replicas.url, ADMIN_TOKEN, kernels[0])
     try:
         assert (await ws.execute("during = 1"))["status"] == "ok"
-        await asyncio.to_thread(postgres.restart)
-        # Kernel traffic never needed the store.
-        assert (await ws.execute("print(during)"))["out"] == "1\n"
+        await asyncio.to_thread(postgres.stop, kill=True)  # a crash, not a clean stop
+        try:
+            # While it is down: kernel traffic never needed the store, and requests
+            # that do get a prompt 503 naming it, and readiness says not ready.
+            assert (await ws.execute("print(during)"))["out"] == "1\n"
+            code, body = await status_of(replicas.url, ADMIN_TOKEN, "GET", "/api/kernels")
+            assert code == 503 and "kernel store" in body["message"], body
+            gw = replicas.gateways[0]
+            assert (await status_of(gw.url, ADMIN_TOKEN, "GET", "/readyz"))[0] == 503
+        finally:
+            await asyncio.to_thread(postgres.start)
+        assert (await ws.execute("print(during + 1)"))["out"] == "2\n"
     finally:
         ws.close()
     deadline = time.monotonic() + 60
