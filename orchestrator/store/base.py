@@ -393,6 +393,12 @@ class MemoryKernelStore(KernelStore):
                 reserved += p is None
         return recorded + reserved
 
+    async def _check_limits(self, tenant: str | None, pool: str | None, limits: Limits) -> None:
+        """Raise :class:`KernelLimitError` if one more kernel would exceed ``limits``."""
+        for limit, who, which in limit_checks(tenant, pool, limits):
+            if limit and await self.count(tenant=who, pool=which) >= limit:
+                raise limit_refusal(limit, who, which)
+
     async def reserve(
         self,
         kernel_id: str,
@@ -402,9 +408,7 @@ class MemoryKernelStore(KernelStore):
         limits: Limits,
         seconds: float,
     ) -> None:
-        for limit, who, which in limit_checks(tenant, pool, limits):
-            if limit and await self.count(tenant=who, pool=which) >= limit:
-                raise limit_refusal(limit, who, which)
+        await self._check_limits(tenant, pool, limits)
         self._reservations[kernel_id] = (tenant, pool, time.time() + seconds)
 
     async def unreserve(self, kernel_id: str) -> None:
@@ -418,9 +422,7 @@ class MemoryKernelStore(KernelStore):
         lease_seconds: float,
         limits: Limits = NO_LIMITS,
     ) -> Lease | None:
-        for limit, who, which in limit_checks(tenant or None, None, limits):
-            if limit and await self.count(tenant=who, pool=which) >= limit:
-                raise limit_refusal(limit, who, which)
+        await self._check_limits(tenant or None, None, limits)
         for record in sorted(self._records.values(), key=lambda r: (r.created, r.kernel_id)):
             labels = record.labels or {}
             if labels.get(POOL_LABEL) == pool and not labels.get(TENANT_LABEL):

@@ -153,10 +153,13 @@ class SQLKernelStore(KernelStore):
             + self.dialect.for_update,
             (kernel_id,),
         ).fetchone()
-        if row is None:
-            return None
-        owner = Holder.from_dict(json.loads(row[0])) if row[0] else None
-        return Ownership(owner, float(row[1] or 0.0), int(row[2] or 0))
+        return None if row is None else self._ownership_from(*row)
+
+    @staticmethod
+    def _ownership_from(owner_info: str | None, expires: Any, generation: Any) -> Ownership:
+        """An :class:`Ownership` from the owner_info, lease_expires and generation columns."""
+        owner = Holder.from_dict(json.loads(owner_info)) if owner_info else None
+        return Ownership(owner, float(expires or 0.0), int(generation or 0))
 
     def _check(self, cur: Any, kernel_id: str, lease: Lease | None) -> bool:
         """Whether the row exists; raises if ``lease`` (or, without one, a live owner)
@@ -367,11 +370,8 @@ class SQLKernelStore(KernelStore):
                         f" WHERE kernel_id IN ({', '.join('?' * len(chunk))})",
                         tuple(chunk),
                     ).fetchall()
-                    for kernel_id, info, expires, generation in rows:
-                        owner = Holder.from_dict(json.loads(info)) if info else None
-                        found[str(kernel_id)] = Ownership(
-                            owner, float(expires or 0.0), int(generation or 0)
-                        )
+                    for kernel_id, *columns in rows:
+                        found[str(kernel_id)] = self._ownership_from(*columns)
             return found
 
         return await self._call(op) if ids else {}
