@@ -26,6 +26,8 @@ import os
 import typing as t
 from dataclasses import dataclass, field
 
+import zmq
+import zmq.asyncio
 from jupyter_client import multikernelmanager as jc_mkm
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists, run_sync
@@ -85,6 +87,21 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
         runtime_dir = jupyter_runtime_dir()
         ensure_dir_exists(runtime_dir, 0o700)
         return runtime_dir
+
+    @default("context")
+    def _default_shared_context(self) -> zmq.Context[t.Any]:
+        """The process-wide zmq context, never one of the manager's own.
+
+        jupyter_client gives each multi-kernel manager a context of its own and destroys it
+        from ``__del__``. The garbage collector runs that on whichever thread happens to
+        allocate: when it is a thread holding a lock (the kernel store's) while sockets of
+        that context are still open elsewhere, ``term()`` waits for them for ever and the
+        process deadlocks. A shared context is thread-safe, costs one I/O thread for the
+        whole process, and is never destroyed by a collected manager.
+        """
+        if isinstance(self, jc_mkm.AsyncMultiKernelManager):
+            return zmq.asyncio.Context.instance()
+        return zmq.Context.instance()
 
     @default("kernel_store")
     def _default_kernel_store(self) -> KernelStore:

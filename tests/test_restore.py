@@ -4,6 +4,7 @@ poisons nothing; jupyter_client's default-provisioner setting is respected."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import zmq
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.provisioning import KernelProvisionerFactory
 
@@ -128,3 +130,19 @@ async def test_connection_files_stay_out_of_the_working_directory(
     finally:
         await first.shutdown_kernel(kernel_id, now=True)
     assert list(cwd.iterdir()) == []
+
+
+@pytest.mark.parametrize("manager_class", ["MultiKernelManager", "AsyncMultiKernelManager"])
+def test_a_collected_manager_leaves_its_contexts_sockets_alone(manager_class: str) -> None:
+    """jupyter_client destroys a manager's own zmq context when the manager is collected.
+    The collector runs that on any thread, and when the context's sockets are in use
+    elsewhere ``term()`` never returns (a deadlock seen under the kernel store's lock).
+    Ours share the process-wide context, so collecting a manager closes nothing."""
+    mkm: Any = getattr(orchestrator, manager_class)()
+    socket = mkm.context.socket(zmq.SUB)
+    try:
+        del mkm
+        gc.collect()
+        assert not socket.closed and not socket.context.closed
+    finally:
+        socket.close(linger=0)
