@@ -83,6 +83,7 @@ async def _read_until(proc: asyncio.subprocess.Process, marker: str, timeout: fl
             return
 
 
+@pytest.mark.timeout(600)  # two browser steps, each up to 120 s + 3 x 45 s on a cold machine
 async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
     docker_engine: str, tmp_path: Path
 ) -> None:
@@ -108,7 +109,7 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
         },
     )
     try:
-        await _read_until(browser, "STEP first-cell", 240)
+        await _read_until(browser, "STEP first-cell", 400)
         from .test_gateway import call
 
         kernels = await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels")
@@ -118,7 +119,7 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
         assert browser.stdin is not None
         browser.stdin.write(b"CONTINUE\n")
         await browser.stdin.drain()
-        await _read_until(browser, "DONE", 240)
+        await _read_until(browser, "DONE", 400)
         assert await asyncio.wait_for(browser.wait(), 60) == 0
         assert screenshot.stat().st_size > 10_000
         after = await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels")

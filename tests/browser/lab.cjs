@@ -40,13 +40,23 @@ async function runCell(page, index, code, expected, attempts) {
     await cell.locator(".cm-content").click();
     await page.keyboard.press("Control+Enter");
     try {
-      await cell.locator(".jp-OutputArea-output", { hasText: expected }).first().waitFor({ timeout: 30000 });
+      await cell.locator(".jp-OutputArea-output", { hasText: expected }).first().waitFor({ timeout: 45000 });
       return attempt;
     } catch (e) {
       if (attempt === attempts) throw new Error(`cell ${index}: no output ${JSON.stringify(expected)}: ${e}`);
     }
   }
   return attempts;
+}
+
+async function kernelIdle(page) {
+  // The notebook's execution indicator says "idle" before any kernel is connected; the
+  // status bar's "<kernel> | Idle" comes only once the kernel's websocket is up and the
+  // kernel answered, as a user would wait for before running a cell.
+  await page
+    .locator(".jp-StatusBar-TextItem", { hasText: `${process.env.KERNEL_DISPLAY_NAME} | Idle` })
+    .first()
+    .waitFor({ timeout: 120000 });
 }
 
 async function addCell(page) {
@@ -68,13 +78,12 @@ async function main() {
       `.jp-LauncherCard[data-category="Notebook"][title="${process.env.KERNEL_DISPLAY_NAME}"]`
     );
     await card.click({ timeout: 120000 });
-    await page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 120000 });
-    await page.waitForTimeout(3000);
+    await kernelIdle(page);
     const first = await runCell(page, 0, "x = 6 * 7; print(x)", "42", 3);
     console.log(`RUNS first-cell ${first}`);
     console.log("STEP first-cell");
     if ((await nextLine()) !== "CONTINUE") throw new Error("the test did not say CONTINUE");
-    await page.locator('.jp-Notebook-ExecutionIndicator[data-status="idle"]').waitFor({ timeout: 120000 });
+    await kernelIdle(page);
     await addCell(page);
     const second = await runCell(page, 1, "print(x + 1)", "43", 3);
     console.log(`RUNS second-cell ${second}`);
