@@ -173,8 +173,12 @@ def test_postgres_connections_cannot_hang_a_replica(pg_store_url: str) -> None:
         with store._transaction() as cur:  # type: ignore[attr-defined]
             cur.execute("SHOW statement_timeout")
             assert cur.fetchone()[0] == "20s"
-            cur.execute("SHOW tcp_keepalives_idle")
-            assert cur.fetchone()[0] == "15"
+            cur.execute("SHOW idle_in_transaction_session_timeout")
+            assert cur.fetchone()[0] == "1min"
+        # Keepalives are the client socket's (libpq's), not the server's settings.
+        parameters = store._conn.info.get_parameters()  # type: ignore[attr-defined]
+        assert parameters["keepalives_idle"] == "15"
+        assert parameters["tcp_user_timeout"] == "30000"
     finally:
         store.close()
 
