@@ -464,7 +464,7 @@ async def test_a_lifecycle_request_on_a_replica_that_lost_the_lease_takes_it_bac
         await call(b.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/interrupt")
         assert (await record_of(pg_store_url, kid)).owner["pid"] == b.proc.pid  # type: ignore[union-attr]
         code, body = await status_of(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/interrupt")
-        assert code == 204, body
+        assert code == 200, body  # (status_of reports any success as 200)
         record = await record_of(pg_store_url, kid)
         assert record.owner["pid"] == a.proc.pid and record.generation == 3  # type: ignore[union-attr]
         code, body = await status_of(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/restart")
