@@ -436,6 +436,11 @@ async def test_a_client_replica_takes_over_a_restarted_kernel_without_restarting
         try:
             assert (await ws.execute("before = 1"))["status"] == "ok"
             await call(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/restart")
+            # A client reconnects its websocket after a restart, as JupyterLab does
+            # (jupyterlab#8013): the old one's iopub subscription reaches the new
+            # process only when zmq next retries, so its first outputs can be missed.
+            ws.close()
+            ws = await KernelSocket.open(b.url, ADMIN_TOKEN, kid)
             reply = await execute_retrying(ws, "after = 2; print(after)", time.monotonic() + 30)
             assert reply["out"] == "2\n"
             a.kill(signal.SIGKILL)
