@@ -69,6 +69,12 @@ class GatewayApp(ServerApp):
 
         return OrchestratorMappingKernelManager
 
+    @default("kernel_websocket_connection_class")
+    def _default_kernel_websocket_connection_class(self) -> t.Any:
+        from .channels import RestartProofWebsocketConnection
+
+        return RestartProofWebsocketConnection
+
     @default("kernel_spec_manager_class")
     def _default_kernel_spec_manager_class(self) -> t.Any:
         from .kernelspecs import GatewayKernelSpecManager
