@@ -50,6 +50,7 @@ from bench.harness import (
     comparison,
     error_row,
     kernel_processes,
+    measurement,
     percentile,
     progress,
     reap,
@@ -75,6 +76,7 @@ SERVER_UP_TIMEOUT = 90.0
 START_TIMEOUT = 120.0  # one POST /api/kernels
 WS_TIMEOUT = 60.0  # opening a kernel WebSocket (jupyter_server nudges the kernel first)
 EXECUTE_TIMEOUT = 30.0
+RESTART_EXECUTE_TIMEOUT = 10.0  # an execute after a restart not answered by then is lost
 DELETE_TIMEOUT = 60.0
 SERVER_STOP_TIMEOUT = 30.0
 QUIET_TIMEOUT = 30.0
@@ -982,6 +984,74 @@ def paired(values: dict[str, list[float]]) -> float:
     )
 
 
+async def bench_restart(ctx: Context) -> list[Row]:
+    """A client keeps its WebSocket while another client restarts the kernel over REST
+    (as JupyterLab does when the restart came from elsewhere), then executes at once.
+    Counted: executes that never completed (reply and idle) within RESTART_EXECUTE_TIMEOUT;
+    timed: restart returned to the execute answered."""
+    rounds = 10 if ctx.quick else 40
+    servers = {"stock": Server("stock", "restart-stock", ctx.root)}
+    servers["ours"] = Server("ours", "restart-ours", ctx.root)
+    answered: dict[str, list[float]] = {name: [] for name in servers}
+    lost = dict.fromkeys(servers, 0)
+    sockets: dict[str, Any] = {}
+    kernels: dict[str, str] = {}
+    problems: list[str] = []
+    try:
+        await asyncio.gather(*(s.start() for s in servers.values()))
+        for name, server in servers.items():
+            kernels[name] = await server.start_kernel()
+            sockets[name] = await ws_open(server.base, server.token, kernels[name], WS_TIMEOUT)
+            await ws_execute(sockets[name], uuid.uuid4().hex, EXECUTE_TIMEOUT)
+        progress(f"restart: {rounds} restarts each, interleaved (stock, ours)")
+        session = uuid.uuid4().hex
+        for i in Bounded("restart rounds", rounds, rounds * 2 * (START_TIMEOUT + 10)):
+            for name in abba(i, list(servers)):
+                server = servers[name]
+                await server.request(
+                    "POST", f"/api/kernels/{kernels[name]}/restart", timeout=START_TIMEOUT
+                )
+                began = time.monotonic()
+                try:
+                    await ws_execute(sockets[name], session, RESTART_EXECUTE_TIMEOUT)
+                    answered[name].append(time.monotonic() - began)
+                except (asyncio.TimeoutError, TimeoutError):
+                    lost[name] += 1
+                    # A fresh socket for the next round, as a user reloading would.
+                    sockets[name].close()
+                    sockets[name] = await ws_open(
+                        server.base, server.token, kernels[name], WS_TIMEOUT
+                    )
+            counts = "  ".join(f"{n}={lost[n]}" for n in lost)
+            progress(f"restart: {i + 1}/{rounds}  lost {counts}")
+    finally:
+        for conn in sockets.values():
+            conn.close()
+        problems = await stop_all(list(servers.values()))
+    bench = "restart elsewhere, kept WebSocket"
+    rows = comparison(
+        NAME,
+        f"{bench}: restart to first execute answered",
+        answered,
+        "s",
+        note=f"{rounds} rounds each; lost executes are not timed",
+    )
+    for name in servers:
+        rows.append(
+            measurement(
+                NAME,
+                f"{bench}: lost first executes (of {rounds})",
+                name,
+                [float(lost[name])],
+                "count",
+                target=Target.at_most(0, "lost") if name == "ours" else None,
+            )
+        )
+    for problem in problems:
+        rows.append(error_row(NAME, "restart: cleanup", problem))
+    return rows
+
+
 def statistics_median(values: list[float]) -> float:
     good = sorted(v for v in values if not math.isnan(v))
     return percentile(good, 50) if good else math.nan
@@ -998,6 +1068,12 @@ BENCHMARKS = [
         f"{N_KERNELS} kernels, {N_KERNELS * CLIENTS_PER_KERNEL} WebSocket clients executing"
         f" '{CODE}': executes/s, latency, server CPU",
         bench_throughput,
+    ),
+    Benchmark(
+        "restart",
+        "first execute on a kept WebSocket after a restart done elsewhere: lost executes"
+        " and time to answer, ours vs stock jupyter_server",
+        bench_restart,
     ),
 ]
 
