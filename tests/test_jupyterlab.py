@@ -4,8 +4,10 @@ JupyterLab (from PyPI) runs with ``--gateway-url`` pointing at ``kernel-orchestr
 serve``; headless Debian Chromium, driven by playwright-core, opens the launcher,
 picks the Docker kernelspec's notebook, runs a cell and sees its output. The gateway
 is then restarted (killed, started again), and a second cell uses the first one's
-state. A screenshot goes to the test run's output folder (``$KO_TEST_OUTPUT``,
-default ``test-output/`` in the checkout).
+state. Then another client restarts the kernel at the gateway: a third cell, run once
+on the websocket JupyterLab kept, shows its output with the state gone. A screenshot
+goes to the test run's output folder (``$KO_TEST_OUTPUT``, default ``test-output/`` in
+the checkout).
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ async def _read_until(proc: asyncio.subprocess.Process, marker: str, timeout: fl
             return
 
 
-@pytest.mark.timeout(600)  # two browser steps, each up to 120 s + 3 x 45 s on a cold machine
+@pytest.mark.timeout(720)  # browser steps of up to 120 s + 3 x 45 s each on a cold machine
 async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
     docker_engine: str, tmp_path: Path
 ) -> None:
@@ -119,7 +121,13 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
         assert browser.stdin is not None
         browser.stdin.write(b"CONTINUE\n")
         await browser.stdin.drain()
-        await _read_until(browser, "DONE", 400)
+        await _read_until(browser, "STEP second-cell", 400)
+        # Another client restarts the kernel at the gateway: JupyterLab keeps its
+        # websocket (EG #903, jupyterlab#8013), and its next cell must still show output.
+        await call(gateway.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kernels[0]['id']}/restart")
+        browser.stdin.write(b"CONTINUE\n")
+        await browser.stdin.drain()
+        await _read_until(browser, "DONE", 200)
         assert await asyncio.wait_for(browser.wait(), 60) == 0
         assert screenshot.stat().st_size > 10_000
         after = await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels")

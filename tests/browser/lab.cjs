@@ -4,8 +4,11 @@
 // LAB_URL, LAB_TOKEN, KERNEL_DISPLAY_NAME and SCREENSHOT set. The script opens the
 // launcher, picks the kernelspec's notebook card, runs a cell, then prints
 // "STEP first-cell" and waits for a "CONTINUE" line on stdin (the test restarts the
-// gateway meanwhile), runs a second cell that needs the first one's state, saves a
-// screenshot and prints "DONE". Any failure prints "FAIL <reason>" and exits 1.
+// gateway meanwhile), runs a second cell that needs the first one's state, prints
+// "STEP second-cell" and waits again (another client restarts the kernel at the gateway,
+// which JupyterLab does not reconnect after), then runs a third cell once, which must
+// show its output with the state gone, saves a screenshot and prints "DONE". Any
+// failure prints "FAIL <reason>" and exits 1.
 "use strict";
 const readline = require("readline");
 const { chromium } = require("playwright-core");
@@ -87,6 +90,12 @@ async function main() {
     await addCell(page);
     const second = await runCell(page, 1, "print(x + 1)", "43", 3);
     console.log(`RUNS second-cell ${second}`);
+    console.log("STEP second-cell");
+    if ((await nextLine()) !== "CONTINUE") throw new Error("the test did not say CONTINUE");
+    await addCell(page);
+    // One run only: on the kept websocket, its output must not be lost.
+    await runCell(page, 2, "print('x' in globals(), 3)", "False 3", 1);
+    console.log("RUNS third-cell 1");
     await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
     console.log("DONE");
   } catch (e) {
