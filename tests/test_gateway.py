@@ -563,6 +563,9 @@ async def test_a_kept_websocket_carries_on_across_restarts_done_elsewhere(
         fds = len(os.listdir(fd_dir))
         restarts = 12
         for n in range(restarts):
+            if n % 2:  # restarting to stop a hung cell: the kernel was busy when it went
+                ws.send("execute_request", {"code": "import time; time.sleep(600)"})
+                await asyncio.sleep(0.5)
             await call(gateway.url, ALICE, "POST", f"/api/kernels/{kernel['id']}/restart")
             reply = await ws.execute(f"print({n}); x", timeout=30)
             assert reply["out"] == f"{n}\n", (n, reply)
@@ -570,6 +573,6 @@ async def test_a_kept_websocket_carries_on_across_restarts_done_elsewhere(
         # No descriptor leaked per restart (EG #726, #1051). A few come and go with
         # the garbage collector (up to 8 over 50 restarts, stock jupyter_server alike).
         await asyncio.sleep(1)
-        assert len(os.listdir(fd_dir)) - fds < restarts, (fds, os.listdir(fd_dir))
+        assert len(os.listdir(fd_dir)) - fds <= restarts // 2, (fds, os.listdir(fd_dir))
     finally:
         ws.close()

@@ -435,6 +435,8 @@ async def test_a_client_replica_takes_over_a_restarted_kernel_without_restarting
         ws = await KernelSocket.open(b.url, ADMIN_TOKEN, kid)
         try:
             assert (await ws.execute("before = 1"))["status"] == "ok"
+            ws.send("execute_request", {"code": "import time; time.sleep(600)"})
+            await asyncio.sleep(1)  # B saw the kernel busy: it never sees it idle again
             await call(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/restart")
             # The client keeps its websocket on B, as JupyterLab does when the restart
             # came from elsewhere (EG #903, jupyterlab#8013): B holds what it sends

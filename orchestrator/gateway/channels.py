@@ -8,10 +8,12 @@ reconnect timer: when the shell socket gets there before the iopub subscription 
 the kernel answers the client's next request and publishes its outputs and its "idle"
 to nobody. The cell hangs, or shows no output.
 
-So each connection watches its iopub socket (a zmq socket monitor). From the moment it
-loses the kernel until the new process is proven to publish to it (jupyter_server's
-own nudge: kernel_info requests until one is answered on iopub), what the client sends
-is held, then sent on in order. A kernel that does not come back within
+So each connection watches its iopub socket with a zmq socket monitor. From the moment
+it loses the kernel until the kernel is proven to publish to it again, what the client
+sends is held, then sent on in order. The proof starts once iopub has reconnected:
+``kernel_info_request`` on transient shell *and* control channels (control is answered
+while a cell runs, and ipykernel publishes a status for it), repeated until iopub
+delivers a message caused by one of them. A kernel that does not come back within
 ``hold_seconds`` gets the held messages anyway, as it would have without the hold.
 """
 
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import typing as t
+import uuid
 
 import zmq
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
@@ -28,6 +31,36 @@ from zmq.eventloop.zmqstream import ZMQStream
 from zmq.utils.monitor import parse_monitor_message
 
 _WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+PROBE_INTERVAL = 0.5  # seconds between probes (jupyter_server's nudge uses the same)
+
+
+class _Probe:
+    """Transient shell and control channels asking the kernel for ``kernel_info`` until
+    the connection's iopub delivers a message caused by one of the requests."""
+
+    def __init__(self, connection: RestartProofWebsocketConnection) -> None:
+        self.connection = connection
+        self.msg_ids: set[str] = set()
+        km = connection.kernel_manager
+        self.channels = [km.connect_shell(), km.connect_control()]
+        self.timer: object | None = None
+        self.send()
+
+    def send(self) -> None:
+        for channel in self.channels:
+            if not channel.closed():
+                sent = self.connection.session.send(channel, "kernel_info_request")
+                if sent is not None:
+                    self.msg_ids.add(sent["header"]["msg_id"])
+        self.timer = IOLoop.current().call_later(PROBE_INTERVAL, self.send)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            IOLoop.current().remove_timeout(self.timer)
+            self.timer = None
+        for channel in self.channels:
+            if not channel.closed():
+                channel.close(linger=0)
 
 
 class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
@@ -35,49 +68,70 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
     kernel's iopub is away (see the module docstring)."""
 
     hold_seconds = Float(
-        30.0,
+        120.0,
         config=True,
-        help="Most seconds a client's messages are held while its kernel is away"
-        " (being restarted, or its connection re-established).",
+        help="Most seconds a client's messages are held while its kernel is away (being"
+        " restarted: a container or pod may take a while), before they are sent anyway.",
     )
     hold_messages = Int(
         1000,
         config=True,
-        help="Most client messages held while the kernel is away; past it, they are sent on.",
+        help="Most client messages held while the kernel is away; past it, all are sent on.",
     )
 
+    _closed: bool = False
     _monitor: ZMQStream | None = None
     _held: list[t.Any] | None = None  # None: not holding
     _hold_timer: object | None = None
-    _proving: bool = False
+    _probe: _Probe | None = None
 
     def connect(self) -> asyncio.Future[None] | None:  # type: ignore[override]
         connected = super().connect()
         if connected is not None:
-            self._watch_iopub()
+            # Watch from when the connection works: before, jupyter_server's own nudge
+            # owns iopub, and tornado delivers no client message until it is done.
+            connected.add_done_callback(lambda _: self._watch_iopub())
         return connected
 
     def disconnect(self) -> None:  # type: ignore[override]
+        self._closed = True
         self._stop_watching()
-        self._release()
+        self._release()  # what the client sent before it left goes, as it would have
         super().disconnect()
 
     def handle_incoming_message(self, incoming_msg: str) -> None:
-        if self._held is not None and len(self._held) < self.hold_messages:
-            self._held.append(incoming_msg)
-            return
+        if self._held is not None:
+            if len(self._held) < self.hold_messages:
+                self._held.append(incoming_msg)
+                return
+            self._release()  # keep the order: the held ones first
         super().handle_incoming_message(incoming_msg)
+
+    def handle_outgoing_message(self, stream: t.Any, outgoing_msg: list[t.Any]) -> None:
+        probe = self._probe
+        if probe is not None:  # parsed only while proving: no cost otherwise
+            channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)
+            if channel == "iopub" and self._parent_msg_id(outgoing_msg) in probe.msg_ids:
+                self._stop_probe()
+                self._release()
+        # Relayed like everything else, as jupyter_server relays its nudge's statuses.
+        super().handle_outgoing_message(stream, outgoing_msg)
 
     # ----------------------------------------------------------- iopub watch
     def _watch_iopub(self) -> None:
-        self._stop_watching()
         iopub = self.channels.get("iopub")
-        if iopub is None or iopub.closed():
+        if self._closed or self._monitor is not None or iopub is None or iopub.closed():
             return
-        self._monitor = ZMQStream(iopub.socket.get_monitor_socket(_WATCHED_EVENTS))
+        address = f"inproc://kernel-ws-monitor-{uuid.uuid4().hex}"
+        iopub.socket.monitor(address, _WATCHED_EVENTS)
+        # A plain (not asyncio) socket, whatever the context's default, for ZMQStream.
+        pair = iopub.socket.context.socket(zmq.PAIR, socket_class=zmq.Socket)
+        pair.connect(address)
+        self._monitor = ZMQStream(pair)
         self._monitor.on_recv(self._on_iopub_event)
 
     def _stop_watching(self) -> None:
+        self._stop_probe()
         monitor, self._monitor = self._monitor, None
         if monitor is None:
             return
@@ -88,38 +142,43 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
 
     def _on_iopub_event(self, frames: list[bytes]) -> None:
         event = parse_monitor_message(frames)["event"]
-        if event == zmq.EVENT_DISCONNECTED and self._held is None:
-            self.log.info("kernel %s: iopub lost; holding client messages", self.kernel_id)
-            self._held = []
-            self._hold_timer = IOLoop.current().call_later(self.hold_seconds, self._give_up)
+        if event == zmq.EVENT_DISCONNECTED:
+            # Lost again while proving: only a probe after the next handshake counts.
+            self._stop_probe()
+            if self._held is None:
+                self.log.info("kernel %s: iopub lost; holding client messages", self.kernel_id)
+                self._held = []
+                self._hold_timer = IOLoop.current().call_later(self.hold_seconds, self._give_up)
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._held is not None:
-            self._prove_iopub()
+            self._stop_probe()
+            try:
+                self._probe = _Probe(self)
+            except Exception as e:  # e.g. the kernel is being shut down
+                self.log.warning("kernel %s: cannot probe its iopub: %s", self.kernel_id, e)
+                self._release()
 
-    def _prove_iopub(self) -> None:
-        """Nudge the kernel until iopub delivers, then send what was held."""
-        if self._proving:
-            return  # the running nudge retries until the newest process answers
-        self._proving = True
-        nudged = self.nudge()
+    def _parent_msg_id(self, msg_list: list[t.Any]) -> str | None:
+        try:
+            _, frames = self.session.feed_identities(msg_list)
+            msg = self.session.deserialize(frames, content=False)
+        except Exception:  # not ours to judge: relay it as jupyter_server would
+            return None
+        return t.cast(str | None, msg["parent_header"].get("msg_id"))
 
-        def done(_: object) -> None:
-            self._proving = False
-            iopub = self.channels.get("iopub")
-            if iopub is None or iopub.closed():
-                return
-            # nudge() took iopub's receiver for itself: give it back to the client.
-            iopub.on_recv_stream(self.handle_outgoing_message)
-            self._release()
-
-        nudged.add_done_callback(done)
+    def _stop_probe(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.stop()
 
     def _give_up(self) -> None:
+        self._hold_timer = None
         self.log.warning(
             "kernel %s: iopub not back after %ss; sending %d held client messages on",
             self.kernel_id,
             self.hold_seconds,
             len(self._held or ()),
         )
+        self._stop_probe()
         self._release()
 
     def _release(self) -> None:
