@@ -990,8 +990,7 @@ async def bench_restart(ctx: Context) -> list[Row]:
     Counted: executes that never completed (reply and idle) within RESTART_EXECUTE_TIMEOUT;
     timed: restart returned to the execute answered."""
     rounds = 10 if ctx.quick else 40
-    servers = {"stock": Server("stock", "restart-stock", ctx.root)}
-    servers["ours"] = Server("ours", "restart-ours", ctx.root)
+    servers = {name: Server(name, f"restart-{name}", ctx.root) for name in ("stock", "ours")}
     answered: dict[str, list[float]] = {name: [] for name in servers}
     lost = dict.fromkeys(servers, 0)
     sockets: dict[str, Any] = {}

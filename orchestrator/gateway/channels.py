@@ -96,7 +96,7 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
     def disconnect(self) -> None:  # type: ignore[override]
         self._closed = True
         self._stop_watching()
-        self._release()  # what the client sent before it left goes, as it would have
+        self._end_hold()  # what the client sent before it left goes, as it would have
         super().disconnect()
 
     def handle_incoming_message(self, incoming_msg: str) -> None:
@@ -104,7 +104,7 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
             if len(self._held) < self.hold_messages:
                 self._held.append(incoming_msg)
                 return
-            self._release()  # keep the order: the held ones first
+            self._end_hold()  # keep the order: the held ones first
         super().handle_incoming_message(incoming_msg)
 
     def handle_outgoing_message(self, stream: t.Any, outgoing_msg: list[t.Any]) -> None:
@@ -112,8 +112,8 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
         if probe is not None:  # parsed only while proving: no cost otherwise
             channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)
             if channel == "iopub" and self._parent_msg_id(outgoing_msg) in probe.msg_ids:
-                self._stop_probe()
-                self._release()
+                self.log.info("kernel %s: iopub back", self.kernel_id)
+                self._end_hold()
         # Relayed like everything else, as jupyter_server relays its nudge's statuses.
         super().handle_outgoing_message(stream, outgoing_msg)
 
@@ -131,7 +131,6 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
         self._monitor.on_recv(self._on_iopub_event)
 
     def _stop_watching(self) -> None:
-        self._stop_probe()
         monitor, self._monitor = self._monitor, None
         if monitor is None:
             return
@@ -155,7 +154,7 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
                 self._probe = _Probe(self)
             except Exception as e:  # e.g. the kernel is being shut down
                 self.log.warning("kernel %s: cannot probe its iopub: %s", self.kernel_id, e)
-                self._release()
+                self._end_hold()
 
     def _parent_msg_id(self, msg_list: list[t.Any]) -> str | None:
         try:
@@ -178,17 +177,16 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
             self.hold_seconds,
             len(self._held or ()),
         )
-        self._stop_probe()
-        self._release()
+        self._end_hold()
 
-    def _release(self) -> None:
+    def _end_hold(self) -> None:
+        """Stop holding (and proving), and send what was held, in order."""
+        self._stop_probe()
         held, self._held = self._held, None
         if self._hold_timer is not None:
             IOLoop.current().remove_timeout(self._hold_timer)
             self._hold_timer = None
         if held and self.channels:
-            self.log.info(
-                "kernel %s: iopub back; sending %d held messages", self.kernel_id, len(held)
-            )
+            self.log.info("kernel %s: sending %d held messages", self.kernel_id, len(held))
             for message in held:
                 super().handle_incoming_message(message)
