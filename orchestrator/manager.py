@@ -70,7 +70,7 @@ _KERNEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 def check_kernel_id(kernel_id: str) -> None:
     """Kernel ids become file, container and pod names: refuse anything but a safe token."""
-    if not _KERNEL_ID.match(kernel_id or ""):
+    if not _KERNEL_ID.fullmatch(kernel_id or ""):
         raise OrchestratorError(
             f"invalid kernel id {kernel_id!r}: use up to 128 letters, digits, '.', '_' or '-'"
         )

@@ -53,7 +53,7 @@ def check_user_name(name: object, where: str) -> str:
     """``name`` if it is a usable user name, else a UsersFileError naming ``where``."""
     if not isinstance(name, str) or not name.strip():
         raise UsersFileError(f"{where}: the user name is empty")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise UsersFileError(
             f"{where}: user name {name!r} must be 1-64 letters, digits or ._@+-"
             " and start with a letter or digit"
@@ -113,7 +113,7 @@ def parse_users(
                 f" as {slugs[slug]!r} does"
             )
         if not isinstance(groups, list) or not all(
-            isinstance(g, str) and _GROUP.match(g) for g in groups
+            isinstance(g, str) and _GROUP.fullmatch(g) for g in groups
         ):
             raise UsersFileError(f"{label}: groups must be a list of names")
         names[name.lower()] = name

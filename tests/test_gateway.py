@@ -64,6 +64,9 @@ class Gateway:
         self.users.write_text(json.dumps(USERS))
         self.users.chmod(0o600)
         self.log = tmp / "gateway.log"
+        #: Its working directory holds the users file and the store, as an operator's
+        #: would: nothing there may be served.
+        self.cwd = tmp
         self.extra = extra
         self.proc: subprocess.Popen[bytes] | None = None
         #: A command the gateway runs under (``unshare ...``: another "machine").
@@ -96,6 +99,7 @@ class Gateway:
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"),  # noqa: SIM115
             env=self.env,
+            cwd=self.cwd,
         )
         wait_http(f"{self.url}/readyz" if ready else f"{self.url}/healthz")
         return self

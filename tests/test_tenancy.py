@@ -168,8 +168,37 @@ def _raw_post(port: int, size: int) -> bytes:
         return reply
 
 
+def restricted_gpu_spec(jupyter_env: dict[str, str]) -> None:
+    """A Docker kernelspec ``gpu`` that only alice may use (configured as ``GPU``: the
+    gateway makes configured names canonical too)."""
+    spec = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "gpu"
+    spec.mkdir(parents=True)
+    provisioner = {
+        "provisioner_name": "docker-provisioner",
+        "config": {"image": "kernel-orchestrator/never-built:1", "user_map": "secret-layout"},
+    }
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "GPU",
+                "language": "python",
+                "env": {"SITE_SECRET": "operator-only"},
+                "metadata": {"kernel_provisioner": provisioner},
+            }
+        )
+    )
+    (spec / "logo-64x64.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    config = Path(jupyter_env["JUPYTER_CONFIG_DIR"])
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"GatewayKernelSpecManager": {"kernelspec_access": {"GPU": ["alice"]}}})
+    )
+
+
 @pytest.fixture
 def two_users(tmp_path: Path, jupyter_env: dict[str, str], kernel_accounts: object):  # type: ignore[no-untyped-def]
+    restricted_gpu_spec(jupyter_env)
     with running_gateway(tmp_path) as gw:
         yield gw
 
@@ -258,6 +287,57 @@ HOSTILE_REQUESTS = [
     (ALICE, "GET", "/api/sessions", None, 404, None),
     (ALICE, "GET", "/api/contents", None, 404, None),
     (ALICE, "GET", "/api/terminals", None, 404, None),
+    # Nothing of the gateway's disk is served: its working directory holds the users
+    # file and the store (every token, every kernel key).
+    (BOB, "GET", "/files/users.json", None, 404, None),
+    (BOB, "GET", "/files/store/kernels.db", None, 404, None),
+    (BOB, "GET", "/files/gateway.log", None, 404, None),
+    (BOB, "GET", "/files/", None, 404, None),
+    (BOB, "GET", "/files/runtime/jupyter_cookie_secret", None, 404, None),
+    (ADMIN_TOKEN, "GET", "/files/users.json", None, 404, None),
+    (BOB, "GET", "/static/base/images/favicon.ico", None, 404, None),
+    (BOB, "GET", "/favicon.ico", None, 404, None),
+    (BOB, "GET", "/nbconvert/html/users.json", None, 404, None),
+    (BOB, "GET", "/view/users.json", None, 404, None),
+    (BOB, "GET", "/edit/users.json", None, 404, None),
+    (BOB, "GET", "/tree", None, 404, None),
+    (BOB, "GET", "/lab", None, 404, None),
+    # Jupyter Server's own routes that a gateway does not serve.
+    (BOB, "GET", "/login", None, 404, None),
+    (BOB, "GET", "/logout", None, 404, None),
+    (BOB, "GET", "/api", None, 404, None),
+    (BOB, "GET", "/api/status", None, 404, None),
+    (BOB, "GET", "/api/me", None, 404, None),
+    (BOB, "GET", "/api/spec.yaml", None, 404, None),
+    (BOB, "GET", "/api/events/subscribe", None, 404, None),
+    (BOB, "POST", "/api/security/csp-report", {"csp-report": {"x": "y" * 1000}}, 404, None),
+    (BOB, "GET", "/api/config/notebook", None, 404, None),
+    (BOB, "GET", "/metrics", None, 404, None),
+    ("", "GET", "/metrics", None, 403, None),
+    # Kernelspec names in another case (jupyter_client finds them case-insensitively):
+    # bob may not use alice's gpu kernelspec in any spelling.
+    (BOB, "GET", "/api/kernelspecs/gpu", None, 404, "Kernel spec gpu not found"),
+    (BOB, "GET", "/api/kernelspecs/GPU", None, 404, "Kernel spec GPU not found"),
+    (BOB, "GET", "/api/kernelspecs/Gpu", None, 404, "Kernel spec Gpu not found"),
+    (BOB, "GET", "/kernelspecs/GPU/kernel.json", None, 404, None),
+    (BOB, "GET", "/kernelspecs/GPU/logo-64x64.png", None, 404, None),
+    (BOB, "POST", "/api/kernels", {"name": "GPU"}, 404, "no such kernelspec: GPU"),
+    (BOB, "POST", "/api/kernels", {"name": "gPu"}, 404, "no such kernelspec: gPu"),
+    (BOB, "POST", "/api/kernels", {"name": "gpu\n"}, 404, "no such kernelspec"),
+    (BOB, "POST", "/api/kernels", {"name": "\u212apu"}, 404, "no such kernelspec"),
+    (BOB, "POST", "/api/kernels", {"name": "PYTHON3-HOST"}, 404, "no such kernelspec"),
+    (ALICE, "GET", "/api/kernelspecs/PYTHON3-HOST", None, 404, None),
+    # a kernelspec's own configuration is the operator's, not a tenant's
+    (ALICE, "GET", "/kernelspecs/gpu/kernel.json", None, 404, None),
+    (ALICE, "GET", "/kernelspecs/python3/kernel.json", None, 404, None),
+    (ALICE, "GET", "/kernelspecs/gpu/.hidden.png", None, 404, None),
+    # malformed start requests
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "path": {}}, 400, "path must be a relative API path"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "path": "../../etc"}, 400, "without '..'"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "path": "a/../../b"}, 400, "without '..'"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "path": "x" * 5000}, 400, "at most 4096"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_A\n": "x"}}, 400, "is not a valid name"),
+    (ALICE, "POST", "/api/kernels", {"name": "python3", "env": {"KERNEL_A=B": "x"}}, 400, "is not a valid name"),
 ]  # fmt: skip
 
 
@@ -271,6 +351,145 @@ async def test_hostile_requests_get_exact_refusals_and_leave_nothing(
         if message:
             assert message in reply["message"], (path, reply)
     assert await call(two_users.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
+    # a login attempt is no oracle for the admin token: every token gets the same answer
+    answers = set()
+    for token in (ADMIN_TOKEN, ALICE, "x" * 40):
+        code, _ = await status_of(
+            two_users.url, "", "POST", "/login", {"password": token, "_xsrf": "x"}
+        )
+        answers.add(code)
+    assert len(answers) == 1 and answers != {500}, answers
+
+
+@pytest.mark.slow
+async def test_kernelspecs_are_canonical_and_show_tenants_no_configuration(
+    two_users: Gateway,
+) -> None:
+    mine = (await call(two_users.url, ALICE, "GET", "/api/kernelspecs"))["kernelspecs"]
+    theirs = (await call(two_users.url, BOB, "GET", "/api/kernelspecs"))["kernelspecs"]
+    assert "gpu" in mine and "gpu" not in theirs
+    gpu = await call(two_users.url, ALICE, "GET", "/api/kernelspecs/GPU")
+    assert gpu["name"] == "gpu"
+    assert gpu["spec"] == {
+        "display_name": "GPU",
+        "language": "python",
+        "interrupt_mode": "signal",
+        "argv": [],
+        "env": {},
+        "metadata": {},
+    }
+    assert "secret-layout" not in json.dumps(mine) and "operator-only" not in json.dumps(mine)
+    assert gpu["resources"]["logo-64x64"].endswith("/kernelspecs/gpu/logo-64x64.png")
+    from tornado.httpclient import AsyncHTTPClient
+
+    logo = await AsyncHTTPClient().fetch(
+        f"{two_users.url}/kernelspecs/GPU/logo-64x64.png",
+        headers={"Authorization": f"token {ALICE}"},
+    )
+    assert logo.body.startswith(b"\x89PNG")
+    # the operator sees the whole configuration
+    full = await call(two_users.url, ADMIN_TOKEN, "GET", "/api/kernelspecs/gpu")
+    assert full["spec"]["metadata"]["kernel_provisioner"]["config"]["user_map"] == "secret-layout"
+
+
+def test_the_gateway_mounts_only_its_allow_listed_routes(
+    tmp_path: Path, jupyter_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The route inventory: every Tornado rule actually mounted, whoever mounted it,
+    is one of the gateway's; Jupyter Server's files, login, status, static, events,
+    nbconvert and extension routes are not."""
+    from orchestrator.gateway.app import GatewayApp
+    from orchestrator.gateway.routes import mounted_routes
+
+    monkeypatch.chdir(tmp_path)
+    app = GatewayApp()
+    app.initialize(["--GatewayApp.default_kernelspecs=False", "--allow-root", "--port=0"])
+    try:
+        mounted = [(pattern, cls.__name__) for pattern, cls in mounted_routes(app.web_app)]
+        kid, name = r"(?P<kernel_id>\w+-\w+-\w+-\w+-\w+)", r"(?P<kernel_name>[\w\.\-%]+)"
+        assert mounted == [
+            ("/healthz$", "HealthHandler"),
+            ("/readyz$", "ReadyHandler"),
+            ("/metrics$", "MetricsHandler"),
+            ("/api/resolvePath$", "PathResolverHandler"),
+            ("/api/kernelspecs$", "MainKernelSpecHandler"),
+            (f"/api/kernelspecs/{name}$", "KernelSpecHandler"),
+            (f"/kernelspecs/{name}/(?P<path>.*)$", "KernelSpecResourceHandler"),
+            ("/api/kernels$", "MainKernelHandler"),
+            (f"/api/kernels/{kid}$", "KernelHandler"),
+            (f"/api/kernels/{kid}/(?P<action>restart|interrupt)$", "KernelActionHandler"),
+            (f"/api/kernels/{kid}/channels$", "ChannelsHandler"),
+            ("(.*)$", "Template404"),
+        ]
+        # Jupyter Server's root is an empty private directory, not the working one
+        root = Path(app.root_dir)
+        assert root != tmp_path and not any(root.iterdir())
+        assert root.stat().st_mode & 0o777 == 0o700
+        assert app.contents_manager.get_extra_handlers() == []
+        # an extension's late add_handlers is caught as well
+        from jupyter_server.base.handlers import JupyterHandler
+
+        from orchestrator.gateway.routes import RouteError, enforce
+
+        class Stray(JupyterHandler):
+            pass
+
+        app.web_app.add_handlers(".*$", [(r"/stray", Stray)])
+        removed = enforce(app.web_app)
+        assert removed == ["/stray$"]
+        assert "Stray" not in {cls.__name__ for _, cls in mounted_routes(app.web_app)}
+        assert issubclass(RouteError, RuntimeError)
+    finally:
+        app.kernel_manager.kernel_store.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "canonical"),
+    [
+        ("gpu", "gpu"),
+        ("GPU", "gpu"),
+        ("Python3.11_x-y", "python3.11_x-y"),
+        ("gpu\n", None),
+        ("\u212apu", None),  # the Kelvin sign lowers to 'k'
+        ("g/pu", None),
+        ("", None),
+        ("x" * 129, None),
+        (3, None),
+        (None, None),
+    ],
+)
+def test_canonical_kernel_names(name: object, canonical: str | None) -> None:
+    from orchestrator.gateway.kernelspecs import canonical_kernel_name
+
+    assert canonical_kernel_name(name) == canonical
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("host_kernelspecs", {"python3": "{username}"}, "must be {username} with a fixed prefix"),
+        ("host_kernelspecs", {"python3": "shared"}, "every user's kernels would share one account"),
+        ("host_kernelspecs", {"python3": "ko-{username}; rm"}, "fixed prefix or suffix"),
+        ("host_kernelspecs", {"py/3": "ko-{username}"}, "'py/3' is not a kernelspec name"),
+        ("kernelspec_access", {"GPU": ["a"], "gpu": ["b"]}, "names the kernelspec 'gpu' twice"),
+        ("kernelspec_access", {"gpu\n": ["a"]}, "is not a kernelspec name"),
+    ],
+)
+def test_kernelspec_settings_refusals(setting: str, value: object, message: str) -> None:
+    from traitlets import TraitError
+
+    from orchestrator.gateway.kernelspecs import GatewayKernelSpecManager
+
+    with pytest.raises((TraitError, ValueError)) as info:
+        GatewayKernelSpecManager(**{setting: value})
+    assert message in str(info.value)
+    assert f"GatewayKernelSpecManager.{setting}" in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["alice\n", "alice\r", "al ice", "alice\x00"])
+def test_user_names_are_anchored_at_the_true_end(name: str) -> None:
+    with pytest.raises(UsersFileError, match="must be 1-64 letters"):
+        parse_users({GOOD: name}, "users.json")
 
 
 @pytest.fixture

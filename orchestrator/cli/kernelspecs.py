@@ -104,7 +104,7 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
 
 
 def build_kernelspec(args: argparse.Namespace) -> dict[str, Any]:
-    if not _NAME_RE.match(args.name):
+    if not _NAME_RE.fullmatch(args.name):
         raise OrchestratorError(
             f"bad kernelspec name {args.name!r}: use letters, digits, '.', '_' and '-' only"
         )

@@ -63,6 +63,16 @@ class GatewayApp(ServerApp):
     def _default_extra_services(self) -> list[str]:
         return ["orchestrator.gateway.handlers"]
 
+    @default("contents_manager_class")
+    def _default_contents_manager_class(self) -> t.Any:
+        from .contents import NoContentsManager
+
+        return NoContentsManager
+
+    @default("root_dir")
+    def _default_root_dir(self) -> str:
+        return private_root_dir(self.runtime_dir)
+
     @default("kernel_manager_class")
     def _default_kernel_manager_class(self) -> t.Any:
         from .kernelmanager import OrchestratorMappingKernelManager
@@ -167,6 +177,14 @@ class GatewayApp(ServerApp):
 
     def init_webapp(self) -> None:
         super().init_webapp()
+        from .routes import RouteError, enforce
+
+        try:
+            removed = enforce(self.web_app)
+        except RouteError as e:
+            print(f"kernel-orchestrator serve: {e}", file=sys.stderr, flush=True)
+            self.exit(2)
+        self.log.debug("routes not served by a gateway: %s", ", ".join(removed))
         from .bodylimit import cap_request_bodies
         from .environment import base_environment
         from .redact import install
@@ -219,6 +237,24 @@ class GatewayApp(ServerApp):
             self.log.warning("could not save kernel activity: %s", e)
         km.detach_all()  # type: ignore[attr-defined]
         self.log.info("kernels detached; the next gateway process re-attaches them")
+
+
+def private_root_dir(runtime_dir: str) -> str:
+    """An empty directory only this account can enter, as Jupyter Server's ``root_dir``.
+
+    Nothing is served from it (no contents manager reads disk), but jupyter_server
+    resolves a start request's ``path`` below it: the gateway's working directory
+    (the users file, the store, ``/`` under systemd) must never be that root.
+    """
+    import stat
+
+    root = os.path.join(runtime_dir, "kernel-orchestrator-root")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        raise RuntimeError(f"{root} is not a directory of this account: remove it")
+    os.chmod(root, 0o700)
+    return root
 
 
 def main(argv: list[str] | None = None) -> None:

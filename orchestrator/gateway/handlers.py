@@ -17,10 +17,11 @@ import contextlib
 import fnmatch
 import itertools
 import json
+import re
 import typing as t
 
 from jupyter_server.auth.decorator import allow_unauthenticated
-from jupyter_server.base.handlers import APIHandler, JupyterHandler
+from jupyter_server.base.handlers import APIHandler, JupyterHandler, PrometheusMetricsHandler
 from jupyter_server.kernelspecs import handlers as resource_handlers
 from jupyter_server.services.kernels import handlers as kernel_handlers
 from jupyter_server.services.kernels.websocket import KernelWebsocketHandler
@@ -34,6 +35,7 @@ from ..users import ADMIN
 from .environment import kernel_environment
 
 MAX_BODY = 64 * 1024
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def _km(handler: JupyterHandler) -> t.Any:
@@ -90,9 +92,15 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         model = self.get_json_body() or {}
         if not isinstance(model, dict):
             raise web.HTTPError(400, "request body must be a JSON object")
-        name = model.get("name") or km.default_kernel_name
-        if not isinstance(name, str) or not _spec_allowed(self, name):
-            raise web.HTTPError(404, f"no such kernelspec: {name}")
+        requested = model.get("name") or km.default_kernel_name
+        name = _spec_allowed(self, requested)
+        if name is None:
+            raise web.HTTPError(404, f"no such kernelspec: {requested}")
+        path = model.get("path")
+        if path is not None and not _valid_path(path):
+            raise web.HTTPError(
+                400, "path must be a relative API path of at most 4096 characters, without '..'"
+            )
         env = model.get("env", {})
         env = {} if env is None else env
         if not isinstance(env, dict):
@@ -100,6 +108,8 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         allow = self.settings.get("orchestrator_env_allowlist", ["KERNEL_*"])
         clean: dict[str, str] = {}
         for key, value in env.items():
+            if not isinstance(key, str) or not _ENV_NAME.fullmatch(key):
+                raise web.HTTPError(400, f"environment variable {key!r} is not a valid name")
             if not any(fnmatch.fnmatchcase(str(key), p) for p in allow):
                 raise web.HTTPError(400, f"environment variable {key!r} is not allowed")
             if not isinstance(value, str) or "\0" in value or len(value) > 32768:
@@ -108,9 +118,7 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         owner = _username(self)
         env = kernel_environment(km.base_environment, clean, owner)
         try:
-            kernel_id = await km.start_kernel_for(
-                owner, kernel_name=name, path=model.get("path"), env=env
-            )
+            kernel_id = await km.start_kernel_for(owner, kernel_name=name, path=path, env=env)
         except KernelLimitError as e:
             raise web.HTTPError(429, str(e)) from None
         except OrchestratorError as e:
@@ -195,10 +203,38 @@ class ChannelsHandler(KernelWebsocketHandler):
                 del self._arrivals[key]
 
 
-def _spec_allowed(handler: JupyterHandler, kernel_name: str) -> bool:
-    ksm = handler.kernel_spec_manager
-    allowed = getattr(ksm, "allowed", None)
-    return allowed is None or bool(allowed(kernel_name, handler.current_user))
+def _spec_allowed(handler: JupyterHandler, kernel_name: object) -> str | None:
+    """The canonical name of ``kernel_name`` if the caller may see and start it: every
+    check, look-up and start uses that one spelling (see ``kernelspecs``)."""
+    resolve = getattr(handler.kernel_spec_manager, "resolve", None)
+    if resolve is None:  # not our kernelspec manager: only its own names
+        return kernel_name if isinstance(kernel_name, str) else None
+    return t.cast("str | None", resolve(kernel_name, handler.current_user))
+
+
+#: What a tenant may fetch of a kernelspec's resources: logos, the front-end's
+#: JavaScript and CSS; never kernel.json (the operator's configuration).
+PUBLIC_RESOURCES = frozenset({"png", "svg", "ico", "js", "css"})
+_PUBLIC_SPEC_KEYS = ("display_name", "language", "interrupt_mode")
+
+
+def _public_spec(spec: dict[str, t.Any]) -> dict[str, t.Any]:
+    """What a tenant sees of a kernelspec: its name, language and interrupt mode, not
+    its argv, environment or provisioner configuration (hosts, user maps, key paths)."""
+    public = {key: spec[key] for key in _PUBLIC_SPEC_KEYS if key in spec}
+    metadata = spec.get("metadata") or {}
+    public.update(
+        argv=[], env={}, metadata={k: metadata[k] for k in ("debugger",) if k in metadata}
+    )
+    return public
+
+
+def _valid_path(path: object) -> bool:
+    """A start request's ``path`` (the notebook's API path): a string, relative, with
+    no '..' segment, NUL or backslash, that cannot leave the server's root."""
+    if not isinstance(path, str) or len(path) > 4096 or "\0" in path or "\\" in path:
+        return False
+    return ".." not in path.split("/")
 
 
 class MainKernelSpecHandler(spec_handlers.MainKernelSpecHandler):
@@ -208,11 +244,11 @@ class MainKernelSpecHandler(spec_handlers.MainKernelSpecHandler):
     async def get(self) -> None:
         ksm = self.kernel_spec_manager
         specs = {}
+        admin = _is_admin(self)
         for name, info in (await ensure_async(ksm.get_all_specs())).items():
-            if _spec_allowed(self, name):
-                specs[name] = spec_handlers.kernelspec_model(
-                    self, name, info["spec"], info["resource_dir"]
-                )
+            if _spec_allowed(self, name) == name:
+                spec = info["spec"] if admin else _public_spec(info["spec"])
+                specs[name] = spec_handlers.kernelspec_model(self, name, spec, info["resource_dir"])
         default = _km(self).default_kernel_name
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"default": default, "kernelspecs": specs}))
@@ -221,17 +257,31 @@ class MainKernelSpecHandler(spec_handlers.MainKernelSpecHandler):
 class KernelSpecHandler(spec_handlers.KernelSpecHandler):
     @web.authenticated
     async def get(self, kernel_name: str) -> None:
-        if not _spec_allowed(self, kernel_name):
+        name = _spec_allowed(self, kernel_name)
+        if name is None:
             raise web.HTTPError(404, f"Kernel spec {kernel_name} not found")
-        await super().get(kernel_name)  # type: ignore[misc]
+        if _is_admin(self):
+            await super().get(name)  # type: ignore[misc]
+            return
+        try:
+            spec = await ensure_async(self.kernel_spec_manager.get_kernel_spec(name))
+        except KeyError:
+            raise web.HTTPError(404, f"Kernel spec {kernel_name} not found") from None
+        model = spec_handlers.kernelspec_model(
+            self, name, _public_spec(spec.to_dict()), spec.resource_dir
+        )
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(model))
 
 
 class KernelSpecResourceHandler(resource_handlers.KernelSpecResourceHandler):
     @web.authenticated
     async def get(self, kernel_name: str, path: str, include_body: bool = True) -> None:  # type: ignore[override]
-        if not _spec_allowed(self, kernel_name):
+        name = _spec_allowed(self, kernel_name)
+        public = path.rsplit(".", 1)[-1].lower() in PUBLIC_RESOURCES and "/." not in f"/{path}"
+        if name is None or not (public or _is_admin(self)):
             raise web.HTTPError(404, f"Kernel spec {kernel_name} not found")
-        await super().get(kernel_name, path, include_body)  # type: ignore[misc]
+        await super().get(name, path, include_body)  # type: ignore[misc]
 
 
 class PathResolverHandler(APIHandler):
@@ -300,12 +350,28 @@ class ReadyHandler(HealthHandler):
         return True, {"status": "ready", "kernels": len(km)}
 
 
+class MetricsHandler(PrometheusMetricsHandler):
+    """``/metrics`` for the operator only: its kernelspec names and counts are every
+    tenant's. A tenant gets the 404 of a route that does not exist; scraping without
+    a token needs ``ServerApp.authenticate_prometheus = False``."""
+
+    @allow_unauthenticated
+    def get(self) -> None:
+        if self.settings["authenticate_prometheus"]:
+            if not self.logged_in:
+                raise web.HTTPError(403)
+            if not _is_admin(self):
+                raise web.HTTPError(404)
+        super().get()
+
+
 _kid = kernel_handlers._kernel_id_regex
 _action = kernel_handlers._kernel_action_regex
 
 default_handlers = [
     (r"/healthz", HealthHandler),
     (r"/readyz", ReadyHandler),
+    (r"/metrics", MetricsHandler),
     (r"/api/resolvePath", PathResolverHandler),
     (r"/api/kernelspecs", MainKernelSpecHandler),
     (rf"/api/kernelspecs/{spec_handlers.kernel_name_regex}", KernelSpecHandler),

@@ -37,7 +37,7 @@ from jupyter_server.services.kernels.kernelmanager import (
     ServerKernelManager,
     emit_kernel_action_event,
 )
-from traitlets import Dict, DottedObjectName, Float, Int, Type, default
+from traitlets import Dict, DottedObjectName, Float, Int, Type, default, validate
 
 from .. import ownership
 from ..errors import FencedError, OrchestratorError, OwnedElsewhereError
@@ -170,6 +170,12 @@ class OrchestratorMappingKernelManager(
         help="How long a start under way holds its slot against the limits before its"
         " kernel is recorded (a replica that dies mid-start frees it after that).",
     )
+
+    @validate("warm_pools")
+    def _canonical_pool_names(self, proposal: t.Any) -> dict[str, t.Any]:
+        from .kernelspecs import canonical_keys
+
+        return canonical_keys(proposal["value"], "OrchestratorMappingKernelManager.warm_pools")
 
     @default("kernel_manager_class")
     def _default_kernel_manager_class(self) -> str:

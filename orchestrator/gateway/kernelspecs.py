@@ -9,16 +9,48 @@ private directory holding only their connection file.
 
 ``kernelspec_access`` restricts a kernelspec to some users and ``@groups``; anyone
 else gets the same 404 as for a kernelspec that does not exist.
+
+jupyter_client finds kernelspecs case-insensitively (``GPU`` starts ``gpu``), so every
+name is first made canonical (:func:`canonical_kernel_name`: ASCII, lower case, the
+characters of a kernelspec directory) and only the canonical name is checked, looked
+up, started, pooled and counted; configured names are made canonical when read.
 """
 
 from __future__ import annotations
 
+import re
 import typing as t
 
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from traitlets import Bool, Dict, List, Unicode, validate
 
 from ..users import ADMIN
+
+_KERNEL_NAME = re.compile(r"[a-z0-9._-]{1,128}")
+
+
+def canonical_kernel_name(name: object) -> str | None:
+    """The one spelling of a kernelspec name that checks and look-ups use, or None for
+    a name no kernelspec can have (not ASCII, a character outside [A-Za-z0-9._-])."""
+    if not isinstance(name, str) or not name.isascii():
+        return None
+    lowered = name.lower()
+    return lowered if _KERNEL_NAME.fullmatch(lowered) else None
+
+
+def canonical_keys(value: t.Mapping[str, t.Any], setting: str) -> dict[str, t.Any]:
+    """``value`` with its kernelspec-name keys canonical; a ValueError naming
+    ``setting`` for a key that is no kernelspec name or that two keys share."""
+    out: dict[str, t.Any] = {}
+    for key, item in value.items():
+        name = canonical_kernel_name(key)
+        if name is None:
+            raise ValueError(f"{setting}: {key!r} is not a kernelspec name")
+        if name in out:
+            raise ValueError(f"{setting}: {key!r} names the kernelspec {name!r} twice")
+        out[name] = item
+    return out
+
 
 HOST_PROVISIONERS = frozenset({"", "local-provisioner", "orchestrator-local-provisioner"})
 
@@ -43,13 +75,22 @@ class GatewayKernelSpecManager(KernelSpecManager):
 
     @validate("host_kernelspecs")
     def _check_accounts(self, proposal: t.Any) -> dict[str, str]:
-        for name, account in proposal["value"].items():
-            if "{username}" not in account:
+        accounts = canonical_keys(proposal["value"], "GatewayKernelSpecManager.host_kernelspecs")
+        for name, account in accounts.items():
+            rest = account.replace("{username}", "")
+            if "{username}" not in account or not re.fullmatch(r"[a-z_][a-z0-9_-]*", rest):
                 raise ValueError(
-                    f"host_kernelspecs[{name!r}] = {account!r}: the account must contain"
-                    " {username}, or every user's kernels would share one account"
+                    f"GatewayKernelSpecManager.host_kernelspecs[{name!r}] = {account!r}: the"
+                    " account must be {username} with a fixed prefix or suffix (ko-{username}):"
+                    " without {username} every user's kernels would share one account, and"
+                    " without a prefix a user named like a system account runs as it"
                 )
-        return dict(proposal["value"])
+        return accounts
+
+    @validate("kernelspec_access")
+    def _check_access(self, proposal: t.Any) -> dict[str, list[str]]:
+        access = canonical_keys(proposal["value"], "GatewayKernelSpecManager.kernelspec_access")
+        return {name: [who.lower() for who in entries] for name, entries in access.items()}
 
     @staticmethod
     def runs_on_host(spec: KernelSpec) -> bool:
@@ -57,10 +98,13 @@ class GatewayKernelSpecManager(KernelSpecManager):
         return str(provisioner.get("provisioner_name") or "") in HOST_PROVISIONERS
 
     def get_kernel_spec(self, kernel_name: str) -> KernelSpec:
-        spec = super().get_kernel_spec(kernel_name)
+        name = canonical_kernel_name(kernel_name)
+        if name is None:
+            raise NoSuchKernel(kernel_name)
+        spec = super().get_kernel_spec(name)
         if not (self.multi_user and self.runs_on_host(spec)):
             return spec
-        account = self.host_kernelspecs.get(kernel_name)
+        account = self.host_kernelspecs.get(name)
         if account is None:
             raise NoSuchKernel(kernel_name)
         metadata = dict(spec.metadata or {})
@@ -84,11 +128,18 @@ class GatewayKernelSpecManager(KernelSpecManager):
             specs[name] = {"resource_dir": resource_dir, "spec": spec.to_dict()}
         return specs
 
-    def allowed(self, kernel_name: str, user: t.Any) -> bool:
-        """Whether ``user`` may see and start ``kernel_name``."""
-        who = self.kernelspec_access.get(kernel_name)
+    def allowed(self, kernel_name: object, user: t.Any) -> bool:
+        """Whether ``user`` may see and start ``kernel_name`` (in any spelling)."""
+        return self.resolve(kernel_name, user) is not None
+
+    def resolve(self, kernel_name: object, user: t.Any) -> str | None:
+        """The canonical name of ``kernel_name`` if ``user`` may see and start it."""
+        canonical = canonical_kernel_name(kernel_name)
+        if canonical is None:
+            return None
+        who = self.kernelspec_access.get(canonical)
         name = str(getattr(user, "username", "") or "")
         if who is None or name == ADMIN:
-            return True
-        groups = {f"@{g}" for g in getattr(user, "groups", ())}
-        return name in who or bool(groups & set(who))
+            return canonical
+        groups = {f"@{g}".lower() for g in getattr(user, "groups", ())}
+        return canonical if name.lower() in who or groups & set(who) else None

@@ -28,7 +28,7 @@ class EnvironmentError_(OrchestratorError):
 
 def validate_env_item(name: str, value: object) -> str:
     """Return ``value`` as a string, or raise naming what is wrong with it."""
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         raise EnvironmentError_(f"environment variable name {name!r} is not valid")
     if not isinstance(value, str):
         raise EnvironmentError_(f"environment variable {name}: value must be a string")

@@ -25,7 +25,7 @@ class ImageError(OrchestratorError):
 
 def check_image(image: str, allowed: Iterable[str]) -> str:
     """``image`` if it is a valid reference matching one of the ``allowed`` patterns."""
-    if not _IMAGE_REF.match(image or ""):
+    if not _IMAGE_REF.fullmatch(image or ""):
         raise ImageError(f"image {image!r} is not a valid image reference")
     patterns = list(allowed)
     if not any(fnmatch.fnmatchcase(image, pattern) for pattern in patterns):

@@ -49,7 +49,7 @@ def positive_number(
 
 def docker_size(name: str, raw: str) -> int:
     """A Docker size such as ``512m`` or ``2g``, in bytes, at least Docker's floor."""
-    m = _DOCKER_SIZE.match(raw or "")
+    m = _DOCKER_SIZE.fullmatch(raw or "")
     if not m:
         raise ResourceError(f"{name} {raw!r} is not a size like 512m or 2g")
     size = int(float(m[1]) * _DOCKER_UNITS[m[2].lower()])
@@ -60,7 +60,7 @@ def docker_size(name: str, raw: str) -> int:
 
 def kubernetes_quantity(name: str, raw: str, *, memory: bool) -> float:
     """A Kubernetes quantity (``500m``, ``2``, ``1Gi``) as a number: CPUs, or bytes."""
-    m = _QUANTITY.match(raw or "")
+    m = _QUANTITY.fullmatch(raw or "")
     if not m:
         raise ResourceError(f"{name} {raw!r} is not a Kubernetes quantity like 500m or 1Gi")
     value = float(m[1]) * _QUANTITY_UNITS[m[2]]

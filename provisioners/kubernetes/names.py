@@ -27,13 +27,13 @@ def dns_label(text: str, *, prefix: str = "", max_length: int = 63) -> str:
         room = max_length - len(prefix) - 9
         candidate = f"{prefix}{cleaned[: max(room, 0)]}".rstrip("-") + f"-{digest}"
         candidate = candidate.lstrip("-")
-    if not _DNS_LABEL.match(candidate):
+    if not _DNS_LABEL.fullmatch(candidate):
         raise OrchestratorError(f"cannot make a valid Kubernetes name from {text!r}")
     return candidate
 
 
 def label_value(text: str) -> str:
     """A valid label value for ``text`` (same text when already valid)."""
-    if len(text) <= 63 and _LABEL_VALUE.match(text):
+    if len(text) <= 63 and _LABEL_VALUE.fullmatch(text):
         return text
     return dns_label(text)

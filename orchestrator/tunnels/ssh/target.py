@@ -58,7 +58,7 @@ class SSHTarget:
 
 def parse_destination(text: str) -> tuple[str | None, str, int | None]:
     """``[ssh://][user@]host[:port]`` -> (user, host, port)."""
-    m = _DEST.match(text.strip())
+    m = _DEST.fullmatch(text.strip())
     if not m:
         raise SSHConfigError(f"bad SSH destination {text!r}: expected [user@]host[:port]")
     port = int(m["port"]) if m["port"] else None
