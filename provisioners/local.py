@@ -23,6 +23,7 @@ import os
 import pwd
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -84,23 +85,20 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         account = self._resolve_account(kwargs.get("env") or {}) if self.account else None
         if account is not None and self.parent is not None:
-            # The connection file goes into a directory only that account can enter.
-            if not self.private_dir or not os.path.isdir(self.private_dir):
-                self.private_dir = tempfile.mkdtemp(prefix=f"kernel-{self.kernel_id}-")
-            os.chown(self.private_dir, account.pw_uid, account.pw_gid)
-            os.chmod(self.private_dir, 0o700)
+            # The connection file goes into a directory the account can enter but not
+            # change: it cannot swap the file for a link that a restart would follow.
+            self.private_dir = private_kernel_dir(self.private_dir, str(self.kernel_id), account)
             self.parent.connection_file = os.path.join(self.private_dir, "kernel.json")
         shared = bool(getattr(self.parent, "shared_loopback", False))  # a stock manager has none
         if self.parent is not None and (account is not None or shared):
             self._encrypt_loopback()
         kwargs = await super().pre_launch(**kwargs)
         if account is not None and self.private_dir:
-            os.chown(os.path.join(self.private_dir, "kernel.json"), account.pw_uid, account.pw_gid)
-            kwargs["env"].update(HOME=self.private_dir, USER=account.pw_name)
+            give_file(os.path.join(self.private_dir, "kernel.json"), account)
+            home = os.path.join(self.private_dir, "home")
+            kwargs["env"].update(HOME=home, USER=account.pw_name)
             kwargs["env"]["LOGNAME"] = account.pw_name
-            kwargs.update(
-                user=account.pw_uid, group=account.pw_gid, extra_groups=[], cwd=self.private_dir
-            )
+            kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[], cwd=home)
         if self.managed_by_orchestrator:
             env = kwargs["env"]
             env[ENV_KERNEL_ID] = str(self.kernel_id)
@@ -266,6 +264,55 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
                 with contextlib.suppress(OSError):
                     (kernel_log_dir() / f"kernel-{kernel_id}.log").unlink()
         return found
+
+
+def _is_gateway_owned_dir(path: str) -> bool:
+    """Whether ``path`` is a real directory of this (root) process that nobody else may
+    change: not a link, owned by us, writable by no group or other."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid() and not info.st_mode & 0o022
+
+
+def private_kernel_dir(current: str | None, kernel_id: str, account: pwd.struct_passwd) -> str:
+    """The kernel's private directory: ``current`` if it is still ours, else a new one.
+
+    Layout: the directory is root's, mode 0710, group the account's (it may enter, not
+    list or change it); it holds the connection file (the account's, 0600) and
+    ``home/``, the account's own 0700 directory (its HOME and working directory).
+    Everything is made by descriptor, so no name the account controls is followed.
+    """
+    if current and _is_gateway_owned_dir(current):
+        return current
+    path = tempfile.mkdtemp(prefix=f"kernel-{kernel_id}-")  # 0700, ours, a fresh name
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        os.mkdir("home", 0o700, dir_fd=fd)
+        os.chown("home", account.pw_uid, account.pw_gid, dir_fd=fd, follow_symlinks=False)
+        os.fchown(fd, os.geteuid(), account.pw_gid)
+        os.fchmod(fd, 0o710)
+    finally:
+        os.close(fd)
+    return path
+
+
+def give_file(path: str, account: pwd.struct_passwd) -> None:
+    """Make the regular file at ``path`` the account's, mode 0600, by descriptor: a
+    link (symbolic or hard) there is refused, never followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as e:
+        raise KernelStartError(f"connection file {path}: {e.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise KernelStartError(f"connection file {path} is not a plain file: refused")
+        os.fchown(fd, account.pw_uid, account.pw_gid)
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 async def _stop_process_group(pid: int, grace: float = 3.0) -> None:

@@ -8,6 +8,8 @@ two users and real kernels, and must fail for the attacker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -560,6 +562,61 @@ async def test_host_kernels_run_as_their_users_account_and_reach_no_secret(
         }
     await call(two_users.url, ALICE, "DELETE", f"/api/kernels/{kernel['id']}")
     assert not list(Path("/tmp").glob(f"kernel-{kernel['id']}-*"))  # its private dir is gone
+
+
+@pytest.mark.slow
+async def test_a_host_kernel_cannot_make_the_gateway_follow_a_link(two_users: Gateway) -> None:
+    """Alice's host kernel swaps its connection file for a link to a root-owned file,
+    then restarts (by REST, then by dying): the root gateway must never write or chown
+    through it. Her directory is root's (she may enter it, not change it); her HOME and
+    working directory are her own."""
+    import os
+    import uuid
+
+    canary = Path("/root") / f"ko-canary-{uuid.uuid4().hex}"
+    canary.write_text("root's")
+    canary.chmod(0o600)
+    kernel = await call(two_users.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+    kid = kernel["id"]
+    ws = await KernelSocket.open(two_users.url, ALICE, kid)
+    swap = (
+        "import os\n"
+        "from ipykernel.kernelapp import IPKernelApp as A\n"
+        "f = A.instance().abs_connection_file\n"
+        "d = os.path.dirname(f)\n"
+        "for act in (lambda: os.unlink(f), lambda: os.rename(f, f + '.x'),\n"
+        f"            lambda: os.symlink({str(canary)!r}, d + '/other.json')):\n"
+        "    try:\n"
+        "        act(); print('DONE')\n"
+        "    except OSError as e:\n"
+        "        print(type(e).__name__)\n"
+        "print(os.getcwd() == os.environ['HOME'], os.access('.', os.W_OK))\n"
+    )
+    try:
+        out = (await ws.execute(swap))["out"].split()
+        assert out == ["PermissionError"] * 3 + ["True", "True"], out
+        (private,) = Path("/tmp").glob(f"kernel-{kid}-*")
+        info, conn = private.lstat(), (private / "kernel.json").lstat()
+        import pwd
+
+        alice = pwd.getpwnam("ko-alice")
+        assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (0, alice.pw_gid, 0o710)
+        assert (conn.st_uid, conn.st_mode & 0o777) == (alice.pw_uid, 0o600)
+        await call(two_users.url, ALICE, "POST", f"/api/kernels/{kid}/restart")
+        assert (await ws.execute("print(6 * 7)"))["out"] == "42\n"
+        ws.send("execute_request", {"code": "import os; os._exit(1)", "silent": False})
+        back, deadline = "", time.monotonic() + 90
+        while back != "back\n" and time.monotonic() < deadline:
+            with contextlib.suppress(asyncio.TimeoutError):
+                back = (await ws.execute("print('back')", timeout=10))["out"]
+        assert back == "back\n"  # the auto-restarter brought it back
+        st = os.stat(canary)
+        assert (st.st_uid, st.st_mode & 0o777, canary.read_text()) == (0, 0o600, "root's")
+    finally:
+        ws.close()
+        canary.unlink()
+        await status_of(two_users.url, ALICE, "DELETE", f"/api/kernels/{kid}")
+    assert not list(Path("/tmp").glob(f"kernel-{kid}-*"))
 
 
 # ------------------------------------------------ SSH accounts: kernelspec and CLI input
