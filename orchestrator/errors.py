@@ -34,6 +34,10 @@ class KernelStartError(OrchestratorError):
     """A kernel could not be started (the message says which step failed)."""
 
 
+class NotEntitledError(KernelStartError):
+    """The user may not use what the start asked for (a profile limited to others)."""
+
+
 class KernelLimitError(OrchestratorError):
     """A limit on the number of kernels (in total or per user) would be exceeded."""
 

@@ -473,7 +473,20 @@ async def test_gc_cancels_only_its_own_orphans(slurmspec: Any, store: Any, slurm
         ({"KERNEL_SLURM_SBATCH_ARGS": "--wrap=id"}, "--wrap is set by the provisioner"),
         ({"KERNEL_SLURM_SBATCH_ARGS": "--output=/etc/x"}, "--output is set by the provisioner"),
         ({"KERNEL_SLURM_SBATCH_ARGS": "--uid=0"}, "--uid is set by the provisioner"),
-        ({"KERNEL_SLURM_SBATCH_ARGS": "--exclusive"}, "'--exclusive' is not allowed"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--exclusive"}, "--exclusive cannot be given by a start"),
+        # read as sbatch reads them: abbreviations, repeats, resources given twice
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--arr=0-999"}, "--arr abbreviates --array"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--mail-t=ALL"}, "--mail-t abbreviates --mail-type"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--ou=/etc/x"}, "--ou abbreviates --output"),
+        (
+            {"KERNEL_SLURM_SBATCH_ARGS": "--mail-type=NONE --mail-type=ALL"},
+            "--mail-type is given twice",
+        ),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--time=48:00:00"}, "use KERNEL_SLURM_TIME, within"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--mem=1T"}, "--mem cannot be given by a start"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--gpus=8"}, "--gpus cannot be given by a start"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--nope=1"}, "--nope is not an sbatch option"),
+        ({"KERNEL_SLURM_SBATCH_ARGS": "--mail-type"}, "--mail-type needs a value"),
         ({"KERNEL_SLURM_SBATCH_ARGS": "--mail-user=a;id"}, "no spaces or shell characters"),
         ({"KERNEL_SLURM_SBATCH_ARGS": "-p debug"}, "must look like --flag or --flag=value"),
         ({"KERNEL_SLURM_SBATCH_ARGS": "'unclosed"}, "No closing quotation"),
@@ -594,7 +607,7 @@ async def test_the_orchestrator_on_the_login_node_needs_no_ssh(
     slurmspec: Any, slurmnet: Any
 ) -> None:
     """Run on the login host itself: sbatch and squeue run there, no SSH, no tunnel."""
-    name = slurmspec("on-login", hosts=[], on_login_node=True)
+    name = slurmspec("on-login", hosts=[], identity_file="", on_login_node=True)
     done = await asyncio.to_thread(
         slurmnet.run, "login", [sys.executable, "-c", ON_LOGIN_NODE, name], timeout=180
     )

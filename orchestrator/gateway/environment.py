@@ -37,8 +37,14 @@ def base_environment(
     }
 
 
-def kernel_environment(base: dict[str, str], client: dict[str, str], owner: str) -> dict[str, str]:
-    """The whole environment of a kernel that ``owner`` starts."""
+def kernel_environment(
+    base: dict[str, str], client: dict[str, str], owner: str, groups: Iterable[str] = ()
+) -> dict[str, str]:
+    """The whole environment of a kernel that ``owner`` (a member of ``groups``) starts.
+
+    Who the kernel belongs to, and the groups that entitle them to profiles, are the
+    gateway's say, not the client's: both variables are always set here."""
     env = {**base, **client}
-    env["KERNEL_USERNAME"] = owner or ADMIN  # who the kernel belongs to is not the client's say
+    env["KERNEL_USERNAME"] = owner or ADMIN
+    env["KERNEL_USER_GROUPS"] = ",".join(groups)
     return {k: v for k, v in env.items() if not _secret(k)}

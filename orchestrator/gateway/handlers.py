@@ -29,7 +29,13 @@ from jupyter_server.services.kernelspecs import handlers as spec_handlers
 from jupyter_server.utils import ensure_async, url_escape, url_path_join
 from tornado import web
 
-from ..errors import FencedError, KernelLimitError, OrchestratorError, OwnedElsewhereError
+from ..errors import (
+    FencedError,
+    KernelLimitError,
+    NotEntitledError,
+    OrchestratorError,
+    OwnedElsewhereError,
+)
 from ..store.record import TENANT_LABEL as OWNER_LABEL
 from ..users import ADMIN
 from .environment import kernel_environment
@@ -116,11 +122,14 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
                 raise web.HTTPError(400, f"environment variable {key!r} has an invalid value")
             clean[str(key)] = value
         owner = _username(self)
-        env = kernel_environment(km.base_environment, clean, owner)
+        groups = tuple(getattr(self.current_user, "groups", ()))
+        env = kernel_environment(km.base_environment, clean, owner, groups)
         try:
             kernel_id = await km.start_kernel_for(owner, kernel_name=name, path=path, env=env)
         except KernelLimitError as e:
             raise web.HTTPError(429, str(e)) from None
+        except NotEntitledError as e:
+            raise web.HTTPError(403, str(e)) from None
         except OrchestratorError as e:
             raise web.HTTPError(400, str(e)) from None
         except KeyError as e:

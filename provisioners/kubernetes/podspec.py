@@ -89,7 +89,7 @@ class PodSettings:
     username: str = ""
 
     def with_profile(self, profile: dict[str, Any]) -> PodSettings:
-        unknown = set(profile) - PROFILE_KEYS - {"display_name", "description"}
+        unknown = set(profile) - PROFILE_KEYS - {"display_name", "description", "allowed"}
         if unknown:
             from orchestrator.errors import OrchestratorError
 

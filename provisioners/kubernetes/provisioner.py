@@ -43,6 +43,7 @@ from orchestrator.provisioning.contract import (
 )
 
 from ..common.curve import CurveNegotiation
+from ..common.entitlement import check_profile_entitlement
 from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.resources import kubernetes_quantity
@@ -155,6 +156,13 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                 raise OrchestratorError(
                     f"unknown profile {profile!r} (choose from: {', '.join(self.profiles)})"
                 )
+            check_profile_entitlement(
+                "kubernetes",
+                profile,
+                self.profiles[profile],
+                client_env,
+                bool(getattr(self.parent, "multi_tenant", False)),
+            )
             s = s.with_profile(self.profiles[profile])
         if "KERNEL_IMAGE" in client_env:
             s.image = client_env["KERNEL_IMAGE"]

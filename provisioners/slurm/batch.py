@@ -21,6 +21,8 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 
+from .sbatchopts import SbatchArgumentError, parse_sbatch_words, render
+
 RESOURCES = (
     "partition",
     "account",
@@ -40,30 +42,84 @@ _CONSTRAINT = re.compile(r"[A-Za-z0-9_.\[\]&|*:,()-]{1,256}")
 _MEM = re.compile(r"(\d+)([KMGT]?)", re.IGNORECASE)
 _MEM_UNITS = {"": 1, "K": 1 / 1024, "M": 1, "G": 1024, "T": 1024 * 1024}
 # Flags the provisioner sets itself: neither the kernelspec nor a start may set them.
-MANAGED = (
-    "--job-name",
-    "-J",
-    "--comment",
-    "--output",
-    "-o",
-    "--error",
-    "-e",
-    "--parsable",
-    "--wrap",
-    "--array",
-    "-a",
-    "--requeue",
-    "--no-requeue",
-    "--export",
-    "--chdir",
-    "-D",
-    "--open-mode",
-    "--uid",
-    "--gid",
-    "--batch",
-    "--test-only",
-    "--wait",
-    "-W",
+MANAGED = frozenset(
+    {
+        "--job-name",
+        "--comment",
+        "--output",
+        "--error",
+        "--input",
+        "--parsable",
+        "--wrap",
+        "--array",
+        "--requeue",
+        "--no-requeue",
+        "--export",
+        "--export-file",
+        "--get-user-env",
+        "--chdir",
+        "--open-mode",
+        "--uid",
+        "--gid",
+        "--batch",
+        "--clusters",
+        "--container",
+        "--container-id",
+        "--test-only",
+        "--wait",
+    }
+)
+#: Flags for the resources with settings of their own (``resources``, a profile's
+#: values, ``KERNEL_SLURM_<NAME>``): as extra arguments they would override the checked
+#: value, since sbatch takes the last one.
+RESOURCE_FLAGS = {
+    "--partition": "partition",
+    "--account": "account",
+    "--qos": "qos",
+    "--time": "time",
+    "--nodes": "nodes",
+    "--cpus-per-task": "cpus",
+    "--mem": "mem",
+    "--gres": "gres",
+    "--reservation": "reservation",
+    "--constraint": "constraint",
+}
+#: Flags that change how much a job takes: a start may not add them (only the
+#: kernelspec's own arguments may), whatever the allow-list says.
+AMOUNT_FLAGS = frozenset(
+    {
+        *RESOURCE_FLAGS,
+        "--mem-per-cpu",
+        "--mem-per-gpu",
+        "--gpus",
+        "--gpus-per-node",
+        "--gpus-per-socket",
+        "--gpus-per-task",
+        "--cpus-per-gpu",
+        "--ntasks",
+        "--ntasks-per-node",
+        "--ntasks-per-core",
+        "--ntasks-per-socket",
+        "--ntasks-per-gpu",
+        "--mincpus",
+        "--exclusive",
+        "--oversubscribe",
+        "--time-min",
+        "--tmp",
+        "--nodelist",
+        "--nodefile",
+        "--exclude",
+        "--core-spec",
+        "--thread-spec",
+        "--licenses",
+        "--priority",
+        "--extra-node-info",
+        "--sockets-per-node",
+        "--cores-per-socket",
+        "--threads-per-core",
+        "--tres-per-task",
+        "--switches",
+    }
 )
 ENV_PREFIX = "KERNEL_SLURM_"
 
@@ -145,21 +201,41 @@ def check_value(name: str, value: Any) -> str:
     raise ResourceError(f"unknown Slurm resource {name!r} (known: {', '.join(RESOURCES)})")
 
 
-def check_sbatch_arg(arg: str, allowlist: list[str] | None) -> str:
-    """One extra ``sbatch`` argument: ``--flag`` or ``--flag=value``, never a managed one,
-    and (for per-start arguments) matching one of ``allowlist``'s patterns."""
-    if not re.fullmatch(r"--[a-z][a-z0-9-]*(=[^\s;&|`$<>\\'\"]*)?", arg):
-        raise ResourceError(
-            f"sbatch argument {arg!r} must look like --flag or --flag=value (no spaces or"
-            " shell characters)"
-        )
-    flag = arg.split("=", 1)[0]
-    if flag in MANAGED:
-        raise ResourceError(f"sbatch argument {flag} is set by the provisioner and cannot be given")
-    if allowlist is not None and not any(fnmatch.fnmatchcase(arg, p) for p in allowlist):
-        allowed = ", ".join(allowlist) or "none"
-        raise ResourceError(f"sbatch argument {arg!r} is not allowed (allowed: {allowed})")
-    return arg
+def check_sbatch_args(words: list[str], allowlist: list[str] | None) -> list[str]:
+    """Extra ``sbatch`` arguments, read as sbatch reads them (full names, values), then
+    judged: never a managed flag, nor a resource that has its own setting; for a start's
+    own arguments (``allowlist`` given) never an amount of resources, never a flag
+    twice, and each matching one of ``allowlist``'s patterns in its full form."""
+    seen: set[str] = set()
+    checked: list[str] = []
+    try:
+        parsed = parse_sbatch_words(words)
+    except SbatchArgumentError as e:
+        raise ResourceError(str(e)) from None
+    for name, value in parsed:
+        arg = render(name, value)
+        if name in MANAGED:
+            raise ResourceError(
+                f"sbatch argument {name} is set by the provisioner and cannot be given"
+            )
+        if allowlist is None and name in RESOURCE_FLAGS:
+            raise ResourceError(
+                f"sbatch argument {name}: set {RESOURCE_FLAGS[name]} through the kernelspec's"
+                " resources (or a profile), where it is checked"
+            )
+        if allowlist is not None:
+            if name in AMOUNT_FLAGS:
+                hint = RESOURCE_FLAGS.get(name)
+                how = f" (use {ENV_PREFIX}{hint.upper()}, within the maxima)" if hint else ""
+                raise ResourceError(f"sbatch argument {name} cannot be given by a start{how}")
+            if name in seen:
+                raise ResourceError(f"sbatch argument {name} is given twice")
+            if not any(fnmatch.fnmatchcase(arg, p) for p in allowlist):
+                allowed = ", ".join(allowlist) or "none"
+                raise ResourceError(f"sbatch argument {arg!r} is not allowed (allowed: {allowed})")
+        seen.add(name)
+        checked.append(arg)
+    return checked
 
 
 @dataclass
@@ -196,14 +272,15 @@ def job_request(
         if name not in RESOURCES:
             raise ResourceError(f"kernelspec: unknown Slurm resource {name!r}")
     values = {k: check_value(k, v) for k, v in base.items() if v not in ("", None)}
-    extra = [check_sbatch_arg(a, None) for a in sbatch_args]
+    extra = check_sbatch_args(list(sbatch_args), None)
     profile = client_env.get(ENV_PREFIX + "PROFILE", "").strip()
     if profile:
         if profile not in profiles:
             known = ", ".join(sorted(profiles)) or "none"
             raise ResourceError(f"Slurm profile {profile!r} is not defined (profiles: {known})")
         bundle = dict(profiles[profile])
-        extra += [check_sbatch_arg(a, None) for a in bundle.pop("sbatch_args", [])]
+        bundle.pop("allowed", None)  # who may pick it: the provisioner checked
+        extra += check_sbatch_args(list(bundle.pop("sbatch_args", [])), None)
         values.update({k: check_value(k, v) for k, v in bundle.items()})
     for name in RESOURCES:
         raw = client_env.get(ENV_PREFIX + name.upper())
@@ -229,7 +306,7 @@ def job_request(
             words = shlex.split(raw_args)
         except ValueError as e:
             raise ResourceError(f"{ENV_PREFIX}SBATCH_ARGS: {e}") from None
-        extra += [check_sbatch_arg(a, list(sbatch_arg_allowlist)) for a in words]
+        extra += check_sbatch_args(words, list(sbatch_arg_allowlist))
     return JobRequest(values, extra, profile)
 
 

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import pwd
 import re
 import signal
 import time
@@ -37,6 +39,7 @@ from traitlets import Bool, Dict, Float, List, Unicode
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.provisioning.contract import GarbageContext, client_connection_info
 
+from ..common.entitlement import check_profile_entitlement
 from ..ssh.agent import RemoteAgent, agent_for
 from ..ssh.localhost import local_connection
 from ..ssh.provisioner import SSHProvisioner
@@ -168,8 +171,41 @@ class SlurmProvisioner(SSHProvisioner):
         return await super()._collect_on(host, ctx)
 
     # ------------------------------------------------------------ launch
+    def _check_login_node_account(self) -> None:
+        """On the login node every job runs as the orchestrator's own account: refuse a
+        configuration that names other accounts (they would be ignored), and a gateway
+        whose users would share that account (its home holds the store, its ~/.ssh and
+        every kernel's files) unless the operator accepts it with ``shared_account``."""
+        if not self.on_login_node:
+            return
+        me = pwd.getpwuid(os.geteuid()).pw_name
+        if self.user or self.user_map or self.identity_file:
+            raise KernelStartError(
+                "slurm-provisioner: on_login_node submits every job as this process's account"
+                f" ({me!r}); user, user_map and identity_file cannot apply there: remove them,"
+                " or use hosts with per-user accounts instead of on_login_node"
+            )
+        if getattr(self.parent, "multi_tenant", False) and not self.shared_account:
+            raise KernelStartError(
+                "slurm-provisioner: on_login_node runs every user's kernels as the gateway's"
+                f" own account ({me!r}), so this gateway's users would share it with each"
+                " other and with the gateway's secrets: use hosts with per-user accounts"
+                " (user '{username}' or user_map), or set shared_account to accept it"
+            )
+
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
+        self._check_login_node_account()
         kwargs = await super().pre_launch(**kwargs)
+        client_env = getattr(self, "_client_env", {})
+        profile = client_env.get(batch.ENV_PREFIX + "PROFILE", "").strip()
+        if profile in self.profiles:
+            check_profile_entitlement(
+                "Slurm",
+                profile,
+                self.profiles[profile],
+                client_env,
+                bool(getattr(self.parent, "multi_tenant", False)),
+            )
         self._job_request = batch.job_request(
             base=dict(self.resources),
             profiles=dict(self.profiles),
@@ -664,7 +700,7 @@ class SlurmProvisioner(SSHProvisioner):
         resources = {n: batch.check_value(n, getattr(args, n)) for n in names if getattr(args, n)}
         config["resources"] = resources
         if args.sbatch_args:
-            config["sbatch_args"] = [batch.check_sbatch_arg(a, None) for a in args.sbatch_args]
+            config["sbatch_args"] = batch.check_sbatch_args(list(args.sbatch_args), None)
         if args.setup:
             config["setup"] = list(args.setup)
         if args.queue_timeout:
