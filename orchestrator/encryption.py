@@ -4,10 +4,12 @@ Kernel messages are HMAC-signed but not encrypted: code and outputs cross the wi
 in plain text. jupyter_client 8.9+ can provision CurveZMQ keys in the connection
 file and ipykernel 7+ uses them. Our policy, per kernel:
 
-* ``auto`` (default): encrypt whenever kernel traffic leaves the machine without an
-  SSH tunnel (a container's address on a Docker network, a remote engine's published
-  ports, a pod IP); if the kernel turns out not to support it, continue unencrypted
-  with a warning;
+* ``auto`` (default): encrypt whenever a kernel's ports can be reached by anyone but
+  the orchestrator (a container's address on a Docker network, a remote engine's
+  published ports, a pod IP, a compute node, a shared login host, and this machine's
+  own loopback when other users' processes share it); a kernel that cannot do
+  CurveZMQ there is refused, with an error naming the package to upgrade and the
+  setting that accepts plain text. Ports only the orchestrator reaches stay plain;
 * ``required``: always encrypt; a kernel that cannot is refused with a clear error;
 * ``disabled``: never (only when an operator asks for it).
 
@@ -68,18 +70,19 @@ def without_curve(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k not in ("curve_publickey", "curve_secretkey")}
 
 
-def accept_unencrypted(policy: str, log: Any, kernel_id: str, image: str, address: str) -> None:
-    """A kernel ignored its Curve keys: refuse it under ``required``, else warn loudly."""
-    if policy == "required":
-        raise KernelStartError(
-            f"kernel image {image!r} does not support CurveZMQ transport encryption"
-            " (it ignored the keys; ipykernel >= 7 is needed) and transport_encryption"
-            " is 'required'"
-        )
-    log.warning(
-        "kernel %s: image %s does not support CurveZMQ; its traffic to %s is NOT"
-        " encrypted (set transport_encryption to 'required' to refuse such kernels)",
-        kernel_id,
-        image,
-        address,
+def refuse_unencrypted(policy: str, kernel_id: str, what: str, address: str) -> KernelStartError:
+    """The error for a kernel that ignored the Curve keys it was given: under
+    ``required``, and under ``auto`` (keys are given there only when others can reach
+    its ports), plain text is never accepted silently."""
+    why = (
+        "transport_encryption is 'required'"
+        if policy == "required"
+        else f"its ports at {address} can be reached by others than the orchestrator, so"
+        " transport_encryption 'auto' refuses plain text"
+    )
+    return KernelStartError(
+        f"kernel {kernel_id}: {what} does not support CurveZMQ transport encryption (it"
+        f" ignored its keys: ipykernel >= 7 is needed) and {why}; install ipykernel >= 7"
+        " there, or set transport_encryption = 'disabled' in the kernelspec's provisioner"
+        " config to accept unencrypted kernel traffic"
     )

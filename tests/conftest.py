@@ -160,6 +160,37 @@ def write_kernelspec(data_dir: str, name: str, provisioner: str, config: dict, *
     (spec_dir / "kernel.json").write_text(json.dumps(spec))
 
 
+@pytest.fixture(scope="session")
+def legacy_kernel_python() -> str:
+    """A Python whose ipykernel (6.29) has no CurveZMQ support: what many HPC
+    environments still run. Made once per machine from PyPI, kept in the cache."""
+    import shutil
+    import subprocess
+
+    root = Path("/var/cache/kernel-orchestrator/legacy-ipykernel-6.29-jc8.6")
+    python = root / "bin" / "python"
+    if not (root / ".ready").exists():
+        shutil.rmtree(root, ignore_errors=True)
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(root)], check=True, timeout=300)
+        subprocess.run(
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "ipykernel==6.29.5",
+                "jupyter_client==8.6.3",
+            ],
+            check=True,
+            timeout=600,
+            capture_output=True,
+        )
+        (root / ".ready").touch()
+    return str(python)
+
+
 # --------------------------------------------------------------------- SSH
 @pytest.fixture(scope="session")
 def sshnet():  # type: ignore[no-untyped-def]

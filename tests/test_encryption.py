@@ -239,29 +239,32 @@ async def test_required_refuses_a_kernel_without_support(
     assert await store.list() == []
 
 
-async def test_auto_falls_back_with_a_warning(
-    jupyter_env: dict[str, str],
-    store: Any,
-    network: Any,
-    legacy_image: str,
-    caplog: pytest.LogCaptureFixture,
+async def test_auto_refuses_a_kernel_without_support_that_others_can_reach(
+    jupyter_env: dict[str, str], store: Any, network: Any, legacy_image: str, dclient: Any
 ) -> None:
-    import logging
-
+    """Its ports are on a Docker network: under the default policy a kernel that ignores
+    its Curve keys is refused, saying what to upgrade and what to set, and nothing is
+    left; the operator may accept plain text explicitly."""
+    config = {"image": legacy_image, "reachability": "network", "network": network.name}
+    write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], "legacy-auto", "docker-provisioner", config)
+    km = orchestrator.AsyncKernelManager(kernel_name="legacy-auto", kernel_store=store)
+    with pytest.raises(OrchestratorError) as info:
+        await km.start_kernel()
+    message = str(info.value)
+    assert "does not support CurveZMQ transport encryption" in message
+    assert "transport_encryption 'auto' refuses plain text" in message
+    assert "install ipykernel >= 7" in message and "'disabled'" in message
+    assert our_containers(dclient) == [] and await store.list() == []
     write_kernelspec(
         jupyter_env["JUPYTER_DATA_DIR"],
-        "legacy-auto",
+        "legacy-plain",
         "docker-provisioner",
-        {"image": legacy_image, "reachability": "network", "network": network.name},
+        {**config, "transport_encryption": "disabled"},
     )
-    km = orchestrator.AsyncKernelManager(
-        kernel_name="legacy-auto", kernel_store=store, log=logging.getLogger("ko-enc-test")
-    )
-    with caplog.at_level("WARNING"):
-        await km.start_kernel()
+    km = orchestrator.AsyncKernelManager(kernel_name="legacy-plain", kernel_store=store)
+    await km.start_kernel()
     try:
         assert not km.curve_secretkey
-        assert "does not support CurveZMQ" in caplog.text and "NOT encrypted" in caplog.text
         assert (await run(km, "print('works')"))["out"] == "works\n"
     finally:
         await km.shutdown_kernel(now=True)

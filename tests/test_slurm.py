@@ -669,3 +669,20 @@ async def test_the_gateway_shows_a_pending_job_and_cancels_it(
         wait_until(lambda: jobs_of(slurmnet, kernel["id"]) == [], 30, "the job's cancel")
     finally:
         gw.kill(signal.SIGTERM)
+
+
+async def test_a_kernel_without_curve_on_a_node_is_refused(
+    slurmspec: Any, store: Any, slurmnet: Any, legacy_kernel_python: str
+) -> None:
+    """Any cluster user can subscribe to a kernel's port on its node: under the default
+    policy a kernel that ignores its Curve keys (ipykernel 6) is refused, saying what to
+    upgrade and what to set, and its job is cancelled."""
+    name = slurmspec("legacy", python=legacy_kernel_python)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(OrchestratorError) as info:
+        await km.start_kernel()
+    message = str(info.value)
+    assert legacy_kernel_python in message and "ipykernel >= 7" in message
+    assert "transport_encryption 'auto' refuses plain text" in message
+    wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job to end")
+    assert await store.list() == []

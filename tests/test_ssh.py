@@ -535,3 +535,43 @@ async def test_each_user_runs_in_an_account_of_their_own(
     with pytest.raises(OrchestratorError, match="would share one remote account"):
         await manager(shared).start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
     assert await store.list() == []
+
+
+async def test_loopback_private_forwards_are_encrypted_where_the_loopback_is_shared(
+    sshspec: Any, store: Any
+) -> None:
+    """loopback_private leaves the remote loopback plain, but the forwards listen on
+    this machine's loopback: shared with other users' host kernels, they carry Curve."""
+    name = sshspec("lo-private", ["hosta"], loopback_private=True)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    try:
+        assert not km.curve_secretkey
+    finally:
+        await km.shutdown_kernel(now=True)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store, shared_loopback=True)
+    await km.start_kernel()
+    try:
+        assert km.curve_secretkey and km.get_connection_info().get("curve_publickey")
+        assert (await run(km, "print('sealed')"))["out"] == "sealed\n"
+    finally:
+        await km.shutdown_kernel(now=True)
+
+
+async def test_a_kernel_without_curve_on_a_shared_host_is_refused(
+    sshspec: Any, store: Any, legacy_kernel_python: str, remote_dir: Path
+) -> None:
+    """Other accounts on the host can subscribe to the kernel's remote IOPub port: under
+    the default policy a kernel that ignores its Curve keys (ipykernel 6) is refused,
+    saying what to upgrade and what to set, and nothing is left on the host."""
+    name = sshspec("legacy", ["hosta"], python=legacy_kernel_python)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    with pytest.raises(OrchestratorError) as info:
+        await km.start_kernel()
+    message = str(info.value)
+    assert legacy_kernel_python in message and "ipykernel >= 7" in message
+    assert "transport_encryption 'auto' refuses plain text" in message
+    assert "transport_encryption = 'disabled'" in message
+    assert kernel_processes(km.kernel_id) == []
+    assert not (remote_dir / km.kernel_id).exists()
+    assert await store.list() == []

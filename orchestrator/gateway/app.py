@@ -45,6 +45,18 @@ class GatewayApp(ServerApp):
         help="Largest request body in bytes; larger ones get 413 before authentication,"
         " without being buffered.",
     )
+    max_websocket_message = Int(
+        8 * 1024 * 1024,
+        config=True,
+        help="Largest websocket message in bytes a client may send (larger: the socket is"
+        " closed with 1009 before the message is read); Tornado's default is 10 MiB.",
+    )
+    max_websockets_per_user = Int(
+        64,
+        config=True,
+        help="Most kernel websockets one user may have open at once, across their kernels"
+        " (each holds five zmq sockets); 0: no cap. The operator's token has none.",
+    )
     kernel_env_passthrough = List(
         Unicode(),
         ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"],
@@ -193,6 +205,8 @@ class GatewayApp(ServerApp):
         install([self.log], idp.known_tokens)
         cap_request_bodies(self.web_app, self.max_request_body)
         self.web_app.settings["orchestrator_env_allowlist"] = list(self.env_allowlist)
+        self.web_app.settings["websocket_max_message_size"] = self.max_websocket_message
+        self.web_app.settings["orchestrator_max_websockets"] = self.max_websockets_per_user
         km: t.Any = self.kernel_manager
         km.base_environment = base_environment(self.kernel_env_passthrough)
         ksm: t.Any = self.kernel_spec_manager

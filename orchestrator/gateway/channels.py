@@ -15,11 +15,16 @@ sends is held, then sent on in order. The proof starts once iopub has reconnecte
 while a cell runs, and ipykernel publishes a status for it), repeated until iopub
 delivers a message caused by one of them. A kernel that does not come back within
 ``hold_seconds`` gets the held messages anyway, as it would have without the hold.
+
+What a hold keeps is bounded per user (``hold_bytes_per_user``) across all of their
+websockets, and each frame by the gateway's ``max_websocket_message``: a tenant who
+restarts their own kernel and floods the socket meanwhile pins no memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import typing as t
 import uuid
 
@@ -78,6 +83,17 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
         config=True,
         help="Most client messages held while the kernel is away; past it, all are sent on.",
     )
+    hold_bytes_per_user = Int(
+        16 * 1024 * 1024,
+        config=True,
+        help="Most bytes of client messages held for one user, over all their websockets,"
+        " while kernels are away; a websocket whose message would pass it is closed (1009)"
+        " after what it held is sent on, so no tenant can pin the gateway's memory.",
+    )
+
+    #: user name -> bytes held for them now, over all their connections
+    _held_by_user: t.ClassVar[collections.Counter[str]] = collections.Counter()
+    _held_bytes: int = 0
 
     _closed: bool = False
     _monitor: ZMQStream | None = None
@@ -101,11 +117,30 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
 
     def handle_incoming_message(self, incoming_msg: str) -> None:
         if self._held is not None:
+            size = len(incoming_msg)
+            user = self._user()
+            if self._held_by_user[user] + size > self.hold_bytes_per_user:
+                self.log.warning(
+                    "kernel %s: %s sent more than %d bytes while the kernel was away;"
+                    " closing that websocket",
+                    self.kernel_id,
+                    user,
+                    self.hold_bytes_per_user,
+                )
+                self._end_hold()
+                self.websocket_handler.close(1009, "too much sent while the kernel restarts")
+                return
             if len(self._held) < self.hold_messages:
                 self._held.append(incoming_msg)
+                self._held_bytes += size
+                self._held_by_user[user] += size
                 return
             self._end_hold()  # keep the order: the held ones first
         super().handle_incoming_message(incoming_msg)
+
+    def _user(self) -> str:
+        user = getattr(self.websocket_handler, "current_user", None)
+        return str(getattr(user, "username", "") or "")
 
     def handle_outgoing_message(self, stream: t.Any, outgoing_msg: list[t.Any]) -> None:
         probe = self._probe
@@ -183,6 +218,12 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
         """Stop holding (and proving), and send what was held, in order."""
         self._stop_probe()
         held, self._held = self._held, None
+        if self._held_bytes:
+            user = self._user()
+            self._held_by_user[user] -= self._held_bytes
+            if self._held_by_user[user] <= 0:
+                del self._held_by_user[user]
+            self._held_bytes = 0
         if self._hold_timer is not None:
             IOLoop.current().remove_timeout(self._hold_timer)
             self._hold_timer = None

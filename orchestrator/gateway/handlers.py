@@ -13,6 +13,7 @@ actions take its lease over from the replica that held it.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fnmatch
 import itertools
@@ -184,12 +185,30 @@ class ChannelsHandler(KernelWebsocketHandler):
     #: session key -> the arrival number of its newest connection being checked
     _arrivals: t.ClassVar[dict[str, int]] = {}
     _arrival_numbers = itertools.count()
+    #: user name -> their open kernel websockets (each holds five zmq sockets)
+    _open_by_user: t.ClassVar[collections.Counter[str]] = collections.Counter()
+    _counted = False
+
+    def _websocket_cap(self) -> int:
+        """Most open kernel websockets per user (0: no cap; never for the operator)."""
+        return 0 if _is_admin(self) else int(self.settings.get("orchestrator_max_websockets", 0))
+
+    def _over_cap(self, extra: int = 0) -> str:
+        cap = self._websocket_cap()
+        if cap and self._open_by_user[_username(self)] + extra > cap:
+            return (
+                f"{_username(self)} has {cap} kernel websockets open, the most a user may"
+                " (GatewayApp.max_websockets_per_user)"
+            )
+        return ""
 
     async def pre_get(self) -> None:
         # Before jupyter_server's pre_get: that one registers the session with the
         # kernel and sends it a request, which a foreign socket must never get to do.
         if self.current_user is None:
             raise web.HTTPError(403)
+        if refusal := self._over_cap(extra=1):
+            raise web.HTTPError(429, refusal)
         session_id = self.get_argument("session_id", "")
         if not session_id:
             await _check_owner(self, self.kernel_id)
@@ -210,6 +229,26 @@ class ChannelsHandler(KernelWebsocketHandler):
         finally:
             if self._arrivals.get(key) == number:
                 del self._arrivals[key]
+
+    async def open(self, kernel_id: str) -> None:  # type: ignore[override]
+        # Counted once open: connections checked at the same moment may each have
+        # passed pre_get's check, so the cap is enforced again here, exactly.
+        self._open_by_user[_username(self)] += 1
+        self._counted = True
+        if refusal := self._over_cap():
+            self.log.warning("kernel websocket refused: %s", refusal)
+            self.close(1008, "too many kernel websockets for this user")
+            return
+        await super().open(kernel_id)
+
+    def on_close(self) -> None:
+        if self._counted:
+            self._counted = False
+            user = _username(self)
+            self._open_by_user[user] -= 1
+            if self._open_by_user[user] <= 0:
+                del self._open_by_user[user]
+        super().on_close()
 
 
 def _spec_allowed(handler: JupyterHandler, kernel_name: object) -> str | None:

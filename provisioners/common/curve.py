@@ -1,24 +1,19 @@
 """CurveZMQ for kernels reached over a network: deciding, and confirming with the kernel.
 
 A provisioner whose kernel ports are reachable by others gives the kernel a keypair
-(per the ``transport_encryption`` policy); when the kernel first answers, an answer
-that came in plain text means the kernel ignored its keys (an ipykernel without
-CurveZMQ support). Then the policy decides: refuse the kernel (``required``), or
-accept it unencrypted with a warning (``auto``), and forget the keys so clients
-connect in plain text too.
+(per the ``transport_encryption`` policy); ports on this machine's loopback count as
+reachable by others when other users' processes share it (``shared_loopback``).
+When the kernel first answers, an answer that came in plain text means the kernel
+ignored its keys (an ipykernel without CurveZMQ support): the kernel is refused, with
+an error saying what to upgrade and what to set. Plain text is never accepted
+silently where keys were given.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.encryption import (
-    accept_unencrypted,
-    keypair,
-    resolve_policy,
-    should_encrypt,
-    without_curve,
-)
+from orchestrator.encryption import keypair, refuse_unencrypted, resolve_policy, should_encrypt
 from orchestrator.liveness import Answer, wait_for_answer
 
 
@@ -38,8 +33,13 @@ class CurveNegotiation:
     _policy: str = "auto"
 
     def choose_curve(self, *, leaves_machine: bool) -> tuple[str, str] | None:
-        """Decide for this launch; the keypair the kernel gets, or None."""
+        """Decide for this launch; the keypair the kernel gets, or None.
+
+        ``leaves_machine``: the kernel's ports can be reached from elsewhere. Ports
+        forwarded to this machine's loopback are reachable by others too when other
+        users' processes share it (a multi-user gateway's host kernels)."""
         km = self.parent
+        leaves_machine = leaves_machine or bool(getattr(km, "shared_loopback", False))
         self._policy = resolve_policy(self.transport_encryption, km)
         self._curve = (
             keypair(km) if should_encrypt(self._policy, leaves_machine=leaves_machine) else None
@@ -57,7 +57,5 @@ class CurveNegotiation:
             self.connection_info, self.parent.session, timeout, alive=running
         )
         if answer is not None and self._curve and not answer.encrypted:
-            accept_unencrypted(self._policy, self.log, str(self.kernel_id), image, address)
-            self._curve = None
-            self.connection_info = without_curve(dict(self.connection_info))
+            raise refuse_unencrypted(self._policy, str(self.kernel_id), image, address)
         return answer

@@ -431,7 +431,7 @@ class SlurmProvisioner(SSHProvisioner):
 
     async def _wait_until_ready(self) -> None:
         reply = await self.first_answer(
-            self.startup_timeout, image=f"job {self.job_id}", address=self.node
+            self.startup_timeout, image=f"{self.python} (job {self.job_id})", address=self.node
         )
         if reply is None:
             raise KernelStartError(
