@@ -87,7 +87,6 @@ class Gateway:
                 "serve",
                 "--port",
                 str(self.port),
-                *(["--token", ADMIN_TOKEN] if self.with_admin else []),
                 "--allow-root",
                 *(
                     ["--users-file", str(self.users), "--host-kernels", "python3=ko-{username}"]
@@ -98,11 +97,19 @@ class Gateway:
             ],
             stdout=subprocess.DEVNULL,
             stderr=open(self.log, "ab"),  # noqa: SIM115
-            env=self.env,
+            env=self._environment(),
             cwd=self.cwd,
         )
         wait_http(f"{self.url}/readyz" if ready else f"{self.url}/healthz")
         return self
+
+    def _environment(self) -> dict[str, str]:
+        """The operator's token goes through the environment: argv is everyone's."""
+        env = dict(os.environ if self.env is None else self.env)
+        env.pop("KERNEL_ORCHESTRATOR_TOKEN", None)
+        if self.with_admin:
+            env["KERNEL_ORCHESTRATOR_TOKEN"] = ADMIN_TOKEN
+        return env
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None

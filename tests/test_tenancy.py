@@ -15,6 +15,7 @@ import logging
 import signal
 import socket
 import time
+import typing as t
 from pathlib import Path
 
 import pytest
@@ -619,6 +620,94 @@ async def test_a_host_kernel_cannot_make_the_gateway_follow_a_link(two_users: Ga
     assert not list(Path("/tmp").glob(f"kernel-{kid}-*"))
 
 
+@pytest.fixture
+def capped(tmp_path: Path, jupyter_env: dict[str, str], kernel_accounts: object):  # type: ignore[no-untyped-def]
+    """A two-user gateway with small websocket caps."""
+    with running_gateway(
+        tmp_path,
+        "--",
+        "--GatewayApp.max_websockets_per_user=3",
+        "--GatewayApp.max_websocket_message=1048576",
+        "--RestartProofWebsocketConnection.hold_bytes_per_user=2097152",
+    ) as gw:
+        yield gw
+
+
+@pytest.mark.slow
+async def test_websockets_are_capped_per_user_and_per_frame(capped: Gateway) -> None:
+    from tornado.httpclient import HTTPClientError
+
+    kernel = await call(capped.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+    kid = kernel["id"]
+    theirs = await call(capped.url, BOB, "POST", "/api/kernels", {"name": "python3"})
+    sockets = [await KernelSocket.open(capped.url, ALICE, kid) for _ in range(3)]
+    try:
+        with pytest.raises(HTTPClientError) as info:
+            await KernelSocket.open(capped.url, ALICE, kid)
+        assert info.value.code == 429
+        # another user is not affected, and a closed socket frees its place
+        bob = await KernelSocket.open(capped.url, BOB, theirs["id"])
+        assert (await bob.execute("print('bob')"))["out"] == "bob\n"
+        bob.close()
+        sockets.pop().close()
+        await asyncio.sleep(0.5)
+        sockets.append(await KernelSocket.open(capped.url, ALICE, kid))
+        # a frame over max_websocket_message closes that socket (1009), unread
+        big = sockets[0]
+        big.conn.write_message("x" * (1024 * 1024 + 1))
+        assert await asyncio.wait_for(_closed(big), 30) == 1009
+        assert (await sockets[1].execute("print(6 * 7)"))["out"] == "42\n"
+    finally:
+        for ws in sockets:
+            ws.close()
+        for k in (kernel, theirs):
+            await status_of(capped.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{k['id']}")
+
+
+@pytest.mark.slow
+async def test_a_restart_hold_keeps_no_more_than_the_users_byte_cap(capped: Gateway) -> None:
+    """Alice kills her kernel and floods her websocket while it is restarted: what the
+    hold keeps is bounded (hold_bytes_per_user), the socket is closed, the gateway's
+    memory stays flat, and her kernel comes back for a new socket."""
+    assert capped.proc is not None
+    kernel = await call(capped.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+    kid = kernel["id"]
+    ws = await KernelSocket.open(capped.url, ALICE, kid)
+    try:
+        assert (await ws.execute("print('up')"))["out"] == "up\n"
+        before = _rss_kib(capped.proc.pid)
+        ws.send("execute_request", {"code": "import os; os._exit(1)", "silent": False})
+        await asyncio.sleep(0.5)  # the kernel is gone: its iopub disconnected, a hold began
+        for _ in range(40):
+            try:
+                ws.send("execute_request", {"code": "#" + "p" * (900 * 1024), "silent": True})
+            except Exception:  # closed under us
+                break
+            await asyncio.sleep(0.05)
+        closed = await asyncio.wait_for(_closed(ws), 60)
+        assert closed == 1009
+        assert _rss_kib(capped.proc.pid) - before < 40 * 1024
+        again = await KernelSocket.open(capped.url, ALICE, kid)
+        try:
+            back, deadline = "", time.monotonic() + 90
+            while back != "back\n" and time.monotonic() < deadline:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    back = (await again.execute("print('back')", timeout=10))["out"]
+            assert back == "back\n"
+        finally:
+            again.close()
+    finally:
+        ws.close()
+        await status_of(capped.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")
+
+
+async def _closed(ws: KernelSocket) -> int | None:
+    """Read until the gateway closes the socket; its close code."""
+    while await ws.conn.read_message() is not None:
+        pass
+    return t.cast("int | None", ws.conn.close_code)
+
+
 # ------------------------------------------------ SSH accounts: kernelspec and CLI input
 SSH_ACCOUNT_REFUSALS = [
     ({"owner": "", "user": "ko-{username}"}, "need the kernel's user name (KERNEL_USERNAME)"),
@@ -709,3 +798,88 @@ async def test_users_file_alone_means_no_admin_token(
         assert "gateway token" not in gw.log.read_text()
     finally:
         gw.kill(signal.SIGTERM)
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "mode", "message"),
+    [
+        (
+            ["--token", "s3cret-" + "x" * 30],
+            "",
+            None,
+            "would leave the token in this process's argv",
+        ),
+        (["--token", "-"], "", None, "serve --token -: no token on stdin"),
+        (["--token-file", "TOKEN"], "", 0o644, "others can read it (mode 644); chmod 600 it"),
+        (["--token-file", "TOKEN"], "", 0o604, "others can read it (mode 604)"),
+        (["--token-file", "MISSING"], "", None, "--token-file"),
+    ],
+)
+def test_serve_takes_no_token_from_argv(
+    argv: list[str],
+    stdin: str,
+    mode: int | None,
+    message: str,
+    tmp_path: Path,
+    jupyter_env: dict[str, str],
+) -> None:
+    import subprocess
+    import sys
+
+    token_file = tmp_path / "token"
+    token_file.write_text("t" * 40)
+    if mode is not None:
+        token_file.chmod(mode)
+    argv = [
+        str(token_file) if a == "TOKEN" else str(tmp_path / "missing") if a == "MISSING" else a
+        for a in argv
+    ]
+    cli = str(Path(sys.executable).with_name("kernel-orchestrator"))
+    done = subprocess.run(
+        [cli, "serve", "--port", "0", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0 and message in done.stderr, done.stderr
+    assert "x" * 30 not in done.stderr
+
+
+@pytest.mark.slow
+async def test_the_operator_token_from_a_file_or_stdin_stays_out_of_argv(
+    tmp_path: Path, jupyter_env: dict[str, str]
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.test_gateway import free_port, wait_http
+
+    cli = str(Path(sys.executable).with_name("kernel-orchestrator"))
+    token = "op-" + "q" * 40
+    token_file = tmp_path / "token"
+    token_file.write_text(token + "\n")
+    token_file.chmod(0o600)
+    env = {k: v for k, v in os.environ.items() if k != "KERNEL_ORCHESTRATOR_TOKEN"}
+    for how in (["--token-file", str(token_file)], ["--token", "-"]):
+        port = free_port()
+        proc = subprocess.Popen(
+            [cli, "serve", "--port", str(port), "--allow-root", *how],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=tmp_path,
+        )
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(f"{token}\n".encode())
+            proc.stdin.close()
+            wait_http(f"http://127.0.0.1:{port}/readyz")
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            assert token.encode() not in cmdline
+            assert await call(f"http://127.0.0.1:{port}", token, "GET", "/api/kernels") == []
+        finally:
+            proc.terminate()
+            proc.wait(30)

@@ -238,6 +238,7 @@ class Server:
             **os.environ,
             "JUPYTER_RUNTIME_DIR": str(self.runtime),
             "KERNEL_ORCHESTRATOR_STORE": self.store_url,
+            "KERNEL_ORCHESTRATOR_TOKEN": self.token,  # never in argv
         }
 
     async def start(self) -> None:
@@ -252,8 +253,6 @@ class Server:
                 "serve",
                 "--port",
                 str(self.port),
-                "--token",
-                self.token,
                 "--allow-root",
                 *self.extra,
             ]

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import functools
 import logging
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -144,7 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8888)
     p.add_argument(
         "--token",
-        help="access token (default: $KERNEL_ORCHESTRATOR_TOKEN, else generated and printed once)",
+        metavar="-",
+        help="'-': read the operator's access token from stdin (a token given in argv is"
+        " refused: every local user can read argv). Default: --token-file, else"
+        " $KERNEL_ORCHESTRATOR_TOKEN, else generated and printed once",
+    )
+    p.add_argument(
+        "--token-file",
+        metavar="PATH",
+        help="read the operator's access token from this file (mode 600 or 440)",
     )
     p.add_argument("--users-file", help="JSON file {token: user name} for per-user access")
     p.add_argument(
@@ -224,8 +233,9 @@ def _serve(args: Any) -> int:
     from ..store import STORE_URL_ENV
 
     argv = [f"--ip={args.ip}", f"--port={args.port}", "--ServerApp.port_retries=0"]
-    if args.token:
-        os.environ[TOKEN_ENV] = args.token
+    token = _operator_token(args)
+    if token:
+        os.environ[TOKEN_ENV] = token
     if args.no_auth:
         argv.append("--GatewayApp.no_auth=True")
     if args.allow_root:
@@ -276,6 +286,40 @@ def _serve(args: Any) -> int:
         argv.append("--GatewayApp.json_logs=True")
     serve_main(argv + [a for a in args.extra if a != "--"])
     return 0
+
+
+def _operator_token(args: Any) -> str:
+    """The operator's token from stdin (``--token -``) or ``--token-file``; never from
+    argv, which ``ps`` and ``/proc/<pid>/cmdline`` show every local user and kernel."""
+    import stat
+
+    if args.token and args.token != "-":
+        raise OrchestratorError(
+            "serve --token TOKEN would leave the token in this process's argv, which every"
+            " local user and host kernel can read (ps): give it with --token-file PATH,"
+            " $KERNEL_ORCHESTRATOR_TOKEN, or --token - (read from stdin)"
+        )
+    if args.token == "-":
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise OrchestratorError("serve --token -: no token on stdin")
+        return token
+    if not args.token_file:
+        return ""
+    try:
+        with open(args.token_file, encoding="utf-8") as f:
+            info = os.fstat(f.fileno())
+            token = f.read().strip()
+    except OSError as e:
+        raise OrchestratorError(f"--token-file {args.token_file}: {e.strerror}") from None
+    if info.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
+        raise OrchestratorError(
+            f"--token-file {args.token_file}: others can read it"
+            f" (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"
+        )
+    if not token:
+        raise OrchestratorError(f"--token-file {args.token_file} is empty")
+    return token
 
 
 def main(argv: list[str] | None = None) -> int:

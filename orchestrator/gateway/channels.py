@@ -127,8 +127,10 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
                     user,
                     self.hold_bytes_per_user,
                 )
-                self._end_hold()
-                self.websocket_handler.close(1009, "too much sent while the kernel restarts")
+                try:
+                    self._end_hold()
+                finally:
+                    self.websocket_handler.close(1009, "too much sent while the kernel restarts")
                 return
             if len(self._held) < self.hold_messages:
                 self._held.append(incoming_msg)
@@ -230,4 +232,9 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
         if held and self.channels:
             self.log.info("kernel %s: sending %d held messages", self.kernel_id, len(held))
             for message in held:
-                super().handle_incoming_message(message)
+                try:
+                    super().handle_incoming_message(message)
+                except Exception as e:  # a malformed message must not cost the others
+                    self.log.warning(
+                        "kernel %s: a held client message was not sent: %r", self.kernel_id, e
+                    )
