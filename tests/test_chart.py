@@ -565,6 +565,25 @@ def test_replicas_need_an_external_postgresql_store() -> None:
         kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
 
 
+def test_the_database_ca_is_mounted_for_verify_full() -> None:
+    objs = render_objects(
+        {"store": {"postgresql": {"existingSecret": "kernels-db", "caSecret": "db-ca"}}}
+    )
+    deployment = one(objs, "Deployment")
+    mounts = {m["name"]: m for m in container(deployment)["volumeMounts"]}
+    assert mounts["db-ca"]["mountPath"] == "/etc/kernel-orchestrator/db-ca"
+    assert mounts["db-ca"]["readOnly"] is True
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["db-ca"]["secret"] == {
+        "secretName": "db-ca",
+        "items": [{"key": "ca.crt", "path": "ca.crt"}],
+    }
+    for obj in objs:
+        kubernetes_validate.validate(obj, kubernetes_validate.latest_version(), strict=True)
+    plain = one(render_objects(), "Deployment")
+    assert "db-ca" not in {m["name"] for m in container(plain)["volumeMounts"]}
+
+
 def test_sqlite_store_keeps_recreate_and_a_pdb_that_allows_eviction() -> None:
     objs = render_objects()
     assert one(objs, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}

@@ -183,3 +183,26 @@ async def test_slurm_on_the_login_node_shared_only_when_the_operator_says_so() -
     prov = slurm_provisioner(True, shared_account=True)
     prov._check_login_node_account()  # accepted, explicitly
     slurm_provisioner(False)._check_login_node_account()  # one user: their own account
+
+
+def test_the_agent_reply_reader_holds_a_bounded_line() -> None:
+    """The SSH agent runs in the kernel's account: whatever runs there can write to its
+    stdout. 100 MB without a newline costs at most the bound, then an error."""
+    import resource
+
+    from provisioners.ssh.agent import MAX_REPLY_BYTES, LineReader, ReplyTooLong
+
+    reader = LineReader(MAX_REPLY_BYTES)
+    assert reader.feed(b'{"id": 1}\n{"id"') == [b'{"id": 1}']
+    assert reader.feed(b": 2}\n\n") == [b'{"id": 2}', b""]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    chunk = b"x" * 65536
+    fed = 0
+    with pytest.raises(ReplyTooLong, match=f"more than {MAX_REPLY_BYTES} bytes"):
+        while fed < 100 * 1024 * 1024:
+            reader.feed(chunk)
+            fed += len(chunk)
+    assert fed <= MAX_REPLY_BYTES
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 4 * MAX_REPLY_BYTES // 1024
+    assert reader.feed(b"ok\n") == [b"ok"]  # nothing of the long line is kept

@@ -166,6 +166,35 @@ def test_redacted_postgres_urls_hide_every_password() -> None:
     assert shown.startswith("postgresql://ko:***@[::1]:5432/db?sslmode=require")
 
 
+@pytest.mark.parametrize(
+    ("url", "env", "refused"),
+    [
+        ("postgresql://ko@db.internal:5432/k", {}, True),
+        ("postgresql://ko@10.1.2.3/k", {}, True),
+        ("postgresql://ko@/k?host=db.internal", {}, True),
+        ("postgresql://ko@localhost/k?host=db.internal", {}, True),
+        ("postgresql://ko@db.internal/k?sslmode=verify-full&sslrootcert=/ca.crt", {}, False),
+        ("postgresql://ko@db.internal/k?sslmode=disable", {}, False),
+        ("postgresql://ko@db.internal/k", {"PGSSLMODE": "verify-full"}, False),
+        ("postgresql://ko@127.0.0.1:5432/k", {}, False),
+        ("postgresql://ko@[::1]:5432/k", {}, False),
+        ("postgresql://ko@localhost/k", {}, False),
+        ("postgresql:///k?host=/run/postgresql", {}, False),
+    ],
+)
+def test_a_store_over_a_network_must_verify_its_server(
+    url: str, env: dict[str, str], refused: bool
+) -> None:
+    from orchestrator.store.postgres import check_server_verification
+
+    if refused:
+        with pytest.raises(StoreError, match="sslmode=verify-full&sslrootcert=") as info:
+            check_server_verification(url, env)
+        assert "would not verify the database server" in str(info.value)
+    else:
+        check_server_verification(url, env)
+
+
 def test_postgres_connections_cannot_hang_a_replica(pg_store_url: str) -> None:
     """Statement and lock waits are bounded, and a dead peer is noticed by keepalives."""
     store = open_store(pg_store_url)

@@ -112,6 +112,30 @@ def test_redacting_filter_rewrites_records_and_tracebacks() -> None:
     assert SECRET not in text and "got [secret]" in text and "ValueError" in text
 
 
+def test_json_logs_are_redacted_like_text_logs() -> None:
+    import io
+    import sys
+
+    from orchestrator.gateway.logs import JSONFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JSONFormatter())
+    handler.addFilter(RedactingFilter(lambda: [SECRET]))
+    logger = logging.getLogger("ko-json-redaction")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        raise ValueError(f"bad token {SECRET}")
+    except ValueError:
+        logger.error("request with %s failed", SECRET, exc_info=sys.exc_info())
+    finally:
+        logger.removeHandler(handler)
+    line = json.loads(stream.getvalue())
+    assert SECRET not in stream.getvalue()
+    assert "ValueError: bad token [secret]" in line["exc"] and "[secret]" in line["msg"]
+
+
 # ---------------------------------------------------------- kernel environment
 def test_kernels_get_none_of_the_gateways_environment() -> None:
     gateway_env = {
@@ -883,3 +907,26 @@ async def test_the_operator_token_from_a_file_or_stdin_stays_out_of_argv(
         finally:
             proc.terminate()
             proc.wait(30)
+
+
+@pytest.mark.slow
+async def test_warm_pools_are_not_filled_when_the_provisioners_config_names_the_user(
+    tmp_path: Path, jupyter_env: dict[str, str]
+) -> None:
+    """``{username}`` in the provisioner's traitlets config (not in the kernelspec) makes
+    kernels differ by user too: a pooled one, started for nobody, would be wrong for
+    whoever it is handed to."""
+    config = Path(jupyter_env["JUPYTER_CONFIG_DIR"])
+    config.mkdir(parents=True, exist_ok=True)
+    (config / "jupyter_server_config.json").write_text(
+        json.dumps({"LocalProvisioner": {"account": "ko-{username}"}})
+    )
+    gw = Gateway(tmp_path, "--warm-pool", "python3=2", users=False).start()
+    try:
+        deadline = time.monotonic() + 20
+        while "not filled" not in gw.log.read_text() and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert "warm pool python3: not filled" in gw.log.read_text()
+        assert await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
+    finally:
+        gw.kill(signal.SIGTERM)

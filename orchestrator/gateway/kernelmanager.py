@@ -495,14 +495,28 @@ class OrchestratorMappingKernelManager(
             self._refilling.discard(kernel_name)
 
     def _depends_on_user(self, kernel_name: str) -> bool:
-        """Whether kernels of ``kernel_name`` differ by user (a pooled one would not)."""
+        """Whether kernels of ``kernel_name`` differ by user (a pooled one would not):
+        ``{username}`` or a ``user_map`` in the kernelspec, or in the traitlets config of
+        its provisioner class (``KubernetesProvisioner.volumes`` in jupyter_server_config)."""
         import json
+
+        from jupyter_client.provisioning.factory import KernelProvisionerFactory
 
         try:
             spec = self.kernel_spec_manager.get_kernel_spec(kernel_name)
         except Exception:
-            return False
-        return "{username}" in json.dumps(spec.to_dict())
+            return True  # cannot tell: not pooled, started per request
+        factory = KernelProvisionerFactory.instance(parent=self.parent)
+        provisioner = (spec.metadata or {}).get("kernel_provisioner") or {}
+        name = provisioner.get("provisioner_name") or factory.default_provisioner_name
+        sections: set[str] = set()
+        entry = factory.provisioners.get(name)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                sections = {cls.__name__ for cls in entry.load().__mro__}
+        configured = {key: value for key, value in self.config.items() if key in sections}
+        text = json.dumps([spec.to_dict(), configured], default=str)
+        return "{username}" in text or '"user_map"' in text
 
     async def fill_pools(self) -> None:
         await asyncio.gather(*(self._refill(name) for name in self.warm_pools))

@@ -3,7 +3,8 @@
 A log line about a kernel names it in its message (every line our managers and
 Jupyter Server's kernel manager write does); the formatter lifts that id into its own
 ``kernel_id`` field so log pipelines can filter by kernel without parsing text.
-Tokens never appear: Jupyter Server already scrubs them from request URLs.
+Tokens never appear: the gateway's RedactingFilter rewrites each record (message and
+traceback) before any formatter runs, and this one uses that traceback text.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ class JSONFormatter(logging.Formatter):
             kernel_id = match.group(1) if match else None
         if kernel_id:
             entry["kernel_id"] = kernel_id
-        if record.exc_info:
+        if record.exc_text:  # rendered, and redacted, by the gateway's RedactingFilter
+            entry["exc"] = record.exc_text
+        elif record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry)
 

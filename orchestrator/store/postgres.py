@@ -12,8 +12,11 @@ may or may not have happened. Callers already retry on their own schedule (the l
 keeper every third of a lease, the restore with backoff).
 
 The URL may carry a password; it is never logged or shown: :attr:`url` is the URL
-without it. Prefer a password file (``$PGPASSFILE``) or ``$PGPASSWORD`` from a
-Secret, so the password is in no process's argv either.
+without it. Its libpq settings pass through unchanged (``sslmode``, ``sslrootcert``,
+``sslcert``, ...); a server that is not on loopback must be named with an ``sslmode``
+(``verify-full`` to verify it), or the store refuses to connect. Prefer a password
+file (``$PGPASSFILE``) or ``$PGPASSWORD`` from a Secret, so the password is in no
+process's argv either.
 """
 
 from __future__ import annotations
@@ -73,6 +76,34 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def check_server_verification(url: str, environ: Any = os.environ) -> None:
+    """Refuse a connection over a network that would not verify the server.
+
+    The store holds every kernel's keys. libpq's default (``sslmode=prefer``) encrypts
+    when the server offers it but checks no certificate, so anyone on the path can
+    stand in for the database. Loopback and Unix sockets need nothing; elsewhere the
+    URL (or ``$PGSSLMODE``) must say what it wants: ``verify-full`` (with ``sslrootcert``)
+    to verify, ``require`` to encrypt only, ``disable`` on a network the operator trusts.
+    """
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    if "sslmode" in query or environ.get("PGSSLMODE"):
+        return
+    hosts = (query.get("host") or environ.get("PGHOST") or parts.hostname or "").split(",")
+    local = all(
+        not h or h.startswith("/") or h in ("localhost", "::1") or h.startswith("127.")
+        for h in (h.strip().strip("[]") for h in hosts)
+    )
+    if not local:
+        raise StoreError(
+            f"kernel store {redact_url(url)}: the connection would not verify the database"
+            " server (libpq's default sslmode=prefer checks no certificate), and the store"
+            " holds every kernel's keys: add sslmode=verify-full&sslrootcert=/path/to/ca.crt"
+            " to the URL (or set $PGSSLMODE); sslmode=require encrypts without verifying,"
+            " sslmode=disable accepts plain text on a network you trust"
+        )
+
+
 class PostgresKernelStore(SQLKernelStore):
     """Kernel records in a PostgreSQL database named by a ``postgresql://`` URL."""
 
@@ -88,6 +119,7 @@ class PostgresKernelStore(SQLKernelStore):
                 f"the kernel store {redact_url(url)} needs psycopg 3"
                 " (pip install 'kernel-orchestrator[postgresql]')"
             ) from e
+        check_server_verification(url)
         self._psycopg = psycopg
         self._dsn = url
         self.url = redact_url(url)

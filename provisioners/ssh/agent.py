@@ -40,6 +40,40 @@ log = logging.getLogger("kernel-orchestrator.ssh")
 STATUS_MAX_AGE = 0.5  # seconds one batched status answer serves every poll
 
 
+#: Longest line the agent may send (a reply carries a kernel's status or connection
+#: facts: kilobytes). Past it the channel is closed and the agent started anew.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
+
+
+class ReplyTooLong(SSHError):
+    """The agent sent a line longer than the reader accepts."""
+
+
+class LineReader:
+    """Splits a byte stream into lines, holding at most ``limit`` bytes of a line."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._partial = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """The complete lines ``data`` ends (without their newline); ReplyTooLong once
+        a line passes the limit, before it is held any longer."""
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            end = data.find(b"\n", start)
+            self._partial += data[start : len(data) if end == -1 else end]
+            if len(self._partial) > self.limit:
+                self._partial.clear()
+                raise ReplyTooLong(f"a reply of more than {self.limit} bytes with no end")
+            if end == -1:
+                return lines
+            lines.append(bytes(self._partial))
+            self._partial.clear()
+            start = end + 1
+
+
 class RemoteAgent:
     """The launcher in agent mode on one host, shared by every kernel there."""
 
@@ -94,22 +128,30 @@ class RemoteAgent:
         return chan
 
     def _read(self, chan: paramiko.Channel) -> None:
-        buffer = b""
+        lines = LineReader(MAX_REPLY_BYTES)
+        failure = ""
         try:
             while data := chan.recv(65536):
-                buffer += data
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
+                for line in lines.feed(data):
                     self._deliver(line)
+        except ReplyTooLong as e:
+            # The agent runs in the kernel's account: whatever runs there may write to
+            # it. A reply with no end must cost a bounded buffer, then the channel.
+            failure = str(e)
+            chan.close()
         except (OSError, paramiko.SSHException):
             pass
-        err = b""
+        err = bytearray()
         try:
             while chunk := chan.recv_stderr(65536):
                 err += chunk
+                del err[: max(0, len(err) - 4096)]  # only the last lines are shown
         except (OSError, paramiko.SSHException):
             pass
-        detail = err.decode(errors="replace").strip().splitlines()[-1:] or ["it exited"]
+        detail = (
+            failure
+            or (bytes(err).decode(errors="replace").strip().splitlines()[-1:] or ["it exited"])[0]
+        )
         with self._lock:
             if self._chan is chan:
                 self._chan = None
@@ -117,7 +159,7 @@ class RemoteAgent:
         for future in pending.values():
             if not future.done():
                 future.set_exception(
-                    SSHError(f"kernel agent on {self.conn.target.host} ended: {detail[0]}")
+                    SSHError(f"kernel agent on {self.conn.target.host} ended: {detail}")
                 )
 
     def _deliver(self, line: bytes) -> None:
@@ -125,14 +167,19 @@ class RemoteAgent:
             msg = json.loads(line)
         except ValueError:
             return
+        if not isinstance(msg, dict) or not isinstance(msg.get("id"), int):
+            return
         with self._lock:
-            future = self._pending.pop(msg.get("id"), None)
+            future = self._pending.pop(msg["id"], None)
         if future is None or future.done():
             return
+        reply = msg.get("reply") or {}
         if "error" in msg:
             future.set_exception(RemoteError(f"on {self.conn.target.host}: {msg['error']}"))
+        elif not isinstance(reply, dict):
+            future.set_exception(RemoteError(f"on {self.conn.target.host}: a malformed reply"))
         else:
-            future.set_result(msg.get("reply") or {})
+            future.set_result(reply)
 
     # -------------------------------------------------------------- requests
     def request(
