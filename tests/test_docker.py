@@ -502,11 +502,27 @@ async def test_remote_engine_over_ssh(
     sshd = LoopbackSSHD()
     try:
         monkeypatch.setenv("HOME", str(sshd.home))
+        # Kernels' egress on a remote engine host cannot be fenced from here: refused,
+        # naming the setting, until the operator says the host is firewalled.
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "remote-unfenced",
+            "docker-provisioner",
+            {"docker_host": "ssh://dockerhost", "egress": "unmanaged"},
+        )
+        unfenced = orchestrator.AsyncKernelManager(
+            kernel_name="remote-unfenced", kernel_store=store
+        )
+        with pytest.raises(KernelStartError) as info:
+            await unfenced.start_kernel()
+        assert "is not this machine's" in str(info.value)
+        assert "set egress = 'unmanaged'" in str(info.value)
+        assert our_containers(dclient, unfenced.kernel_id) == []
         write_kernelspec(
             jupyter_env["JUPYTER_DATA_DIR"],
             "remote-engine",
             "docker-provisioner",
-            {"docker_host": "ssh://dockerhost"},
+            {"docker_host": "ssh://dockerhost", "egress": "unmanaged"},
         )
         km = orchestrator.AsyncKernelManager(kernel_name="remote-engine", kernel_store=store)
         await km.start_kernel()
@@ -589,7 +605,7 @@ async def test_remote_engine_survives_a_30s_network_cut(
             jupyter_env["JUPYTER_DATA_DIR"],
             "remote-cut",
             "docker-provisioner",
-            {"docker_host": "ssh://dockerhost"},
+            {"docker_host": "ssh://dockerhost", "egress": "unmanaged"},
         )
         km = orchestrator.AsyncKernelManager(kernel_name="remote-cut", kernel_store=store)
         await km.start_kernel()
@@ -619,3 +635,75 @@ async def test_remote_engine_survives_a_30s_network_cut(
         assert our_containers(dclient, km.kernel_id) == []
     finally:
         sshd.stop()
+
+
+HOST_SERVICE_PROBE = """
+import json, socket
+seen = {{}}
+for name, (host, port) in {targets}.items():
+    s = socket.socket()
+    s.settimeout(3)
+    try:
+        s.connect((host, port)); seen[name] = "connected"
+    except OSError as e:
+        seen[name] = type(e).__name__
+    finally:
+        s.close()
+print(json.dumps(seen))
+"""
+
+
+async def test_kernels_reach_neither_the_engine_host_nor_private_networks(
+    pyspec: str, store: Any, dclient: Any
+) -> None:
+    """A service on the engine host (every address) is out of a kernel's reach; the
+    metadata service and private ranges are rejected on the host, before any packet
+    leaves it; the orchestrator still reaches the kernel."""
+    import socket
+
+    from provisioners.docker import egress
+
+    service = socket.socket()
+    service.bind(("0.0.0.0", 0))
+    service.listen(8)
+    port = service.getsockname()[1]
+    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    await km.start_kernel()
+    try:
+        (mine,) = our_containers(dclient, km.kernel_id)
+        net = mine.attrs["NetworkSettings"]["Networks"]["kernel-orchestrator-kernels"]
+        targets = {"host-bridge": (net["Gateway"], port)}
+        seen = json.loads((await run(km, HOST_SERVICE_PROBE.format(targets=targets)))["out"])
+        assert seen["host-bridge"] != "connected", seen
+        network = dclient.api.inspect_network("kernel-orchestrator-kernels")
+        options = network.get("Options") or {}
+        bridge = options.get("com.docker.network.bridge.name") or f"br-{network['Id'][:12]}"
+        rules = subprocess.run(
+            ["iptables", "-S", egress.EGRESS_CHAIN], capture_output=True, text=True, check=True
+        ).stdout
+        for blocked in ("169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"):
+            assert f"-A {egress.EGRESS_CHAIN} -d {blocked} -j REJECT" in rules, rules
+        hooks = subprocess.run(
+            ["iptables", "-S"], capture_output=True, text=True, check=True
+        ).stdout
+        assert f"-A DOCKER-USER -i {bridge} -j {egress.EGRESS_CHAIN}" in hooks
+        assert f"-A INPUT -i {bridge} -j {egress.HOST_CHAIN}" in hooks
+        assert (await run(km, "print('still served')"))["out"] == "still served\n"
+    finally:
+        service.close()
+        await km.shutdown_kernel(now=True)
+    assert our_containers(dclient) == []
+
+
+def test_egress_settings_are_checked() -> None:
+    from provisioners.docker import egress
+
+    assert egress.check_networks(["10.2.0.5", "10.3.0.0/16"], "x") == [
+        "10.2.0.5/32",
+        "10.3.0.0/16",
+    ]
+    for bad, message in (("nope", "is not a network"), ("::1/128", "only IPv4")):
+        with pytest.raises(egress.EgressError, match=message):
+            egress.check_networks([bad], "DockerProvisioner.egress_allow")
+    assert "not this machine's" in egress.can_manage("ssh://engine")
+    assert "not this machine's" in egress.can_manage("tcp://10.0.0.1:2376")

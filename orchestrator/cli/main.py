@@ -177,8 +177,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --users-file: let KERNELSPEC (a local one) run on this host, each user's"
         " kernels as the OS account ACCOUNT, which must contain {username} (repeatable)",
     )
-    p.add_argument("--max-kernels", type=int, default=0)
-    p.add_argument("--max-kernels-per-user", type=int, default=0)
+    p.add_argument(
+        "--max-kernels", type=int, default=None, help="most kernels in total (default 0: no cap)"
+    )
+    p.add_argument(
+        "--max-kernels-per-user",
+        type=int,
+        default=None,
+        help="most kernels per user (default 10; 0: no cap); the operator is not capped",
+    )
     p.add_argument(
         "--cull-idle-timeout",
         type=int,
@@ -246,7 +253,7 @@ def _serve(args: Any) -> int:
         # Through the environment, as the token: a config value would be logged (with
         # its password) by traitlets' debug output of the configuration.
         os.environ[STORE_URL_ENV] = args.store
-    if args.max_kernels:
+    if args.max_kernels is not None:
         argv.append(f"--OrchestratorMappingKernelManager.max_kernels={args.max_kernels}")
     if args.warm_pool:
         pools = {}
@@ -268,7 +275,7 @@ def _serve(args: Any) -> int:
                 )
             hosts[name] = account
         argv.append(f"--GatewayKernelSpecManager.host_kernelspecs={json.dumps(hosts)}")
-    if args.max_kernels_per_user:
+    if args.max_kernels_per_user is not None:
         argv.append(
             f"--OrchestratorMappingKernelManager.max_kernels_per_user={args.max_kernels_per_user}"
         )

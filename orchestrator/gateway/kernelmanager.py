@@ -46,6 +46,7 @@ from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreRepor
 from ..store import KernelRecord, Limits
 from ..store.lease import Holder
 from ..store.record import POOL_LABEL, TENANT_LABEL
+from ..users import ADMIN
 
 OWNER_LABEL = TENANT_LABEL
 
@@ -162,7 +163,10 @@ class OrchestratorMappingKernelManager(
         " own environment) is served from the pool.",
     )
     max_kernels_per_user = Int(
-        0, config=True, help="Most kernels per user, across replicas (0: no limit)."
+        10,
+        config=True,
+        help="Most kernels per user, across replicas (0: no limit). The operator's own"
+        " token is held only to max_kernels.",
     )
     reservation_seconds = Float(
         900.0,
@@ -359,6 +363,11 @@ class OrchestratorMappingKernelManager(
     def limits(self) -> Limits:
         return Limits(total=self.max_kernels, per_tenant=self.max_kernels_per_user)
 
+    def limits_for(self, owner: str) -> Limits:
+        """The limits a start for ``owner`` counts against: the operator's kernels (and
+        a pool's) only against the total."""
+        return Limits(total=self.max_kernels) if owner in ("", ADMIN) else self.limits
+
     async def start_kernel_for(self, owner: str, **kwargs: t.Any) -> str:
         """Start a kernel owned by ``owner``: from a warm pool when possible, else cold."""
         from .metrics import START_FAILURES, START_SECONDS, failure_reason
@@ -390,7 +399,7 @@ class OrchestratorMappingKernelManager(
             kernel_id,
             tenant=owner or None,
             pool=None,
-            limits=self.limits,
+            limits=self.limits_for(owner),
             seconds=self.reservation_seconds,
         )
         try:
@@ -410,7 +419,7 @@ class OrchestratorMappingKernelManager(
         if kernel_name not in self.warm_pools:
             return None
         extra = {k for k, v in (env or {}).items() if self.base_environment.get(k) != v}
-        if extra - {"KERNEL_USERNAME"}:
+        if extra - {"KERNEL_USERNAME", "KERNEL_USER_GROUPS"}:  # the gateway sets those
             return None
         assert self.kernel_store is not None
         self._schedule_refill(kernel_name)
@@ -420,7 +429,7 @@ class OrchestratorMappingKernelManager(
                 owner,
                 ownership.this_holder(),
                 self._keeper().lease_seconds,
-                limits=self.limits,
+                limits=self.limits_for(owner),
             )
             if lease is None:
                 return None

@@ -51,6 +51,22 @@ class DockerConfig(LoggingConfigurable):
         config=True,
         help="With reachability=network: connect by container IP or by container name (DNS).",
     )
+    egress = CaselessStrEnum(
+        ["isolated", "unmanaged"],
+        "isolated",
+        config=True,
+        help="isolated: on the engine's kernel bridge, kernels reach neither the engine"
+        " host nor private, link-local (cloud metadata) or reserved addresses, only the"
+        " public internet and egress_allow (firewall rules the orchestrator applies; it"
+        " must run as root beside the engine). unmanaged: the operator firewalls the"
+        " engine host.",
+    )
+    egress_allow = List(
+        Unicode(),
+        config=True,
+        help="IPv4 networks (CIDR) kernels may reach despite egress=isolated, e.g. a"
+        " package mirror at 10.2.0.5/32.",
+    )
     volumes = List(Unicode(), config=True, help="Mounts as 'source:target[:ro]'.")
     environment = Dict(config=True, help="Fixed environment for the kernel.")
     env_allowlist = List(
@@ -59,8 +75,10 @@ class DockerConfig(LoggingConfigurable):
         config=True,
         help="Names (fnmatch) of client variables passed to the kernel.",
     )
-    cpus = Float(0.0, config=True, help="CPU limit (0: none).")
-    memory = Unicode("", config=True, help="Memory limit like 2g ('' : none).")
+    cpus = Float(
+        2.0, config=True, help="CPU limit (0: none; the default keeps one kernel from all cores)."
+    )
+    memory = Unicode("2g", config=True, help="Memory limit like 4g ('' : none; the default is 2g).")
     pids_limit = Int(
         1024, config=True, help="Most processes and threads the kernel may run (at least 16)."
     )

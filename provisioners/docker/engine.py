@@ -99,20 +99,27 @@ def explain(e: Exception) -> str:
 
 #: The bridge network kernels join when a kernelspec names none.
 KERNEL_NETWORK = "kernel-orchestrator-kernels"
-_ISOLATION_OPTIONS = {"com.docker.network.bridge.enable_icc": "false"}
-_networks_ready: set[tuple[str, str]] = set()
+#: Its bridge interface on the engine host (named, so firewall rules can name it).
+KERNEL_BRIDGE = "ko-kernels0"
+_ISOLATION_OPTIONS = {
+    "com.docker.network.bridge.enable_icc": "false",
+    "com.docker.network.bridge.name": KERNEL_BRIDGE,
+}
+#: (engine URL, network) -> its bridge interface, for networks checked already
+_networks_ready: dict[tuple[str, str], str] = {}
 
 
-def ensure_isolated_network(client: docker.DockerClient, url: str, name: str) -> None:
+def ensure_isolated_network(client: docker.DockerClient, url: str, name: str) -> str:
     """Create (once per engine) the bridge network whose containers cannot reach each
     other: inter-container traffic is off, so a kernel reaches no other kernel's ports,
     while the engine host (and the ports it publishes) still reaches every kernel.
 
     Idempotent across processes and replicas: a network of that name made by someone
-    else is checked to be isolated too, and refused if it is not.
+    else is checked to be isolated too, and refused if it is not. Returns the name of
+    its bridge interface on the engine host.
     """
     if (url, name) in _networks_ready:
-        return
+        return _networks_ready[(url, name)]
     try:
         network = client.api.inspect_network(name)
     except docker.errors.NotFound:
@@ -135,9 +142,11 @@ def ensure_isolated_network(client: docker.DockerClient, url: str, name: str) ->
             " (com.docker.network.bridge.enable_icc is not false): refusing to put"
             " kernels of different users on it"
         )
-    _networks_ready.add((url, name))
+    bridge = options.get("com.docker.network.bridge.name") or f"br-{network['Id'][:12]}"
+    _networks_ready[(url, name)] = bridge
+    return bridge
 
 
 def forget_network(url: str, name: str) -> None:
     """Check ``name`` again next time (it was found missing)."""
-    _networks_ready.discard((url, name))
+    _networks_ready.pop((url, name), None)

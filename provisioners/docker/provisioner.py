@@ -45,7 +45,7 @@ from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.resources import MIN_CPUS, MIN_PIDS, positive_number
-from . import engine, gc, kernelspec
+from . import egress, engine, gc, kernelspec
 from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
 
@@ -227,6 +227,23 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             }
         return create
 
+    def _prepare_kernel_network(self, client: Any) -> None:
+        """Our kernels' bridge: isolated (no kernel reaches another) and, unless the
+        operator manages it, fenced (no kernel reaches the engine host, private or
+        link-local networks; see :mod:`.egress`)."""
+        bridge = engine.ensure_isolated_network(client, self.engine_url, engine.KERNEL_NETWORK)
+        if self.egress == "unmanaged":
+            return
+        allowed = egress.check_networks(self.egress_allow, "DockerProvisioner.egress_allow")
+        if why := egress.can_manage(self.engine_url):
+            raise KernelStartError(
+                "docker-provisioner: kernels could reach the engine host's services and"
+                f" private or metadata addresses, and this process cannot fence them ({why}):"
+                " firewall the engine host's kernel bridge yourself and set egress ="
+                " 'unmanaged' in the kernelspec's provisioner config (DockerProvisioner.egress)"
+            )
+        egress.fence(bridge, allowed)
+
     async def _create_and_start(self, cmd: list[str]) -> None:
         uid, gid = self._uid_gid()
         km = self.parent
@@ -245,7 +262,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
 
         def create_container(client: Any) -> str:
             if not self.network:
-                engine.ensure_isolated_network(client, self.engine_url, engine.KERNEL_NETWORK)
+                self._prepare_kernel_network(client)
             try:
                 return str(client.containers.create(**create).id)
             except docker.errors.NotFound as e:
@@ -253,7 +270,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
                     raise
                 # Our network was removed since we last checked (a prune): make it again.
                 engine.forget_network(self.engine_url, engine.KERNEL_NETWORK)
-                engine.ensure_isolated_network(client, self.engine_url, engine.KERNEL_NETWORK)
+                self._prepare_kernel_network(client)
                 return str(client.containers.create(**create).id)
             except docker.errors.APIError as e:
                 if create.get("ports") and self.published_ports and "port is already" in str(e):
