@@ -239,7 +239,7 @@ class Stats:
 
 # Samples are passed in seconds and scaled to the row's unit; rates ("MB/s", 10^6
 # bytes per second) and counts are passed as they are.
-UNIT_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "count": 1.0, "MB/s": 1.0}
+UNIT_SCALE = {"s": 1.0, "ms": 1e3, "us": 1e6, "count": 1.0, "MB/s": 1.0, "MB": 1.0}
 
 
 @dataclass

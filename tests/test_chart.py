@@ -34,6 +34,13 @@ helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's engine
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
 
 FULLNAME = f"{RELEASE}-kernel-orchestrator"
+#: The chart's kernelspec caps one kernel by default (requests to schedule, limits).
+RESOURCE_DEFAULTS = {
+    "cpu_request": "100m",
+    "cpu_limit": "2",
+    "memory_request": "256Mi",
+    "memory_limit": "2Gi",
+}
 STANDARD_LABELS = {
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -737,7 +744,8 @@ def test_kernelspec_namespace_per_user() -> None:
     # Without namespacePerUser, nothing of the kind is added.
     data = one(render_objects(), "ConfigMap")["data"]
     config = json.loads(data["kernelspec.python3.json"])["metadata"]["kernel_provisioner"]["config"]
-    assert set(config) == {"image", "namespace"}
+    assert set(config) == {"image", "namespace", *RESOURCE_DEFAULTS}
+    assert {k: config[k] for k in RESOURCE_DEFAULTS} == RESOURCE_DEFAULTS
 
 
 def test_kernelspec_removed_with_null() -> None:

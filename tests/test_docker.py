@@ -508,7 +508,7 @@ async def test_remote_engine_over_ssh(
             jupyter_env["JUPYTER_DATA_DIR"],
             "remote-unfenced",
             "docker-provisioner",
-            {"docker_host": "ssh://dockerhost", "egress": "unmanaged"},
+            {"docker_host": "ssh://dockerhost"},
         )
         unfenced = orchestrator.AsyncKernelManager(
             kernel_name="remote-unfenced", kernel_store=store

@@ -23,6 +23,7 @@ SCENARIOS: dict[str, str] = {
     "gateway": "bench.scenarios.gateway",
     "replicas": "bench.scenarios.replicas",
     "idle": "bench.scenarios.idle",
+    "hostile": "bench.scenarios.hostile",
 }
 
 
