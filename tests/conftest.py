@@ -206,40 +206,12 @@ KERNEL_ACCOUNTS = ("ko-alice", "ko-bob")
 @pytest.fixture(scope="session")
 def kernel_accounts() -> Iterator[tuple[str, ...]]:
     """OS accounts the gateway runs host kernels of alice and bob as (``ko-{username}``)."""
-    import pwd
-    import subprocess
+    from .accounts import host_kernel_accounts
 
     if os.geteuid() != 0:
         pytest.skip("host kernels under their own accounts need root")
-    created = []
-    for name in KERNEL_ACCOUNTS:
-        try:
-            pwd.getpwnam(name)
-        except KeyError:
-            # A home and a shell: the SSH tests log in as these accounts too. '*' is
-            # "no password" without the lock ('!') that sshd refuses logins of.
-            subprocess.run(
-                ["useradd", "--system", "--create-home", "--shell", "/bin/sh", name], check=True
-            )
-            subprocess.run(["usermod", "--password", "*", name], check=True)
-            Path(pwd.getpwnam(name).pw_dir).chmod(0o700)
-            created.append(name)
-    # The kernels must reach this interpreter (pyenv keeps it under /root): let other
-    # accounts traverse, not list, the directories above it, for this session only.
-    opened: list[tuple[Path, int]] = []
-    for top in {Path(sys.base_prefix).resolve(), Path(sys.prefix).resolve()}:
-        for directory in [top, *top.parents]:
-            mode = directory.stat().st_mode
-            if not mode & 0o001:
-                opened.append((directory, mode))
-                directory.chmod(mode | 0o001)
-    try:
-        yield KERNEL_ACCOUNTS
-    finally:
-        for directory, mode in opened:
-            directory.chmod(mode & 0o7777)
-        for name in created:
-            subprocess.run(["userdel", "--remove", name], check=False, capture_output=True)
+    with host_kernel_accounts(KERNEL_ACCOUNTS) as names:
+        yield names
 
 
 # --------------------------------------------------------------------- Slurm

@@ -206,3 +206,16 @@ def test_the_agent_reply_reader_holds_a_bounded_line() -> None:
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
     assert grown_kib < 4 * MAX_REPLY_BYTES // 1024
     assert reader.feed(b"ok\n") == [b"ok"]  # nothing of the long line is kept
+
+
+def test_a_users_byte_budget_delays_what_passes_it() -> None:
+    from orchestrator.gateway.fairness import ByteBudget, UserBudgets
+
+    budget = ByteBudget(rate=1000, burst=1000)
+    assert budget.delay_for(600) == 0.0
+    assert budget.delay_for(400) == 0.0
+    assert budget.delay_for(500) == pytest.approx(0.5, abs=0.05)  # in debt: wait
+    users = UserBudgets()
+    assert users.delay_for("alice", 10**9, rate=0) == 0.0  # 0: no limit
+    assert users.delay_for("alice", 2000, rate=1000) == pytest.approx(1.0, abs=0.05)
+    assert users.delay_for("bob", 500, rate=1000) == 0.0  # budgets are per user

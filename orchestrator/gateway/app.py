@@ -46,13 +46,23 @@ class GatewayApp(ServerApp):
         " without being buffered.",
     )
     max_websocket_message = Int(
-        8 * 1024 * 1024,
+        1024 * 1024,
         config=True,
         help="Largest websocket message in bytes a client may send (larger: the socket is"
-        " closed with 1009 before the message is read); Tornado's default is 10 MiB.",
+        " closed with 1009 before the message is read); Tornado's default is 10 MiB. With"
+        " max_websockets_per_user it bounds what one user's sockets make the gateway buffer"
+        " at once (a frame costs about three times its size while it is decoded). Raise it"
+        " for widgets that send files to the kernel.",
+    )
+    websocket_bytes_per_second = Int(
+        16 * 1024 * 1024,
+        config=True,
+        help="What one user's kernel websockets may send per second, together; past it"
+        " their messages are delayed (TCP slows the client), so no user takes the event"
+        " loop from the others. 0: no limit. The operator's token has none.",
     )
     max_websockets_per_user = Int(
-        64,
+        24,
         config=True,
         help="Most kernel websockets one user may have open at once, across their kernels"
         " (each holds five zmq sockets); 0: no cap. The operator's token has none.",
@@ -207,6 +217,7 @@ class GatewayApp(ServerApp):
         self.web_app.settings["orchestrator_env_allowlist"] = list(self.env_allowlist)
         self.web_app.settings["websocket_max_message_size"] = self.max_websocket_message
         self.web_app.settings["orchestrator_max_websockets"] = self.max_websockets_per_user
+        self.web_app.settings["orchestrator_websocket_rate"] = self.websocket_bytes_per_second
         km: t.Any = self.kernel_manager
         km.base_environment = base_environment(self.kernel_env_passthrough)
         ksm: t.Any = self.kernel_spec_manager

@@ -13,6 +13,7 @@ actions take its lease over from the replica that held it.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import fnmatch
@@ -40,6 +41,7 @@ from ..errors import (
 from ..store.record import TENANT_LABEL as OWNER_LABEL
 from ..users import ADMIN
 from .environment import kernel_environment
+from .fairness import UserBudgets
 
 MAX_BODY = 64 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -229,6 +231,19 @@ class ChannelsHandler(KernelWebsocketHandler):
         finally:
             if self._arrivals.get(key) == number:
                 del self._arrivals[key]
+
+    #: per-user byte budgets of what clients send (see ``fairness``)
+    _budgets = UserBudgets()
+
+    async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
+        rate = float(self.settings.get("orchestrator_websocket_rate", 0))
+        if not _is_admin(self):
+            delay = self._budgets.delay_for(_username(self), len(message), rate)
+            if delay > 0:
+                # Tornado reads nothing more from this socket until we return.
+                await asyncio.sleep(delay)
+        if self.connection is not None:
+            super().on_message(message)
 
     async def open(self, kernel_id: str) -> None:  # type: ignore[override]
         # Counted once open: connections checked at the same moment may each have
