@@ -653,6 +653,7 @@ def capped(tmp_path: Path, jupyter_env: dict[str, str], kernel_accounts: object)
         "--GatewayApp.max_websockets_per_user=3",
         "--GatewayApp.max_websocket_message=1048576",
         "--RestartProofWebsocketConnection.hold_bytes_per_user=2097152",
+        "--GatewayApp.header_timeout=2",
     ) as gw:
         yield gw
 
@@ -723,6 +724,27 @@ async def test_a_restart_hold_keeps_no_more_than_the_users_byte_cap(capped: Gate
     finally:
         ws.close()
         await status_of(capped.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")
+
+
+@pytest.mark.slow
+async def test_a_client_that_sends_no_headers_holds_no_connection(capped: Gateway) -> None:
+    """Slowloris: headers that never end, and an idle keep-alive connection, are closed
+    after header_timeout (Tornado's default is an hour)."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", capped.port), timeout=30) as s:
+        s.sendall(b"GET /api/kernels HTTP/1.1\r\nHost: x\r\n")  # and never the end
+        assert s.recv(1024) == b""  # closed by the gateway
+    assert time.monotonic() - started < 15
+    with socket.create_connection(("127.0.0.1", capped.port), timeout=30) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += s.recv(4096)
+        assert reply.startswith(b"HTTP/1.1 200")
+        s.settimeout(30)
+        while s.recv(4096):  # the rest of the body, then the close of the idle connection
+            pass
+    assert time.monotonic() - started < 30
 
 
 async def _closed(ws: KernelSocket) -> int | None:

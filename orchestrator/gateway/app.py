@@ -17,7 +17,7 @@ import sys
 import typing as t
 
 from jupyter_server.serverapp import ServerApp
-from traitlets import Bool, Int, List, Unicode, default
+from traitlets import Bool, Float, Int, List, Unicode, default
 
 from .auth import OrchestratorIdentityProvider
 
@@ -66,6 +66,16 @@ class GatewayApp(ServerApp):
         config=True,
         help="Most kernel websockets one user may have open at once, across their kernels"
         " (each holds five zmq sockets); 0: no cap. The operator's token has none.",
+    )
+    header_timeout = Float(
+        30.0,
+        config=True,
+        help="Seconds a client has to send a request's headers, and that an idle"
+        " keep-alive connection stays open (Tornado's default: an hour, which lets a slow"
+        " client hold a file descriptor per connection).",
+    )
+    body_timeout = Float(
+        60.0, config=True, help="Seconds a client has to send a request's body."
     )
     kernel_env_passthrough = List(
         Unicode(),
@@ -241,6 +251,13 @@ class GatewayApp(ServerApp):
                 original(handler)
 
         self.web_app.settings["log_function"] = log_request
+
+    def init_httpserver(self) -> None:
+        super().init_httpserver()
+        # No connection is held open by a client that sends nothing (slowloris).
+        params = self.http_server.conn_params
+        params.header_timeout = self.header_timeout
+        params.body_timeout = self.body_timeout
 
     def start_ioloop(self) -> None:
         self.io_loop.add_callback(self._restore_kernels)
