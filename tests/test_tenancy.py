@@ -389,6 +389,39 @@ async def test_hostile_requests_get_exact_refusals_and_leave_nothing(
 
 
 @pytest.mark.slow
+async def test_start_errors_show_tenants_no_internal_address(
+    two_users: Gateway, jupyter_env: dict[str, str]
+) -> None:
+    """A back-end failure names the engine's socket, hosts, key paths: the operator
+    sees them, a tenant gets the message without them and a reference to the log."""
+    spec = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "broken"
+    spec.mkdir(parents=True)
+    provisioner = {
+        "provisioner_name": "docker-provisioner",
+        "config": {"docker_host": "tcp://127.0.0.1:9"},
+    }
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "broken",
+                "language": "python",
+                "metadata": {"kernel_provisioner": provisioner},
+            }
+        )
+    )
+    code, reply = await status_of(two_users.url, ALICE, "POST", "/api/kernels", {"name": "broken"})
+    assert code == 400 and "unreachable" in reply["message"], reply
+    assert "127.0.0.1:9" not in reply["message"] and "[internal]" in reply["message"]
+    reference = reply["message"].split("(reference ")[1].split(":")[0]
+    assert reference in two_users.log.read_text()  # the whole text is in the log
+    code, reply = await status_of(
+        two_users.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "broken"}
+    )
+    assert code == 400 and "tcp://127.0.0.1:9" in reply["message"]
+
+
+@pytest.mark.slow
 async def test_kernelspecs_are_canonical_and_show_tenants_no_configuration(
     two_users: Gateway,
 ) -> None:

@@ -74,9 +74,7 @@ class GatewayApp(ServerApp):
         " keep-alive connection stays open (Tornado's default: an hour, which lets a slow"
         " client hold a file descriptor per connection).",
     )
-    body_timeout = Float(
-        60.0, config=True, help="Seconds a client has to send a request's body."
-    )
+    body_timeout = Float(60.0, config=True, help="Seconds a client has to send a request's body.")
     kernel_env_passthrough = List(
         Unicode(),
         ["PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ"],

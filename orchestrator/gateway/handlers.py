@@ -21,6 +21,7 @@ import itertools
 import json
 import re
 import typing as t
+import uuid
 
 from jupyter_server.auth.decorator import allow_unauthenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler, PrometheusMetricsHandler
@@ -76,9 +77,31 @@ async def _check_owner(handler: JupyterHandler, kernel_id: str) -> None:
     try:
         served = await _km(handler).serve_kernel(kernel_id, may_use)
     except OrchestratorError as e:  # the store is down, or the kernel unreachable from here
-        raise web.HTTPError(503, f"kernel {kernel_id}: {e}") from None
+        raise web.HTTPError(503, _for_caller(handler, f"kernel {kernel_id}: {e}")) from None
     if not served:
         raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}")
+
+
+_INTERNAL = (
+    re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+"),  # engine, store and host URLs
+    re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"),  # IPv4 addresses
+    re.compile(r"\[[0-9a-f:.]+\](?::\d+)?|\b[0-9a-f]*::[0-9a-f:]*", re.IGNORECASE),  # IPv6
+    re.compile(r"(?<![\w.~-])/(?:[\w.@+~-]+/)*[\w.@+~-]+"),  # absolute paths
+)
+
+
+def _for_caller(handler: JupyterHandler, message: str) -> str:
+    """An error message as the caller may see it. The operator gets it whole; a tenant
+    gets it without the addresses, URLs and paths of the gateway's back-ends (engine
+    sockets, hosts, DNS servers, key files), and a reference to the whole text, which
+    goes to the log."""
+    if _is_admin(handler):
+        return message
+    reference = uuid.uuid4().hex[:10]
+    handler.log.warning("error for %s (reference %s): %s", _username(handler), reference, message)
+    for pattern in _INTERNAL:
+        message = pattern.sub("[internal]", message)
+    return f"{message} (reference {reference}: the operator's log has the details)"
 
 
 class MainKernelHandler(kernel_handlers.MainKernelHandler):
@@ -134,7 +157,7 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         except NotEntitledError as e:
             raise web.HTTPError(403, str(e)) from None
         except OrchestratorError as e:
-            raise web.HTTPError(400, str(e)) from None
+            raise web.HTTPError(400, _for_caller(self, f"kernel start failed: {e}")) from None
         except KeyError as e:
             raise web.HTTPError(404, f"no such kernelspec: {name}") from e
         model = await ensure_async(km.kernel_model(kernel_id))
