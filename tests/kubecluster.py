@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -184,7 +185,7 @@ class Release:
         scope "*" for cluster-wide rules and "kernel-namespaces" for the role the
         orchestrator binds in the namespaces it creates."""
         bound_in_created = {
-            o["spec"]["validations"][1]["expression"].rsplit("'", 2)[-2]
+            re.search(r"roleRef\.name == '([^']+)'", o["spec"]["validations"][1]["expression"])[1]
             for o in self.objects
             if o["kind"] == "ValidatingAdmissionPolicy"
         }

@@ -397,8 +397,16 @@ def _ns(name: str, labels: dict[str, str]) -> dict[str, Any]:
     return {"metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name, **labels}}}
 
 
-def _binding(role: str, kind: str = "ClusterRole") -> dict[str, Any]:
-    return {"roleRef": {"kind": kind, "name": role}}
+ORCHESTRATOR_SUBJECT = {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+
+
+def _binding(
+    role: str, kind: str = "ClusterRole", subjects: list[dict[str, str]] | None = None
+) -> dict[str, Any]:
+    return {
+        "roleRef": {"kind": kind, "name": role},
+        "subjects": [ORCHESTRATOR_SUBJECT] if subjects is None else subjects,
+    }
 
 
 # (what, operation, resource, object, oldObject, namespaceObject, allowed)
@@ -417,6 +425,19 @@ ADMISSION_CASES = [
      None, _ns("kernels-a", KERNEL_NS_LABELS), False),
     ("bind a namespace Role of the same name", "CREATE", "rolebindings",
      _binding(KERNEL_ROLE, "Role"), None, _ns("kernels-a", KERNEL_NS_LABELS), False),
+    ("bind the kernel role to a user's account", "CREATE", "rolebindings",
+     _binding(KERNEL_ROLE, subjects=[{"kind": "ServiceAccount", "name": "default",
+                                      "namespace": "kernels-a"}]),
+     None, _ns("kernels-a", KERNEL_NS_LABELS), False),
+    ("bind the kernel role to a user", "CREATE", "rolebindings",
+     _binding(KERNEL_ROLE, subjects=[{"kind": "User", "name": FULLNAME}]),
+     None, _ns("kernels-a", KERNEL_NS_LABELS), False),
+    ("bind the kernel role to itself and another", "CREATE", "rolebindings",
+     _binding(KERNEL_ROLE, subjects=[ORCHESTRATOR_SUBJECT, {"kind": "Group",
+                                                             "name": "system:authenticated"}]),
+     None, _ns("kernels-a", KERNEL_NS_LABELS), False),
+    ("bind the kernel role to no one", "CREATE", "rolebindings",
+     _binding(KERNEL_ROLE, subjects=[]), None, _ns("kernels-a", KERNEL_NS_LABELS), False),
 ]  # fmt: skip
 
 

@@ -414,6 +414,7 @@ async def test_port_forward_reachability(kspec: Any, kube: Release, store: Any) 
     await km.start_kernel()
     try:
         assert km.ip == "127.0.0.1" and km.shell_port not in range(50001, 50006)
+        assert not km.curve_secretkey  # this loopback is the orchestrator's alone
         assert (await run(km, "pf = 2; print(pf * 21)"))["out"] == "42\n"
         forwards = [
             e
@@ -428,6 +429,17 @@ async def test_port_forward_reachability(kspec: Any, kube: Release, store: Any) 
         assert (km2.shell_port, km2.iopub_port, km2.control_port) == ports
         assert (await run(km2, "print(pf)"))["out"] == "2\n"
         await km2.shutdown_kernel()
+        # Other users' host kernels share the gateway's loopback, where the forwards
+        # listen: then they carry CurveZMQ, as Docker's published ports do.
+        shared = orchestrator.AsyncKernelManager(
+            kernel_name=name, kernel_store=store, shared_loopback=True
+        )
+        await shared.start_kernel()
+        try:
+            assert shared.ip == "127.0.0.1" and shared.curve_secretkey
+            assert (await run(shared, "print('sealed')"))["out"] == "sealed\n"
+        finally:
+            await shared.shutdown_kernel(now=True)
     finally:
         if pods(cluster, store):
             await km.shutdown_kernel(now=True)
