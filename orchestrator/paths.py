@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from jupyter_core.paths import jupyter_runtime_dir
@@ -29,3 +30,23 @@ def kernel_log_dir() -> Path:
 def open_private(path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND) -> int:
     """Open ``path`` as a 0600 file and return the descriptor."""
     return os.open(path, flags, 0o600)
+
+
+class SecretFileError(OSError):
+    """A file of secrets cannot be read, or others could read it too."""
+
+
+def read_secret_file(path: str | os.PathLike[str]) -> str:
+    """The text of a file of secrets (tokens), read and checked through one descriptor.
+
+    Group read is let through: a Kubernetes Secret volume is 0440 with the pod's
+    fsGroup, a group of the gateway's alone. Anything for "others", and group write,
+    is refused, naming the mode and the fix.
+    """
+    with open(path, encoding="utf-8") as f:
+        info = os.fstat(f.fileno())
+        if info.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
+            raise SecretFileError(
+                f"others can read it (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"
+            )
+        return f.read()

@@ -17,10 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .errors import OrchestratorError
 
@@ -127,19 +125,15 @@ def load_users_file(
     path: str | os.PathLike[str], *, admin_token: str = "", existing: Iterable[GatewayUser] = ()
 ) -> list[GatewayUser]:
     """Read and validate the users file at ``path`` (against ``existing`` users too)."""
+    from .paths import SecretFileError, read_secret_file
+
     where = str(path)
     try:
-        info = os.stat(path)
-        text = Path(path).read_text()
+        text = read_secret_file(path)
+    except SecretFileError as e:
+        raise UsersFileError(f"{where}: the users file holds tokens but {e}") from None
     except OSError as e:
         raise UsersFileError(f"cannot read the users file {where}: {e.strerror}") from None
-    # Group read is let through: a Kubernetes Secret volume is 0440 with the pod's
-    # fsGroup, a group of the gateway's alone. Anything for "others" is refused.
-    if info.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
-        raise UsersFileError(
-            f"{where}: the users file holds tokens but others can read it"
-            f" (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"
-        )
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:

@@ -1,4 +1,5 @@
-"""Helpers for tests that need a kernel started by *another* orchestrator process."""
+"""Helpers shared by tests: kernels started by *another* orchestrator process, and
+common assertions."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 _STARTER = textwrap.dedent(
     """
@@ -68,3 +70,18 @@ async def stream_output(kc, msg_id: str, timeout: float = 10) -> str:  # type: i
             out += msg["content"]["text"]
         if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
             return out
+
+
+async def start_is_refused_for_plain_text(km: Any, what: str) -> None:
+    """``km``'s start fails because its kernel (``what``: its Python or image) ignored
+    its CurveZMQ keys, with an error naming the package to upgrade and the setting."""
+    import pytest
+
+    from orchestrator.errors import OrchestratorError
+
+    with pytest.raises(OrchestratorError) as info:
+        await km.start_kernel()
+    message = str(info.value)
+    assert what in message and "ipykernel >= 7" in message, message
+    assert "transport_encryption 'auto' refuses plain text" in message, message
+    assert "transport_encryption = 'disabled'" in message, message

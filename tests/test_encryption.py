@@ -23,6 +23,7 @@ import orchestrator
 from orchestrator.errors import OrchestratorError
 
 from .conftest import write_kernelspec
+from .helpers import start_is_refused_for_plain_text
 from .test_docker import our_containers, run
 from .test_kubernetes import kspec  # noqa: F401
 
@@ -248,12 +249,7 @@ async def test_auto_refuses_a_kernel_without_support_that_others_can_reach(
     config = {"image": legacy_image, "reachability": "network", "network": network.name}
     write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], "legacy-auto", "docker-provisioner", config)
     km = orchestrator.AsyncKernelManager(kernel_name="legacy-auto", kernel_store=store)
-    with pytest.raises(OrchestratorError) as info:
-        await km.start_kernel()
-    message = str(info.value)
-    assert "does not support CurveZMQ transport encryption" in message
-    assert "transport_encryption 'auto' refuses plain text" in message
-    assert "install ipykernel >= 7" in message and "'disabled'" in message
+    await start_is_refused_for_plain_text(km, legacy_image)
     assert our_containers(dclient) == [] and await store.list() == []
     write_kernelspec(
         jupyter_env["JUPYTER_DATA_DIR"],

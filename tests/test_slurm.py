@@ -22,6 +22,7 @@ from orchestrator import procinfo
 from orchestrator.errors import KernelStartError, OrchestratorError
 
 from .conftest import write_kernelspec
+from .helpers import start_is_refused_for_plain_text
 from .test_docker import run
 from .test_ssh import CROSS_USER_SPY
 
@@ -679,10 +680,6 @@ async def test_a_kernel_without_curve_on_a_node_is_refused(
     upgrade and what to set, and its job is cancelled."""
     name = slurmspec("legacy", python=legacy_kernel_python)
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
-    with pytest.raises(OrchestratorError) as info:
-        await km.start_kernel()
-    message = str(info.value)
-    assert legacy_kernel_python in message and "ipykernel >= 7" in message
-    assert "transport_encryption 'auto' refuses plain text" in message
+    await start_is_refused_for_plain_text(km, legacy_kernel_python)
     wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job to end")
     assert await store.list() == []

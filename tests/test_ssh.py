@@ -19,7 +19,7 @@ from orchestrator import procinfo
 from orchestrator.errors import OrchestratorError
 
 from .conftest import write_kernelspec
-from .helpers import stream_output
+from .helpers import start_is_refused_for_plain_text, stream_output
 from .test_docker import run
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
@@ -566,12 +566,7 @@ async def test_a_kernel_without_curve_on_a_shared_host_is_refused(
     saying what to upgrade and what to set, and nothing is left on the host."""
     name = sshspec("legacy", ["hosta"], python=legacy_kernel_python)
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
-    with pytest.raises(OrchestratorError) as info:
-        await km.start_kernel()
-    message = str(info.value)
-    assert legacy_kernel_python in message and "ipykernel >= 7" in message
-    assert "transport_encryption 'auto' refuses plain text" in message
-    assert "transport_encryption = 'disabled'" in message
+    await start_is_refused_for_plain_text(km, legacy_kernel_python)
     assert kernel_processes(km.kernel_id) == []
     assert not (remote_dir / km.kernel_id).exists()
     assert await store.list() == []

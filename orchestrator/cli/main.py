@@ -233,7 +233,6 @@ async def _run(fn: Callable[[KernelStore, Any], Awaitable[int]], args: Any) -> i
 
 def _serve(args: Any) -> int:
     import json
-    import os
 
     from ..gateway.app import TOKEN_ENV
     from ..gateway.app import main as serve_main
@@ -298,7 +297,6 @@ def _serve(args: Any) -> int:
 def _operator_token(args: Any) -> str:
     """The operator's token from stdin (``--token -``) or ``--token-file``; never from
     argv, which ``ps`` and ``/proc/<pid>/cmdline`` show every local user and kernel."""
-    import stat
 
     if args.token and args.token != "-":
         raise OrchestratorError(
@@ -313,17 +311,14 @@ def _operator_token(args: Any) -> str:
         return token
     if not args.token_file:
         return ""
+    from ..paths import SecretFileError, read_secret_file
+
     try:
-        with open(args.token_file, encoding="utf-8") as f:
-            info = os.fstat(f.fileno())
-            token = f.read().strip()
+        token = read_secret_file(args.token_file).strip()
+    except SecretFileError as e:
+        raise OrchestratorError(f"--token-file {args.token_file}: {e}") from None
     except OSError as e:
         raise OrchestratorError(f"--token-file {args.token_file}: {e.strerror}") from None
-    if info.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
-        raise OrchestratorError(
-            f"--token-file {args.token_file}: others can read it"
-            f" (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"
-        )
     if not token:
         raise OrchestratorError(f"--token-file {args.token_file} is empty")
     return token
