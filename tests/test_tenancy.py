@@ -422,6 +422,38 @@ async def test_start_errors_show_tenants_no_internal_address(
 
 
 @pytest.mark.slow
+async def test_a_profile_is_only_for_its_allowed_users(
+    two_users: Gateway, jupyter_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Bob asks for alice's GPU profile: 403 from the gateway, before anything reaches a
+    cluster (this kernelspec's API server is a closed loopback port)."""
+    from .conftest import write_kernelspec
+
+    token = tmp_path / "sa-token"
+    token.write_text("not-a-real-token")
+    config = {
+        "api_url": "https://127.0.0.1:9",
+        "api_token_file": str(token),
+        "image": "kernel-orchestrator/kernel-python:latest",
+        "profiles": {"gpu": {"gpus": 1, "allowed": ["alice", "@gpu-users"]}},
+    }
+    write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], "kube", "kubernetes-provisioner", config)
+    body = {"name": "kube", "env": {"KERNEL_PROFILE": "gpu"}}
+    code, reply = await status_of(two_users.url, BOB, "POST", "/api/kernels", body)
+    assert code == 403, reply
+    assert reply["message"] == "kubernetes profile 'gpu' is not available to user 'bob'"
+    forged = {**body["env"], "KERNEL_USERNAME": "alice", "KERNEL_USER_GROUPS": "gpu-users"}
+    code, reply = await status_of(
+        two_users.url, BOB, "POST", "/api/kernels", {"name": "kube", "env": forged}
+    )
+    assert code == 403, reply  # who bob is, and his groups, are the gateway's say
+    # alice may: her start gets past the check (and fails later, at the dead API server)
+    code, reply = await status_of(two_users.url, ALICE, "POST", "/api/kernels", body)
+    assert code == 400 and "not available" not in reply["message"], reply
+    assert await call(two_users.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
+
+
+@pytest.mark.slow
 async def test_kernelspecs_are_canonical_and_show_tenants_no_configuration(
     two_users: Gateway,
 ) -> None:

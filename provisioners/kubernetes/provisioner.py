@@ -122,7 +122,8 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
     # ----------------------------------------------------------- settings
     async def pre_launch(self, **kwargs: Any) -> dict[str, Any]:
         kwargs = await super().pre_launch(**kwargs)
-        await self._connect()
+        # Every setting is checked (profiles, entitlements, images, quantities) before
+        # anything reaches the cluster.
         client_env, environment = launch_environment(
             kwargs.pop("env", None), self.kernel_spec.env, self.environment, self.env_allowlist
         )
@@ -186,6 +187,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             s.labels[LABEL_USER] = safe_user
         s.annotations = {str(k): str(v) for k, v in self.annotations.items()}
         self.settings = s
+        await self._connect()
         if self.namespace_template:
             if not safe_user:
                 raise OrchestratorError(
