@@ -707,3 +707,38 @@ def test_egress_settings_are_checked() -> None:
             egress.check_networks([bad], "DockerProvisioner.egress_allow")
     assert "not this machine's" in egress.can_manage("ssh://engine")
     assert "not this machine's" in egress.can_manage("tcp://10.0.0.1:2376")
+
+
+async def test_disk_caps_where_the_engine_can_enforce_them(
+    jupyter_env: dict[str, str], store: Any, dclient: Any
+) -> None:
+    """'auto' caps the writable layer where the storage driver can (xfs with pquota),
+    and starts uncapped elsewhere; an explicit cap an engine cannot enforce is refused,
+    naming the setting, with nothing left behind."""
+    image = "kernel-orchestrator/kernel-python:latest"
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"], "auto-disk", "docker-provisioner", {"image": image}
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name="auto-disk", kernel_store=store)
+    await km.start_kernel()
+    try:
+        (mine,) = our_containers(dclient, km.kernel_id)
+        quota = (mine.attrs["HostConfig"].get("StorageOpt") or {}).get("size")
+        info = dclient.info()
+        backing = dict(info.get("DriverStatus") or []).get("Backing Filesystem", "")
+        assert quota == ("10g" if backing == "xfs" else None), (backing, quota)
+        assert (await run(km, "print('ok')"))["out"] == "ok\n"
+    finally:
+        await km.shutdown_kernel(now=True)
+    if backing == "xfs":
+        return
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "fixed-disk",
+        "docker-provisioner",
+        {"image": image, "disk": "5g"},
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name="fixed-disk", kernel_store=store)
+    with pytest.raises(KernelStartError, match="disk = '5g' cannot be enforced by this engine"):
+        await km.start_kernel()
+    assert our_containers(dclient, km.kernel_id) == []

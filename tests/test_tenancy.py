@@ -513,6 +513,11 @@ def test_the_gateway_mounts_only_its_allow_listed_routes(
             (f"/api/kernels/{kid}/channels$", "ChannelsHandler"),
             ("(.*)$", "Template404"),
         ]
+        # caps an operator raises, not "no limit", by default
+        assert app.kernel_manager.max_kernels_per_user == 10
+        assert (app.max_websockets_per_user, app.max_websocket_message) == (24, 1 << 20)
+        assert app.websocket_bytes_per_second == 16 << 20
+        assert (app.header_timeout, app.body_timeout) == (30, 60)
         # Jupyter Server's root is an empty private directory, not the working one
         root = Path(app.root_dir)
         assert root != tmp_path and not any(root.iterdir())

@@ -79,6 +79,15 @@ class DockerConfig(LoggingConfigurable):
         2.0, config=True, help="CPU limit (0: none; the default keeps one kernel from all cores)."
     )
     memory = Unicode("2g", config=True, help="Memory limit like 4g ('' : none; the default is 2g).")
+    disk = Unicode(
+        "auto",
+        config=True,
+        help="Cap on the container's writable layer, like 20g (Docker's storage-opt size),"
+        " so one kernel cannot fill the engine's disk. 'auto': 10g where the engine's"
+        " storage driver can enforce it (overlay2 on xfs with pquota, btrfs, zfs), none"
+        " elsewhere; '': none. An explicit size on an engine that cannot enforce it is"
+        " refused.",
+    )
     pids_limit = Int(
         1024, config=True, help="Most processes and threads the kernel may run (at least 16)."
     )

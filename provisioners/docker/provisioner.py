@@ -44,11 +44,15 @@ from orchestrator.tunnels import get_tunneler
 from ..common.curve import CurveNegotiation
 from ..common.environment import launch_environment
 from ..common.images import check_image
-from ..common.resources import MIN_CPUS, MIN_PIDS, positive_number
+from ..common.resources import MIN_CPUS, MIN_PIDS, docker_size, positive_number
 from . import egress, engine, gc, kernelspec
 from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
 
+#: The disk cap of ``disk = "auto"``, where the engine can enforce one.
+AUTO_DISK = "10g"
+#: Engines whose storage driver refused a disk cap (``auto`` then means none).
+_ENGINES_WITHOUT_DISK_QUOTA: set[str] = set()
 # Inside its own network namespace every kernel can use the same ports.
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 CONNECTION_DIR = "/run/kernel"
@@ -208,6 +212,12 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         }
         if s.working_dir:
             create["working_dir"] = s.working_dir
+        disk = self.disk
+        if disk == "auto":
+            disk = "" if self.engine_url in _ENGINES_WITHOUT_DISK_QUOTA else AUTO_DISK
+        if disk:
+            docker_size("disk", disk)
+            create["storage_opt"] = {"size": disk}
         if s.cpus:
             create["nano_cpus"] = int(s.cpus * 1e9)
         if s.memory:
@@ -273,6 +283,12 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
                 self._prepare_kernel_network(client)
                 return str(client.containers.create(**create).id)
             except docker.errors.APIError as e:
+                if "storage-opt" in str(e) and self.disk == "auto" and "storage_opt" in create:
+                    # This engine's storage driver cannot cap a container's disk.
+                    _ENGINES_WITHOUT_DISK_QUOTA.add(self.engine_url)
+                    self.log.info("docker %s: no disk quota (%s)", self.engine_url, e)
+                    del create["storage_opt"]
+                    return str(client.containers.create(**create).id)
                 if create.get("ports") and self.published_ports and "port is already" in str(e):
                     # Our old ports were taken meanwhile: take new ones rather than fail.
                     create["ports"] = {k: (v[0], None) for k, v in create["ports"].items()}
@@ -282,6 +298,12 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         try:
             self.container_id = await engine.call(self.engine_url, create_container)
         except docker.errors.APIError as e:
+            if "storage-opt" in str(e) and "storage_opt" in create:
+                raise KernelStartError(
+                    f"docker-provisioner: disk = {self.disk!r} cannot be enforced by this"
+                    f" engine ({engine.explain(e)}): set disk to 'auto' (a cap where the"
+                    " engine can enforce one) or '' in the kernelspec's provisioner config"
+                ) from None
             raise KernelStartError(
                 f"cannot create a container from {create['image']!r}: {engine.explain(e)}"
             ) from None
