@@ -185,9 +185,11 @@ class Release:
         scope "*" for cluster-wide rules and "kernel-namespaces" for the role the
         orchestrator binds in the namespaces it creates."""
         bound_in_created = {
-            re.search(r"roleRef\.name == '([^']+)'", o["spec"]["validations"][1]["expression"])[1]
+            m[1]
             for o in self.objects
             if o["kind"] == "ValidatingAdmissionPolicy"
+            for v in o["spec"]["validations"]
+            if (m := re.search(r"roleRef\.name == '([^']+)'", v["expression"]))
         }
         out = []
         for o in self.objects:

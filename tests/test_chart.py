@@ -163,9 +163,15 @@ def test_default_render() -> None:
             "Secret",
             "Service",
             "ServiceAccount",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding",
         ]
     )
     for o in objs:
+        if o["kind"].startswith("ValidatingAdmissionPolicy"):  # cluster-scoped
+            assert "namespace" not in o["metadata"]
+            assert o["metadata"]["name"] == f"{NAMESPACE}-{FULLNAME}-kernel-pods"
+            continue
         assert o["metadata"]["namespace"] == NAMESPACE, o["metadata"]
         assert o["metadata"]["name"].startswith(FULLNAME)
 
@@ -438,7 +444,53 @@ ADMISSION_CASES = [
      None, _ns("kernels-a", KERNEL_NS_LABELS), False),
     ("bind the kernel role to no one", "CREATE", "rolebindings",
      _binding(KERNEL_ROLE, subjects=[]), None, _ns("kernels-a", KERNEL_NS_LABELS), False),
+    ("create a kernel pod in a kernel namespace", "CREATE", "pods", {"metadata": {}},
+     None, _ns("kernels-a", KERNEL_NS_LABELS), True),
+    ("create a pod where PodSecurity is not enforced", "CREATE", "pods", {"metadata": {}},
+     None, _ns("kube-system", {}), False),
 ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("labels", "allowed"),
+    [
+        ({"pod-security.kubernetes.io/enforce": "restricted"}, True),
+        ({"pod-security.kubernetes.io/enforce": "privileged"}, False),
+        ({}, False),
+    ],
+)
+def test_one_kernel_namespace_gets_kernel_pods_only_if_restricted(
+    labels: dict[str, str], allowed: bool
+) -> None:
+    """Default mode: the orchestrator's Role may create pods in the kernel namespace;
+    its admission policy holds it to a namespace that enforces PodSecurity restricted,
+    so a compromised orchestrator makes no privileged pod."""
+    celpy = pytest.importorskip("celpy")
+    (policy,) = of_kind(render_objects(), "ValidatingAdmissionPolicy")
+    spec = policy["spec"]
+    assert spec["matchConstraints"]["resourceRules"][0]["resources"] == ["pods"]
+    env = celpy.Environment()
+    activation = {
+        "request": celpy.json_to_cel(
+            {"operation": "CREATE", "resource": {"resource": "pods"},
+             "userInfo": {"username": ORCHESTRATOR_SA}}
+        ),
+        "object": celpy.json_to_cel({"metadata": {}}),
+        "namespaceObject": celpy.json_to_cel(_ns("jupyter-kernels", labels)),
+    }  # fmt: skip
+    (condition,) = spec["matchConditions"]
+    assert env.program(env.compile(condition["expression"])).evaluate(activation)
+    (rule,) = spec["validations"]
+    assert bool(env.program(env.compile(rule["expression"])).evaluate(activation)) == allowed
+    assert (
+        "label the kernel namespace pod-security.kubernetes.io/enforce=restricted"
+        in (rule["message"])
+    )
+    (binding,) = of_kind(render_objects(), "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {
+        "policyName": policy["metadata"]["name"],
+        "validationActions": ["Deny"],
+    }
 
 
 @pytest.mark.parametrize(

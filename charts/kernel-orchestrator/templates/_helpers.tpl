@@ -249,3 +249,15 @@ API server also authorizes as "create": both verbs are needed, and both are used
   resources: ["secrets"]
   verbs: ["create", "delete"]
 {{- end }}
+
+{{/*
+CEL: a pod the orchestrator creates lands only in a namespace that enforces PodSecurity
+restricted (so a compromised orchestrator cannot make privileged pods).
+*/}}
+{{- define "kernel-orchestrator.restrictedPodsRule" -}}
+request.resource.resource != 'pods' || (has(namespaceObject.metadata.labels) && 'pod-security.kubernetes.io/enforce' in namespaceObject.metadata.labels && namespaceObject.metadata.labels['pod-security.kubernetes.io/enforce'] == 'restricted')
+{{- end }}
+
+{{- define "kernel-orchestrator.restrictedPodsMessage" -}}
+the orchestrator creates kernel pods only in namespaces that enforce PodSecurity restricted: label the kernel namespace pod-security.kubernetes.io/enforce=restricted
+{{- end }}
