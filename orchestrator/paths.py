@@ -40,11 +40,17 @@ def read_secret_file(path: str | os.PathLike[str]) -> str:
     """The text of a file of secrets (tokens), read and checked through one descriptor.
 
     Group read is let through: a Kubernetes Secret volume is 0440 with the pod's
-    fsGroup, a group of the gateway's alone. Anything for "others", and group write,
-    is refused, naming the mode and the fix.
+    fsGroup, a group of the gateway's alone. Anything for "others", group write, and
+    an owner other than this account or root (who could edit it) are refused, naming
+    the fix.
     """
     with open(path, encoding="utf-8") as f:
         info = os.fstat(f.fileno())
+        if info.st_uid not in (0, os.geteuid()):
+            raise SecretFileError(
+                f"it belongs to uid {info.st_uid}, who could change it; chown it to this"
+                f" account (uid {os.geteuid()}) or root"
+            )
         if info.st_mode & (stat.S_IWGRP | stat.S_IXGRP | stat.S_IRWXO):
             raise SecretFileError(
                 f"others can read it (mode {stat.S_IMODE(info.st_mode):o}); chmod 600 it"

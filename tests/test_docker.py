@@ -265,11 +265,23 @@ async def test_shared_network_reachability(
         "ko-test-net", driver="bridge", labels={"kernel-orchestrator.test": "1"}
     )
     try:
+        # The orchestrator fences only its own bridge: an operator's network is refused
+        # until the operator says it is firewalled.
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "pynet-unfenced",
+            "docker-provisioner",
+            {"reachability": "network", "network": "ko-test-net"},
+        )
+        unfenced = orchestrator.AsyncKernelManager(kernel_name="pynet-unfenced", kernel_store=store)
+        with pytest.raises(KernelStartError, match="fences only its own kernel bridge"):
+            await unfenced.start_kernel()
+        assert our_containers(dclient, unfenced.kernel_id) == []
         write_kernelspec(
             jupyter_env["JUPYTER_DATA_DIR"],
             "pynet",
             "docker-provisioner",
-            {"reachability": "network", "network": "ko-test-net"},
+            {"reachability": "network", "network": "ko-test-net", "egress": "unmanaged"},
         )
         km = orchestrator.AsyncKernelManager(kernel_name="pynet", kernel_store=store)
         await km.start_kernel()
@@ -689,6 +701,16 @@ async def test_kernels_reach_neither_the_engine_host_nor_private_networks(
         assert f"-A DOCKER-USER -i {bridge} -j {egress.EGRESS_CHAIN}" in hooks
         assert f"-A INPUT -i {bridge} -j {egress.HOST_CHAIN}" in hooks
         assert (await run(km, "print('still served')"))["out"] == "still served\n"
+        # A firewall reload drops the rules: the next start puts them back.
+        for chain in (egress.EGRESS_CHAIN, egress.HOST_CHAIN):
+            subprocess.run(["iptables", "-F", chain], check=True)
+        subprocess.run(
+            ["iptables", "-D", "INPUT", "-i", bridge, "-j", egress.HOST_CHAIN], check=True
+        )
+        await km.restart_kernel()  # a restart starts a new container
+        again = subprocess.run(["iptables", "-S"], capture_output=True, text=True).stdout
+        assert f"-A {egress.EGRESS_CHAIN} -d 169.254.0.0/16 -j REJECT" in again
+        assert f"-A INPUT -i {bridge} -j {egress.HOST_CHAIN}" in again
     finally:
         service.close()
         await km.shutdown_kernel(now=True)

@@ -145,7 +145,7 @@ async def test_network_kernel_is_encrypted_by_default(
         jupyter_env["JUPYTER_DATA_DIR"],
         "enc",
         "docker-provisioner",
-        {"reachability": "network", "network": network.name},
+        {"reachability": "network", "network": network.name, "egress": "unmanaged"},
     )
     km = orchestrator.AsyncKernelManager(kernel_name="enc", kernel_store=store)
     await km.start_kernel()
@@ -186,7 +186,12 @@ async def test_disabled_encryption_is_plain_text_on_the_wire(
         jupyter_env["JUPYTER_DATA_DIR"],
         "plain",
         "docker-provisioner",
-        {"reachability": "network", "network": network.name, "transport_encryption": "disabled"},
+        {
+            "reachability": "network",
+            "network": network.name,
+            "transport_encryption": "disabled",
+            "egress": "unmanaged",
+        },
     )
     km = orchestrator.AsyncKernelManager(kernel_name="plain", kernel_store=store)
     await km.start_kernel()
@@ -230,6 +235,7 @@ async def test_required_refuses_a_kernel_without_support(
             "image": legacy_image,
             "reachability": "network",
             "network": network.name,
+            "egress": "unmanaged",
             "transport_encryption": "required",
         },
     )
@@ -246,7 +252,12 @@ async def test_auto_refuses_a_kernel_without_support_that_others_can_reach(
     """Its ports are on a Docker network: under the default policy a kernel that ignores
     its Curve keys is refused, saying what to upgrade and what to set, and nothing is
     left; the operator may accept plain text explicitly."""
-    config = {"image": legacy_image, "reachability": "network", "network": network.name}
+    config = {
+        "image": legacy_image,
+        "reachability": "network",
+        "network": network.name,
+        "egress": "unmanaged",
+    }
     write_kernelspec(jupyter_env["JUPYTER_DATA_DIR"], "legacy-auto", "docker-provisioner", config)
     km = orchestrator.AsyncKernelManager(kernel_name="legacy-auto", kernel_store=store)
     await start_is_refused_for_plain_text(km, legacy_image)

@@ -63,12 +63,23 @@ def request(extra: str, *, allow: list[str] = ALLOW, spec_args: list[str] = ()) 
         ("--xyz=1", "--xyz is not an sbatch option"),
         ("--MAIL-TYPE=ALL", "must look like --flag"),
         ("--mail-type=ALL --hold", "'--hold' is not allowed"),
+        ("--bb=capacity=100T", "--bb cannot be given by a start"),
+        ("--wait-all-nodes", "--wait-all-nodes needs a value"),
     ],
 )
 def test_extra_sbatch_arguments_are_read_as_sbatch_reads_them(extra: str, message: str) -> None:
     with pytest.raises(batch.ResourceError) as info:
         request(extra)
     assert message in str(info.value)
+
+
+def test_a_start_cannot_override_the_kernelspecs_own_sbatch_arguments() -> None:
+    with pytest.raises(batch.ResourceError, match="--nice is given twice"):
+        request("--nice=-10", spec_args=["--nice=10"])
+    assert request("--begin=now", spec_args=["--nice=10"]).extra_args == [
+        "--nice=10",
+        "--begin=now",
+    ]
 
 
 def test_allowed_sbatch_arguments_reach_sbatch_in_full() -> None:
@@ -219,3 +230,27 @@ def test_a_users_byte_budget_delays_what_passes_it() -> None:
     assert users.delay_for("alice", 10**9, rate=0) == 0.0  # 0: no limit
     assert users.delay_for("alice", 2000, rate=1000) == pytest.approx(1.0, abs=0.05)
     assert users.delay_for("bob", 500, rate=1000) == 0.0  # budgets are per user
+
+
+def test_the_login_node_agent_gets_no_orchestrator_secret() -> None:
+    """sbatch exports the agent's environment into every job: on the login node the
+    agent is a local process, and it gets a login shell's variables, not ours."""
+    from provisioners.ssh.localhost import agent_environment
+
+    ours = {
+        "PATH": "/usr/bin",
+        "HOME": "/srv/ko",
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "LC_ALL": "C.UTF-8",
+        "KERNEL_ORCHESTRATOR_TOKEN": "admin-secret",
+        "KERNEL_ORCHESTRATOR_STORE": "postgresql://ko@db/k",
+        "PGPASSWORD": "db-secret",
+        "JUPYTERHUB_API_TOKEN": "hub-secret",
+        "AWS_SECRET_ACCESS_KEY": "cloud-secret",
+    }
+    assert agent_environment(ours) == {
+        "PATH": "/usr/bin",
+        "HOME": "/srv/ko",
+        "SLURM_CONF": "/etc/slurm/slurm.conf",
+        "LC_ALL": "C.UTF-8",
+    }

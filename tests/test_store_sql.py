@@ -180,6 +180,17 @@ def test_redacted_postgres_urls_hide_every_password() -> None:
         ("postgresql://ko@[::1]:5432/k", {}, False),
         ("postgresql://ko@localhost/k", {}, False),
         ("postgresql:///k?host=/run/postgresql", {}, False),
+        # read as libpq reads them: the URL's hosts before $PGHOST, every host of a list
+        ("postgresql://ko@db.internal/k", {"PGHOST": "localhost"}, True),
+        ("postgresql://ko@127.0.0.1:5432,db.internal:5432/k", {}, True),
+        ("postgresql://ko@[::1]:5432,[fd00::5]:5432/k", {}, True),
+        ("postgresql://ko@127.0.0.1:5432,localhost:5433/k", {}, False),
+        ("postgresql:///k", {"PGHOST": "db.internal"}, True),
+        ("postgresql://ko@127.0.0.1.attacker.example/k", {}, True),
+        ("postgresql://ko@localhost/k?hostaddr=10.0.0.5", {}, True),
+        ("postgresql://ko@localhost/k", {"PGHOSTADDR": "10.0.0.5"}, True),
+        ("postgresql:///k?service=prod", {}, True),
+        ("postgresql://ko@localhost/k", {"PGSERVICE": "prod"}, True),
     ],
 )
 def test_a_store_over_a_network_must_verify_its_server(

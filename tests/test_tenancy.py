@@ -724,6 +724,8 @@ def capped(tmp_path: Path, jupyter_env: dict[str, str], kernel_accounts: object)
         "--GatewayApp.max_websocket_message=1048576",
         "--RestartProofWebsocketConnection.hold_bytes_per_user=2097152",
         "--GatewayApp.header_timeout=2",
+        "--RestartProofWebsocketConnection.max_client_backlog=4194304",
+        "--GatewayApp.max_kernel_message=16777216",
     ) as gw:
         yield gw
 
@@ -815,6 +817,42 @@ async def test_a_client_that_sends_no_headers_holds_no_connection(capped: Gatewa
         while s.recv(4096):  # the rest of the body, then the close of the idle connection
             pass
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.slow
+async def test_a_kernel_flooding_a_client_that_does_not_read_is_cut_off(capped: Gateway) -> None:
+    """Alice's kernel writes 200 MB of display data to a websocket whose client reads
+    nothing: past max_client_backlog the gateway closes that websocket (1008) rather
+    than buffer it all; a message over max_kernel_message never arrives; the gateway's
+    memory stays flat and her kernel serves a new socket."""
+    assert capped.proc is not None
+    kernel = await call(capped.url, ALICE, "POST", "/api/kernels", {"name": "python3"})
+    kid = kernel["id"]
+    ws = await KernelSocket.open(capped.url, ALICE, kid)
+    try:
+        before = _rss_kib(capped.proc.pid)
+        flood = (
+            "from IPython.display import display\n"
+            "for _ in range(200): display({'text/plain': 'x' * 1_000_000}, raw=True)"
+        )
+        ws.send("execute_request", {"code": flood, "silent": False})
+        await asyncio.sleep(8)  # read nothing meanwhile: Tornado's client stops reading
+        grown_kib = _rss_kib(capped.proc.pid) - before
+        assert await asyncio.wait_for(_closed(ws), 60) == 1008
+        assert grown_kib < 60 * 1024, grown_kib
+        again = await KernelSocket.open(capped.url, ALICE, kid)
+        try:
+            big = "print(len('y' * 20_000_000)); print('y' * 20_000_000, end='')"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await again.execute(big, timeout=10)  # its 20 MB output is dropped
+            assert (await again.execute("print('still here')", timeout=60))["out"].endswith(
+                "still here\n"
+            )
+        finally:
+            again.close()
+    finally:
+        ws.close()
+        await status_of(capped.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")
 
 
 async def _closed(ws: KernelSocket) -> int | None:

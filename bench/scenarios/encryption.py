@@ -184,7 +184,12 @@ def _write_kernelspecs(network: str) -> None:
     if not data_dir:
         raise RuntimeError("JUPYTER_DATA_DIR is not set (bench.run isolates it)")
     for variant, kernel in KERNELSPECS.items():
-        config: dict[str, Any] = {"image": IMAGE, "reachability": "network", "network": network}
+        config: dict[str, Any] = {
+            "image": IMAGE,
+            "reachability": "network",
+            "network": network,
+            "egress": "unmanaged",
+        }
         if variant == PLAIN:
             config["transport_encryption"] = "disabled"
         spec = {

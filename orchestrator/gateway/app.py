@@ -61,6 +61,13 @@ class GatewayApp(ServerApp):
         " their messages are delayed (TCP slows the client), so no user takes the event"
         " loop from the others. 0: no limit. The operator's token has none.",
     )
+    max_kernel_message = Int(
+        64 * 1024 * 1024,
+        config=True,
+        help="Largest message part in bytes the gateway accepts from a kernel (zmq's"
+        " MAXMSGSIZE on every kernel socket it opens; a larger one drops that connection,"
+        " which reconnects). Bounds what one kernel can make the gateway allocate at once.",
+    )
     max_websockets_per_user = Int(
         24,
         config=True,
@@ -191,6 +198,18 @@ class GatewayApp(ServerApp):
         if hasattr(ksm, "multi_user"):
             ksm.multi_user = bool(idp.multi_user)
         self._open_store()
+        self._cap_kernel_messages()
+
+    def _cap_kernel_messages(self) -> None:
+        """Every kernel socket of this process (the shared contexts make them all) takes
+        messages of at most ``max_kernel_message`` bytes a part."""
+        import zmq
+        import zmq.asyncio
+
+        if self.max_kernel_message > 0:
+            contexts: list[t.Any] = [zmq.Context.instance(), zmq.asyncio.Context.instance()]
+            for context in contexts:
+                context.setsockopt(zmq.MAXMSGSIZE, self.max_kernel_message)
 
     def _open_store(self) -> None:
         """Open (create, migrate) the kernel store now: a gateway whose store is unusable

@@ -18,7 +18,10 @@ delivers a message caused by one of them. A kernel that does not come back withi
 
 What a hold keeps is bounded per user (``hold_bytes_per_user``) across all of their
 websockets, and each frame by the gateway's ``max_websocket_message``: a tenant who
-restarts their own kernel and floods the socket meanwhile pins no memory.
+restarts their own kernel and floods the socket meanwhile pins no memory. The other
+way, what a kernel sends is bounded per message (``GatewayApp.max_kernel_message``,
+zmq's MAXMSGSIZE) and per client (``max_client_backlog``): a kernel that floods a
+client which does not read gets that websocket closed instead of the gateway's memory.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from tornado.ioloop import IOLoop
 from traitlets import Float, Int
 from zmq.eventloop.zmqstream import ZMQStream
 from zmq.utils.monitor import parse_monitor_message
+
+from .fairness import message_bytes
 
 _WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 PROBE_INTERVAL = 0.5  # seconds between probes (jupyter_server's nudge uses the same)
@@ -91,6 +96,14 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
         " after what it held is sent on, so no tenant can pin the gateway's memory.",
     )
 
+    max_client_backlog = Int(
+        64 * 1024 * 1024,
+        config=True,
+        help="Most bytes of kernel output queued for a client that does not read them (a"
+        " kernel flooding a slow or stalled client); past it the websocket is closed"
+        " (1008), so no kernel can make the gateway buffer without end. 0: no limit.",
+    )
+
     #: user name -> bytes held for them now, over all their connections
     _held_by_user: t.ClassVar[collections.Counter[str]] = collections.Counter()
     _held_bytes: int = 0
@@ -117,7 +130,7 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
 
     def handle_incoming_message(self, incoming_msg: str) -> None:
         if self._held is not None:
-            size = len(incoming_msg)
+            size = message_bytes(incoming_msg)
             user = self._user()
             if self._held_by_user[user] + size > self.hold_bytes_per_user:
                 self.log.warning(
@@ -144,7 +157,23 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
         user = getattr(self.websocket_handler, "current_user", None)
         return str(getattr(user, "username", "") or "")
 
+    def _client_backlog(self) -> int:
+        """Bytes written to the client's socket and not yet sent (Tornado's buffer)."""
+        connection = getattr(self.websocket_handler, "ws_connection", None)
+        return int(getattr(getattr(connection, "stream", None), "_write_buffer_size", 0) or 0)
+
     def handle_outgoing_message(self, stream: t.Any, outgoing_msg: list[t.Any]) -> None:
+        if self.max_client_backlog and self._client_backlog() > self.max_client_backlog:
+            if not self._closed:
+                self._closed = True
+                self.log.warning(
+                    "kernel %s: its client reads slower than the kernel writes (more than %d"
+                    " bytes queued); closing that websocket",
+                    self.kernel_id,
+                    self.max_client_backlog,
+                )
+                self.websocket_handler.close(1008, "client too slow for its kernel's output")
+            return
         probe = self._probe
         if probe is not None:  # parsed only while proving: no cost otherwise
             channel = stream if isinstance(stream, str) else getattr(stream, "channel", None)

@@ -14,6 +14,12 @@ from __future__ import annotations
 import time
 
 
+def message_bytes(message: str | bytes) -> int:
+    """The size of a websocket message as it came: a text frame's UTF-8 bytes, not its
+    characters (one character may be four bytes)."""
+    return len(message) if isinstance(message, bytes) else len(message.encode("utf-8", "replace"))
+
+
 class ByteBudget:
     """A token bucket of bytes: ``rate`` per second, at most ``burst`` saved up."""
 

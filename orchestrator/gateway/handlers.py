@@ -42,7 +42,7 @@ from ..errors import (
 from ..store.record import TENANT_LABEL as OWNER_LABEL
 from ..users import ADMIN
 from .environment import kernel_environment
-from .fairness import UserBudgets
+from .fairness import UserBudgets, message_bytes
 
 MAX_BODY = 64 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -86,7 +86,9 @@ _INTERNAL = (
     re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"]+"),  # engine, store and host URLs
     re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"),  # IPv4 addresses
     re.compile(r"\[[0-9a-f:.]+\](?::\d+)?|\b[0-9a-f]*::[0-9a-f:]*", re.IGNORECASE),  # IPv6
-    re.compile(r"(?<![\w.~-])/(?:[\w.@+~-]+/)*[\w.@+~-]+"),  # absolute paths
+    re.compile(r"\b[\w.-]+@[\w.-]+(?::\d+)?"),  # user@host[:port]
+    re.compile(r"\b(?:[a-z0-9-]+\.)+[a-z][a-z0-9-]+\b", re.IGNORECASE),  # DNS names
+    re.compile(r"(?<![\w.-])/(?:[\w.@+~-]+/)*[\w.@+~-]+"),  # absolute (and ~/) paths
 )
 
 
@@ -113,7 +115,7 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         try:
             models = await km.kernel_models_of(None if _is_admin(self) else _username(self))
         except OrchestratorError as e:
-            raise web.HTTPError(503, str(e)) from None
+            raise web.HTTPError(503, _for_caller(self, str(e))) from None
         self.finish(json.dumps(models, default=str))
 
     @web.authenticated
@@ -153,7 +155,7 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
         try:
             kernel_id = await km.start_kernel_for(owner, kernel_name=name, path=path, env=env)
         except KernelLimitError as e:
-            raise web.HTTPError(429, str(e)) from None
+            raise web.HTTPError(429, _for_caller(self, str(e))) from None
         except NotEntitledError as e:
             raise web.HTTPError(403, str(e)) from None
         except OrchestratorError as e:
@@ -203,7 +205,7 @@ async def _lifecycle(handler: JupyterHandler, kernel_id: str) -> t.AsyncIterator
         await _km(handler).get_kernel(kernel_id).take_over()
         yield
     except (OwnedElsewhereError, FencedError) as e:
-        raise web.HTTPError(409, str(e)) from None
+        raise web.HTTPError(409, _for_caller(handler, str(e))) from None
 
 
 class ChannelsHandler(KernelWebsocketHandler):
@@ -261,7 +263,7 @@ class ChannelsHandler(KernelWebsocketHandler):
     async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
         rate = float(self.settings.get("orchestrator_websocket_rate", 0))
         if not _is_admin(self):
-            delay = self._budgets.delay_for(_username(self), len(message), rate)
+            delay = self._budgets.delay_for(_username(self), message_bytes(message), rate)
             if delay > 0:
                 # Tornado reads nothing more from this socket until we return.
                 await asyncio.sleep(delay)

@@ -137,6 +137,8 @@ class GatewayKernelSpecManager(KernelSpecManager):
         canonical = canonical_kernel_name(kernel_name)
         if canonical is None:
             return None
+        if self.allowed_kernelspecs and canonical not in self.allowed_kernelspecs:
+            return None  # jupyter_client's own allow-list filters listings only
         who = self.kernelspec_access.get(canonical)
         name = str(getattr(user, "username", "") or "")
         if who is None or name == ADMIN:

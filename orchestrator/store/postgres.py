@@ -76,6 +76,30 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+def _is_local(host: str) -> bool:
+    """A Unix socket directory, ``localhost``, or a loopback IP literal."""
+    import ipaddress
+
+    host = host.strip().strip("[]")
+    if not host or host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a DNS name: it may resolve anywhere
+
+
+def _url_hosts(netloc: str) -> list[str]:
+    """The hosts of a URL's netloc, which libpq lets be a list (``h1:5432,[::1]:5433``)."""
+    hosts = []
+    for item in netloc.rpartition("@")[2].split(","):
+        if item.startswith("[") and "]" in item:
+            hosts.append(item[1 : item.index("]")])
+        else:
+            hosts.append(item.split(":")[0])
+    return [h for h in hosts if h]
+
+
 def check_server_verification(url: str, environ: Any = os.environ) -> None:
     """Refuse a connection over a network that would not verify the server.
 
@@ -84,23 +108,37 @@ def check_server_verification(url: str, environ: Any = os.environ) -> None:
     stand in for the database. Loopback and Unix sockets need nothing; elsewhere the
     URL (or ``$PGSSLMODE``) must say what it wants: ``verify-full`` (with ``sslrootcert``)
     to verify, ``require`` to encrypt only, ``disable`` on a network the operator trusts.
+    Every host libpq may use counts: the URL's own (a list: ``h1:5432,h2:5432``), its
+    ``host`` parameter, else ``$PGHOST``; a ``hostaddr`` or a service file may send the
+    connection anywhere, so they need an ``sslmode`` too.
     """
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     if "sslmode" in query or environ.get("PGSSLMODE"):
         return
-    hosts = (query.get("host") or environ.get("PGHOST") or parts.hostname or "").split(",")
-    local = all(
-        not h or h.startswith("/") or h in ("localhost", "::1") or h.startswith("127.")
-        for h in (h.strip().strip("[]") for h in hosts)
-    )
-    if not local:
+    # Every host that may be used (the URL's, its host parameter, which libpq lets
+    # override them, or $PGHOST when the URL has none): all must be local.
+    hosts = _url_hosts(parts.netloc) + query.get("host", "").split(",")
+    if not any(hosts):
+        hosts = environ.get("PGHOST", "").split(",")
+    indirect = [
+        name
+        for name, present in (
+            ("hostaddr", "hostaddr" in query),
+            ("$PGHOSTADDR", bool(environ.get("PGHOSTADDR"))),
+            ("service", "service" in query),
+            ("$PGSERVICE", bool(environ.get("PGSERVICE"))),
+        )
+        if present
+    ]
+    if indirect or not all(_is_local(h) for h in hosts):
+        why = f" (it names {', '.join(indirect)})" if indirect else ""
         raise StoreError(
             f"kernel store {redact_url(url)}: the connection would not verify the database"
-            " server (libpq's default sslmode=prefer checks no certificate), and the store"
-            " holds every kernel's keys: add sslmode=verify-full&sslrootcert=/path/to/ca.crt"
-            " to the URL (or set $PGSSLMODE); sslmode=require encrypts without verifying,"
-            " sslmode=disable accepts plain text on a network you trust"
+            f" server{why} (libpq's default sslmode=prefer checks no certificate), and the"
+            " store holds every kernel's keys: add sslmode=verify-full&sslrootcert=/path/to/"
+            "ca.crt to the URL (or set $PGSSLMODE); sslmode=require encrypts without"
+            " verifying, sslmode=disable accepts plain text on a network you trust"
         )
 
 

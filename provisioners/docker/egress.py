@@ -55,6 +55,7 @@ BLOCKED_NETWORKS = (
     "224.0.0.0/4",
     "240.0.0.0/4",
 )
+REJECT = ("-j", "REJECT", "--reject-with", "icmp-admin-prohibited")
 _applied: set[tuple[str, tuple[str, ...]]] = set()
 _lock = threading.Lock()
 
@@ -133,7 +134,19 @@ def fence(bridge: str, allowed: list[str]) -> None:
     key = (bridge, tuple(sorted(allowed)))
     with _lock:
         if key in _applied:
-            return
+            # Checked on every start, cheaply: a firewall reload (firewalld, iptables -F)
+            # may have dropped the rules since. Intact: the hooks are made sure of;
+            # gone: the chains are built again below.
+            if (
+                _iptables(
+                    "-C", EGRESS_CHAIN, "-d", "169.254.0.0/16", *REJECT, check=False
+                ).returncode
+                == 0
+            ):
+                _hook("DOCKER-USER", bridge, EGRESS_CHAIN)
+                _hook("INPUT", bridge, HOST_CHAIN)
+                return
+            _applied.discard(key)
         now = _allowed_now()
         if now is not None and now != set(allowed):
             raise EgressError(
@@ -143,7 +156,7 @@ def fence(bridge: str, allowed: list[str]) -> None:
                 f" remove the chains first: iptables -F {EGRESS_CHAIN}; iptables -F {HOST_CHAIN})"
             )
         replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]
-        reject = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
+        reject = list(REJECT)
         _chain(
             EGRESS_CHAIN,
             [

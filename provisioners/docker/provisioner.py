@@ -270,6 +270,17 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         payload = json.dumps(inside).encode()
         create = self._create_kwargs(cmd)
 
+        if self.network and self.egress != "unmanaged":
+            # The orchestrator's fence is for its own bridge: on an operator's network
+            # the gateway itself may be a member, and only the operator knows its rules.
+            raise KernelStartError(
+                f"docker-provisioner: kernels on the network {self.network!r} could reach the"
+                " engine host's services and private or metadata addresses, and the"
+                " orchestrator fences only its own kernel bridge: firewall that network and"
+                " set egress = 'unmanaged' in the kernelspec's provisioner config"
+                " (DockerProvisioner.egress)"
+            )
+
         def create_container(client: Any) -> str:
             if not self.network:
                 self._prepare_kernel_network(client)

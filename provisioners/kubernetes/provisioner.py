@@ -151,7 +151,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             run_as_group=self.run_as_group,
             username=safe_user,
         )
-        profile = client_env.get("KERNEL_PROFILE", self.default_profile)
+        profile = client_env.get("KERNEL_PROFILE") or self.default_profile  # '' is no way out
         if profile:
             if profile not in self.profiles:
                 raise OrchestratorError(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import fnmatch
 import re
 import shlex
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +119,8 @@ AMOUNT_FLAGS = frozenset(
         "--threads-per-core",
         "--tres-per-task",
         "--switches",
+        "--bb",
+        "--bbf",
     }
 )
 ENV_PREFIX = "KERNEL_SLURM_"
@@ -201,12 +203,15 @@ def check_value(name: str, value: Any) -> str:
     raise ResourceError(f"unknown Slurm resource {name!r} (known: {', '.join(RESOURCES)})")
 
 
-def check_sbatch_args(words: list[str], allowlist: list[str] | None) -> list[str]:
+def check_sbatch_args(
+    words: list[str], allowlist: list[str] | None, taken: Iterable[str] = ()
+) -> list[str]:
     """Extra ``sbatch`` arguments, read as sbatch reads them (full names, values), then
     judged: never a managed flag, nor a resource that has its own setting; for a start's
-    own arguments (``allowlist`` given) never an amount of resources, never a flag
-    twice, and each matching one of ``allowlist``'s patterns in its full form."""
-    seen: set[str] = set()
+    own arguments (``allowlist`` given) never an amount of resources, never a flag twice
+    nor one the kernelspec or profile set already (``taken``: sbatch keeps the last),
+    and each matching one of ``allowlist``'s patterns in its full form."""
+    seen: set[str] = set(taken)
     checked: list[str] = []
     try:
         parsed = parse_sbatch_words(words)
@@ -229,7 +234,9 @@ def check_sbatch_args(words: list[str], allowlist: list[str] | None) -> list[str
                 how = f" (use {ENV_PREFIX}{hint.upper()}, within the maxima)" if hint else ""
                 raise ResourceError(f"sbatch argument {name} cannot be given by a start{how}")
             if name in seen:
-                raise ResourceError(f"sbatch argument {name} is given twice")
+                raise ResourceError(
+                    f"sbatch argument {name} is given twice (or the kernelspec sets it)"
+                )
             if not any(fnmatch.fnmatchcase(arg, p) for p in allowlist):
                 allowed = ", ".join(allowlist) or "none"
                 raise ResourceError(f"sbatch argument {arg!r} is not allowed (allowed: {allowed})")
@@ -306,7 +313,8 @@ def job_request(
             words = shlex.split(raw_args)
         except ValueError as e:
             raise ResourceError(f"{ENV_PREFIX}SBATCH_ARGS: {e}") from None
-        extra += check_sbatch_args(words, list(sbatch_arg_allowlist))
+        taken = {arg.split("=", 1)[0] for arg in extra}
+        extra += check_sbatch_args(words, list(sbatch_arg_allowlist), taken)
     return JobRequest(values, extra, profile)
 
 

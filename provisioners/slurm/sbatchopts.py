@@ -32,12 +32,12 @@ _REQUIRED_VALUE = (
     " ntasks-per-core ntasks-per-gpu ntasks-per-node ntasks-per-socket open-mode output"
     " partition power prefer priority profile qos reservation signal sockets-per-node"
     " switches thread-spec threads-per-core time time-min tmp tres-bind tres-per-task uid"
-    " wckey"
+    " wait-all-nodes wckey"
 )
 _OPTIONAL_VALUE = "exclusive export kill-command nice no-kill propagate wrap"
 _NO_VALUE = (
     "contiguous get-user-env hold ignore-pbs no-requeue overcommit oversubscribe parsable"
-    " quiet reboot requeue spread-job test-only use-min-nodes verbose wait wait-all-nodes"
+    " quiet reboot requeue spread-job test-only use-min-nodes verbose wait"
 )
 SBATCH_OPTIONS: dict[str, str] = {
     **{f"--{n}": REQUIRED for n in _REQUIRED_VALUE.split()},

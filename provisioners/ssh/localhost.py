@@ -10,6 +10,7 @@ not; only the transport differs.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import subprocess
 import threading
@@ -25,6 +26,31 @@ class LocalTarget:
         return "this host (no SSH)"
 
 
+#: What the local agent gets of this process's environment: what a login shell would
+#: have, and Slurm's and munge's own settings. Never the orchestrator's token, store URL
+#: or database password: sbatch exports the agent's environment into every job.
+AGENT_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "LANG",
+    "LC_*",
+    "TZ",
+    "TMPDIR",
+    "SLURM_*",
+    "MUNGE_*",
+)
+
+
+def agent_environment(source: dict[str, str] | None = None) -> dict[str, str]:
+    source = dict(os.environ if source is None else source)
+    return {
+        k: v for k, v in source.items() if any(fnmatch.fnmatchcase(k, p) for p in AGENT_ENVIRONMENT)
+    }
+
+
 class LocalChannel:
     """A local process with the methods of a paramiko session channel the agent uses."""
 
@@ -35,6 +61,7 @@ class LocalChannel:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             close_fds=True,
+            env=agent_environment(),
         )
 
     @property
