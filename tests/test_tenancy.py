@@ -540,6 +540,24 @@ def test_the_gateway_mounts_only_its_allow_listed_routes(
         app.kernel_manager.kernel_store.close()
 
 
+def test_a_shared_host_encrypts_what_is_forwarded_to_its_loopback(
+    tmp_path: Path, jupyter_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from orchestrator.gateway.app import GatewayApp
+
+    monkeypatch.chdir(tmp_path)
+    for argv, shared in (([], False), (["--GatewayApp.shared_host=True"], True)):
+        app = GatewayApp()
+        app.initialize(
+            ["--GatewayApp.default_kernelspecs=False", "--allow-root", "--port=0", *argv]
+        )
+        try:
+            assert app.kernel_manager.shared_loopback is shared
+        finally:
+            app.kernel_manager.kernel_store.close()
+            GatewayApp.clear_instance()
+
+
 @pytest.mark.parametrize(
     ("name", "canonical"),
     [

@@ -61,6 +61,14 @@ class GatewayApp(ServerApp):
         " their messages are delayed (TCP slows the client), so no user takes the event"
         " loop from the others. 0: no limit. The operator's token has none.",
     )
+    shared_host = Bool(
+        False,
+        config=True,
+        help="Other accounts run processes on the gateway's host (a login node, a shared"
+        " server): kernel ports forwarded to its loopback (Docker, SSH, Kubernetes"
+        " port-forward) then carry CurveZMQ too. Implied by host kernels in multi-user"
+        " mode; off, the host is taken to run nothing but the gateway (a VM, a pod).",
+    )
     max_kernel_message = Int(
         64 * 1024 * 1024,
         config=True,
@@ -249,9 +257,9 @@ class GatewayApp(ServerApp):
         km.base_environment = base_environment(self.kernel_env_passthrough)
         ksm: t.Any = self.kernel_spec_manager
         km.multi_tenant = bool(idp.multi_user)
-        if idp.multi_user and getattr(ksm, "host_kernelspecs", None):
-            # Other users' host kernels share this machine's loopback: kernel ports
-            # published there must be encrypted too.
+        if self.shared_host or (idp.multi_user and getattr(ksm, "host_kernelspecs", None)):
+            # Other users' processes (host kernels, or the host's other accounts) share
+            # this machine's loopback: kernel ports forwarded there are encrypted too.
             km.shared_loopback = True
         # Probes hit /healthz and /readyz every few seconds; a 503 while kernels are
         # being restored is expected, not an error worth a header dump in the log.
