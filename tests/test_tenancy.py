@@ -856,18 +856,29 @@ async def test_a_kernel_flooding_a_client_that_does_not_read_is_cut_off(capped: 
         ws.send("execute_request", {"code": flood, "silent": False})
         await asyncio.sleep(8)  # read nothing meanwhile: Tornado's client stops reading
         grown_kib = _rss_kib(capped.proc.pid) - before
-        assert await asyncio.wait_for(_closed(ws), 60) == 1008
+        # Closed: with a close frame (1008), or cut off after the close handshake's own
+        # time-out when the close frame waits behind what the client never read.
+        assert await asyncio.wait_for(_closed(ws), 60) in (1008, None)
+        assert "its client reads slower than the kernel writes" in capped.log.read_text()
         assert grown_kib < 60 * 1024, grown_kib
+        # A message over max_kernel_message is never taken in: it costs its own
+        # connection (which zmq opens again), not the gateway's memory.
         again = await KernelSocket.open(capped.url, ALICE, kid)
         try:
-            big = "print(len('y' * 20_000_000)); print('y' * 20_000_000, end='')"
+            before = _rss_kib(capped.proc.pid)
+            big = "print('y' * 20_000_000, end='')"
             with contextlib.suppress(asyncio.TimeoutError):
-                await again.execute(big, timeout=10)  # its 20 MB output is dropped
-            assert (await again.execute("print('still here')", timeout=60))["out"].endswith(
+                await again.execute(big, timeout=10)
+            assert _rss_kib(capped.proc.pid) - before < 15 * 1024
+        finally:
+            again.close()
+        fresh = await KernelSocket.open(capped.url, ALICE, kid)
+        try:
+            assert (await fresh.execute("print('still here')", timeout=60))["out"] == (
                 "still here\n"
             )
         finally:
-            again.close()
+            fresh.close()
     finally:
         ws.close()
         await status_of(capped.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")

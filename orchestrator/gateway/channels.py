@@ -159,8 +159,9 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
 
     def _client_backlog(self) -> int:
         """Bytes written to the client's socket and not yet sent (Tornado's buffer)."""
-        connection = getattr(self.websocket_handler, "ws_connection", None)
-        return int(getattr(getattr(connection, "stream", None), "_write_buffer_size", 0) or 0)
+        stream = getattr(getattr(self.websocket_handler, "ws_connection", None), "stream", None)
+        buffer = getattr(stream, "_write_buffer", None)
+        return len(buffer) if buffer is not None else 0
 
     def handle_outgoing_message(self, stream: t.Any, outgoing_msg: list[t.Any]) -> None:
         if self.max_client_backlog and self._client_backlog() > self.max_client_backlog:
