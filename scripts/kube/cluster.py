@@ -257,9 +257,15 @@ def api_ready(info: dict[str, Any]) -> bool:
 
 
 def node_ready(info: dict[str, Any]) -> bool:
+    """Ready, and schedulable: the node lifecycle controller removes the not-ready taint
+    a moment after the kubelet reports Ready, and a pod scheduled in between fails as
+    Unschedulable (untolerated taint)."""
     node = api(info, "GET", f"/api/v1/nodes/{NODE_NAME}")
-    return any(c["type"] == "Ready" and c["status"] == "True"
-               for c in node["status"].get("conditions", []))
+    ready = any(c["type"] == "Ready" and c["status"] == "True"
+                for c in node["status"].get("conditions", []))
+    blocking = [t for t in node["spec"].get("taints") or []
+                if t.get("effect") in ("NoSchedule", "NoExecute")]
+    return ready and not blocking
 
 
 def default_service_account(info: dict[str, Any]) -> bool:
