@@ -18,8 +18,9 @@ gets two chains of firewall rules on the engine host:
   ranges are rejected; the public internet stays reachable (``pip install``).
 
 Rules are applied by the orchestrator when the engine is this machine's and it runs
-as root; they are rebuilt whole (idempotent, safe for several processes). They serve
-every kernel of the engine, so all its kernelspecs must allow the same networks.
+as root, and checked again on every start (idempotent, safe for several processes).
+They serve every kernel of the engine, so all its kernelspecs must allow the same
+networks.
 A remote engine cannot be reached that way: the provisioner then refuses to start
 kernels, naming ``egress`` (``unmanaged``: the operator firewalls the engine host).
 """
@@ -56,7 +57,6 @@ BLOCKED_NETWORKS = (
     "240.0.0.0/4",
 )
 REJECT = ("-j", "REJECT", "--reject-with", "icmp-admin-prohibited")
-_applied: set[tuple[str, tuple[str, ...]]] = set()
 _lock = threading.Lock()
 
 
@@ -125,59 +125,43 @@ def _allowed_now() -> set[str] | None:
     return allowed
 
 
-def fence(bridge: str, allowed: list[str]) -> None:
-    """Apply the rules for ``bridge``, letting ``allowed`` networks through.
+def _intact() -> bool:
+    """Whether the egress chain is built (its metadata rule stands): a firewall reload
+    (firewalld, ``iptables -F``) may have emptied or removed it since."""
+    rule = ("-d", "169.254.0.0/16", *REJECT)
+    return _iptables("-C", EGRESS_CHAIN, *rule, check=False).returncode == 0
 
+
+def fence(bridge: str, allowed: list[str]) -> None:
+    """Make sure the rules for ``bridge`` stand, letting ``allowed`` networks through.
+
+    Checked on every start (a few ``iptables -C``), so rules a reload dropped come back.
     The chains serve every kernel on the engine: kernelspecs that allow different
     networks are refused (one would widen the other's), whichever process made them.
     """
-    key = (bridge, tuple(sorted(allowed)))
     with _lock:
-        if key in _applied:
-            # Checked on every start, cheaply: a firewall reload (firewalld, iptables -F)
-            # may have dropped the rules since. Intact: the hooks are made sure of;
-            # gone: the chains are built again below.
-            if (
-                _iptables(
-                    "-C", EGRESS_CHAIN, "-d", "169.254.0.0/16", *REJECT, check=False
-                ).returncode
-                == 0
-            ):
-                _hook("DOCKER-USER", bridge, EGRESS_CHAIN)
-                _hook("INPUT", bridge, HOST_CHAIN)
-                return
-            _applied.discard(key)
-        now = _allowed_now()
-        if now is not None and now != set(allowed):
-            raise EgressError(
-                f"DockerProvisioner.egress_allow {sorted(allowed)} differs from the networks"
-                f" the engine's kernel firewall lets through already ({sorted(now)}): every"
-                " kernelspec on one engine must allow the same networks (to change them,"
-                f" remove the chains first: iptables -F {EGRESS_CHAIN}; iptables -F {HOST_CHAIN})"
+        if _intact():
+            now = _allowed_now()
+            if now != set(allowed):
+                raise EgressError(
+                    f"DockerProvisioner.egress_allow {sorted(allowed)} differs from the networks"
+                    f" the engine's kernel firewall lets through already ({sorted(now or ())}):"
+                    " every kernelspec on one engine must allow the same networks (to change"
+                    f" them, empty the chains first: iptables -F {EGRESS_CHAIN};"
+                    f" iptables -F {HOST_CHAIN})"
+                )
+        else:
+            if _iptables("-n", "-L", "DOCKER-USER", check=False).returncode != 0:
+                raise EgressError(
+                    "the engine's firewall has no DOCKER-USER chain (dockerd runs with"
+                    " --iptables=false?): kernels' egress cannot be fenced"
+                )
+            replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]
+            passed = [["-d", net, "-j", "RETURN"] for net in allowed]
+            _chain(
+                EGRESS_CHAIN,
+                [replies, *passed, *(["-d", net, *REJECT] for net in BLOCKED_NETWORKS)],
             )
-        replies = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"]
-        reject = list(REJECT)
-        _chain(
-            EGRESS_CHAIN,
-            [
-                replies,
-                *(["-d", net, "-j", "RETURN"] for net in allowed),
-                *(["-d", net, *reject] for net in BLOCKED_NETWORKS),
-            ],
-        )
-        _chain(HOST_CHAIN, [replies, *(["-d", net, "-j", "RETURN"] for net in allowed), reject])
-        if _iptables("-n", "-L", "DOCKER-USER", check=False).returncode != 0:
-            raise EgressError(
-                "the engine's firewall has no DOCKER-USER chain (dockerd runs with"
-                " --iptables=false?): kernels' egress cannot be fenced"
-            )
+            _chain(HOST_CHAIN, [replies, *passed, list(REJECT)])
         _hook("DOCKER-USER", bridge, EGRESS_CHAIN)
         _hook("INPUT", bridge, HOST_CHAIN)
-        _applied.add(key)
-
-
-def forget(bridge: str) -> None:
-    """Apply again next time (the network was made anew)."""
-    with _lock:
-        for key in [k for k in _applied if k[0] == bridge]:
-            _applied.discard(key)

@@ -384,12 +384,10 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
     @property
     def ports_reachable_by_others(self) -> bool:
         """Whether anything but the orchestrator can connect to the kernel's ports: the
-        members of an operator's network, anyone who reaches a published interface, or
-        other tenants on the engine host's loopback (``shared_loopback``)."""
-        if self.mode in ("network", "published") or self.network:
-            return True
-        shared = bool(getattr(self.parent, "shared_loopback", False))
-        return shared and self.mode in ("loopback", "ssh")
+        members of an operator's network, or anyone who reaches a published interface.
+        (Other tenants on a shared loopback count too: ``choose_curve`` judges that for
+        every provisioner.)"""
+        return self.mode in ("network", "published") or bool(self.network)
 
     @property
     def encrypting(self) -> bool:
