@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.errors import KernelStartError, NotEntitledError
+from orchestrator.users import ADMIN
 
 USERNAME_VAR = "KERNEL_USERNAME"
 GROUPS_VAR = "KERNEL_USER_GROUPS"
-ADMIN = "admin"
 
 
 def allowed_list(profile: Mapping[str, Any], where: str) -> list[str] | None:
