@@ -17,6 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from .forks import reset_in_child
+
 T = TypeVar("T")
 
 # Threads per pool. SQLite serialises writers anyway; SSH connects and API calls are
@@ -43,3 +45,11 @@ async def run_blocking(name: str, fn: Callable[..., T], *args: Any, **kwargs: An
     """``fn(*args, **kwargs)`` on back-end ``name``'s pool, awaited without blocking the loop."""
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(executor(name), functools.partial(fn, *args, **kwargs))
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """A forked child has none of the parent's pool threads: new pools on first use."""
+    global _pools, _lock
+    _pools = {}
+    _lock = threading.Lock()

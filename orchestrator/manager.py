@@ -31,10 +31,11 @@ from jupyter_client.ioloop import manager as jc_ioloop
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists, run_sync
-from traitlets import Bool, Dict, Float, Instance, Type, Unicode, default
+from traitlets import Bool, Dict, DottedObjectName, Float, Instance, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from . import faults, ownership
+from . import faults, forks, ownership
+from .endpoint import Endpoint
 from .errors import (
     FencedError,
     KernelGoneError,
@@ -190,6 +191,12 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     _recorded: bool = False  # the kernel has a record (ours, or one we re-attached to)
     _lost_reason: str = ""  # why this process no longer owns the kernel
     _lost_callbacks: list[t.Callable[[str], t.Any]] | None = None
+    _endpoint: Endpoint | None = None  # where this process's clients reach the kernel
+    _endpoint_callbacks: list[t.Callable[[], t.Any]] | None = None
+    _clients: weakref.WeakSet[t.Any] | None = None  # clients handed out, to retarget
+    _dropped: str = ""  # why the kernel was given up for good here ('' while it is not)
+    _dropped_callbacks: list[t.Callable[[str], t.Any]] | None = None
+    _cleaned_up: bool = False  # a failed start's clean-up ran
 
     # ----------------------------------------------------------- provisioners
     def _create_provisioner_for(self, kernel_id: str, spec: KernelSpec, name: str | None = None):  # type: ignore[no-untyped-def]
@@ -439,13 +446,67 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 
     async def follow_record(self, record: KernelRecord) -> None:
         """Catch up with a restart another process did: our provisioner state is that
-        of the kernel process (or container, pod, job) it replaced. The ports stay, so
-        the sockets, and the clients on them, carry on."""
+        of the kernel process (or container, pod, job) it replaced.
+
+        The provisioner moves what this process holds (tunnels, forwards) to the new
+        process, keeping this process's own local ports; the manager then takes the
+        endpoint the provisioner gives, and if it moved (a new pod IP), every client
+        of this process is told (:mod:`orchestrator.endpoint`).
+        """
         if record.restarts == self._restart_count or self.provisioner is None:
             return
-        await self.provisioner.load_provisioner_info(record.provisioner_info)
+        follow = getattr(self.provisioner, "follow", None)
+        if follow is not None:
+            await follow(record.provisioner_info)
+        else:  # a provisioner without our contract: its state is all it has
+            await self.provisioner.load_provisioner_info(record.provisioner_info)
         self._restart_count = record.restarts
         self.log.info("kernel %s was restarted by another process; following it", self.kernel_id)
+        if self.provisioner.connection_info:
+            self.load_connection_info(self.provisioner.connection_info)
+        self._publish_endpoint()
+
+    # -------------------------------------------------------------- endpoint
+    def on_endpoint_changed(self, callback: t.Callable[[], t.Any]) -> None:
+        """Call ``callback()`` when the kernel's endpoint in this process moves."""
+        if self._endpoint_callbacks is None:
+            self._endpoint_callbacks = []
+        self._endpoint_callbacks.append(callback)
+
+    @property
+    def endpoint(self) -> Endpoint | None:
+        """Where this process's clients reach the kernel now."""
+        return self._endpoint
+
+    def _publish_endpoint(self) -> bool:
+        """Note the current endpoint; True (and everyone told) when it moved."""
+        new = Endpoint.of(self.get_connection_info(session=False))  # type: ignore[attr-defined]
+        old, self._endpoint = self._endpoint, new
+        if old is None or new is None or new == old:
+            return False
+        self.log.info("kernel %s moved from %s to %s", self.kernel_id, old, new)
+        info = self.get_connection_info(session=False)  # type: ignore[attr-defined]
+        for kc in list(self._clients or ()):
+            try:
+                kc.retarget(info)
+            except Exception as e:
+                self.log.warning("kernel %s: a client could not follow it: %s", self.kernel_id, e)
+        for callback in self._endpoint_callbacks or []:
+            try:
+                callback()
+            except Exception:
+                log.exception("endpoint-changed callback failed")
+        return True
+
+    def client(self, **kwargs: t.Any) -> t.Any:
+        """jupyter_client's ``client()``, kept track of so that it follows the kernel
+        when a restart moves it (see :mod:`orchestrator.client`)."""
+        kc = super().client(**kwargs)  # type: ignore[misc]
+        if hasattr(kc, "retarget"):
+            if self._clients is None:
+                self._clients = weakref.WeakSet()
+            self._clients.add(kc)
+        return kc
 
     def want_ownership(self) -> None:
         """Take the kernel over as soon as its current owner's lease lapses."""
@@ -477,6 +538,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     async def _async_post_start_kernel(self, **kw: t.Any) -> None:
         await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
         await self.save_record()
+        self._publish_endpoint()
         _remember_live(self)
 
     async def _async_start_kernel(self, **kw: t.Any) -> None:
@@ -503,12 +565,24 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             await self.forget_record()
         except Exception as e:  # never mask the original failure
             self.log.warning("cleanup after failed start of %s: %s", self.kernel_id, e)
+        self._cleaned_up = True
         _forget_live(self)
 
     async def _async_restart_kernel(self, now: bool = False, newports: bool = False, **kw: t.Any):  # type: ignore[no-untyped-def]
+        """Restart in place; a restart that fails gives the kernel up (see :meth:`_async_drop`).
+
+        The count goes up with the new process (the record saved once it runs carries
+        it, so other processes follow), and back down if there is none: nobody may
+        follow a restart that did not happen.
+        """
         await self._ensure_owner()
         self._restart_count += 1
-        await super()._async_restart_kernel(now=now, newports=newports, **kw)  # type: ignore[misc]
+        try:
+            await super()._async_restart_kernel(now=now, newports=newports, **kw)  # type: ignore[misc]
+        except BaseException as e:
+            self._restart_count -= 1
+            await self._async_drop(f"its restart failed: {e or type(e).__name__}")
+            raise
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         await self._ensure_owner()
@@ -610,6 +684,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         elif own is None:
             self.want_ownership()
         self._connect_control_socket()
+        self._publish_endpoint()
         _remember_live(self)
 
     async def _async_discard(self) -> bool:
@@ -634,6 +709,60 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             await self.forget_record()
             _forget_live(self)
         return True
+
+    # ------------------------------------------------------------------ drop
+    @property
+    def dropped_reason(self) -> str:
+        """Why the kernel was given up for good here ('' while it was not)."""
+        return self._dropped
+
+    def on_dropped(self, callback: t.Callable[[str], t.Any]) -> None:
+        """Call ``callback(reason)`` when the kernel is given up for good (a restart
+        failed, the restart limit was reached): a multi-kernel manager drops it."""
+        if self._dropped_callbacks is None:
+            self._dropped_callbacks = []
+        self._dropped_callbacks.append(callback)
+
+    async def _async_drop(self, reason: str, *, tell_clients: bool = True) -> None:
+        """Give the kernel up for good: its restart failed or it died past the restart
+        limit. Whatever is left of it is removed (its process, container, pod or job,
+        the record), everything this process holds for it is released (tunnels,
+        forwards, the lease), its clients are told it is dead (the restarter's "dead"
+        callbacks), and whoever keeps a map of kernels is told to drop it. Nothing is
+        left for a later DELETE to trip over: that finds no kernel.
+        """
+        if self._dropped:
+            return
+        self._dropped = reason or "it is gone"
+        self.log.warning("kernel %s given up: %s", self.kernel_id, self._dropped)
+        with contextlib.suppress(Exception):
+            self.stop_restarter()
+        if not self._cleaned_up:  # (a failed start's clean-up did it already)
+            try:
+                if self.provisioner is not None:
+                    if self.provisioner.has_process and await self.provisioner.poll() is None:
+                        await self.provisioner.kill()
+                    await self.provisioner.cleanup(restart=False)
+            except Exception as e:
+                self.log.warning("kernel %s: removing what is left of it: %s", self.kernel_id, e)
+            self._close_control_socket()
+            with contextlib.suppress(Exception):
+                self.cleanup_connection_file()
+            try:
+                await self.forget_record()
+            except Exception as e:  # the store is down: gc finds the record later
+                self.log.warning(
+                    "kernel %s: its record could not be removed: %s", self.kernel_id, e
+                )
+        self.release()
+        restarter = getattr(self, "_restarter", None)
+        if tell_clients and restarter is not None:
+            restarter._fire_callbacks("dead")
+        for callback in self._dropped_callbacks or []:
+            try:
+                callback(self._dropped)
+            except Exception:
+                log.exception("kernel-dropped callback failed")
 
     def release(self) -> None:
         """Let go of everything this process holds for the kernel, without stopping it:
@@ -676,6 +805,17 @@ _live: weakref.WeakSet[PersistentKernelManagerMixin] = weakref.WeakSet()
 _background: set[asyncio.Future[t.Any]] = set()
 _exit_hook_installed = False
 _exit_lock = threading.Lock()
+
+
+@forks.reset_in_child
+def _reset_after_fork() -> None:
+    """A forked child neither shares its parent's store connections nor stops its
+    parent's kernels at exit: it starts from nothing."""
+    global _stores, _live, _background, _exit_lock
+    _stores = {}
+    _live = weakref.WeakSet()
+    _background = set()
+    _exit_lock = threading.Lock()
 
 
 def _remember_live(km: PersistentKernelManagerMixin) -> None:
@@ -733,6 +873,12 @@ def _shutdown_at_exit() -> None:
 class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
     """jupyter_client's blocking ``KernelManager``, persisted and re-attachable."""
 
+    client_class = DottedObjectName(  # type: ignore[assignment]
+        "orchestrator.client.BlockingKernelClient",
+        config=True,
+        help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
+    )
+
     start_kernel = run_sync(PersistentKernelManagerMixin._async_start_kernel)
     pre_start_kernel = run_sync(PersistentKernelManagerMixin._async_pre_start_kernel)
     post_start_kernel = run_sync(PersistentKernelManagerMixin._async_post_start_kernel)
@@ -747,6 +893,12 @@ class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
 
 class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelManager):
     """jupyter_client's ``AsyncKernelManager``, persisted and re-attachable."""
+
+    client_class = DottedObjectName(  # type: ignore[assignment]
+        "orchestrator.client.AsyncKernelClient",
+        config=True,
+        help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
+    )
 
     start_kernel = PersistentKernelManagerMixin._async_start_kernel  # type: ignore[assignment]
     pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel  # type: ignore[assignment]

@@ -9,9 +9,14 @@ On start-up every saved record is examined concurrently:
 * a kernel that cannot be re-attached for another reason is left alone, with a log
   line that says why.
 
-Restored kernels are claimed (see :mod:`orchestrator.ownership`); one that another
-live process owns is attached as a client and taken over when that owner's lease
-lapses. A manager whose kernel is taken over by another process drops it.
+Restored kernels nobody owns are claimed (see :mod:`orchestrator.ownership`); one
+that another live process owns is attached as a client and taken over when that
+owner's lease lapses. Restored kernels were not started by this process, so they
+outlive it: at a normal exit they are released, never shut down (a script that only
+builds ``AsyncMultiKernelManager()`` leaves every kernel the CLI started running);
+only the kernels a manager started itself die with it, as jupyter_client's would.
+A manager whose kernel is taken over by another process, or given up (a failed
+restart, the restart limit), drops it.
 
 If the restore itself fails (the store is unreachable, say), it is retried with
 backoff; ``restore_error`` says why meanwhile, and later calls are not poisoned by
@@ -114,6 +119,7 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             kwargs.setdefault("kernel_store", self.kernel_store)
             km = make(*args, **kwargs)
             km.on_ownership_lost(functools.partial(self._ownership_lost, km))
+            km.on_dropped(functools.partial(self._kernel_dropped, km))
             return km
 
         return create_kernel_manager  # type: ignore[no-any-return]
@@ -125,6 +131,13 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             self.log.warning("kernel %s dropped: %s", kernel_id, reason)
             self._forget_kernel(kernel_id)
         km.release()
+
+    def _kernel_dropped(self, km: t.Any, reason: str) -> None:
+        """``km``'s kernel was given up (it released everything): not ours to list."""
+        kernel_id = str(km.kernel_id)
+        if self._kernels.get(kernel_id) is km:
+            self.log.warning("kernel %s removed: %s", kernel_id, reason)
+            self._forget_kernel(kernel_id)
 
     def _forget_kernel(self, kernel_id: str) -> None:
         self._kernels.pop(kernel_id, None)
@@ -149,6 +162,8 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             **kwargs,
         )
         try:
+            # Not started here: it outlives this process whatever the manager's default.
+            km.outlive_process = True
             await km._async_reattach(record, timeout=self.reattach_timeout, own=None)
         except KernelGoneError:
             self.log.info(

@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import procinfo
+from . import forks, procinfo
 from .errors import OwnedElsewhereError, UnknownKernelError
 from .store import KernelStore
 from .store.lease import Holder, Lease
@@ -267,6 +267,17 @@ def _notify(watch: _Watch, arg: Any) -> None:
 
 _keepers: dict[int, LeaseKeeper] = {}
 _keepers_lock = threading.Lock()
+
+
+@forks.reset_in_child
+def _reset_after_fork() -> None:
+    """A forked child is another holder: it renews none of its parent's leases (its
+    keeper thread is not there), and names itself anew."""
+    global _keepers, _keepers_lock, _holder, _holder_lock
+    _keepers = {}
+    _keepers_lock = threading.Lock()
+    _holder = None
+    _holder_lock = threading.Lock()
 
 
 def keeper_for(store: KernelStore, lease_seconds: float | None = None) -> LeaseKeeper:

@@ -7,10 +7,15 @@ do neither: so before anything happens, a dead kernel's ownership is checked aga
 the store. If the kernel is not ours any more the restarter stops, and if the store
 cannot say (it is unreachable) this round does nothing rather than risk bringing a
 shut-down kernel back.
+
+A kernel that dies more often than ``restart_limit`` allows is given up here for good
+(the manager's drop): what is left of it is removed and everything this process holds
+for it released, where jupyter_client only stops watching it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import typing as t
 
 from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKernelRestarter
@@ -31,8 +36,32 @@ async def _still_ours(restarter: t.Any) -> bool:
     return True
 
 
+def _give_up(restarter: t.Any) -> None:
+    """The restart limit is reached: the manager drops the kernel (clients were told)."""
+    km = restarter.kernel_manager
+    if km.dropped_reason:
+        return
+    reason = f"it died more than restart_limit ({restarter.restart_limit}) times in a row"
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        run_sync(km._async_drop)(reason, tell_clients=False)
+        return
+    task = asyncio.ensure_future(km._async_drop(reason, tell_clients=False))
+    _dropping.add(task)
+    task.add_done_callback(_dropping.discard)
+
+
+_dropping: set[asyncio.Future[t.Any]] = set()
+
+
 class OwnerRestarter(IOLoopKernelRestarter):
     """The blocking managers' restarter, for the owner only."""
+
+    def _fire_callbacks(self, event: t.Any) -> None:
+        super()._fire_callbacks(event)
+        if event == "dead":
+            _give_up(self)
 
     def poll(self) -> None:
         km = self.kernel_manager
@@ -43,6 +72,11 @@ class OwnerRestarter(IOLoopKernelRestarter):
 
 class AsyncOwnerRestarter(AsyncIOLoopKernelRestarter):
     """The async managers' restarter, for the owner only."""
+
+    def _fire_callbacks(self, event: t.Any) -> None:
+        super()._fire_callbacks(event)
+        if event == "dead":
+            _give_up(self)
 
     async def poll(self) -> None:  # type: ignore[override]
         if not await self.kernel_manager.is_alive() and not await _still_ours(self):

@@ -16,6 +16,14 @@ while a cell runs, and ipykernel publishes a status for it), repeated until iopu
 delivers a message caused by one of them. A kernel that does not come back within
 ``hold_seconds`` gets the held messages anyway, as it would have without the hold.
 
+A restart may also *move* the kernel (a new pod has a new IP), or be done by another
+gateway replica, after which this replica's tunnel or forward must be pointed at the
+new process before anything gets through. So while a connection holds, it asks the
+manager every second to catch up with the kernel's record (a restart elsewhere is
+followed at once, not at the next request), and when the manager reports that the
+endpoint moved (:mod:`orchestrator.endpoint`), the connection replaces its zmq streams
+with new ones on the new address and proves iopub there as above.
+
 What a hold keeps is bounded per user (``hold_bytes_per_user``) across all of their
 websockets, and each frame by the gateway's ``max_websocket_message``: a tenant who
 restarts their own kernel and floods the socket meanwhile pins no memory. The other
@@ -33,7 +41,7 @@ import uuid
 
 import zmq
 from jupyter_server.services.kernels.connection.channels import ZMQChannelsWebsocketConnection
-from tornado.ioloop import IOLoop
+from tornado.ioloop import IOLoop, PeriodicCallback
 from traitlets import Float, Int
 from zmq.eventloop.zmqstream import ZMQStream
 from zmq.utils.monitor import parse_monitor_message
@@ -42,6 +50,7 @@ from .fairness import message_bytes
 
 _WATCHED_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 PROBE_INTERVAL = 0.5  # seconds between probes (jupyter_server's nudge uses the same)
+CATCH_UP_INTERVAL = 1.0  # seconds between looks at the record while a kernel is away
 
 
 class _Probe:
@@ -113,6 +122,15 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
     _held: list[t.Any] | None = None  # None: not holding
     _hold_timer: object | None = None
     _probe: _Probe | None = None
+    _catch_up: PeriodicCallback | None = None
+    _catching_up: asyncio.Future[t.Any] | None = None
+
+    @classmethod
+    def kernel_moved(cls, kernel_id: str) -> None:
+        """The endpoint of ``kernel_id`` moved: every open websocket on it reconnects."""
+        for connection in list(cls._open_sockets):
+            if isinstance(connection, cls) and connection.kernel_id == kernel_id:
+                connection._reconnect_streams()
 
     def connect(self) -> asyncio.Future[None] | None:  # type: ignore[override]
         connected = super().connect()
@@ -213,8 +231,7 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
             self._stop_probe()
             if self._held is None:
                 self.log.info("kernel %s: iopub lost; holding client messages", self.kernel_id)
-                self._held = []
-                self._hold_timer = IOLoop.current().call_later(self.hold_seconds, self._give_up)
+                self._start_hold()
         elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED and self._held is not None:
             self._stop_probe()
             try:
@@ -222,6 +239,41 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
             except Exception as e:  # e.g. the kernel is being shut down
                 self.log.warning("kernel %s: cannot probe its iopub: %s", self.kernel_id, e)
                 self._end_hold()
+
+    def _start_hold(self) -> None:
+        self._held = []
+        self._hold_timer = IOLoop.current().call_later(self.hold_seconds, self._give_up)
+        catch_up = getattr(self.multi_kernel_manager, "catch_up", None)
+        if catch_up is not None and self._catch_up is None:
+            self._catch_up = PeriodicCallback(self._look_at_record, CATCH_UP_INTERVAL * 1000)
+            self._catch_up.start()
+
+    def _look_at_record(self) -> None:
+        """Have the manager follow a restart done elsewhere (one look at a time)."""
+        if self._catching_up is not None and not self._catching_up.done():
+            return
+        self._catching_up = asyncio.ensure_future(
+            self.multi_kernel_manager.catch_up(self.kernel_id)
+        )
+
+    def _reconnect_streams(self) -> None:
+        """The kernel moved: replace this connection's zmq streams with new ones on its
+        new address, and hold what the client sends until iopub is proven there."""
+        if self._closed or not self.channels:
+            return
+        self.log.info("kernel %s moved; reconnecting its websocket's channels", self.kernel_id)
+        self._stop_watching()
+        self._stop_probe()
+        old, self.channels = self.channels, {}
+        for stream in old.values():
+            if not stream.closed():
+                stream.close(linger=0)
+        self.create_stream()
+        for stream in self.channels.values():
+            stream.on_recv_stream(self.handle_outgoing_message)
+        if self._held is None:
+            self._start_hold()
+        self._watch_iopub()
 
     def _parent_msg_id(self, msg_list: list[t.Any]) -> str | None:
         try:
@@ -249,6 +301,9 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
     def _end_hold(self) -> None:
         """Stop holding (and proving), and send what was held, in order."""
         self._stop_probe()
+        if self._catch_up is not None:
+            self._catch_up.stop()
+            self._catch_up = None
         held, self._held = self._held, None
         if self._held_bytes:
             user = self._user()

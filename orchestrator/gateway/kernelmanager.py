@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import time
 import typing as t
 import uuid
@@ -214,9 +215,40 @@ class OrchestratorMappingKernelManager(
             km = make(*args, **kwargs)
             km.multi_tenant = km.multi_tenant or self.multi_tenant
             km.shared_loopback = km.shared_loopback or self.shared_loopback
+            km.on_endpoint_changed(functools.partial(self._kernel_moved, km))
             return km
 
         return create_kernel_manager
+
+    def _kernel_moved(self, km: t.Any) -> None:
+        """A restart moved ``km``'s kernel (a new pod address): every websocket on it gets
+        new streams, the activity watch moves, and a client restoring a buffered session
+        gets new streams instead of the buffer's dead ones."""
+        from .channels import RestartProofWebsocketConnection
+
+        kernel_id = str(km.kernel_id)
+        if self._kernels.get(kernel_id) is not km:
+            return
+        self.stop_buffering(kernel_id)
+        if kernel_id in self._kernel_ports:
+            self._kernel_ports[kernel_id] = []  # ports_changed(): make new streams
+        if getattr(km, "_activity_stream", None) is not None:
+            self.stop_watching_activity(kernel_id)
+            self.start_watching_activity(kernel_id)
+        RestartProofWebsocketConnection.kernel_moved(kernel_id)
+
+    async def catch_up(self, kernel_id: str) -> None:
+        """Follow a restart another process did, now (a websocket on the kernel lost it)."""
+        km: t.Any = self._kernels.get(kernel_id)
+        if km is None or km.is_owner or self.kernel_store is None:
+            return
+        try:
+            record = await self.kernel_store.get(kernel_id)
+        except Exception as e:
+            self.log.debug("kernel %s: cannot read its record to catch up: %s", kernel_id, e)
+            return
+        if record is not None and self._kernels.get(kernel_id) is km:
+            await km.follow(record)
 
     def _spawn(self, coro: t.Coroutine[t.Any, t.Any, t.Any]) -> None:
         task = asyncio.ensure_future(coro)

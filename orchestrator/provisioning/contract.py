@@ -21,6 +21,42 @@ What the mixin adds:
   state, so a status check opens nothing), ``reconnect`` makes the kernel reachable
   from this process (tunnels, port-forwards); ``release`` lets go of everything this
   process holds for the kernel (tunnels, connections, threads) without stopping it.
+* ``follow()``: another process restarted the kernel; move this process to it.
+
+The rules a provisioner must keep (the managers rely on them):
+
+1. **Who calls what.** A kernel's life in one process is one of these transitions,
+   each driven by the manager (:mod:`orchestrator.manager`):
+
+   - *start*: ``pre_launch`` -> ``launch_kernel`` (which calls ``state_changed()`` as
+     soon as anything exists, so a crash leaves a record to clean up after);
+   - *restart in place* (by the owner): ``shutdown_requested``/``kill`` ->
+     ``cleanup(restart=True)`` -> ``pre_launch`` -> ``launch_kernel``; ``cleanup``
+     with ``restart=True`` must keep what clients of this process connect to (local
+     ports of tunnels and forwards, published ports) so the new process is behind the
+     same endpoint where the back-end allows it;
+   - *re-attach* (a process that did not start it; also ``gc``/``list`` status checks):
+     ``load_provisioner_info`` only (it opens nothing), then ``poll``, then
+     ``reconnect`` unless only the status was wanted;
+   - *follow* (another process restarted it; a gateway replica, a client process):
+     ``follow(saved)``, with the state the restarting process saved;
+   - *take-over* (this process becomes the owner): ``follow`` with the latest record,
+     then the manager's restarter starts calling ``poll``;
+   - *release* (``detach``, exit, ownership lost) and *drop* (a failed restart, the
+     restart limit): ``release``, after ``cleanup(restart=False)`` for a drop.
+
+2. **``poll()`` returning None means "running or unknown", never "dead".** Return an
+   exit status only when the kernel is known to be gone: a tunnel that is down, an
+   engine or API server that does not answer is "unknown", or the restarter restarts
+   a kernel that is still running, and its state is lost.
+3. **The endpoint may change** on restart and follow (a new pod or container
+   address). ``connection_info`` after ``launch_kernel`` and after ``follow`` is what
+   clients of *this* process must use; the manager compares it with the one before
+   and moves every client it knows of (:mod:`orchestrator.endpoint`). Keep it stable
+   where the back-end allows: then clients need not move at all.
+4. **Process-local state.** Part of a saved state belongs to the process that saved it
+   (its tunnels' local ports): name those keys in ``process_local_state`` and the
+   default ``follow`` keeps this process's own values.
 """
 
 from __future__ import annotations
@@ -29,7 +65,7 @@ import argparse
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 
@@ -48,7 +84,7 @@ class GarbageContext:
 class OrchestratorProvisionerMixin:
     """Mixed in before ``KernelProvisionerBase`` (or a subclass of it)."""
 
-    if False:  # for type checkers: provided by KernelProvisionerBase
+    if TYPE_CHECKING:  # provided by KernelProvisionerBase
         parent: Any
         kernel_id: str
         log: logging.Logger
@@ -99,7 +135,31 @@ class OrchestratorProvisionerMixin:
         return {"phase": self.start_phase} if self.start_phase else {}
 
     async def reconnect(self) -> None:
-        """Make a re-attached kernel reachable from this process (open its tunnels)."""
+        """Make a re-attached kernel reachable from this process (open its tunnels).
+
+        Called by the manager after ``load_provisioner_info`` when re-attaching, and by
+        the default :meth:`follow`; with tunnels already open, it points them at the
+        kernel's current process, keeping their local ports where it can.
+        """
+
+    #: Keys of the saved state that belong to the process that saved it (the local
+    #: ports of its tunnels): following another process's restart keeps ours.
+    process_local_state: tuple[str, ...] = ()
+
+    async def follow(self, saved: dict[str, Any]) -> None:
+        """Move this process to the kernel process another process's restart made.
+
+        ``saved`` is that process's state (``get_provisioner_info``). Called by the
+        manager of a process that did not do the restart (a gateway replica serving the
+        kernel's clients, a process taking the kernel over). The default loads
+        ``saved`` with this process's own ``process_local_state`` kept, and calls
+        :meth:`reconnect`; afterwards ``connection_info`` is where this process's
+        clients reach the kernel (see rule 3 in the module docstring).
+        """
+        mine = await self.get_provisioner_info()  # type: ignore[attr-defined]
+        kept = {k: mine[k] for k in self.process_local_state if mine.get(k) is not None}
+        await self.load_provisioner_info({**saved, **kept})  # type: ignore[attr-defined]
+        await self.reconnect()
 
     def release(self) -> None:
         """Release what this process holds for the kernel; the kernel keeps running."""

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import OrchestratorError
+from ..forks import reset_in_child
 
 log = logging.getLogger("kernel-orchestrator.tunnels")
 CHUNK = 256 * 1024
@@ -196,3 +197,11 @@ def acceptor() -> Acceptor:
         if _acceptor is None:
             _acceptor = Acceptor()
         return _acceptor
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """The parent's acceptor thread does not run in a forked child."""
+    global _acceptor, _acceptor_lock
+    _acceptor = None
+    _acceptor_lock = threading.Lock()

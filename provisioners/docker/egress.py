@@ -35,6 +35,7 @@ import threading
 from collections.abc import Iterable
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.forks import reset_in_child
 
 HOST_CHAIN = "KO-KERNEL-HOST"
 EGRESS_CHAIN = "KO-KERNEL-EGRESS"
@@ -165,3 +166,10 @@ def fence(bridge: str, allowed: list[str]) -> None:
             _chain(HOST_CHAIN, [replies, *passed, list(REJECT)])
         _hook("DOCKER-USER", bridge, EGRESS_CHAIN)
         _hook("INPUT", bridge, HOST_CHAIN)
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """A lock another thread of the parent may have held at the fork."""
+    global _lock
+    _lock = threading.Lock()

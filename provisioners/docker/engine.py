@@ -22,6 +22,7 @@ import requests.exceptions
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.executors import run_blocking
+from orchestrator.forks import reset_in_child
 
 T = TypeVar("T")
 
@@ -150,3 +151,13 @@ def ensure_isolated_network(client: docker.DockerClient, url: str, name: str) ->
 def forget_network(url: str, name: str) -> None:
     """Check ``name`` again next time (it was found missing)."""
     _networks_ready.pop((url, name), None)
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """Engine clients and their locks are the parent's: a forked child opens its own."""
+    global _clients, _locks, _locks_lock, _networks_ready
+    _clients = {}
+    _locks = {}
+    _locks_lock = threading.Lock()
+    _networks_ready = {}

@@ -518,6 +518,11 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         self.settings = ContainerSettings(**settings) if settings else None
         self._cmd = provisioner_info.get("cmd")
 
+    @property
+    def process_local_state(self) -> tuple[str, ...]:  # type: ignore[override]
+        """Through an SSH engine, ``host_ports`` are this process's tunnel's local ports."""
+        return ("host_ports",) if self.mode == "ssh" else ()
+
     async def reconnect(self) -> None:
         """A new process: rebuild the tunnel, on the same local ports if still free."""
         if self.mode == "ssh" and self.container_id and self.published_ports:

@@ -17,6 +17,7 @@ from kubernetes import client, config
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.executors import run_blocking
+from orchestrator.forks import reset_in_child
 
 
 @dataclass(frozen=True)
@@ -110,3 +111,11 @@ def forget_clients() -> None:
         with contextlib.suppress(Exception):
             api.close()
     _clients.clear()
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """API clients hold connection pools of the parent's: a forked child opens its own."""
+    global _clients, _clients_lock
+    _clients = {}
+    _clients_lock = threading.Lock()

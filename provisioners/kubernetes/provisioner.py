@@ -536,6 +536,9 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         if self.pod_name:
             await self._watcher().ready()
 
+    # The port-forwards' local ports are this process's; a follower keeps its own.
+    process_local_state = ("local_ports",)
+
     async def reconnect(self) -> None:
         """Re-open the port-forwards of a re-attached kernel (pod IPs need none)."""
         if self.pod_name and self.reachability == "port-forward":

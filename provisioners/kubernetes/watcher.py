@@ -28,6 +28,7 @@ from kubernetes import client, watch
 from kubernetes.client.rest import ApiException
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.forks import reset_in_child
 
 log = logging.getLogger("kernel-orchestrator.kubernetes")
 
@@ -280,3 +281,11 @@ def stop_all() -> None:
         for w in _watchers.values():
             w.stop()
         _watchers.clear()
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """The parent's watch threads do not run in a forked child."""
+    global _watchers, _watchers_lock
+    _watchers = {}
+    _watchers_lock = threading.Lock()

@@ -18,6 +18,7 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.executors import executor
+from orchestrator.forks import reset_in_child
 
 from ..ssh.agent import RemoteAgent
 
@@ -134,3 +135,11 @@ def queue_for(agent: RemoteAgent, base_dir: str) -> ClusterQueue:
         if queue is None or queue.agent is not agent:
             queue = _queues[key] = ClusterQueue(agent, base_dir)
         return queue
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """The parent's queue snapshots are refreshed by threads a forked child lacks."""
+    global _queues, _queues_lock
+    _queues = {}
+    _queues_lock = threading.Lock()

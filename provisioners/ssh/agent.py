@@ -30,6 +30,7 @@ from typing import Any
 import paramiko
 
 from orchestrator.executors import executor, run_blocking
+from orchestrator.forks import reset_in_child
 from orchestrator.tunnels.ssh import SSHConnection
 from orchestrator.tunnels.ssh.connection import SSHError
 
@@ -274,3 +275,11 @@ def _closed(key: _AgentKey, state: str) -> None:
         agent = _agents.pop(key, None)
     if agent is not None:
         agent.close()
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """Agents run on the parent's SSH connections: a forked child starts its own."""
+    global _agents, _agents_lock
+    _agents = {}
+    _agents_lock = threading.Lock()

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from orchestrator.forks import reset_in_child
+
 
 @dataclass(frozen=True)
 class LocalTarget:
@@ -126,3 +128,11 @@ def local_connection() -> LocalConnection:
         if _local is None:
             _local = LocalConnection()
         return _local
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """The parent's local agent process belongs to the parent."""
+    global _local, _lock
+    _local = None
+    _lock = threading.Lock()

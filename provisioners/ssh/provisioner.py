@@ -432,6 +432,16 @@ class SSHProvisioner(  # type: ignore[misc]
         if self.host:
             self._target = self._resolve(self.host)
 
+    # The tunnel's local ports are this process's; a follower keeps its own.
+    process_local_state = ("local_ports",)
+
+    async def follow(self, saved: dict[str, Any]) -> None:
+        """Point this process's tunnel at the kernel process a restart elsewhere made
+        (new remote ports, or a new node for a batch job), on the same local ports."""
+        if (saved.get("host") or "") != self.host:
+            self.release()  # the tunnel and connection lead to the old host
+        await super().follow(saved)
+
     async def reconnect(self) -> None:
         """Rebuild the tunnel, on the same local ports if they are still free."""
         if self.remote is None or not self.host:

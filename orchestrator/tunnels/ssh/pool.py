@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 
 from ...executors import run_blocking
+from ...forks import reset_in_child
 from .connection import SSHConnection
 from .forward import PortForward, acceptor
 from .target import SSHTarget, resolve_target
@@ -146,3 +147,11 @@ _tunnelers: dict[tuple[object, ...], SSHTunneler] = {}
 def tunneler_for(destination: str) -> SSHTunneler:
     target = resolve_target(destination)
     return _tunnelers.setdefault(target.pool_key, SSHTunneler(target))
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    """The parent's SSH connections and their threads are not the child's."""
+    global _tunnelers
+    pool.__init__()  # type: ignore[misc]  # in place: provisioners import ``pool``
+    _tunnelers = {}
