@@ -465,6 +465,37 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         if self.provisioner.connection_info:
             self.load_connection_info(self.provisioner.connection_info)
         self._publish_endpoint()
+        await self._rejoin_clients()
+
+    def _watch_restarts(self) -> None:
+        """Follow restarts other processes do while this one does not own the kernel
+        (the lease keeper reads the restart counts with the owners: no payloads)."""
+        if self.kernel_store is None or not self.kernel_id:
+            return
+        loop = None
+        with contextlib.suppress(RuntimeError):
+            loop = asyncio.get_running_loop()
+        self._keeper().watch(self.kernel_id, self._restart_count, self._restarted_elsewhere, loop)
+
+    def _restarted_elsewhere(self, restarts: int) -> None:
+        if self.is_owner or restarts == self._restart_count or self._dropped:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # sync use: the next call that reads the record follows
+            return
+        task = asyncio.ensure_future(self._follow_latest())
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _follow_latest(self) -> None:
+        assert self.kernel_store is not None
+        try:
+            record = await self.kernel_store.get(self.kernel_id)
+            if record is not None and not self.is_owner:
+                await self.follow_record(record)
+        except Exception as e:
+            self.log.warning("kernel %s: could not follow its restart: %s", self.kernel_id, e)
 
     # -------------------------------------------------------------- endpoint
     def on_endpoint_changed(self, callback: t.Callable[[], t.Any]) -> None:
@@ -485,18 +516,34 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         if old is None or new is None or new == old:
             return False
         self.log.info("kernel %s moved from %s to %s", self.kernel_id, old, new)
-        info = self.get_connection_info(session=False)  # type: ignore[attr-defined]
-        for kc in list(self._clients or ()):
-            try:
-                kc.retarget(info)
-            except Exception as e:
-                self.log.warning("kernel %s: a client could not follow it: %s", self.kernel_id, e)
         for callback in self._endpoint_callbacks or []:
             try:
                 callback()
             except Exception:
                 log.exception("endpoint-changed callback failed")
         return True
+
+    async def _rejoin_clients(self, timeout: float = 10.0) -> None:
+        """A new kernel process is behind the endpoint: the clients this manager handed
+        out get new sockets there, and the restart returns once their iopub is joined
+        (see :mod:`orchestrator.client`), so their next cell's output is not lost."""
+        clients = [kc for kc in list(self._clients or ()) if hasattr(kc, "rejoin")]
+        if not clients:
+            return
+        info = self.get_connection_info(session=False)  # type: ignore[attr-defined]
+
+        async def rejoin(kc: t.Any) -> None:
+            try:
+                if not await kc.rejoin(info, timeout):
+                    self.log.warning(
+                        "kernel %s: a client's iopub did not join within %gs",
+                        self.kernel_id,
+                        timeout,
+                    )
+            except Exception as e:
+                self.log.warning("kernel %s: a client could not follow it: %s", self.kernel_id, e)
+
+        await asyncio.gather(*(rejoin(kc) for kc in clients))
 
     def client(self, **kwargs: t.Any) -> t.Any:
         """jupyter_client's ``client()``, kept track of so that it follows the kernel
@@ -539,6 +586,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
         await self.save_record()
         self._publish_endpoint()
+        self._watch_restarts()
         _remember_live(self)
 
     async def _async_start_kernel(self, **kw: t.Any) -> None:
@@ -583,6 +631,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             self._restart_count -= 1
             await self._async_drop(f"its restart failed: {e or type(e).__name__}")
             raise
+        await self._rejoin_clients()
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
         await self._ensure_owner()
@@ -600,6 +649,8 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         await super()._async_cleanup_resources(restart=restart)  # type: ignore[misc]
         if not restart:
             await self.forget_record()
+            if self.kernel_store is not None and self.kernel_id:
+                self._keeper().unwatch(self.kernel_id)
             _forget_live(self)
 
     def __del__(self) -> None:
@@ -685,6 +736,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             self.want_ownership()
         self._connect_control_socket()
         self._publish_endpoint()
+        self._watch_restarts()
         _remember_live(self)
 
     async def _async_discard(self) -> bool:
@@ -778,6 +830,8 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             except Exception as e:
                 self.log.warning("kernel %s: releasing its resources: %s", self.kernel_id, e)
         lease = self._let_go()
+        if self.kernel_store is not None and self.kernel_id:
+            self._keeper().unwatch(self.kernel_id)
         if lease is not None and self.kernel_store is not None:
             try:
                 self.kernel_store.release_now(lease)
@@ -878,6 +932,7 @@ class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
         config=True,
         help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
     )
+    client_factory = Type(klass="orchestrator.client.BlockingKernelClient", config=True)  # type: ignore[assignment]
 
     start_kernel = run_sync(PersistentKernelManagerMixin._async_start_kernel)
     pre_start_kernel = run_sync(PersistentKernelManagerMixin._async_pre_start_kernel)
@@ -899,6 +954,7 @@ class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelMan
         config=True,
         help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
     )
+    client_factory = Type(klass="orchestrator.client.AsyncKernelClient", config=True)  # type: ignore[assignment]
 
     start_kernel = PersistentKernelManagerMixin._async_start_kernel  # type: ignore[assignment]
     pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel  # type: ignore[assignment]

@@ -10,6 +10,12 @@ at once, stops its restarter and lets the kernel go. Kernels this process would 
 to own but another process holds are retried at each interval, so when their owner
 dies its kernels are taken over as soon as the lease expires.
 
+Kernels this process serves without owning them (a client, a gateway replica that
+did not start them) are *watched*: the same one read per interval that looks at the
+wanted kernels' owners (no payloads) carries each kernel's restart count, and a count
+that moved tells the manager to follow the restart another process did, so its
+tunnels and clients move to the new kernel process without waiting for a request.
+
 An owner that is visibly dead needs no waiting: if the store names a holder on this
 machine (same boot and pid namespace) whose process is gone, its lease is void.
 """
@@ -125,6 +131,7 @@ class LeaseKeeper:
         self.lease_seconds = lease_seconds
         self._held: dict[str, tuple[Lease, _Watch]] = {}
         self._wanted: dict[str, _Watch] = {}
+        self._watched: dict[str, tuple[int, _Watch]] = {}  # restarts seen, on_restarted
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,6 +166,23 @@ class LeaseKeeper:
                 self._wanted[kernel_id] = _Watch(on_claimed, loop, on_gone)
         self._ensure_thread()
 
+    def watch(
+        self,
+        kernel_id: str,
+        restarts: int,
+        on_restarted: Callable[[int], Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        """While this process does not hold ``kernel_id``, call ``on_restarted(count)``
+        (on ``loop``) when its restart count in the store moves past ``restarts``."""
+        with self._lock:
+            self._watched[kernel_id] = (restarts, _Watch(on_restarted, loop))
+        self._ensure_thread()
+
+    def unwatch(self, kernel_id: str) -> None:
+        with self._lock:
+            self._watched.pop(kernel_id, None)
+
     def drop(self, kernel_id: str) -> Lease | None:
         """Stop renewing (or wanting) ``kernel_id``; the lease, for the caller to release."""
         with self._lock:
@@ -181,7 +205,7 @@ class LeaseKeeper:
                 self._wake.wait(self.interval)
                 self._wake.clear()
                 with self._lock:
-                    if not self._held and not self._wanted:
+                    if not self._held and not self._wanted and not self._watched:
                         self._thread = None
                         return
                 loop.run_until_complete(self._tick())
@@ -201,6 +225,7 @@ class LeaseKeeper:
         with self._lock:
             mine = dict(self._held)
             wanted = dict(self._wanted)
+            watched = {k: v for k, v in self._watched.items() if k not in self._held}
         for kernel_id, (lease, watch) in mine.items():
             if held.get(kernel_id) != lease.generation:
                 with self._lock:
@@ -214,13 +239,23 @@ class LeaseKeeper:
                 )
                 log.warning("kernel %s is no longer owned by this process: %s", kernel_id, reason)
                 _notify(watch, reason)
-        if not wanted:
+        if not wanted and not watched:
             return
         try:  # one read for all: an owner that renews costs no claim attempt
-            owners = await self.store.ownerships(wanted)
+            owners = await self.store.ownerships(set(wanted) | set(watched))
         except Exception as e:
             log.debug("could not read the owners of wanted kernels: %s", e)
             return
+        for kernel_id, (seen, watch) in watched.items():
+            own = owners.get(kernel_id)
+            if own is None or own.restarts == seen:
+                continue
+            with self._lock:
+                if self._watched.get(kernel_id, (None, None))[1] is not watch:
+                    continue
+                self._watched[kernel_id] = (own.restarts, watch)
+            log.info("kernel %s was restarted elsewhere (restart %d)", kernel_id, own.restarts)
+            _notify(watch, own.restarts)
         now = time.time()
         for kernel_id, watch in wanted.items():
             own = owners.get(kernel_id)

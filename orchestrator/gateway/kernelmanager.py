@@ -239,16 +239,17 @@ class OrchestratorMappingKernelManager(
 
     async def catch_up(self, kernel_id: str) -> None:
         """Follow a restart another process did, now (a websocket on the kernel lost it)."""
-        km: t.Any = self._kernels.get(kernel_id)
+        km = self._kernels.get(kernel_id)
         if km is None or km.is_owner or self.kernel_store is None:
             return
+        follow = km.follow
         try:
             record = await self.kernel_store.get(kernel_id)
         except Exception as e:
             self.log.debug("kernel %s: cannot read its record to catch up: %s", kernel_id, e)
             return
         if record is not None and self._kernels.get(kernel_id) is km:
-            await km.follow(record)
+            await follow(record)
 
     def _spawn(self, coro: t.Coroutine[t.Any, t.Any, t.Any]) -> None:
         task = asyncio.ensure_future(coro)

@@ -14,7 +14,7 @@ import builtins
 import time
 import uuid
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..errors import (
     FencedError,
@@ -352,7 +352,9 @@ class MemoryKernelStore(KernelStore):
 
     async def ownerships(self, kernel_ids: Collection[str]) -> dict[str, Ownership]:
         return {
-            k: self._owners.get(k, Ownership(None, 0.0, 0))
+            k: replace(
+                self._owners.get(k, Ownership(None, 0.0, 0)), restarts=self._records[k].restarts
+            )
             for k in kernel_ids
             if k in self._records
         }

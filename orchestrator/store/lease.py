@@ -65,6 +65,7 @@ class Ownership:
     owner: Holder | None
     expires: float
     generation: int
+    restarts: int = 0  # how often the kernel was restarted: a follower compares it
 
     def live(self, now: float | None = None) -> bool:
         """Whether the lease has not expired yet (its holder may still be dead)."""

@@ -17,8 +17,9 @@ from typing import Any
 from ..errors import StoreError
 
 
-def _schema(real: str, json_field: str) -> dict[int, tuple[str, ...]]:
-    """The migrations, given the type of a timestamp and how to read a JSON label."""
+def _schema(real: str, json_field: str, json_int: str) -> dict[int, tuple[str, ...]]:
+    """The migrations, given the type of a timestamp and how to read a JSON label and a
+    JSON integer of the payload."""
     return {
         1: (
             "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
@@ -47,11 +48,21 @@ def _schema(real: str, json_field: str) -> dict[int, tuple[str, ...]]:
             "CREATE TABLE IF NOT EXISTS reservations (kernel_id TEXT PRIMARY KEY,"
             f" tenant TEXT, pool TEXT, expires {real} NOT NULL)",
         ),
+        # Following restarts without reading payloads: the restart count as a column,
+        # read with the owners in one small query per interval.
+        4: (
+            "ALTER TABLE kernels ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0",
+            f"UPDATE kernels SET restarts=COALESCE({json_int.format('restarts')}, 0)",
+        ),
     }
 
 
-SQLITE_MIGRATIONS = _schema("REAL", "json_extract(data, '$.labels.{}')")
-POSTGRES_MIGRATIONS = _schema("DOUBLE PRECISION", "(data::jsonb #>> '{{labels,{}}}')")
+SQLITE_MIGRATIONS = _schema(
+    "REAL", "json_extract(data, '$.labels.{}')", "CAST(json_extract(data, '$.{}') AS INTEGER)"
+)
+POSTGRES_MIGRATIONS = _schema(
+    "DOUBLE PRECISION", "(data::jsonb #>> '{{labels,{}}}')", "(data::jsonb ->> '{}')::integer"
+)
 
 # Any constant: the advisory lock PostgreSQL replicas take while migrating.
 _MIGRATION_LOCK = 0x6B6F5354

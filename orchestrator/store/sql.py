@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import OrchestratorError, StoreError, UnknownKernelError
@@ -200,8 +200,8 @@ class SQLKernelStore(KernelStore):
         self._exec(
             cur,
             "INSERT INTO kernels(kernel_id, kernel_name, provisioner_name, created,"
-            " last_activity, data, owner_id, owner_info, lease_expires, generation, tenant, pool)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " last_activity, data, owner_id, owner_info, lease_expires, generation, tenant, pool,"
+            " restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 record.kernel_id,
                 record.kernel_name,
@@ -215,6 +215,7 @@ class SQLKernelStore(KernelStore):
                 1 if owner else 0,
                 tenant,
                 pool,
+                int(record.restarts),
             ),
         )
         self._exec(cur, "DELETE FROM reservations WHERE kernel_id=?", (record.kernel_id,))
@@ -255,7 +256,7 @@ class SQLKernelStore(KernelStore):
                     cur,
                     "UPDATE kernels SET kernel_name=?, provisioner_name=?,"
                     f" last_activity={self.dialect.greatest}(last_activity, ?), data=?,"
-                    " tenant=?, pool=? WHERE kernel_id=?",
+                    " tenant=?, pool=?, restarts=? WHERE kernel_id=?",
                     (
                         record.kernel_name,
                         record.provisioner_name,
@@ -263,6 +264,7 @@ class SQLKernelStore(KernelStore):
                         self._payload(record),
                         tenant,
                         pool,
+                        int(record.restarts),
                         record.kernel_id,
                     ),
                 )
@@ -366,12 +368,15 @@ class SQLKernelStore(KernelStore):
                     chunk = ids[at : at + 500]
                     rows = self._exec(
                         cur,
-                        "SELECT kernel_id, owner_info, lease_expires, generation FROM kernels"
-                        f" WHERE kernel_id IN ({', '.join('?' * len(chunk))})",
+                        "SELECT kernel_id, owner_info, lease_expires, generation, restarts"
+                        f" FROM kernels WHERE kernel_id IN ({', '.join('?' * len(chunk))})",
                         tuple(chunk),
                     ).fetchall()
-                    for kernel_id, *columns in rows:
-                        found[str(kernel_id)] = self._ownership_from(*columns)
+                    for kernel_id, owner_info, expires, generation, restarts in rows:
+                        found[str(kernel_id)] = replace(
+                            self._ownership_from(owner_info, expires, generation),
+                            restarts=int(restarts or 0),
+                        )
             return found
 
         return await self._call(op) if ids else {}

@@ -172,6 +172,55 @@ async def test_reattach_from_another_process(
     await nothing_left(backend, store)
 
 
+async def kept_output(kc: Any, code: str, timeout: float = 90) -> str:
+    """What ``code`` prints, run once on a client kept across restarts (no retry)."""
+    out: list[str] = []
+
+    def hook(msg: dict[str, Any]) -> None:
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+
+    reply = await kc.execute_interactive(code, timeout=timeout, output_hook=hook)
+    assert reply["content"]["status"] == "ok", reply["content"]
+    return "".join(out)
+
+
+async def test_a_kept_client_survives_restarts_here_and_elsewhere(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    """One KernelClient, kept from start to end, across a restart another process does
+    (the CLI; this process serves the kernel as a client and follows it) and a restart
+    this process does: each time the next cell, sent once, gets its output. A restart
+    may move the kernel (a new pod address, new remote ports behind the tunnel)."""
+    name = kernelspec(backend, jupyter_env)
+    started = ko("start", name)
+    assert started.returncode == 0, started.stderr
+    kernel_id = started.stdout.strip()
+    km = await orchestrator.attach(kernel_id, store=store, own=False, lease_seconds=3)
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        assert await kept_output(kc, "x = 1; print('before')") == "before\n"
+
+        restarted = ko("restart", kernel_id)  # another process; this one is a client
+        assert restarted.returncode == 0, restarted.stderr
+        deadline = time.monotonic() + 30  # the lease keeper's look at the store
+        while km._restart_count != 1 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert km._restart_count == 1, "this process did not follow the restart"
+        assert await kept_output(kc, "print('x' in dir()); x = 2") == "False\n"
+
+        await km.restart_kernel()  # this process (it claims the kernel first)
+        assert await kept_output(kc, "print('x' in dir())") == "False\n"
+        record = await store.get(kernel_id)
+        assert record is not None and record.restarts == 2
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
 async def test_gc_removes_orphans(
     backend: Backend, jupyter_env: dict[str, str], store: Any
 ) -> None:
