@@ -221,6 +221,56 @@ async def test_a_kept_client_survives_restarts_here_and_elsewhere(
     await nothing_left(backend, store)
 
 
+def _in_a_forked_child(kernel_name: str, store_url: str) -> str:
+    """Start, use and shut down a kernel (in a forked child of a process that used a
+    manager: it inherits that process's orchestrator state without its threads)."""
+
+    async def main() -> str:
+        from orchestrator.manager import shared_store
+
+        km = orchestrator.AsyncKernelManager(
+            kernel_name=kernel_name, kernel_store=shared_store(store_url)
+        )
+        await km.start_kernel()
+        try:
+            kc = km.client()
+            kc.start_channels()
+            try:
+                await kc.wait_for_ready(timeout=60)
+                return await kept_output(kc, "print(6 * 7)")
+            finally:
+                kc.stop_channels()
+        finally:
+            await km.shutdown_kernel()
+
+    return asyncio.run(asyncio.wait_for(main(), 150))
+
+
+async def test_a_forked_child_runs_kernels_after_its_parent_did(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    """A process that used a manager, then forks (a ProcessPoolExecutor with the fork
+    start method, as notebook runners use): the child's kernel starts, answers and is
+    shut down, as with stock jupyter_client."""
+    import concurrent.futures
+    import multiprocessing
+
+    name = kernelspec(backend, jupyter_env)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()  # the parent's store, keeper, pools and connections in use
+    try:
+        assert (await run(km, "print('parent')"))["out"] == "parent\n"
+        with concurrent.futures.ProcessPoolExecutor(
+            1, mp_context=multiprocessing.get_context("fork")
+        ) as pool:
+            child = pool.submit(_in_a_forked_child, name, store.url)
+            assert await asyncio.wrap_future(child) == "42\n"
+        assert (await run(km, "print('parent again')"))["out"] == "parent again\n"
+    finally:
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
 async def test_gc_removes_orphans(
     backend: Backend, jupyter_env: dict[str, str], store: Any
 ) -> None:

@@ -1,0 +1,164 @@
+"""A kernel's life when a transition fails or ends it: no zombie, nothing leaked.
+
+A restart that cannot start the new process (its image is gone), a kernel that dies
+past the restart limit, a script that only builds a library multi-kernel manager and
+exits: each must leave nothing of the kernel behind where it ends, and never touch
+what it did not start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import orchestrator
+from orchestrator import procinfo
+from orchestrator.labels import ENV_KERNEL_ID, LABEL_KERNEL_ID
+
+from .conftest import KERNEL_IMAGE, write_kernelspec
+from .test_gateway import ADMIN_TOKEN, Gateway, KernelSocket, call, status_of
+
+pytestmark = [pytest.mark.usefixtures("jupyter_env")]
+CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
+
+
+def ko(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+    )
+
+
+def processes_of(kernel_id: str) -> list[int]:
+    return [
+        pid
+        for pid in procinfo.all_pids()
+        if procinfo.environ(pid).get(ENV_KERNEL_ID) == kernel_id and procinfo.is_running(pid)
+    ]
+
+
+@pytest.mark.slow
+async def test_a_failed_restart_leaves_no_zombie(
+    docker_engine: str, jupyter_env: dict[str, str], tmp_path: Path, store: Any
+) -> None:
+    """The image went away while the kernel ran: its restart fails. The kernel is dead
+    to its clients (the websocket hears "dead"), gone from the gateway's list, DELETE
+    answers 404, and no container, record or lease is left."""
+    import docker
+
+    client = docker.from_env()
+    doomed = "kernel-orchestrator/doomed:1"
+    client.images.get(KERNEL_IMAGE).tag(doomed)
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "py-doomed",
+        "docker-provisioner",
+        {"image": doomed, "pull_policy": "never"},
+    )
+    gw = Gateway(tmp_path).start()
+    try:
+        base = gw.url
+        kernel = await call(base, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "py-doomed"})
+        kernel_id = kernel["id"]
+        ws = await KernelSocket.open(base, ADMIN_TOKEN, kernel_id)
+        try:
+            assert (await ws.execute("print('up')"))["out"] == "up\n"
+            client.images.remove(doomed)  # untagged: the running container keeps it
+            code, _ = await status_of(
+                base, ADMIN_TOKEN, "POST", f"/api/kernels/{kernel_id}/restart"
+            )
+            assert code >= 500
+            states = []
+            deadline = time.monotonic() + 30
+            while "dead" not in states and time.monotonic() < deadline:
+                raw = await asyncio.wait_for(ws.conn.read_message(), 30)
+                if raw is None:
+                    break
+                msg = json.loads(raw)
+                if msg["msg_type"] == "status":
+                    states.append(msg["content"]["execution_state"])
+            assert "dead" in states, states
+        finally:
+            ws.close()
+        listed = await call(base, ADMIN_TOKEN, "GET", "/api/kernels")
+        assert kernel_id not in {k["id"] for k in listed}
+        code, _ = await status_of(base, ADMIN_TOKEN, "GET", f"/api/kernels/{kernel_id}")
+        assert code == 404
+        code, _ = await status_of(base, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kernel_id}")
+        assert code in (204, 404)
+        assert await store.get(kernel_id) is None
+        left = client.containers.list(all=True, filters={"label": f"{LABEL_KERNEL_ID}={kernel_id}"})
+        assert left == []
+    finally:
+        gw.kill(signal.SIGTERM)
+        if any(doomed in (i.tags or []) for i in client.images.list()):
+            client.images.remove(doomed)
+        client.close()
+
+
+async def test_the_restart_limit_gives_the_kernel_up_cleanly(
+    jupyter_env: dict[str, str], store: Any
+) -> None:
+    """A kernel that keeps dying right after each restart: past the restart limit it is
+    given up, not left in the manager with its record and lease (jupyter_client only
+    stops watching it)."""
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "short-lived",
+        "orchestrator-local-provisioner",
+        {},
+        argv=[sys.executable, "-c", "import time; time.sleep(1.5)", "{connection_file}"],
+    )
+    mkm = orchestrator.AsyncMultiKernelManager(kernel_store=store)
+    mkm.kernel_manager_class = "orchestrator.manager.AsyncIOLoopKernelManager"
+    from traitlets.config import Config
+
+    config = Config()
+    config.KernelRestarter.restart_limit = 1
+    config.KernelRestarter.time_to_dead = 0.5
+    config.KernelRestarter.stable_start_time = 60.0
+    mkm.update_config(config)
+    kernel_id = await mkm.start_kernel(kernel_name="short-lived")
+    deadline = time.monotonic() + 60
+    while kernel_id in mkm.list_kernel_ids() and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    assert kernel_id not in mkm.list_kernel_ids()
+    assert await store.get(kernel_id) is None
+    assert processes_of(kernel_id) == []
+    await mkm.shutdown_all()  # nothing to trip over
+
+
+def test_a_script_that_builds_the_library_manager_leaves_cli_kernels_running(
+    jupyter_env: dict[str, str],
+) -> None:
+    """A script that only builds ``AsyncMultiKernelManager()`` (which restores the
+    store's kernels) and exits normally does not shut down a kernel the CLI started."""
+    started = ko("start", "python3")
+    assert started.returncode == 0, started.stderr
+    kernel_id = started.stdout.strip()
+    try:
+        script = (
+            "import asyncio, orchestrator\n"
+            "async def main():\n"
+            "    mkm = orchestrator.AsyncMultiKernelManager()\n"
+            "    report = await mkm.restored()\n"
+            "    print(len(report.reattached))\n"
+            "asyncio.run(main())\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip() == "1"  # it did attach to the kernel...
+        assert (
+            ko("exec", kernel_id, "print('still here')").stdout == "still here\n"
+        )  # ...and left it
+    finally:
+        ko("shutdown", kernel_id)
