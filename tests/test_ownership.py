@@ -91,7 +91,7 @@ async def test_store_migrates_a_version_1_file(tmp_path: Path) -> None:
         " last_activity REAL NOT NULL, data TEXT NOT NULL);"
         "INSERT INTO meta VALUES ('schema', '1'), ('instance', 'abc123');"
     )
-    record = KernelRecord("old", "python3", "p", labels={"owner": "alice"})
+    record = KernelRecord("old", "python3", "p", labels={"owner": "alice"}, restarts=2)
     conn.execute(
         "INSERT INTO kernels VALUES ('old', 'python3', 'p', 1.0, 1.0, ?)",
         (json.dumps(record.to_json_dict()),),
@@ -99,11 +99,13 @@ async def test_store_migrates_a_version_1_file(tmp_path: Path) -> None:
     conn.commit()
     conn.close()
     store = SQLiteKernelStore(path)
-    assert store.schema_version == 3 and store.instance_id == "abc123"
+    assert store.schema_version == 4 and store.instance_id == "abc123"
     got = await store.get("old")
     assert got is not None and got.owner == {} and got.generation == 0
     # Version 3 filled the user column from the record's labels: limits count it.
     assert await store.count(tenant="alice") == 1 and await store.count() == 1
+    # Version 4 filled the restarts column: followers read it without the payload.
+    assert (await store.ownerships(["old"]))["old"].restarts == 2
     assert (await store.claim("old", this_holder(), 30)).generation == 1
     store.close()
     conn = sqlite3.connect(path)

@@ -32,7 +32,7 @@ def record(kernel_id: str, **labels: str) -> KernelRecord:
 async def test_records_leases_and_fencing(sql_store_url: str) -> None:
     store = open_store(sql_store_url)
     try:
-        assert store.schema_version == 3
+        assert store.schema_version == 4
         lease = await store.insert(record("k1", owner="alice"), A, 30)
         got = await store.get("k1")
         assert got is not None and got.provisioner_info["key"] == b"\x00secret"

@@ -39,6 +39,7 @@ POSTGRES = Dialect(
     skip_locked=" FOR UPDATE SKIP LOCKED",
     lock_reservations="LOCK TABLE reservations IN EXCLUSIVE MODE",
     table_exists="SELECT 1 WHERE to_regclass(?) IS NOT NULL",
+    now="EXTRACT(EPOCH FROM clock_timestamp())::double precision",
 )
 
 CONNECT_TIMEOUT = 5  # seconds; a libpq URL's own connect_timeout wins

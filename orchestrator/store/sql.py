@@ -10,6 +10,12 @@ read and write inside one transaction that holds the rows it read: SQLite by tak
 the database's write lock first (``BEGIN IMMEDIATE``), PostgreSQL by ``FOR UPDATE``
 row locks and, for reservations, a table lock. So two processes, or two gateway
 replicas on two machines, can never both win the same claim or the last free slot.
+
+Lease and reservation times are the *database's* clock (``Dialect.now``): written as
+its now plus the lease in the statement that writes them, judged against its now in
+the statement that reads them, and handed to this process as time *left*, which is
+added to this process's own clock. Processes on machines whose clocks disagree (by
+more than a lease, even) therefore agree on whose lease is live.
 """
 
 from __future__ import annotations
@@ -42,8 +48,6 @@ from .record import POOL_LABEL, TENANT_LABEL, KernelRecord
 
 T = TypeVar("T")
 
-_COLUMNS = "data, last_activity, owner_info, lease_expires, generation, tenant"
-
 
 @dataclass(frozen=True)
 class Dialect:
@@ -56,6 +60,7 @@ class Dialect:
     skip_locked: str  # ... and skips rows another transaction has locked
     lock_reservations: str  # serialise reservers ("" where the transaction already does)
     table_exists: str  # one row if the table named by the parameter exists
+    now: str  # the database server's clock, in seconds since the epoch
 
 
 class SQLKernelStore(KernelStore):
@@ -129,17 +134,25 @@ class SQLKernelStore(KernelStore):
     async def _call(self, fn: Callable[[], T]) -> T:
         return await run_blocking("store", self._run, fn)
 
+    @property
+    def _columns(self) -> str:
+        """A record's columns; its lease as seconds left on the database's clock."""
+        return (
+            f"data, last_activity, owner_info, lease_expires - {self.dialect.now},"
+            " generation, tenant"
+        )
+
     def _select(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
         with self._transaction() as cur:
             return list(self._exec(cur, sql, params).fetchall())
 
     @staticmethod
     def _from_row(row: tuple[Any, ...]) -> KernelRecord:
-        data, last_activity, owner_info, lease_expires, generation, tenant = row
+        data, last_activity, owner_info, lease_left, generation, tenant = row
         record = KernelRecord.from_json_dict(json.loads(data))
         record.last_activity = max(record.last_activity, float(last_activity))
         record.owner = json.loads(owner_info) if owner_info else {}
-        record.lease_expires = float(lease_expires or 0.0)
+        record.lease_expires = _local_expiry(owner_info, lease_left)
         record.generation = int(generation or 0)
         if tenant:  # handed out from a pool by another process: the column is the truth
             record.labels = {k: v for k, v in record.labels.items() if k != POOL_LABEL}
@@ -149,17 +162,18 @@ class SQLKernelStore(KernelStore):
     def _ownership(self, cur: Any, kernel_id: str) -> Ownership | None:
         row = self._exec(
             cur,
-            "SELECT owner_info, lease_expires, generation FROM kernels WHERE kernel_id=?"
-            + self.dialect.for_update,
+            f"SELECT owner_info, lease_expires - {self.dialect.now}, generation FROM kernels"
+            " WHERE kernel_id=?" + self.dialect.for_update,
             (kernel_id,),
         ).fetchone()
         return None if row is None else self._ownership_from(*row)
 
     @staticmethod
-    def _ownership_from(owner_info: str | None, expires: Any, generation: Any) -> Ownership:
-        """An :class:`Ownership` from the owner_info, lease_expires and generation columns."""
+    def _ownership_from(owner_info: str | None, lease_left: Any, generation: Any) -> Ownership:
+        """An :class:`Ownership` from the owner_info column, the lease's seconds left on
+        the database's clock and the generation column (expiry on this process's clock)."""
         owner = Holder.from_dict(json.loads(owner_info)) if owner_info else None
-        return Ownership(owner, float(expires or 0.0), int(generation or 0))
+        return Ownership(owner, _local_expiry(owner_info, lease_left), int(generation or 0))
 
     def _check(self, cur: Any, kernel_id: str, lease: Lease | None) -> bool:
         """Whether the row exists; raises if ``lease`` (or, without one, a live owner)
@@ -193,15 +207,17 @@ class SQLKernelStore(KernelStore):
         return labels.get(TENANT_LABEL) or None, labels.get(POOL_LABEL) or None
 
     def _insert_row(
-        self, cur: Any, record: KernelRecord, owner: Holder | None, expires: float
+        self, cur: Any, record: KernelRecord, owner: Holder | None, lease_seconds: float
     ) -> None:
-        """A new row: owned by ``owner`` (generation 1), or unowned (generation 0)."""
+        """A new row: owned by ``owner`` for ``lease_seconds`` (generation 1), or unowned
+        (generation 0)."""
         tenant, pool = self._tenant_pool(record)
+        expires = f"{self.dialect.now} + ?" if owner else "?"
         self._exec(
             cur,
             "INSERT INTO kernels(kernel_id, kernel_name, provisioner_name, created,"
             " last_activity, data, owner_id, owner_info, lease_expires, generation, tenant, pool,"
-            " restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f" restarts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, {expires}, ?, ?, ?, ?)",
             (
                 record.kernel_id,
                 record.kernel_name,
@@ -211,7 +227,7 @@ class SQLKernelStore(KernelStore):
                 self._payload(record),
                 owner.holder_id if owner else None,
                 json.dumps(owner.to_dict()) if owner else None,
-                expires,
+                lease_seconds if owner else 0.0,
                 1 if owner else 0,
                 tenant,
                 pool,
@@ -234,7 +250,7 @@ class SQLKernelStore(KernelStore):
             expires = time.time() + lease_seconds
             try:
                 with self._transaction() as cur:
-                    self._insert_row(cur, record, holder, expires)
+                    self._insert_row(cur, record, holder, lease_seconds)
             except Exception as e:
                 if self._is_duplicate(e):
                     raise OrchestratorError(
@@ -276,13 +292,15 @@ class SQLKernelStore(KernelStore):
 
     async def get(self, kernel_id: str) -> KernelRecord | None:
         rows = await self._call(
-            lambda: self._select(f"SELECT {_COLUMNS} FROM kernels WHERE kernel_id=?", (kernel_id,))
+            lambda: self._select(
+                f"SELECT {self._columns} FROM kernels WHERE kernel_id=?", (kernel_id,)
+            )
         )
         return self._from_row(rows[0]) if rows else None
 
     async def list(self) -> builtins.list[KernelRecord]:
         rows = await self._call(
-            lambda: self._select(f"SELECT {_COLUMNS} FROM kernels ORDER BY created, kernel_id")
+            lambda: self._select(f"SELECT {self._columns} FROM kernels ORDER BY created, kernel_id")
         )
         return [self._from_row(row) for row in rows]
 
@@ -330,19 +348,19 @@ class SQLKernelStore(KernelStore):
                 )
                 if generation is None:
                     raise refusal(kernel_id, own)
-                self._set_owner(cur, kernel_id, holder, now + lease_seconds, generation)
+                self._set_owner(cur, kernel_id, holder, lease_seconds, generation)
             return Lease(kernel_id, holder.holder_id, generation, now + lease_seconds)
 
         return await self._call(op)
 
     def _set_owner(
-        self, cur: Any, kernel_id: str, holder: Holder, expires: float, generation: int
+        self, cur: Any, kernel_id: str, holder: Holder, lease_seconds: float, generation: int
     ) -> None:
         self._exec(
             cur,
-            "UPDATE kernels SET owner_id=?, owner_info=?, lease_expires=?, generation=?"
-            " WHERE kernel_id=?",
-            (holder.holder_id, json.dumps(holder.to_dict()), expires, generation, kernel_id),
+            f"UPDATE kernels SET owner_id=?, owner_info=?, lease_expires={self.dialect.now} + ?,"
+            " generation=? WHERE kernel_id=?",
+            (holder.holder_id, json.dumps(holder.to_dict()), lease_seconds, generation, kernel_id),
         )
 
     async def renew(self, holder_id: str, lease_seconds: float) -> dict[str, int]:
@@ -350,9 +368,9 @@ class SQLKernelStore(KernelStore):
             with self._transaction() as cur:
                 rows = self._exec(
                     cur,
-                    "UPDATE kernels SET lease_expires=? WHERE owner_id=?"
+                    f"UPDATE kernels SET lease_expires={self.dialect.now} + ? WHERE owner_id=?"
                     " RETURNING kernel_id, generation",
-                    (time.time() + lease_seconds, holder_id),
+                    (lease_seconds, holder_id),
                 ).fetchall()
             return {str(k): int(g) for k, g in rows}
 
@@ -368,8 +386,9 @@ class SQLKernelStore(KernelStore):
                     chunk = ids[at : at + 500]
                     rows = self._exec(
                         cur,
-                        "SELECT kernel_id, owner_info, lease_expires, generation, restarts"
-                        f" FROM kernels WHERE kernel_id IN ({', '.join('?' * len(chunk))})",
+                        f"SELECT kernel_id, owner_info, lease_expires - {self.dialect.now},"
+                        " generation, restarts FROM kernels"
+                        f" WHERE kernel_id IN ({', '.join('?' * len(chunk))})",
                         tuple(chunk),
                     ).fetchall()
                     for kernel_id, owner_info, expires, generation, restarts in rows:
@@ -395,7 +414,7 @@ class SQLKernelStore(KernelStore):
         return self._run(op)
 
     # ------------------------------------------------- limits, reservations, pools
-    def _counts(self, cur: Any, tenant: str | None, pool: str | None, now: float) -> int:
+    def _counts(self, cur: Any, tenant: str | None, pool: str | None) -> int:
         """Kernels (recorded or reserved) that count against the limit for
         ``tenant``/``pool``: a pool's unclaimed kernels for ``pool``, else the
         tenant's (``tenant``) or everyone's (both None) non-pooled kernels."""
@@ -413,9 +432,9 @@ class SQLKernelStore(KernelStore):
         recorded = self._exec(cur, f"SELECT COUNT(*) FROM kernels WHERE {where}", args).fetchone()
         pending = self._exec(
             cur,
-            f"SELECT COUNT(*) FROM reservations WHERE {reserved} AND expires > ?"
+            f"SELECT COUNT(*) FROM reservations WHERE {reserved} AND expires > {self.dialect.now}"
             " AND kernel_id NOT IN (SELECT kernel_id FROM kernels)",
-            (*rargs, now),
+            rargs,
         ).fetchone()
         return int(recorded[0]) + int(pending[0])
 
@@ -426,10 +445,9 @@ class SQLKernelStore(KernelStore):
         that adds the kernel commits."""
         if self.dialect.lock_reservations:
             self._exec(cur, self.dialect.lock_reservations)
-        now = time.time()
-        self._exec(cur, "DELETE FROM reservations WHERE expires <= ?", (now,))
+        self._exec(cur, f"DELETE FROM reservations WHERE expires <= {self.dialect.now}")
         for limit, who, which in limit_checks(tenant, pool, limits):
-            if limit and self._counts(cur, who, which, now) >= limit:
+            if limit and self._counts(cur, who, which) >= limit:
                 raise limit_refusal(limit, who, which)
 
     async def reserve(
@@ -442,14 +460,13 @@ class SQLKernelStore(KernelStore):
         seconds: float,
     ) -> None:
         def op() -> None:
-            now = time.time()
             with self._transaction() as cur:
                 self._check_limits(cur, tenant, pool, limits)
                 self._exec(
                     cur,
                     "INSERT INTO reservations(kernel_id, tenant, pool, expires)"
-                    " VALUES (?, ?, ?, ?)",
-                    (kernel_id, tenant, pool, now + seconds),
+                    f" VALUES (?, ?, ?, {self.dialect.now} + ?)",
+                    (kernel_id, tenant, pool, seconds),
                 )
 
         await self._call(op)
@@ -464,7 +481,7 @@ class SQLKernelStore(KernelStore):
     async def count(self, *, tenant: str | None = None, pool: str | None = None) -> int:
         def op() -> int:
             with self._transaction() as cur:
-                return self._counts(cur, tenant, pool, time.time())
+                return self._counts(cur, tenant, pool)
 
         return await self._call(op)
 
@@ -492,10 +509,18 @@ class SQLKernelStore(KernelStore):
                 if row[2] != holder.holder_id:
                     generation += 1  # fences the replica that filled the pool
                 expires = time.time() + lease_seconds
-                self._set_owner(cur, kernel_id, holder, expires, generation)
+                self._set_owner(cur, kernel_id, holder, lease_seconds, generation)
                 self._exec(
                     cur, "UPDATE kernels SET tenant=? WHERE kernel_id=?", (tenant, kernel_id)
                 )
             return Lease(kernel_id, holder.holder_id, generation, expires)
 
         return await self._call(op)
+
+
+def _local_expiry(owner_info: Any, lease_left: Any) -> float:
+    """When a lease with ``lease_left`` seconds left (on the database's clock) ends, on
+    this process's clock; 0 for a record nobody owns."""
+    if not owner_info or lease_left is None:
+        return 0.0
+    return time.time() + float(lease_left)

@@ -36,6 +36,7 @@ SQLITE = Dialect(
     skip_locked="",
     lock_reservations="",
     table_exists="SELECT name FROM sqlite_master WHERE type='table' AND name=?",
+    now="((julianday('now') - 2440587.5) * 86400.0)",
 )
 
 
