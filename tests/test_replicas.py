@@ -498,3 +498,165 @@ async def test_the_owner_does_not_cull_a_kernel_in_use_through_another_replica(
                 break
             await asyncio.sleep(1)
         assert await record_of(pg_store_url, kid) is None, "not culled once idle"
+
+
+# ----------------------------------------------- remote kernels across replicas
+@pytest.fixture(params=["ssh", "kubernetes"])
+def remote_spec(
+    request: pytest.FixtureRequest, jupyter_env: dict[str, str], tmp_path: Path
+) -> Iterator[str]:
+    """A kernelspec whose kernels are remote (their ports change on every restart, or
+    their address does), which every replica reaches through tunnels or pod IPs of its
+    own: the replica tests with local kernels cannot see a replica that fails to move."""
+    from .conformance import backends
+    from .conftest import write_kernelspec
+
+    if request.param == "ssh":
+        backend = backends.ssh_backend(
+            request.getfixturevalue("sshnet"), str(tmp_path / "remote-kernels")
+        )
+    else:
+        release = request.getfixturevalue("kube_release")
+        backend = backends.kubernetes_backend(release.config(), lambda _: set())
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "remote",
+        backend.provisioner,
+        backend.config,
+        argv=[backend.python, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+    )
+    yield "remote"
+    if request.param == "kubernetes":
+        from .kubecluster import forget_provisioner_state
+
+        forget_provisioner_state()
+
+
+async def test_a_restart_on_one_replica_reaches_kept_websockets_on_both(
+    remote_spec: str, tmp_path: Path, pg_store_url: str
+) -> None:
+    """A remote kernel started and restarted through replica A, with a websocket kept
+    on B and one kept on A: after the restart, the next cell on each (sent once) gets
+    its output. B moves its own tunnel or pod address to the new process as soon as
+    its websocket loses the kernel, not at the next request."""
+    async with two_replicas(tmp_path, pg_store_url) as (a, b):
+        kid = (await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": remote_spec}))["id"]
+        on_a = await KernelSocket.open(a.url, ADMIN_TOKEN, kid)
+        on_b = await KernelSocket.open(b.url, ADMIN_TOKEN, kid)
+        try:
+            assert (await on_b.execute("x = 1; print('b')"))["out"] == "b\n"
+            assert (await on_a.execute("print(x)"))["out"] == "1\n"
+            await call(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/restart")
+            assert (await on_b.execute("print('x' in dir())", timeout=120))["out"] == "False\n"
+            assert (await on_a.execute("print('again')", timeout=120))["out"] == "again\n"
+            record = await record_of(pg_store_url, kid)
+            assert record.restarts == 1
+        finally:
+            on_a.close()
+            on_b.close()
+
+
+async def test_a_replica_killed_mid_restart_is_taken_over_and_the_client_carries_on(
+    remote_spec: str, tmp_path: Path, pg_store_url: str
+) -> None:
+    """Replica A dies (kill -9) in the middle of restarting a remote kernel: the old
+    process is gone, the new one never launched. B, which serves the client's
+    websocket, takes the kernel over and brings it back; the client's next cell, sent
+    once while the kernel is away, gets its output."""
+    from orchestrator.faults import CRASH_ENV
+
+    env = {**os.environ, "KERNEL_ORCHESTRATOR_LEASE_SECONDS": "3"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(tmp_path / "a", "--store", pg_store_url, users=False)
+    b = Gateway(tmp_path / "b", "--store", pg_store_url, users=False)
+    a.env = {**env, CRASH_ENV: "mid-restart"}
+    b.env = env
+    try:
+        a.start()
+        b.start()
+        kid = (await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": remote_spec}))["id"]
+        ws = await KernelSocket.open(b.url, ADMIN_TOKEN, kid)
+        try:
+            assert (await ws.execute("x = 1"))["status"] == "ok"
+            with contextlib.suppress(HTTPClientError, *DROPPED):
+                await call(a.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kid}/restart")
+            assert a.proc is not None and a.proc.wait(30) == -signal.SIGKILL
+            reply = await ws.execute("print('x' in dir())", timeout=150)
+            assert reply["out"] == "False\n"
+            record = await record_of(pg_store_url, kid)
+            assert record.owner.get("pid") == b.proc.pid  # type: ignore[union-attr]
+        finally:
+            ws.close()
+        await call(b.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")
+        assert await record_of(pg_store_url, kid) is None
+    finally:
+        for gw in (a, b):
+            if gw.proc is not None and gw.proc.poll() is None:
+                gw.kill(signal.SIGTERM)
+
+
+async def test_replicas_with_skewed_clocks_do_not_take_each_others_kernels(
+    docker_engine: str, tmp_path: Path, pg_store_url: str
+) -> None:
+    """B's clock runs two minutes ahead of A's (libfaketime), forty leases' worth, and
+    B runs in a pid namespace of its own, as on another machine. Each keeps the
+    kernels it owns, and when A dies, B takes A's kernel over once A's lease really
+    lapsed: leases are written and judged by the database's clock."""
+    from orchestrator.gateway.defaults import DOCKER_SPEC
+
+    from . import debian
+
+    debian.ensure({"faketime": "faketime"})
+    env = {**os.environ, "KERNEL_ORCHESTRATOR_LEASE_SECONDS": "3"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(tmp_path / "a", "--store", pg_store_url, users=False)
+    b = Gateway(tmp_path / "b", "--store", pg_store_url, users=False)
+    a.env = env
+    (libfaketime,) = sorted(Path("/usr/lib").glob("*/faketime/libfaketimeMT.so.1"))
+    b.env = {
+        **env,
+        "LD_PRELOAD": str(libfaketime),
+        "FAKETIME": "+120s",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    b.wrapper = ["unshare", "--pid", "--fork", "--kill-child", "--"]
+    try:
+        a.start()
+        b.start()
+        spec = {"name": DOCKER_SPEC}  # (a local kernel stays on its own "machine")
+        on_a = (await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", spec))["id"]
+        on_b = (await call(b.url, ADMIN_TOKEN, "POST", "/api/kernels", spec))["id"]
+        first_a = await record_of(pg_store_url, on_a)
+        first_b = await record_of(pg_store_url, on_b)
+        assert first_a.owner["holder_id"] != first_b.owner["holder_id"]
+        await asyncio.sleep(8)  # many lease intervals and adoption scans of both
+        for kid, first in ((on_a, first_a), (on_b, first_b)):
+            record = await record_of(pg_store_url, kid)
+            assert record.owner["holder_id"] == first.owner["holder_id"], kid
+            assert record.generation == first.generation, kid
+        ws = await KernelSocket.open(b.url, ADMIN_TOKEN, on_a)  # a client of A's kernel
+        try:
+            assert (await ws.execute("kept = 7"))["status"] == "ok"
+        finally:
+            ws.close()
+        a.kill(signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            record = await record_of(pg_store_url, on_a)
+            if record.owner.get("holder_id") == first_b.owner["holder_id"]:
+                break
+            await asyncio.sleep(0.5)
+        assert record.owner.get("holder_id") == first_b.owner["holder_id"], "not taken over"
+        ws = await KernelSocket.open(b.url, ADMIN_TOKEN, on_a)
+        try:
+            assert (await ws.execute("print(kept)"))["out"] == "7\n"
+        finally:
+            ws.close()
+        for kid in (on_a, on_b):
+            await call(b.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")
+    finally:
+        for gw in (a, b):
+            if gw.proc is not None and gw.proc.poll() is None:
+                gw.kill(signal.SIGKILL if gw is b else signal.SIGTERM)
