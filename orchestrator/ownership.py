@@ -11,10 +11,16 @@ to own but another process holds are retried at each interval, so when their own
 dies its kernels are taken over as soon as the lease expires.
 
 Kernels this process serves without owning them (a client, a gateway replica that
-did not start them) are *watched*: the same one read per interval that looks at the
-wanted kernels' owners (no payloads) carries each kernel's restart count, and a count
-that moved tells the manager to follow the restart another process did, so its
-tunnels and clients move to the new kernel process without waiting for a request.
+did not start them) are *watched*: the same one read that looks at the wanted
+kernels' owners carries each kernel's restart count, and a count that moved tells the
+manager to follow the restart another process did, so its tunnels and clients move to
+the new kernel process without waiting for a request.
+
+Store traffic is proportional to change: the renewal is one write per interval (none
+while this process holds nothing), and the owners are read once per *lease* (every
+third interval), in one statement without payloads, for the wanted and watched
+kernels, or for all of them when someone listens (a gateway replica looks for kernels
+whose owner died in that same read: see :meth:`LeaseKeeper.listen`).
 
 An owner that is visibly dead needs no waiting: if the store names a holder on this
 machine (same boot and pid namespace) whose process is gone, its lease is void.
@@ -37,7 +43,7 @@ from typing import Any
 from . import forks, procinfo
 from .errors import OwnedElsewhereError, UnknownKernelError
 from .store import KernelStore
-from .store.lease import Holder, Lease
+from .store.lease import Holder, Lease, Ownership
 
 log = logging.getLogger("kernel-orchestrator.ownership")
 
@@ -116,6 +122,10 @@ async def claim(
         )
 
 
+# Renewals per lease (each a third of it); the owners are read at one of them.
+READS_PER_LEASE = 3
+
+
 @dataclass
 class _Watch:
     on_change: Callable[..., Any]
@@ -132,6 +142,8 @@ class LeaseKeeper:
         self._held: dict[str, tuple[Lease, _Watch]] = {}
         self._wanted: dict[str, _Watch] = {}
         self._watched: dict[str, tuple[int, _Watch]] = {}  # restarts seen, on_restarted
+        self._listeners: list[_Watch] = []  # told every owners read, of all kernels
+        self._ticks = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -140,7 +152,7 @@ class LeaseKeeper:
 
     @property
     def interval(self) -> float:
-        return max(0.2, self.lease_seconds / 3)
+        return max(0.2, self.lease_seconds / READS_PER_LEASE)
 
     # ------------------------------------------------------------- register
     def hold(
@@ -183,6 +195,17 @@ class LeaseKeeper:
         with self._lock:
             self._watched.pop(kernel_id, None)
 
+    def listen(
+        self,
+        on_owners: Callable[[dict[str, Ownership]], Any],
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        """Read the owners of *every* kernel (not only the wanted and watched ones) once
+        per lease, and hand each read to ``on_owners`` (on ``loop``)."""
+        with self._lock:
+            self._listeners.append(_Watch(on_owners, loop))
+        self._ensure_thread()
+
     def drop(self, kernel_id: str) -> Lease | None:
         """Stop renewing (or wanting) ``kernel_id``; the lease, for the caller to release."""
         with self._lock:
@@ -205,7 +228,8 @@ class LeaseKeeper:
                 self._wake.wait(self.interval)
                 self._wake.clear()
                 with self._lock:
-                    if not self._held and not self._wanted and not self._watched:
+                    idle = not (self._held or self._wanted or self._watched or self._listeners)
+                    if idle:
                         self._thread = None
                         return
                 loop.run_until_complete(self._tick())
@@ -214,18 +238,24 @@ class LeaseKeeper:
 
     async def _tick(self) -> None:
         holder = this_holder()
-        try:
-            held = await self.store.renew(holder.holder_id, self.lease_seconds)
-        except Exception as e:  # the store is down: keep trying, leases may lapse
-            self.failures += 1
-            self.last_error = str(e)
-            log.warning("could not renew kernel leases (%d in a row): %s", self.failures, e)
-            return
-        self.failures, self.last_error = 0, ""
+        self._ticks += 1
         with self._lock:
             mine = dict(self._held)
+        held: dict[str, int] = {}
+        if mine:
+            try:
+                held = await self.store.renew(holder.holder_id, self.lease_seconds)
+            except Exception as e:  # the store is down: keep trying, leases may lapse
+                self.failures += 1
+                self.last_error = str(e)
+                log.warning("could not renew kernel leases (%d in a row): %s", self.failures, e)
+                return
+        self.failures, self.last_error = 0, ""
+        with self._lock:
+            mine = {k: v for k, v in self._held.items() if k in mine}
             wanted = dict(self._wanted)
             watched = {k: v for k, v in self._watched.items() if k not in self._held}
+            listeners = list(self._listeners)
         for kernel_id, (lease, watch) in mine.items():
             if held.get(kernel_id) != lease.generation:
                 with self._lock:
@@ -239,13 +269,15 @@ class LeaseKeeper:
                 )
                 log.warning("kernel %s is no longer owned by this process: %s", kernel_id, reason)
                 _notify(watch, reason)
-        if not wanted and not watched:
-            return
+        if not (wanted or watched or listeners) or self._ticks % READS_PER_LEASE:
+            return  # the owners are read once per lease: store traffic stays flat
         try:  # one read for all: an owner that renews costs no claim attempt
-            owners = await self.store.ownerships(set(wanted) | set(watched))
+            owners = await self.store.ownerships(None if listeners else set(wanted) | set(watched))
         except Exception as e:
             log.debug("could not read the owners of wanted kernels: %s", e)
             return
+        for listener in listeners:
+            _notify(listener, owners)
         for kernel_id, (seen, watch) in watched.items():
             own = owners.get(kernel_id)
             if own is None or own.restarts == seen:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import StoreError
-from orchestrator.store import KernelRecord, MemoryKernelStore, SQLiteKernelStore, open_store
+from orchestrator.store import KernelRecord, SQLiteKernelStore, open_store
 
 
 def make_record(kernel_id: str, **extra: object) -> KernelRecord:
@@ -110,7 +110,8 @@ def test_bad_urls_give_clear_errors(url: str, message: str) -> None:
 
 
 def test_url_forms(tmp_path: Path) -> None:
-    assert isinstance(open_store("memory:"), MemoryKernelStore)
+    memory = open_store("memory:")
+    assert isinstance(memory, SQLiteKernelStore) and memory.url == "memory:"
     s = open_store(f"sqlite:///{tmp_path}/a.db")
     assert isinstance(s, SQLiteKernelStore) and s.path == tmp_path / "a.db"
     s.close()

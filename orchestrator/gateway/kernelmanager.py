@@ -18,8 +18,11 @@ that sends any request to any replica:
 * A lifecycle request (restart, interrupt, shutdown) that reaches a replica which does
   not own the kernel takes the lease over from the owning replica first (the
   generation fences the previous owner, which carries on as a client).
-* A replica that dies stops renewing its leases; every replica scans the store each
-  ``adopt_interval`` seconds and takes over kernels whose lease has expired.
+* A replica that dies stops renewing its leases; every replica looks at the owners of
+  all kernels once per lease (the lease keeper's one read, without payloads) and takes
+  over kernels whose lease has expired, reading the records of those only.
+* Listings and readiness are served from a cache of the records that the store's
+  change count invalidates: while nothing changes, a listing costs one tiny read.
 * Limits and warm pools are counted in the store, atomically, across replicas.
 """
 
@@ -45,7 +48,7 @@ from ..errors import FencedError, OrchestratorError, OwnedElsewhereError
 from ..manager import PersistentKernelManagerMixin
 from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreReport
 from ..store import KernelRecord, Limits
-from ..store.lease import Holder
+from ..store.lease import Holder, Ownership
 from ..store.record import POOL_LABEL, TENANT_LABEL
 from ..users import ADMIN
 
@@ -145,12 +148,6 @@ class OrchestratorMappingKernelManager(
     activity_save_interval = Float(
         30.0, config=True, help="Seconds between saves of kernels' last activity to the store."
     )
-    adopt_interval = Float(
-        0.0,
-        config=True,
-        help="Seconds between scans of the store for kernels nobody owns (their replica"
-        " died, their lease expired); 0: a third of the lease.",
-    )
     max_kernels = Int(
         0,
         config=True,
@@ -189,12 +186,14 @@ class OrchestratorMappingKernelManager(
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
         self._activity_task: asyncio.Task[None] | None = None
-        self._adopt_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[t.Any]] = set()
         self._refilling: set[str] = set()
         self._attaching: dict[str, asyncio.Future[None]] = {}
-        # Kernels an attach failed for, with the (generation, lease) it saw then.
-        self._unreachable: dict[str, tuple[int, float]] = {}
+        # Kernels an attach failed for, with the (generation, owner) it saw then.
+        self._unreachable: dict[str, tuple[int, str]] = {}
+        # The records as of the store's change count (listings and readiness).
+        self._listing: tuple[int, list[KernelRecord]] | None = None
+        self._adopting: asyncio.Future[None] | None = None
         # The last activity saved per kernel, so an idle kernel costs no write.
         self._saved_activity: dict[str, float] = {}
         #: What a kernel gets of the gateway's environment (set by the app).
@@ -283,9 +282,8 @@ class OrchestratorMappingKernelManager(
     async def kernel_models_of(self, owner: str | None) -> list[dict[str, t.Any]]:
         """Every kernel of ``owner`` (None: everyone's, pooled ones included) in the
         store, whichever replica serves it."""
-        assert self.kernel_store is not None
         models = []
-        records = await self.kernel_store.list()
+        records = await self.records()
         for record in records:
             if owner is not None and record.labels.get(OWNER_LABEL, "") != owner:
                 continue  # (a pooled kernel has no owner label: nobody's but the operator's)
@@ -299,6 +297,16 @@ class OrchestratorMappingKernelManager(
             if kernel_id not in stored and not km._recorded and mine:
                 models.append(self.kernel_model(kernel_id))
         return models
+
+    async def records(self) -> list[KernelRecord]:
+        """Every record in the store, from a cache that the store's change count
+        invalidates (one tiny read while nothing changed). Read-only: shared."""
+        assert self.kernel_store is not None
+        seen = self._listing[0] if self._listing is not None else None
+        count, records = await self.kernel_store.list_if_changed(seen)
+        if records is not None or self._listing is None:
+            self._listing = (count, records or [])
+        return self._listing[1]
 
     # ------------------------------------------------------------- ownership
     def owner_of(self, kernel_id: str) -> str:
@@ -591,10 +599,17 @@ class OrchestratorMappingKernelManager(
     def should_restore(self, record: KernelRecord) -> bool:
         """Kernels nobody owns, or whose owner's lease expired or who provably died;
         those a live replica owns are attached when a request asks for them."""
-        if self._unreachable.get(record.kernel_id) == (record.generation, record.lease_expires):
+        return self._adoptable(
+            record.kernel_id,
+            Ownership(Holder.from_dict(record.owner), record.lease_expires, record.generation),
+        )
+
+    def _adoptable(self, kernel_id: str, own: Ownership) -> bool:
+        """Whether a kernel with owner ``own`` is this replica's to take (see above)."""
+        owner = own.owner
+        if self._unreachable.get(kernel_id) == (own.generation, _holder_id(owner)):
             return False  # failed before, and nothing changed since: not every scan again
-        owner = Holder.from_dict(record.owner)
-        if owner is None or record.lease_expires <= time.time():
+        if owner is None or own.expires <= time.time():
             return True
         return owner.holder_id == ownership.this_holder().holder_id or ownership.holder_is_dead(
             owner
@@ -615,7 +630,8 @@ class OrchestratorMappingKernelManager(
                 self._unreachable.pop(kernel_id, None)
                 await self._serve_restored(kernel_id, record)
             elif kernel_id in report.failed:
-                self._unreachable[kernel_id] = (record.generation, record.lease_expires)
+                owner = Holder.from_dict(record.owner)
+                self._unreachable[kernel_id] = (record.generation, _holder_id(owner))
         finally:
             del self._attaching[kernel_id]
             done.set_result(None)
@@ -654,21 +670,35 @@ class OrchestratorMappingKernelManager(
     def _ensure_background_work(self) -> None:
         if self._activity_task is None:
             self._activity_task = asyncio.ensure_future(self._save_activity_forever())
-        if self._adopt_task is None and self.restore_on_start:
-            self._adopt_task = asyncio.ensure_future(self._adopt_forever())
+        if not self._adopt_listening and self.restore_on_start:
+            self._adopt_listening = True
+            self._keeper().listen(self._owners_read, asyncio.get_running_loop())
 
-    async def _adopt_forever(self) -> None:
-        """Take over the kernels of replicas that died (their leases expired)."""
-        interval = self.adopt_interval or max(1.0, self._keeper().lease_seconds / 3)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                report = await PersistentMultiKernelManagerMixin._async_restore_kernels(self)
-            except Exception as e:
-                self.log.warning("could not look for kernels to take over (will retry): %s", e)
+    _adopt_listening = False
+
+    def _owners_read(self, owners: dict[str, Ownership]) -> None:
+        """The lease keeper read every kernel's owner: take over those whose owner is
+        gone (one adoption at a time; the next read brings the next chance)."""
+        if self._adopting is not None and not self._adopting.done():
+            return
+        self._adopting = asyncio.ensure_future(self._adopt(owners))
+
+    async def _adopt(self, owners: dict[str, Ownership]) -> None:
+        """Take over the kernels of replicas that died (their leases expired), reading
+        the records of those kernels only."""
+        assert self.kernel_store is not None
+        report = RestoreReport()
+        for kernel_id, own in owners.items():
+            if kernel_id in self._kernels or not self._adoptable(kernel_id, own):
                 continue
-            for kernel_id in report.reattached:
-                self.log.info("kernel %s taken over from a replica that is gone", kernel_id)
+            try:
+                record = await self.kernel_store.get(kernel_id)
+                if record is not None and self.should_restore(record):
+                    await self._restore_one(record, report)
+            except Exception as e:
+                self.log.warning("kernel %s: could not take it over (will retry): %s", kernel_id, e)
+        for kernel_id in report.reattached:
+            self.log.info("kernel %s taken over from a replica that is gone", kernel_id)
 
     async def _save_activity_forever(self) -> None:
         """Keep the store's last activity current, so culling survives a restart.
@@ -772,3 +802,7 @@ class OrchestratorMappingKernelManager(
         for kernel_id in list(self._kernels):
             self.stop_watching_activity(kernel_id)
             self._kernels.pop(kernel_id).detach()
+
+
+def _holder_id(owner: Holder | None) -> str:
+    return owner.holder_id if owner is not None else ""

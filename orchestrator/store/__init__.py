@@ -8,7 +8,7 @@ from pathlib import Path
 from jupyter_core.paths import jupyter_data_dir
 
 from ..errors import StoreError
-from .base import KernelStore, Limits, MemoryKernelStore
+from .base import KernelStore, Limits
 from .record import KernelRecord
 from .sqlite import SQLiteKernelStore
 
@@ -16,7 +16,6 @@ __all__ = [
     "KernelRecord",
     "KernelStore",
     "Limits",
-    "MemoryKernelStore",
     "SQLiteKernelStore",
     "default_store_url",
     "open_store",
@@ -43,7 +42,7 @@ def open_store(url: str | None = None) -> KernelStore:
     """
     url = url or default_store_url()
     if url in ("memory:", "memory://"):
-        return MemoryKernelStore()
+        return SQLiteKernelStore(":memory:")
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresKernelStore
 

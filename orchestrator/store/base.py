@@ -12,19 +12,16 @@ from __future__ import annotations
 import abc
 import builtins
 import time
-import uuid
 from collections.abc import Collection
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..errors import (
     FencedError,
     KernelLimitError,
-    OrchestratorError,
     OwnedElsewhereError,
-    UnknownKernelError,
 )
 from .lease import Holder, Lease, Ownership
-from .record import POOL_LABEL, TENANT_LABEL, KernelRecord
+from .record import KernelRecord
 
 
 @dataclass(frozen=True)
@@ -184,9 +181,23 @@ class KernelStore(abc.ABC):
         """Extend every lease ``holder_id`` holds, in one write: kernel id -> generation."""
 
     @abc.abstractmethod
-    async def ownerships(self, kernel_ids: Collection[str]) -> dict[str, Ownership]:
-        """The current owner of each of ``kernel_ids`` that has a record, in one read
-        (a process waiting to take kernels over asks this before claiming any)."""
+    async def ownerships(self, kernel_ids: Collection[str] | None = None) -> dict[str, Ownership]:
+        """The current owner (and restart count) of each of ``kernel_ids`` that has a
+        record, or of every kernel (None), in one read without payloads: a process
+        waiting to take kernels over, or following restarts, asks this per interval."""
+
+    @abc.abstractmethod
+    async def list_if_changed(
+        self, seen: int | None
+    ) -> tuple[int, builtins.list[KernelRecord] | None]:
+        """The store's change count and, if it is not ``seen``, every record (else None),
+        read together. Every write of a record (insert, save, delete, activity, a pool's
+        hand-out) bumps the count; leases do not. A listing served from a cache costs one
+        tiny read while nothing changed."""
+
+    @abc.abstractmethod
+    async def change_count(self) -> int:
+        """The store's change count (see :meth:`list_if_changed`): also a cheap ping."""
 
     @abc.abstractmethod
     def release_now(self, lease: Lease) -> bool:
@@ -245,197 +256,3 @@ class KernelStore(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the store's connections."""
-
-
-class MemoryKernelStore(KernelStore):
-    """A non-durable store, for embedding managers where persistence is unwanted."""
-
-    url = "memory:"
-
-    def __init__(self) -> None:
-        self._records: dict[str, KernelRecord] = {}
-        self._owners: dict[str, Ownership] = {}
-        self._reservations: dict[str, tuple[str | None, str | None, float]] = {}
-        self._instance = uuid.uuid4().hex[:12]
-
-    @property
-    def instance_id(self) -> str:
-        return self._instance
-
-    def _copy(self, kernel_id: str) -> KernelRecord:
-        record = KernelRecord.from_json_dict(self._records[kernel_id].to_json_dict())
-        own = self._owners.get(kernel_id, Ownership(None, 0.0, 0))
-        record.owner = own.owner.to_dict() if own.owner else {}
-        record.lease_expires, record.generation = own.expires, own.generation
-        return record
-
-    def _check(self, kernel_id: str, lease: Lease | None) -> None:
-        own = self._owners.get(kernel_id)
-        if lease is None:
-            if own is not None and own.live():
-                raise refusal(kernel_id, own)
-            return
-        if (
-            own is None
-            or own.generation != lease.generation
-            or own.owner is None
-            or (own.owner.holder_id != lease.holder_id)
-        ):
-            raise fenced(kernel_id, lease, own if kernel_id in self._records else None)
-
-    async def insert(self, record: KernelRecord, holder: Holder, lease_seconds: float) -> Lease:
-        if record.kernel_id in self._records:
-            raise OrchestratorError(f"kernel id {record.kernel_id!r} is already in use")
-        self._records[record.kernel_id] = KernelRecord.from_json_dict(record.to_json_dict())
-        expires = time.time() + lease_seconds
-        self._owners[record.kernel_id] = Ownership(holder, expires, 1)
-        return Lease(record.kernel_id, holder.holder_id, 1, expires)
-
-    async def save(self, record: KernelRecord, lease: Lease | None = None) -> None:
-        if record.kernel_id in self._records:
-            self._check(record.kernel_id, lease)
-            old = self._records[record.kernel_id]
-            record = KernelRecord.from_json_dict(record.to_json_dict())
-            record.last_activity = max(record.last_activity, old.last_activity)
-        elif lease is not None:
-            raise fenced(record.kernel_id, lease, None)
-        self._records[record.kernel_id] = KernelRecord.from_json_dict(record.to_json_dict())
-
-    async def get(self, kernel_id: str) -> KernelRecord | None:
-        return self._copy(kernel_id) if kernel_id in self._records else None
-
-    async def list(self) -> builtins.list[KernelRecord]:
-        return sorted((self._copy(k) for k in self._records), key=lambda r: r.created)
-
-    async def delete(self, kernel_id: str, lease: Lease | None = None) -> bool:
-        if kernel_id not in self._records:
-            return False
-        if lease is not None:
-            self._check(kernel_id, lease)
-        self._owners.pop(kernel_id, None)
-        return self._records.pop(kernel_id, None) is not None
-
-    async def touch(self, kernel_id: str, when: float | None = None) -> None:
-        if kernel_id in self._records:
-            rec = self._records[kernel_id]
-            rec.last_activity = max(rec.last_activity, when or time.time())
-
-    async def claim(
-        self,
-        kernel_id: str,
-        holder: Holder,
-        lease_seconds: float,
-        *,
-        force: bool = False,
-        steal_generation: int | None = None,
-    ) -> Lease:
-        if kernel_id not in self._records:
-            raise UnknownKernelError(f"unknown kernel id {kernel_id!r}")
-        now = time.time()
-        own = self._owners.get(kernel_id, Ownership(None, 0.0, 0))
-        generation = granted_generation(
-            own, holder, now, force=force, steal_generation=steal_generation
-        )
-        if generation is None:
-            raise refusal(kernel_id, own)
-        self._owners[kernel_id] = Ownership(holder, now + lease_seconds, generation)
-        return Lease(kernel_id, holder.holder_id, generation, now + lease_seconds)
-
-    async def renew(self, holder_id: str, lease_seconds: float) -> dict[str, int]:
-        expires = time.time() + lease_seconds
-        held = {}
-        for kernel_id, own in list(self._owners.items()):
-            if own.owner is not None and own.owner.holder_id == holder_id:
-                self._owners[kernel_id] = Ownership(own.owner, expires, own.generation)
-                held[kernel_id] = own.generation
-        return held
-
-    async def ownerships(self, kernel_ids: Collection[str]) -> dict[str, Ownership]:
-        return {
-            k: replace(
-                self._owners.get(k, Ownership(None, 0.0, 0)), restarts=self._records[k].restarts
-            )
-            for k in kernel_ids
-            if k in self._records
-        }
-
-    def release_now(self, lease: Lease) -> bool:
-        own = self._owners.get(lease.kernel_id)
-        if own is None or own.owner is None or own.generation != lease.generation:
-            return False
-        if own.owner.holder_id != lease.holder_id:
-            return False
-        self._owners[lease.kernel_id] = Ownership(None, 0.0, own.generation)
-        return True
-
-    def _live_reservations(self) -> builtins.list[tuple[str | None, str | None]]:
-        now = time.time()
-        self._reservations = {
-            k: v for k, v in self._reservations.items() if v[2] > now and k not in self._records
-        }
-        return [(t, p) for t, p, _ in self._reservations.values()]
-
-    async def count(self, *, tenant: str | None = None, pool: str | None = None) -> int:
-        def counted(labels: dict[str, str]) -> bool:
-            t, p = labels.get(TENANT_LABEL) or None, labels.get(POOL_LABEL) or None
-            if pool is not None:
-                return p == pool and t is None
-            if tenant is not None:
-                return t == tenant
-            return t is not None or p is None
-
-        recorded = sum(counted(r.labels) for r in self._records.values())
-        reserved = 0
-        for t, p in self._live_reservations():
-            if pool is not None:
-                reserved += p == pool
-            elif tenant is not None:
-                reserved += t == tenant
-            else:
-                reserved += p is None
-        return recorded + reserved
-
-    async def _check_limits(self, tenant: str | None, pool: str | None, limits: Limits) -> None:
-        """Raise :class:`KernelLimitError` if one more kernel would exceed ``limits``."""
-        for limit, who, which in limit_checks(tenant, pool, limits):
-            if limit and await self.count(tenant=who, pool=which) >= limit:
-                raise limit_refusal(limit, who, which)
-
-    async def reserve(
-        self,
-        kernel_id: str,
-        *,
-        tenant: str | None,
-        pool: str | None,
-        limits: Limits,
-        seconds: float,
-    ) -> None:
-        await self._check_limits(tenant, pool, limits)
-        self._reservations[kernel_id] = (tenant, pool, time.time() + seconds)
-
-    async def unreserve(self, kernel_id: str) -> None:
-        self._reservations.pop(kernel_id, None)
-
-    async def claim_pooled(
-        self,
-        pool: str,
-        tenant: str,
-        holder: Holder,
-        lease_seconds: float,
-        limits: Limits = NO_LIMITS,
-    ) -> Lease | None:
-        await self._check_limits(tenant or None, None, limits)
-        for record in sorted(self._records.values(), key=lambda r: (r.created, r.kernel_id)):
-            labels = record.labels or {}
-            if labels.get(POOL_LABEL) == pool and not labels.get(TENANT_LABEL):
-                own = self._owners.get(record.kernel_id, Ownership(None, 0.0, 0))
-                same = own.owner is not None and own.owner.holder_id == holder.holder_id
-                generation = own.generation if same else own.generation + 1
-                expires = time.time() + lease_seconds
-                self._owners[record.kernel_id] = Ownership(holder, expires, generation)
-                record.labels = {TENANT_LABEL: tenant}
-                return Lease(record.kernel_id, holder.holder_id, generation, expires)
-        return None
-
-    def close(self) -> None:
-        pass

@@ -48,11 +48,14 @@ def _schema(real: str, json_field: str, json_int: str) -> dict[int, tuple[str, .
             "CREATE TABLE IF NOT EXISTS reservations (kernel_id TEXT PRIMARY KEY,"
             f" tenant TEXT, pool TEXT, expires {real} NOT NULL)",
         ),
-        # Following restarts without reading payloads: the restart count as a column,
-        # read with the owners in one small query per interval.
+        # Store traffic proportional to change: the restart count as a column, read with
+        # the owners in one small query per interval, and a change count for listings.
         4: (
             "ALTER TABLE kernels ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0",
             f"UPDATE kernels SET restarts=COALESCE({json_int.format('restarts')}, 0)",
+            # Listings served from a cache: a count every write of a record bumps.
+            "CREATE TABLE IF NOT EXISTS changes (id INTEGER PRIMARY KEY, counter BIGINT NOT NULL)",
+            "INSERT INTO changes(id, counter) VALUES (1, 0)",
         ),
     }
 

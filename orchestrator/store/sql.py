@@ -235,6 +235,7 @@ class SQLKernelStore(KernelStore):
             ),
         )
         self._exec(cur, "DELETE FROM reservations WHERE kernel_id=?", (record.kernel_id,))
+        self._changed(cur)
 
     # --------------------------------------------------------------- interface
     @property
@@ -284,6 +285,7 @@ class SQLKernelStore(KernelStore):
                         record.kernel_id,
                     ),
                 )
+                self._changed(cur)
 
         self._run(op)
 
@@ -309,8 +311,11 @@ class SQLKernelStore(KernelStore):
             with self._transaction() as cur:
                 if lease is not None and not self._check(cur, kernel_id, lease):
                     return False
-                cur = self._exec(cur, "DELETE FROM kernels WHERE kernel_id=?", (kernel_id,))
-                return bool(cur.rowcount > 0)
+                deleted = self._exec(cur, "DELETE FROM kernels WHERE kernel_id=?", (kernel_id,))
+                if deleted.rowcount > 0:
+                    self._changed(cur)
+                    return True
+                return False
 
         return await self._call(op)
 
@@ -319,12 +324,13 @@ class SQLKernelStore(KernelStore):
 
         def op() -> None:
             with self._transaction() as cur:
-                self._exec(
+                touched = self._exec(
                     cur,
-                    f"UPDATE kernels SET last_activity={self.dialect.greatest}(last_activity, ?)"
-                    " WHERE kernel_id=?",
-                    (stamp, kernel_id),
+                    "UPDATE kernels SET last_activity=? WHERE kernel_id=? AND last_activity < ?",
+                    (stamp, kernel_id, stamp),
                 )
+                if touched.rowcount > 0:  # newer activity: a change listings show
+                    self._changed(cur)
 
         await self._call(op)
 
@@ -376,29 +382,56 @@ class SQLKernelStore(KernelStore):
 
         return await self._call(op)
 
-    async def ownerships(self, kernel_ids: Collection[str]) -> dict[str, Ownership]:
-        ids = list(kernel_ids)
+    async def ownerships(self, kernel_ids: Collection[str] | None = None) -> dict[str, Ownership]:
+        ids = None if kernel_ids is None else list(kernel_ids)
+        if ids is not None and len(ids) > 500:  # (SQLite allows 999 parameters)
+            ids = None  # one read of all beats several of some
+        columns = (
+            f"SELECT kernel_id, owner_info, lease_expires - {self.dialect.now},"
+            " generation, restarts FROM kernels"
+        )
 
         def op() -> dict[str, Ownership]:
-            found: dict[str, Ownership] = {}
             with self._transaction() as cur:
-                for at in range(0, len(ids), 500):  # (SQLite allows 999 parameters)
-                    chunk = ids[at : at + 500]
-                    rows = self._exec(
-                        cur,
-                        f"SELECT kernel_id, owner_info, lease_expires - {self.dialect.now},"
-                        " generation, restarts FROM kernels"
-                        f" WHERE kernel_id IN ({', '.join('?' * len(chunk))})",
-                        tuple(chunk),
-                    ).fetchall()
-                    for kernel_id, owner_info, expires, generation, restarts in rows:
-                        found[str(kernel_id)] = replace(
-                            self._ownership_from(owner_info, expires, generation),
-                            restarts=int(restarts or 0),
-                        )
-            return found
+                if ids is None:
+                    rows = self._exec(cur, columns).fetchall()
+                else:
+                    where = f" WHERE kernel_id IN ({', '.join('?' * len(ids))})"
+                    rows = self._exec(cur, columns + where, tuple(ids)).fetchall()
+            wanted = None if kernel_ids is None else set(kernel_ids)
+            return {
+                str(kernel_id): replace(
+                    self._ownership_from(owner_info, left, generation),
+                    restarts=int(restarts or 0),
+                )
+                for kernel_id, owner_info, left, generation, restarts in rows
+                if wanted is None or kernel_id in wanted
+            }
 
-        return await self._call(op) if ids else {}
+        return await self._call(op) if ids is None or ids else {}
+
+    def _changed(self, cur: Any) -> None:
+        """Count a change of the records (see :meth:`list_if_changed`)."""
+        self._exec(cur, "UPDATE changes SET counter=counter+1 WHERE id=1")
+
+    async def list_if_changed(
+        self, seen: int | None
+    ) -> tuple[int, builtins.list[KernelRecord] | None]:
+        def op() -> tuple[int, builtins.list[KernelRecord] | None]:
+            with self._transaction() as cur:
+                count = int(self._exec(cur, "SELECT counter FROM changes WHERE id=1").fetchone()[0])
+                if count == seen:
+                    return count, None
+                rows = self._exec(
+                    cur, f"SELECT {self._columns} FROM kernels ORDER BY created, kernel_id"
+                ).fetchall()
+            return count, [self._from_row(row) for row in rows]
+
+        return await self._call(op)
+
+    async def change_count(self) -> int:
+        rows = await self._call(lambda: self._select("SELECT counter FROM changes WHERE id=1"))
+        return int(rows[0][0])
 
     def release_now(self, lease: Lease) -> bool:
         def op() -> bool:
@@ -513,6 +546,7 @@ class SQLKernelStore(KernelStore):
                 self._exec(
                     cur, "UPDATE kernels SET tenant=? WHERE kernel_id=?", (tenant, kernel_id)
                 )
+                self._changed(cur)
             return Lease(kernel_id, holder.holder_id, generation, expires)
 
         return await self._call(op)

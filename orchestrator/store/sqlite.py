@@ -104,26 +104,37 @@ class _Transaction:
             self.cur.close()
 
 
+MEMORY = ":memory:"
+
+
 class SQLiteKernelStore(SQLKernelStore):
-    """Kernel records in an SQLite database file."""
+    """Kernel records in an SQLite database file (or, for ``:memory:``, in this
+    process's memory only: the ``memory:`` store, with the same leases, limits and
+    pools as every other, since it is the same code)."""
 
     dialect = SQLITE
     migrations = SQLITE_MIGRATIONS
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> None:
         super().__init__()
-        self.path = Path(path).expanduser()
-        self.url = f"sqlite://{self.path}" if self.path.is_absolute() else f"sqlite:{self.path}"
+        self.in_memory = str(path) == MEMORY
+        self.path = Path(path) if self.in_memory else Path(path).expanduser()
+        if self.in_memory:
+            self.url = "memory:"
+        else:
+            self.url = f"sqlite://{self.path}" if self.path.is_absolute() else f"sqlite:{self.path}"
         self.busy_timeout = busy_timeout
         try:
-            _create_private_file(self.path)
+            if not self.in_memory:
+                _create_private_file(self.path)
             self._conn = sqlite3.connect(
                 str(self.path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed transaction survives even an OS crash, not just ours.
-            self._conn.execute("PRAGMA synchronous=FULL")
+            if not self.in_memory:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                # FULL: a committed transaction survives even an OS crash, not just ours.
+                self._conn.execute("PRAGMA synchronous=FULL")
             self._open_schema()
         except sqlite3.Error as e:
             why = explain_sqlite_error(self.path, e, busy_timeout)
