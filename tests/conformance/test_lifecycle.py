@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -218,6 +219,37 @@ async def test_a_kept_client_survives_restarts_here_and_elsewhere(
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
+async def test_a_kept_gateway_websocket_survives_restarts_here_and_elsewhere(
+    backend: Backend, jupyter_env: dict[str, str], store: Any, tmp_path: Path
+) -> None:
+    """JupyterLab keeps its kernel websocket across a restart it did not ask for. Through
+    the gateway: a restart by the gateway itself, then one by another process (the CLI
+    takes the kernel over; the gateway carries on serving it as a client, and moves to
+    the new process as soon as its websocket loses the old one): each time the next
+    cell, sent once, gets its output."""
+    from ..test_gateway import ADMIN_TOKEN, Gateway, KernelSocket, call
+
+    name = kernelspec(backend, jupyter_env)
+    gw = Gateway(tmp_path, users=False).start()
+    try:
+        kernel_id = (await call(gw.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": name}))["id"]
+        ws = await KernelSocket.open(gw.url, ADMIN_TOKEN, kernel_id)
+        try:
+            assert (await ws.execute("x = 1; print('up')", timeout=120))["out"] == "up\n"
+            await call(gw.url, ADMIN_TOKEN, "POST", f"/api/kernels/{kernel_id}/restart")
+            reply = await ws.execute("print('x' in dir()); x = 2", timeout=120)
+            assert reply["out"] == "False\n"
+            restarted = ko("restart", "--force", kernel_id)
+            assert restarted.returncode == 0, restarted.stderr
+            assert (await ws.execute("print('x' in dir())", timeout=120))["out"] == "False\n"
+        finally:
+            ws.close()
+        await call(gw.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kernel_id}")
+    finally:
+        gw.kill(signal.SIGTERM)
     await nothing_left(backend, store)
 
 
