@@ -12,20 +12,22 @@ to the new kernel process each on its own timer, and when the next request reach
 kernel before the iopub subscription has, its output is published to nobody (the cell
 "runs" and shows nothing). So after every transition that replaces the kernel process
 (a restart here, a restart followed from elsewhere) the manager *rejoins* its clients:
-new sockets, and the wait (bounded) until iopub's handshake with the new process is
-done, before the restart returns.
+new sockets, and the wait (bounded) until their iopub is proven to receive from the new
+process, before the restart returns.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import time
 import typing as t
-import uuid
 
 import zmq
+import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient as _AsyncKernelClient
 from jupyter_client.blocking.client import BlockingKernelClient as _BlockingKernelClient
+from jupyter_client.session import Session
+
+PROBE_INTERVAL_MS = 200
 
 
 class RetargetableClientMixin:
@@ -38,56 +40,32 @@ class RetargetableClientMixin:
 
         def load_connection_info(self, info: t.Any) -> None: ...
 
-    _watch_handshake: bool = False  # the next socket made gets a handshake monitor...
-    _handshake_pair: t.Any = None  # ... read through this PAIR socket
-
-    def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> t.Any:
-        """jupyter_client's, with a handshake monitor attached before it connects when one
-        is asked for (attached after, the event may already have passed)."""
-        if not self._watch_handshake:
-            return super()._create_connected_socket(channel, identity)  # type: ignore[misc]
-        self._watch_handshake = False
-        sock = self.context.socket(zmq.SUB if channel == "iopub" else zmq.DEALER)  # type: ignore[attr-defined]
-        sock.linger = 1000
-        if identity:
-            sock.identity = identity
-        if getattr(self, "curve_publickey", None) is not None:
-            sock.curve_secretkey = self.curve_secretkey  # type: ignore[attr-defined]
-            sock.curve_publickey = self.curve_publickey  # type: ignore[attr-defined]
-            sock.curve_serverkey = self.curve_publickey  # type: ignore[attr-defined]
-        address = f"inproc://ko-client-rejoin-{uuid.uuid4().hex}"
-        sock.monitor(address, zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        pair = self.context.socket(zmq.PAIR, socket_class=zmq.Socket)  # type: ignore[attr-defined]
-        pair.connect(address)  # before the socket connects: no event is missed
-        self._handshake_pair = pair
-        sock.connect(self._make_url(channel))  # type: ignore[attr-defined]
-        return sock
-
     async def rejoin(self, info: t.Mapping[str, t.Any], timeout: float = 10.0) -> bool:
-        """:meth:`retarget` to ``info``, then wait (at most ``timeout``) until the new iopub
-        socket has completed its handshake with the kernel: its subscription goes out
-        right after, before the caller's next request. False if it did not in time."""
-        iopub = getattr(self, "_iopub_channel", None)
-        if iopub is None or getattr(iopub, "socket", None) is None:
-            self.retarget(info)
+        """:meth:`retarget` to ``info``, then prove (at most ``timeout``) that this client's
+        iopub receives from the kernel's new process, as ``wait_for_ready`` does for a
+        new client: ``kernel_info_request`` on a transient shell socket, until the kept
+        iopub socket has a message. The probe uses a session of its own, so its replies
+        and statuses can never be mistaken for the caller's (whose message ids are
+        counted per session). False if iopub stayed silent."""
+        self.retarget(info)
+        channel = getattr(self, "_iopub_channel", None)
+        iopub = getattr(channel, "socket", None)
+        if iopub is None:
             return True
+        probe = Session(key=self.session.key, signature_scheme=self.session.signature_scheme)
+        shell = self._create_connected_socket("shell")  # type: ignore[attr-defined]
         try:
-            self._watch_handshake = True
-            self.retarget(info)
-            pair = self._handshake_pair
-            if pair is None:
-                return False
-            loop = asyncio.get_running_loop()
-            return bool(await loop.run_in_executor(None, pair.poll, int(timeout * 1000)))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                probe.send(shell, "kernel_info_request")
+                ready = iopub.poll(PROBE_INTERVAL_MS)
+                if isinstance(iopub, zmq.asyncio.Socket):
+                    ready = await ready
+                if ready:
+                    return True
+            return False
         finally:
-            self._watch_handshake = False
-            pair, self._handshake_pair = self._handshake_pair, None
-            new = getattr(iopub, "socket", None)
-            if new is not None:
-                with contextlib.suppress(zmq.ZMQError):
-                    new.disable_monitor()
-            if pair is not None:
-                pair.close(linger=0)
+            shell.close(linger=0)
 
     def retarget(self, info: t.Mapping[str, t.Any]) -> None:
         """Point this client at the kernel's new endpoint ``info``.
@@ -98,7 +76,7 @@ class RetargetableClientMixin:
         new address when they are.
         """
         self.load_connection_info(dict(info))
-        for name in ("iopub", "shell", "stdin", "control"):  # iopub first: see rejoin
+        for name in ("iopub", "shell", "stdin", "control"):
             channel = getattr(self, f"_{name}_channel", None)
             if channel is None or getattr(channel, "socket", None) is None:
                 continue

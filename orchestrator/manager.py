@@ -29,6 +29,7 @@ import weakref
 from jupyter_client import manager as jc_manager
 from jupyter_client.ioloop import manager as jc_ioloop
 from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.session import Session
 from jupyter_core.paths import jupyter_runtime_dir
 from jupyter_core.utils import ensure_dir_exists, run_sync
 from traitlets import Bool, Dict, DottedObjectName, Float, Instance, Type, Unicode, default
@@ -547,7 +548,19 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
 
     def client(self, **kwargs: t.Any) -> t.Any:
         """jupyter_client's ``client()``, kept track of so that it follows the kernel
-        when a restart moves it (see :mod:`orchestrator.client`)."""
+        when a restart moves it (see :mod:`orchestrator.client`).
+
+        Each client gets a session of its own (same key): jupyter_client hands every
+        client the manager's session, whose id is also the shell socket's zmq identity,
+        so a second client of one manager (a kept one and a new one) collides with the
+        first at the kernel's ROUTER socket, which drops one of them.
+        """
+        if "session" not in kwargs:
+            kwargs["session"] = Session(
+                key=self.session.key,
+                signature_scheme=self.session.signature_scheme,
+                username=self.session.username,
+            )
         kc = super().client(**kwargs)  # type: ignore[misc]
         if hasattr(kc, "retarget"):
             if self._clients is None:

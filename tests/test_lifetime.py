@@ -162,3 +162,28 @@ def test_a_script_that_builds_the_library_manager_leaves_cli_kernels_running(
         )  # ...and left it
     finally:
         ko("shutdown", kernel_id)
+
+
+async def test_two_clients_of_one_manager_both_get_their_answers(store: Any) -> None:
+    """A kept client and a new one from the same manager: jupyter_client gives both the
+    manager's session, whose id is the shell socket's zmq identity, and the kernel's
+    ROUTER drops one of two connections with one identity. Ours each get a session."""
+    km = orchestrator.AsyncKernelManager(kernel_name="python3", kernel_store=store)
+    await km.start_kernel()
+    first = km.client()
+    first.start_channels()
+    try:
+        await first.wait_for_ready(timeout=60)
+        for _ in range(3):
+            second = km.client()
+            second.start_channels()
+            try:
+                await second.wait_for_ready(timeout=60)
+                for kc in (second, first):
+                    reply = await kc.execute_interactive("pass", timeout=30)
+                    assert reply["content"]["status"] == "ok"
+            finally:
+                second.stop_channels()
+    finally:
+        first.stop_channels()
+        await km.shutdown_kernel()

@@ -45,6 +45,7 @@ from bench.harness import (
     reap,
     run_interleaved,
 )
+from bench.restarts import restart_rows
 from orchestrator.store import KernelStore, open_store
 
 NAME = "core"
@@ -413,10 +414,19 @@ async def bench_reattach(ctx: Context) -> list[Row]:
     return rows
 
 
+async def bench_restart(ctx: Context) -> list[Row]:
+    store = open_store(ctx.store_url("restart.db"))
+    try:
+        return await restart_rows(NAME, KERNEL, store, 3 if ctx.quick else 10, what="local")
+    finally:
+        store.close()
+
+
 BENCHMARKS = [
     Benchmark("start", "kernel start-to-ready, ours vs stock", bench_start),
     Benchmark("roundtrip", "execute round trip of a trivial cell, ours vs stock", bench_roundtrip),
     Benchmark(
         "reattach", "re-attach N running kernels with AsyncMultiKernelManager", bench_reattach
     ),
+    Benchmark("restart", "restart to first answer: a kept client vs a fresh one", bench_restart),
 ]

@@ -57,6 +57,7 @@ from bench.harness import (
     run_interleaved,
     start_all_at_once,
 )
+from bench.restarts import restart_rows
 from bench.scenarios.core import _diagnostics, _execute, _ready_client, _shutdown
 from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.store import KernelStore, open_store
@@ -401,6 +402,15 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
     return rows
 
 
+async def bench_restart(ctx: Context) -> list[Row]:
+    await _setup(ctx)
+    store = open_store(ctx.store_url("docker-restart.db"))
+    try:
+        return await restart_rows(NAME, DOCKER_KERNEL, store, 3 if ctx.quick else 8, what="docker")
+    finally:
+        store.close()
+
+
 BENCHMARKS = [
     Benchmark("start", "kernel start-to-ready, docker vs local", bench_start),
     Benchmark(
@@ -409,4 +419,5 @@ BENCHMARKS = [
     Benchmark(
         "concurrent", f"{CONCURRENT_N} docker kernels started concurrently", bench_concurrent
     ),
+    Benchmark("restart", "restart to first answer: a kept client vs a fresh one", bench_restart),
 ]

@@ -41,6 +41,7 @@ from bench.harness import (
     run_interleaved,
     start_all_at_once,
 )
+from bench.restarts import restart_rows
 from bench.scenarios.core import _ready_client, _shutdown
 from bench.scenarios.docker import DOCKER_KERNEL
 from bench.scenarios.docker import _setup as _docker_setup
@@ -218,7 +219,24 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
     return rows + [error_row(NAME, bench, p) for p in problems]
 
 
+async def bench_restart(ctx: Context) -> list[Row]:
+    bench = "restart to first answer (kubernetes)"
+    if reason := _skip_reason():
+        return [error_row(NAME, bench, reason)]
+    problems: list[str] = []
+    async with _cluster(ctx, problems):
+        store = open_store(ctx.store_url("kube-restart.db"))
+        try:
+            rows = await restart_rows(
+                NAME, KUBE_KERNEL, store, 3 if ctx.quick else 6, what="kubernetes pod"
+            )
+        finally:
+            store.close()
+    return rows + [error_row(NAME, bench, p) for p in problems]
+
+
 BENCHMARKS = [
     Benchmark("start", "start-to-ready: Kubernetes pod vs Docker container", bench_start),
     Benchmark("concurrent", f"{CONCURRENT_N} Kubernetes kernels started at once", bench_concurrent),
+    Benchmark("restart", "restart to first answer: a kept client vs a fresh one", bench_restart),
 ]

@@ -36,6 +36,7 @@ from bench.harness import (
     run_interleaved,
     start_all_at_once,
 )
+from bench.restarts import restart_rows
 from bench.scenarios.core import _ready_client, _shutdown
 from orchestrator.store import open_store
 
@@ -178,7 +179,25 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
     return rows + [error_row(NAME, bench, p) for p in problems]
 
 
+async def bench_restart(ctx: Context) -> list[Row]:
+    bench = "restart to first answer (slurm)"
+    if reason := _skip_reason():
+        return [error_row(NAME, bench, reason)]
+    problems: list[str] = []
+    async with _cluster(problems) as net:
+        _kernelspecs(ctx, net)
+        store = open_store(ctx.store_url("slurm-restart.db"))
+        try:
+            rows = await restart_rows(
+                NAME, "bench-slurm", store, 3 if ctx.quick else 6, what="slurm job"
+            )
+        finally:
+            store.close()
+    return rows + [error_row(NAME, bench, p) for p in problems]
+
+
 BENCHMARKS = [
     Benchmark("start", "start-to-ready: Slurm job vs SSH on the login host", bench_start),
     Benchmark("concurrent", f"{CONCURRENT_N} Slurm kernels started at once", bench_concurrent),
+    Benchmark("restart", "restart to first answer: a kept client vs a fresh one", bench_restart),
 ]

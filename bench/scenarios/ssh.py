@@ -66,6 +66,7 @@ from bench.harness import (
     run_interleaved,
     start_all_at_once,
 )
+from bench.restarts import restart_rows
 from bench.scenarios.core import _diagnostics, _execute, _ready_client, _shutdown
 from orchestrator import procinfo
 from orchestrator.store import open_store
@@ -907,6 +908,21 @@ async def bench_concurrent(ctx: Context) -> list[Row]:
     return rows
 
 
+async def bench_restart(ctx: Context) -> list[Row]:
+    bench = "restart to first answer (ssh)"
+    if reason := _skip_reason():
+        return _skip_row(bench, reason)
+    problems: list[str] = []
+    async with _network(problems) as net:
+        _write_kernelspec(ctx, net)
+        store = open_store(ctx.store_url("ssh-restart.db"))
+        try:
+            rows = await restart_rows(NAME, SSH_KERNEL, store, 3 if ctx.quick else 8, what="ssh")
+        finally:
+            store.close()
+    return rows + [error_row(NAME, bench, p) for p in problems]
+
+
 BENCHMARKS = [
     Benchmark(
         "throughput",
@@ -920,4 +936,5 @@ BENCHMARKS = [
         f"{CONCURRENT_N} ssh kernels started concurrently on one host",
         bench_concurrent,
     ),
+    Benchmark("restart", "restart to first answer: a kept client vs a fresh one", bench_restart),
 ]
