@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import re
-import threading
 import time
 import typing as t
 import uuid
@@ -35,10 +34,9 @@ from jupyter_core.utils import ensure_dir_exists, run_sync
 from traitlets import Bool, Dict, DottedObjectName, Float, Instance, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from . import faults, forks, ownership
+from . import faults, forks, lifetime, ownership
 from .endpoint import Endpoint
 from .errors import (
-    FencedError,
     KernelGoneError,
     OrchestratorError,
     OwnedElsewhereError,
@@ -48,7 +46,7 @@ from .errors import (
 from .liveness import kernel_info
 from .provisioning import create_provisioner, provisioner_stanza
 from .store import KernelRecord, KernelStore, default_store_url, open_store
-from .store.lease import Lease
+from .tenure import KernelTenureMixin
 
 log = logging.getLogger("kernel-orchestrator")
 
@@ -89,8 +87,19 @@ def spec_from_dict(data: dict[str, t.Any]) -> KernelSpec:
     return KernelSpec(**data)
 
 
-class PersistentKernelManagerMixin(LoggingConfigurable):
-    """What our managers add to jupyter_client's. Mixed in before the stock class."""
+class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
+    """What our managers add to jupyter_client's. Mixed in before the stock class.
+
+    A kernel's life in this process is a handful of transitions, each one method here:
+    *start* (jupyter_client's, then the record inserted), *restart* (jupyter_client's,
+    then the clients rejoined; a failure drops the kernel), *re-attach*
+    (:meth:`_async_reattach`), *follow* (:meth:`follow_record`: another process
+    restarted it), *take-over* (:mod:`orchestrator.tenure`: the lease claimed, then
+    follow), *release* and *drop*. Each moves the provisioner (its contract:
+    :mod:`orchestrator.provisioning.contract`), the manager's connection info and this
+    process's clients (:mod:`orchestrator.endpoint`) together; the lease and the
+    record are the tenure's (:mod:`orchestrator.tenure`).
+    """
 
     kernel_store = Instance(  # type: ignore[call-overload]
         KernelStore,
@@ -188,10 +197,6 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     _record_created: float | None = None
     _restart_count: int = 0
     _provisioner_name: str = ""
-    _lease: Lease | None = None
-    _recorded: bool = False  # the kernel has a record (ours, or one we re-attached to)
-    _lost_reason: str = ""  # why this process no longer owns the kernel
-    _lost_callbacks: list[t.Callable[[str], t.Any]] | None = None
     _endpoint: Endpoint | None = None  # where this process's clients reach the kernel
     _endpoint_callbacks: list[t.Callable[[], t.Any]] | None = None
     _clients: weakref.WeakSet[t.Any] | None = None  # clients handed out, to retarget
@@ -266,184 +271,10 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             restarts=self._restart_count,
         )
 
-    async def save_record(self) -> None:
-        """Save (or update) this kernel's record. Provisioners call it when their state changes.
-
-        The first save of a new kernel inserts its record owned by this process; every
-        later one is fenced by our lease, so a process that lost the kernel cannot
-        overwrite the new owner's record.
-        """
-        if self.kernel_store is None or self.provisioner is None:
-            return
-        record = await self.build_record()
-        if self._lease is None:
-            if not self._recorded:  # pre_start checked the id; insert refuses a taken one
-                # The kernel runs (a provisioner saves as soon as its resources exist).
-                faults.checkpoint("after-launch")
-                lease = await self.kernel_store.insert(
-                    record, ownership.this_holder(), self.lease_seconds
-                )
-                self._recorded = True
-                self._hold(lease)
-                faults.checkpoint("after-save")
-                return
-            await self._ensure_owner()
-        try:
-            await self.kernel_store.save(record, self._lease)
-        except FencedError as e:
-            self._lease_lost(str(e))
-            raise
-
-    async def forget_record(self) -> None:
-        """Remove the record (fenced: only while this process still owns the kernel)."""
-        if self.kernel_store is None or not self.kernel_id or not self._recorded:
-            return
-        lease = self._let_go()
-        if lease is None:
-            try:
-                lease = await ownership.claim(self.kernel_store, self.kernel_id, self.lease_seconds)
-            except UnknownKernelError:
-                self._recorded = False
-                return
-        with contextlib.suppress(FencedError):
-            await self.kernel_store.delete(self.kernel_id, lease)
-            self._recorded = False
-
     async def touch_activity(self) -> None:
         """Note activity on this kernel in the store (culling survives restarts)."""
         if self.kernel_store is not None and self.kernel_id:
             await self.kernel_store.touch(self.kernel_id)
-
-    # -------------------------------------------------------------- ownership
-    @property
-    def is_owner(self) -> bool:
-        """Whether this process holds the kernel's lease (does its lifecycle work)."""
-        return self._lease is not None or self.kernel_store is None
-
-    @property
-    def owner_lost_reason(self) -> str:
-        """Why this manager lost its kernel to another process ('' while it has not)."""
-        return self._lost_reason
-
-    def on_ownership_lost(self, callback: t.Callable[[str], t.Any]) -> None:
-        """Call ``callback(reason)`` when another process takes this kernel over."""
-        if self._lost_callbacks is None:
-            self._lost_callbacks = []
-        self._lost_callbacks.append(callback)
-
-    def _keeper(self) -> ownership.LeaseKeeper:
-        assert self.kernel_store is not None
-        return ownership.keeper_for(self.kernel_store, self.lease_seconds)
-
-    def _hold(self, lease: Lease) -> None:
-        self._lease, self._lost_reason = lease, ""
-        loop = None
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-        self._keeper().hold(lease, self._lease_lost, loop)
-
-    def _let_go(self) -> Lease | None:
-        """Stop renewing our lease (the caller releases it or deletes the record)."""
-        lease, self._lease = self._lease, None
-        if self.kernel_store is not None and self.kernel_id:
-            self._keeper().drop(self.kernel_id)
-        return lease
-
-    async def claim_ownership(self, *, force: bool = False) -> None:
-        """Become the kernel's owner; ``force`` fences the current owner.
-
-        Raises :class:`OwnedElsewhereError` while a live process owns it.
-        """
-        if self.kernel_store is None:
-            return
-        if self._lease is not None and not force:
-            await self._ensure_owner()
-            return
-        lease = await ownership.claim(
-            self.kernel_store, self.kernel_id, self.lease_seconds, force=force
-        )
-        self._hold(lease)
-
-    async def _ensure_owner(self) -> None:
-        """Refuse lifecycle work unless this process still owns the kernel.
-
-        Checked against the store itself, not our memory of the lease: an owner whose
-        kernel was taken over (or shut down) by another process must never restart it.
-        """
-        if self.kernel_store is None:
-            return
-        if self._lease is None:
-            if self._lost_reason:
-                raise FencedError(
-                    f"kernel {self.kernel_id} is no longer managed by this process:"
-                    f" {self._lost_reason}"
-                )
-            await self.claim_ownership()
-            return
-        record = await self.kernel_store.get(self.kernel_id)
-        lease = self._lease
-        if (
-            record is None
-            or record.generation != lease.generation
-            or record.owner.get("holder_id") != lease.holder_id
-        ):
-            why = (
-                "its record was removed"
-                if record is None
-                else f"another process took it over (generation {record.generation})"
-            )
-            self._lease_lost(why)
-            raise FencedError(f"kernel {self.kernel_id} is no longer ours: {why}")
-
-    def _lease_lost(self, reason: str) -> None:
-        """Another process owns the kernel now: stop managing it, tell who asked."""
-        if self._lease is None and self._lost_reason:
-            return
-        self._let_go()
-        self._lost_reason = reason or "taken over by another process"
-        with contextlib.suppress(Exception):
-            self.stop_restarter()
-        _forget_live(self)
-        for callback in self._lost_callbacks or []:
-            try:
-                callback(self._lost_reason)
-            except Exception:
-                log.exception("ownership-lost callback failed")
-
-    def _lease_claimed(self, lease: Lease) -> None:
-        """The owner's lease lapsed and we took over: start doing the lifecycle work,
-        once caught up with what the previous owner did (see :meth:`_take_up`)."""
-        self._hold(lease)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # no loop here (sync use): nothing to catch up from
-            if self.has_kernel:  # type: ignore[attr-defined]
-                self.start_restarter()
-            return
-        task = asyncio.ensure_future(self._take_up())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _take_up(self) -> None:
-        """Catch up with the record, then watch the kernel as its owner.
-
-        As a client we kept the provisioner state we attached with; the previous owner
-        may have restarted the kernel since (a new process, pod or container on the
-        same ports). Watching the old one would find it dead and restart a live
-        kernel, losing its state.
-        """
-        assert self.kernel_store is not None
-        try:
-            record = await self.kernel_store.get(self.kernel_id)
-        except Exception as e:  # the store is down: the restarter must not guess
-            self._lease_lost(f"the store could not be read to take it over: {e}")
-            return
-        if record is None:
-            self._lease_lost("its record was removed")
-            return
-        await self.follow_record(record)
-        if self.is_owner and self.has_kernel:  # type: ignore[attr-defined]
-            self.start_restarter()
 
     async def follow_record(self, record: KernelRecord) -> None:
         """Catch up with a restart another process did: our provisioner state is that
@@ -467,36 +298,6 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             self.load_connection_info(self.provisioner.connection_info)
         self._publish_endpoint()
         await self._rejoin_clients()
-
-    def _watch_restarts(self) -> None:
-        """Follow restarts other processes do while this one does not own the kernel
-        (the lease keeper reads the restart counts with the owners: no payloads)."""
-        if self.kernel_store is None or not self.kernel_id:
-            return
-        loop = None
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-        self._keeper().watch(self.kernel_id, self._restart_count, self._restarted_elsewhere, loop)
-
-    def _restarted_elsewhere(self, restarts: int) -> None:
-        if self.is_owner or restarts == self._restart_count or self._dropped:
-            return
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:  # sync use: the next call that reads the record follows
-            return
-        task = asyncio.ensure_future(self._follow_latest())
-        _background.add(task)
-        task.add_done_callback(_background.discard)
-
-    async def _follow_latest(self) -> None:
-        assert self.kernel_store is not None
-        try:
-            record = await self.kernel_store.get(self.kernel_id)
-            if record is not None and not self.is_owner:
-                await self.follow_record(record)
-        except Exception as e:
-            self.log.warning("kernel %s: could not follow its restart: %s", self.kernel_id, e)
 
     # -------------------------------------------------------------- endpoint
     def on_endpoint_changed(self, callback: t.Callable[[], t.Any]) -> None:
@@ -568,15 +369,6 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             self._clients.add(kc)
         return kc
 
-    def want_ownership(self) -> None:
-        """Take the kernel over as soon as its current owner's lease lapses."""
-        if self.kernel_store is None or self._lease is not None:
-            return
-        loop = None
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-        self._keeper().want(self.kernel_id, self._lease_claimed, loop, self._lease_lost)
-
     # ---------------------------------------------------- lifecycle overrides
     async def _async_pre_start_kernel(self, **kw: t.Any) -> t.Any:
         if self.provisioner is None:
@@ -600,7 +392,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         await self.save_record()
         self._publish_endpoint()
         self._watch_restarts()
-        _remember_live(self)
+        lifetime.remember(self)
 
     async def _async_start_kernel(self, **kw: t.Any) -> None:
         faults.checkpoint("before-launch")
@@ -627,7 +419,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         except Exception as e:  # never mask the original failure
             self.log.warning("cleanup after failed start of %s: %s", self.kernel_id, e)
         self._cleaned_up = True
-        _forget_live(self)
+        lifetime.forget(self)
 
     async def _async_restart_kernel(self, now: bool = False, newports: bool = False, **kw: t.Any):  # type: ignore[no-untyped-def]
         """Restart in place; a restart that fails gives the kernel up (see :meth:`_async_drop`).
@@ -663,8 +455,8 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         if not restart:
             await self.forget_record()
             if self.kernel_store is not None and self.kernel_id:
-                self._keeper().unwatch(self.kernel_id)
-            _forget_live(self)
+                self._keeper().unwatch(self.kernel_id, self._restarted_elsewhere)
+            lifetime.forget(self)
 
     def __del__(self) -> None:
         # The stock manager deletes the connection file when the *object* goes away.
@@ -750,7 +542,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         self._connect_control_socket()
         self._publish_endpoint()
         self._watch_restarts()
-        _remember_live(self)
+        lifetime.remember(self)
 
     async def _async_discard(self) -> bool:
         """Release everything a gone kernel left (provisioner resources, files, record).
@@ -772,7 +564,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
             self._connection_file_written = os.path.exists(self.connection_file)
             self.cleanup_connection_file()
             await self.forget_record()
-            _forget_live(self)
+            lifetime.forget(self)
         return True
 
     # ------------------------------------------------------------------ drop
@@ -832,6 +624,7 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
     def release(self) -> None:
         """Let go of everything this process holds for the kernel, without stopping it:
         restarter, sockets, the provisioner's tunnels and connections, the lease."""
+        self._released = True
         with contextlib.suppress(Exception):
             self.stop_restarter()
         self._close_control_socket()
@@ -844,13 +637,13 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
                 self.log.warning("kernel %s: releasing its resources: %s", self.kernel_id, e)
         lease = self._let_go()
         if self.kernel_store is not None and self.kernel_id:
-            self._keeper().unwatch(self.kernel_id)
+            self._keeper().unwatch(self.kernel_id, self._restarted_elsewhere)
         if lease is not None and self.kernel_store is not None:
             try:
                 self.kernel_store.release_now(lease)
             except Exception as e:  # the lease then lapses on its own
                 self.log.warning("kernel %s: could not release ownership: %s", self.kernel_id, e)
-        _forget_live(self)
+        lifetime.forget(self)
 
     def detach(self) -> None:
         """Let go of the kernel without stopping it (another process may re-attach).
@@ -862,81 +655,6 @@ class PersistentKernelManagerMixin(LoggingConfigurable):
         self.release()
 
 
-# ------------------------------------------------------------------ lifetime
-# Kernels this process started or re-attached and has neither shut down nor detached.
-# At a normal interpreter exit they are shut down, as jupyter_client's kernels die with
-# their parent, unless their manager has ``outlive_process``; a process killed outright
-# runs no exit hook, and its kernels stay for the next process to re-attach.
-_live: weakref.WeakSet[PersistentKernelManagerMixin] = weakref.WeakSet()
-# Tasks started from callbacks (a lease taken over), kept until they end.
-_background: set[asyncio.Future[t.Any]] = set()
-_exit_hook_installed = False
-_exit_lock = threading.Lock()
-
-
-@forks.reset_in_child
-def _reset_after_fork() -> None:
-    """A forked child neither shares its parent's store connections nor stops its
-    parent's kernels at exit: it starts from nothing."""
-    global _stores, _live, _background, _exit_lock
-    _stores = {}
-    _live = weakref.WeakSet()
-    _background = set()
-    _exit_lock = threading.Lock()
-
-
-def _remember_live(km: PersistentKernelManagerMixin) -> None:
-    global _exit_hook_installed
-    _live.add(km)
-    with _exit_lock:
-        if not _exit_hook_installed:
-            # Before concurrent.futures shuts its thread pools down at exit, which
-            # atexit handlers run after: the provisioners still need them.
-            register = getattr(threading, "_register_atexit", None)
-            if register is not None:
-                register(_shutdown_at_exit)
-            else:  # pragma: no cover - very old or unusual Pythons
-                import atexit
-
-                atexit.register(_shutdown_at_exit)
-            _exit_hook_installed = True
-
-
-def _forget_live(km: PersistentKernelManagerMixin) -> None:
-    _live.discard(km)
-
-
-def _shutdown_at_exit() -> None:
-    """Shut down (or, with ``outlive_process``, release) the kernels still held at exit."""
-    kms = list(_live)
-    _live.clear()
-    stop = [km for km in kms if not km.outlive_process]
-    for km in kms:
-        if km.outlive_process:
-            with contextlib.suppress(Exception):
-                km.release()
-    if not stop:
-        return
-
-    async def shutdown(km: PersistentKernelManagerMixin) -> None:
-        try:
-            await asyncio.wait_for(
-                PersistentKernelManagerMixin._async_shutdown_kernel(km, now=True), 20
-            )
-        except Exception as e:
-            log.warning("kernel %s: shutdown at exit failed: %s", km.kernel_id, e)
-            with contextlib.suppress(Exception):
-                km.release()
-
-    async def shutdown_all() -> None:
-        await asyncio.gather(*(shutdown(km) for km in stop))
-
-    try:
-        asyncio.run(shutdown_all())
-    except Exception as e:
-        log.warning("shutting down kernels at exit: %s", e)
-
-
 class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
     """jupyter_client's blocking ``KernelManager``, persisted and re-attachable."""
 
@@ -945,7 +663,11 @@ class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
         config=True,
         help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
     )
-    client_factory = Type(klass="orchestrator.client.BlockingKernelClient", config=True)  # type: ignore[assignment]
+    client_factory = Type(  # type: ignore[assignment]
+        klass="orchestrator.client.BlockingKernelClient",
+        config=True,
+        help="The client class itself (client_class by object); see client_class.",
+    )
 
     start_kernel = run_sync(PersistentKernelManagerMixin._async_start_kernel)
     pre_start_kernel = run_sync(PersistentKernelManagerMixin._async_pre_start_kernel)
@@ -967,7 +689,11 @@ class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelMan
         config=True,
         help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
     )
-    client_factory = Type(klass="orchestrator.client.AsyncKernelClient", config=True)  # type: ignore[assignment]
+    client_factory = Type(  # type: ignore[assignment]
+        klass="orchestrator.client.AsyncKernelClient",
+        config=True,
+        help="The client class itself (client_class by object); see client_class.",
+    )
 
     start_kernel = PersistentKernelManagerMixin._async_start_kernel  # type: ignore[assignment]
     pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel  # type: ignore[assignment]
@@ -1036,3 +762,10 @@ async def attach(
         km.release()
         raise
     return km
+
+
+@forks.reset_in_child
+def _reset_after_fork() -> None:
+    """A forked child opens its own store connections (the parent's are its parent's)."""
+    global _stores
+    _stores = {}

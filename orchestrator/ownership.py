@@ -191,9 +191,12 @@ class LeaseKeeper:
             self._watched[kernel_id] = (restarts, _Watch(on_restarted, loop))
         self._ensure_thread()
 
-    def unwatch(self, kernel_id: str) -> None:
+    def unwatch(self, kernel_id: str, on_restarted: Callable[[int], Any]) -> None:
+        """Stop the watch ``on_restarted`` was registered with (not another manager's)."""
         with self._lock:
-            self._watched.pop(kernel_id, None)
+            entry = self._watched.get(kernel_id)
+            if entry is not None and entry[1].on_change == on_restarted:
+                del self._watched[kernel_id]
 
     def listen(
         self,
@@ -206,12 +209,20 @@ class LeaseKeeper:
             self._listeners.append(_Watch(on_owners, loop))
         self._ensure_thread()
 
-    def drop(self, kernel_id: str) -> Lease | None:
-        """Stop renewing (or wanting) ``kernel_id``; the lease, for the caller to release."""
+    def wants(self, kernel_id: str) -> bool:
+        """Whether ``kernel_id`` is waiting here for its owner's lease to lapse."""
         with self._lock:
-            self._wanted.pop(kernel_id, None)
-            entry = self._held.pop(kernel_id, None)
-        return entry[0] if entry else None
+            return kernel_id in self._wanted
+
+    def drop(self, kernel_id: str, lease: Lease | None = None) -> None:
+        """Stop renewing ``lease`` (the caller releases it or deletes the record), or,
+        without one, stop wanting ``kernel_id``. Another manager of the same kernel in
+        this process (an owner next to a client) keeps its own entry."""
+        with self._lock:
+            if lease is None:
+                self._wanted.pop(kernel_id, None)
+            elif self._held.get(kernel_id, (None,))[0] == lease:
+                del self._held[kernel_id]
 
     # --------------------------------------------------------------- thread
     def _ensure_thread(self) -> None:

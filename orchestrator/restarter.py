@@ -21,6 +21,7 @@ import typing as t
 from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKernelRestarter
 from jupyter_core.utils import run_sync
 
+from . import lifetime
 from .errors import OrchestratorError
 
 
@@ -47,12 +48,7 @@ def _give_up(restarter: t.Any) -> None:
     except RuntimeError:
         run_sync(km._async_drop)(reason, tell_clients=False)
         return
-    task = asyncio.ensure_future(km._async_drop(reason, tell_clients=False))
-    _dropping.add(task)
-    task.add_done_callback(_dropping.discard)
-
-
-_dropping: set[asyncio.Future[t.Any]] = set()
+    lifetime.spawn(km._async_drop(reason, tell_clients=False))
 
 
 class OwnerRestarter(IOLoopKernelRestarter):

@@ -187,3 +187,28 @@ async def test_two_clients_of_one_manager_both_get_their_answers(store: Any) -> 
     finally:
         first.stop_channels()
         await km.shutdown_kernel()
+
+
+async def test_the_lease_state_follows_each_transition(store: Any) -> None:
+    """One explicit state per kernel and process: the starter owns it; a second manager
+    attached as a client; released by detach; the starter fenced once another process
+    forces a take-over. (Wanting is the take-over tests' in test_ownership.)"""
+    from orchestrator.tenure import LeaseState
+
+    km = orchestrator.AsyncKernelManager(kernel_name="python3", kernel_store=store)
+    assert km.lease_state is LeaseState.UNRECORDED
+    await km.start_kernel()
+    try:
+        assert km.lease_state is LeaseState.OWNER and km.is_recorded
+        client = await orchestrator.attach(km.kernel_id, store=store, own=False)
+        assert client.lease_state is LeaseState.CLIENT
+        client.detach()
+        assert client.lease_state is LeaseState.RELEASED
+        forced = ko("interrupt", "--force", km.kernel_id)
+        assert forced.returncode == 0, forced.stderr
+        deadline = time.monotonic() + 30  # the keeper's next renewal shows the fence
+        while km.lease_state is not LeaseState.FENCED and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert km.lease_state is LeaseState.FENCED, km.lease_state
+    finally:
+        assert ko("shutdown", "--force", km.kernel_id).returncode == 0

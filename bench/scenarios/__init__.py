@@ -24,6 +24,7 @@ SCENARIOS: dict[str, str] = {
     "replicas": "bench.scenarios.replicas",
     "idle": "bench.scenarios.idle",
     "hostile": "bench.scenarios.hostile",
+    "store": "bench.scenarios.store",
 }
 
 

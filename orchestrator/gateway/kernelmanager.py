@@ -50,6 +50,7 @@ from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreRepor
 from ..store import KernelRecord, Limits
 from ..store.lease import Holder, Ownership
 from ..store.record import POOL_LABEL, TENANT_LABEL
+from ..tenure import LeaseState
 from ..users import ADMIN
 
 OWNER_LABEL = TENANT_LABEL
@@ -114,13 +115,13 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
         """
         if self.kernel_store is None:
             return
-        if self._lease is not None:
+        if self.lease_state is LeaseState.OWNER:
             try:
                 await self._ensure_owner()  # against the store: our lease may be stale
                 return
             except FencedError:
                 pass  # another replica took it over since: take it back, as for any
-        self._lost_reason = ""
+        self.unfence()
         try:
             await self.claim_ownership()
         except OwnedElsewhereError as e:
@@ -294,7 +295,7 @@ class OrchestratorMappingKernelManager(
         stored = {r.kernel_id for r in records}
         for kernel_id, km in list(self._kernels.items()):  # starting here, not saved yet
             mine = owner is None or km.owner == owner
-            if kernel_id not in stored and not km._recorded and mine:
+            if kernel_id not in stored and not km.is_recorded and mine:
                 models.append(self.kernel_model(kernel_id))
         return models
 
@@ -336,7 +337,7 @@ class OrchestratorMappingKernelManager(
         assert self.kernel_store is not None
         record = await self.kernel_store.get(kernel_id)
         km = self._kernels.get(kernel_id)
-        if record is None and km is not None and not km._recorded:
+        if record is None and km is not None and not km.is_recorded:
             # Starting here and not saved yet: this replica's own view is the truth.
             return may_use(KernelRecord(kernel_id, km.kernel_name, "", labels=dict(km.labels)))
         if record is None:
@@ -386,8 +387,7 @@ class OrchestratorMappingKernelManager(
             km.release()
             return
         km.labels = dict(record.labels)
-        km._lost_reason = ""  # a lifecycle request here may take it over again
-        km.want_ownership()
+        km.serve_as_client()  # (and a lifecycle request here may take it over again)
         self.log.info("kernel %s: %s; serving it as a client", kernel_id, reason)
 
     # ------------------------------------------------------------- starting
@@ -482,7 +482,7 @@ class OrchestratorMappingKernelManager(
                         continue  # it died in the pool (and is cleaned up): the next one
                     km = self._kernels[kernel_id]
                 else:
-                    km._hold(lease)
+                    km.hold_lease(lease)
                 km.labels = {OWNER_LABEL: owner}
                 await km.save_record()
             except OrchestratorError as e:
