@@ -39,7 +39,7 @@ from jupyter_core.utils import ensure_dir_exists, run_sync
 from traitlets import Bool, DottedObjectName, Float, Instance, Int, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from .errors import KernelGoneError
+from .errors import KernelGoneError, UnknownKernelError
 from .manager import shared_store
 from .store import KernelRecord, KernelStore
 
@@ -165,6 +165,9 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             # Not started here: it outlives this process whatever the manager's default.
             km.outlive_process = True
             await km._async_reattach(record, timeout=self.reattach_timeout, own=None)
+        except UnknownKernelError:  # removed meanwhile (shut down through another replica)
+            km.release()
+            report.removed.append(kernel_id)
         except KernelGoneError:
             self.log.info(
                 "kernel %s (%s) is gone; cleaning up its record", kernel_id, record.kernel_name

@@ -162,8 +162,8 @@ class KernelTenureMixin:
                 )
             await self.claim_ownership()
             return
+        lease = self._lease  # (before the await: a concurrent call may let it go)
         record = await self.kernel_store.get(self.kernel_id)
-        lease = self._lease
         if (
             record is None
             or record.generation != lease.generation

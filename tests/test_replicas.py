@@ -660,3 +660,31 @@ async def test_replicas_with_skewed_clocks_do_not_take_each_others_kernels(
         for gw in (a, b):
             if gw.proc is not None and gw.proc.poll() is None:
                 gw.kill(signal.SIGKILL if gw is b else signal.SIGTERM)
+
+
+async def test_concurrent_deletes_through_two_replicas_answer_204_or_404(
+    tmp_path: Path, pg_store_url: str
+) -> None:
+    """Two clients delete the same kernels at once, through two replicas (one serving
+    each kernel as a client): each DELETE answers 204 or 404, never a 500 from the
+    record vanishing between the check and the take-over, and nothing is left."""
+    async with two_replicas(tmp_path, pg_store_url) as (a, b):
+        kids = [
+            (await call(a.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"}))["id"]
+            for _ in range(8)
+        ]
+        for kid in kids:
+            await call(b.url, ADMIN_TOKEN, "GET", f"/api/kernels/{kid}")  # B serves it too
+        codes = await asyncio.gather(
+            *(
+                status_of(gw.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kid}")
+                for kid in kids
+                for gw in (a, b, a, b)
+            )
+        )
+        # (status_of reports any success as 200: 204 here)
+        assert all(code in (200, 404) for code, _ in codes), [
+            c for c in codes if c[0] not in (200, 404)
+        ]
+        for kid in kids:
+            assert await record_of(pg_store_url, kid) is None

@@ -38,6 +38,7 @@ from ..errors import (
     NotEntitledError,
     OrchestratorError,
     OwnedElsewhereError,
+    UnknownKernelError,
 )
 from ..store.record import TENANT_LABEL as OWNER_LABEL
 from ..users import ADMIN
@@ -200,11 +201,28 @@ class KernelActionHandler(kernel_handlers.KernelActionHandler):
 @contextlib.asynccontextmanager
 async def _lifecycle(handler: JupyterHandler, kernel_id: str) -> t.AsyncIterator[None]:
     """Own the kernel for lifecycle work (taking it over from another replica); work
-    on a kernel a CLI or library process owns is a 409 naming that owner."""
+    on a kernel a CLI or library process owns is a 409 naming that owner.
+
+    Lifecycle requests on one kernel take their turn here (two DELETEs at once would
+    otherwise run two shutdowns of one manager, and one would fail half-way); each
+    checks again that the kernel is still there once it is its turn.
+    """
+    km = _km(handler)
     try:
-        await _km(handler).get_kernel(kernel_id).take_over()
-        yield
-    except (OwnedElsewhereError, FencedError) as e:
+        async with km.lifecycle_lock(kernel_id):
+            if not await km.serve_kernel(kernel_id):
+                raise UnknownKernelError(f"unknown kernel id {kernel_id!r}")
+            await km.get_kernel(kernel_id).take_over()
+            yield
+    except (OwnedElsewhereError, FencedError, UnknownKernelError) as e:
+        # Shut down meanwhile (through another replica, or another request here): gone,
+        # a 404 as for any kernel that does not exist. Owned by a CLI or library
+        # process: a 409 naming it.
+        exists = True
+        with contextlib.suppress(OrchestratorError):
+            exists = await _km(handler).serve_kernel(kernel_id)
+        if isinstance(e, UnknownKernelError) or not exists:
+            raise web.HTTPError(404, f"Kernel does not exist: {kernel_id}") from None
         raise web.HTTPError(409, _for_caller(handler, str(e))) from None
 
 

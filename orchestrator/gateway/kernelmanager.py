@@ -35,6 +35,7 @@ import functools
 import time
 import typing as t
 import uuid
+import weakref
 
 from jupyter_server.services.kernels.kernelmanager import (
     AsyncMappingKernelManager,
@@ -195,6 +196,9 @@ class OrchestratorMappingKernelManager(
         # The records as of the store's change count (listings and readiness).
         self._listing: tuple[int, list[KernelRecord]] | None = None
         self._adopting: asyncio.Future[None] | None = None
+        self._lifecycle_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
         # The last activity saved per kernel, so an idle kernel costs no write.
         self._saved_activity: dict[str, float] = {}
         #: What a kernel gets of the gateway's environment (set by the app).
@@ -219,6 +223,14 @@ class OrchestratorMappingKernelManager(
             return km
 
         return create_kernel_manager
+
+    def lifecycle_lock(self, kernel_id: str) -> asyncio.Lock:
+        """The lock lifecycle requests on ``kernel_id`` take turns with (one per kernel
+        while anyone holds or waits for it)."""
+        lock = self._lifecycle_locks.get(kernel_id)
+        if lock is None:
+            lock = self._lifecycle_locks[kernel_id] = asyncio.Lock()
+        return lock
 
     def _kernel_moved(self, km: t.Any) -> None:
         """A restart moved ``km``'s kernel (a new pod address): every websocket on it gets
