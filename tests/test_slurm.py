@@ -689,3 +689,28 @@ async def test_a_kernel_without_curve_on_a_node_is_refused(
     await start_is_refused_for_plain_text(km, legacy_kernel_python)
     wait_until(lambda: jobs_of(slurmnet, km.kernel_id) == [], 30, "the job to end")
     assert await store.list() == []
+
+
+async def test_a_restart_after_the_job_was_cancelled_leaves_no_zombie(
+    slurmspec: Any, store: Any, slurmnet: Any
+) -> None:
+    """The job was cancelled (scancel, an operator, a preemption): the restart cannot
+    happen in it, fails, and the kernel is given up. It leaves the multi-kernel
+    manager's list, its record and lease are gone, and no job or process is left."""
+    mkm = orchestrator.AsyncMultiKernelManager(kernel_store=store)
+    kernel_id = await mkm.start_kernel(kernel_name=slurmspec("cancelled"))
+    job_id = mkm.get_kernel(kernel_id).provisioner.job_id
+    try:
+        slurmnet.run("login", ["scancel", job_id])
+        wait_until(lambda: not jobs_of(slurmnet, kernel_id), 30, "the job's end")
+        with pytest.raises(OrchestratorError):
+            await mkm.restart_kernel(kernel_id, now=True)
+        assert kernel_id not in mkm.list_kernel_ids()
+        assert await store.get(kernel_id) is None
+        wait_until(lambda: kernel_processes(kernel_id) == [], 30, "the kernel's end")
+        with pytest.raises(KeyError):  # nothing to trip over: it is simply unknown
+            await mkm.shutdown_kernel(kernel_id)
+    finally:
+        if kernel_id in mkm.list_kernel_ids():
+            await mkm.shutdown_kernel(kernel_id, now=True)
+    assert jobs_of(slurmnet, kernel_id) == []
