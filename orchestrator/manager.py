@@ -586,7 +586,9 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         the record), everything this process holds for it is released (tunnels,
         forwards, the lease), its clients are told it is dead (the restarter's "dead"
         callbacks), and whoever keeps a map of kernels is told to drop it. Nothing is
-        left for a later DELETE to trip over: that finds no kernel.
+        left for a later DELETE to trip over: that finds no kernel. (If what is left
+        cannot be removed now, an engine or host being down, the record stays, owned
+        by nobody, for ``gc`` or the next restore.)
         """
         if self._dropped:
             return
@@ -595,18 +597,28 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         with contextlib.suppress(Exception):
             self.stop_restarter()
         if not self._cleaned_up:  # (a failed start's clean-up did it already)
+            removed = True
             try:
                 if self.provisioner is not None:
                     if self.provisioner.has_process and await self.provisioner.poll() is None:
                         await self.provisioner.kill()
                     await self.provisioner.cleanup(restart=False)
             except Exception as e:
-                self.log.warning("kernel %s: removing what is left of it: %s", self.kernel_id, e)
+                # (the engine or host is down): the record stays, released, for the
+                # next process's restore or ``gc`` to remove what is left.
+                removed = False
+                self.log.warning(
+                    "kernel %s: what is left of it could not be removed (its record stays"
+                    " for gc): %s",
+                    self.kernel_id,
+                    e,
+                )
             self._close_control_socket()
             with contextlib.suppress(Exception):
                 self.cleanup_connection_file()
             try:
-                await self.forget_record()
+                if removed:
+                    await self.forget_record()
             except Exception as e:  # the store is down: gc finds the record later
                 self.log.warning(
                     "kernel %s: its record could not be removed: %s", self.kernel_id, e
