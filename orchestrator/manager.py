@@ -667,19 +667,25 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         self.release()
 
 
+def _client_traits(name: str) -> tuple[DottedObjectName, Type]:  # type: ignore[type-arg]
+    """``client_class`` and ``client_factory`` for our client class ``name`` (see
+    :mod:`orchestrator.client`): km.client() makes clients that follow the kernel."""
+    dotted = f"orchestrator.client.{name}"
+    return (
+        DottedObjectName(
+            dotted,
+            config=True,
+            help="The client class km.client() makes; ours follows the kernel when a"
+            " restart moves it.",
+        ),
+        Type(klass=dotted, config=True, help="The client class itself; see client_class."),
+    )
+
+
 class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
     """jupyter_client's blocking ``KernelManager``, persisted and re-attachable."""
 
-    client_class = DottedObjectName(  # type: ignore[assignment]
-        "orchestrator.client.BlockingKernelClient",
-        config=True,
-        help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
-    )
-    client_factory = Type(  # type: ignore[assignment]
-        klass="orchestrator.client.BlockingKernelClient",
-        config=True,
-        help="The client class itself (client_class by object); see client_class.",
-    )
+    client_class, client_factory = _client_traits("BlockingKernelClient")  # type: ignore[assignment]
 
     start_kernel = run_sync(PersistentKernelManagerMixin._async_start_kernel)
     pre_start_kernel = run_sync(PersistentKernelManagerMixin._async_pre_start_kernel)
@@ -696,16 +702,7 @@ class KernelManager(PersistentKernelManagerMixin, jc_manager.KernelManager):
 class AsyncKernelManager(PersistentKernelManagerMixin, jc_manager.AsyncKernelManager):
     """jupyter_client's ``AsyncKernelManager``, persisted and re-attachable."""
 
-    client_class = DottedObjectName(  # type: ignore[assignment]
-        "orchestrator.client.AsyncKernelClient",
-        config=True,
-        help="The client class km.client() makes; ours follows the kernel when a restart moves it.",
-    )
-    client_factory = Type(  # type: ignore[assignment]
-        klass="orchestrator.client.AsyncKernelClient",
-        config=True,
-        help="The client class itself (client_class by object); see client_class.",
-    )
+    client_class, client_factory = _client_traits("AsyncKernelClient")  # type: ignore[assignment]
 
     start_kernel = PersistentKernelManagerMixin._async_start_kernel  # type: ignore[assignment]
     pre_start_kernel = PersistentKernelManagerMixin._async_pre_start_kernel  # type: ignore[assignment]
