@@ -37,10 +37,12 @@ from traitlets.config import LoggingConfigurable
 from . import faults, forks, lifetime, ownership
 from .endpoint import Endpoint
 from .errors import (
+    FencedError,
     KernelGoneError,
     OrchestratorError,
     OwnedElsewhereError,
     ReattachError,
+    StoreError,
     UnknownKernelError,
 )
 from .liveness import kernel_info
@@ -203,6 +205,8 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
     _dropped: str = ""  # why the kernel was given up for good here ('' while it is not)
     _dropped_callbacks: list[t.Callable[[str], t.Any]] | None = None
     _cleaned_up: bool = False  # a failed start's clean-up ran
+    _relaunching: bool = False  # a restart got as far as starting the new process
+    _follow_lock: asyncio.Lock | None = None
 
     # ----------------------------------------------------------- provisioners
     def _create_provisioner_for(self, kernel_id: str, spec: KernelSpec, name: str | None = None):  # type: ignore[no-untyped-def]
@@ -285,8 +289,16 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         endpoint the provisioner gives, and if it moved (a new pod IP), every client
         of this process is told (:mod:`orchestrator.endpoint`).
         """
-        if record.restarts == self._restart_count or self.provisioner is None:
-            return
+        if record.restarts <= self._restart_count or self.provisioner is None:
+            return  # (an older record than what this process follows: nothing to do)
+        if self._follow_lock is None:
+            self._follow_lock = asyncio.Lock()
+        async with self._follow_lock:  # a request, a websocket and the keeper at once
+            if record.restarts > self._restart_count:
+                await self._follow(record)
+
+    async def _follow(self, record: KernelRecord) -> None:
+        assert self.provisioner is not None
         follow = getattr(self.provisioner, "follow", None)
         if follow is not None:
             await follow(record.provisioner_info)
@@ -395,6 +407,7 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         lifetime.remember(self)
 
     async def _async_start_kernel(self, **kw: t.Any) -> None:
+        self._relaunching = True  # (within a restart: the old process is gone by now)
         faults.checkpoint("before-launch")
         try:
             await super()._async_start_kernel(**kw)  # type: ignore[misc]
@@ -430,12 +443,21 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         """
         await self._ensure_owner()
         self._restart_count += 1
+        self._relaunching = False
         try:
             await super()._async_restart_kernel(now=now, newports=newports, **kw)  # type: ignore[misc]
         except BaseException as e:
             self._restart_count -= 1
-            await self._async_drop(f"its restart failed: {e or type(e).__name__}")
+            # Given up only when the new process could not be started. A restart that
+            # failed before (ownership lost to another process, the store down, a
+            # cancelled call) leaves the kernel as it is: it may be someone else's now.
+            if self._relaunching and not isinstance(
+                e, (asyncio.CancelledError, FencedError, OwnedElsewhereError, StoreError)
+            ):
+                await self._async_drop(f"its restart failed: {e or type(e).__name__}")
             raise
+        finally:
+            self._relaunching = False
         await self._rejoin_clients()
 
     async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
@@ -596,7 +618,7 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         self.log.warning("kernel %s given up: %s", self.kernel_id, self._dropped)
         with contextlib.suppress(Exception):
             self.stop_restarter()
-        if not self._cleaned_up:  # (a failed start's clean-up did it already)
+        if not self._cleaned_up and self.is_owner:  # (not a kernel someone else owns now)
             removed = True
             try:
                 if self.provisioner is not None:
@@ -650,8 +672,9 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         lease = self._let_go()
         if self.kernel_store is not None and self.kernel_id:
             self._keeper().unwatch(self.kernel_id, self._restarted_elsewhere)
-        if lease is not None and self.kernel_store is not None:
-            try:
+        mine = lease is not None and lease.holder_id == ownership.this_holder().holder_id
+        if lease is not None and mine and self.kernel_store is not None:
+            try:  # (a lease inherited across fork() is the parent's to give up)
                 self.kernel_store.release_now(lease)
             except Exception as e:  # the lease then lapses on its own
                 self.log.warning("kernel %s: could not release ownership: %s", self.kernel_id, e)

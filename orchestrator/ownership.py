@@ -7,8 +7,8 @@ a thread of its own so that a busy event loop or a blocking ``KernelManager`` be
 calls does not let leases lapse. When a renewal shows a kernel is no longer ours
 (another process forced a take-over, or the record was removed) the manager is told
 at once, stops its restarter and lets the kernel go. Kernels this process would like
-to own but another process holds are retried at each interval, so when their owner
-dies its kernels are taken over as soon as the lease expires.
+to own but another process holds are looked at once per lease, so when their owner
+dies its kernels are taken over within a lease of its expiry.
 
 Kernels this process serves without owning them (a client, a gateway replica that
 did not start them) are *watched*: the same one read that looks at the wanted
@@ -36,6 +36,7 @@ import socket
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -187,15 +188,17 @@ class LeaseKeeper:
     ) -> None:
         """While this process does not hold ``kernel_id``, call ``on_restarted(count)``
         (on ``loop``) when its restart count in the store moves past ``restarts``."""
+        # Weakly: a manager dropped without release() is not kept alive by its watch.
+        weak = weakref.WeakMethod(on_restarted)  # type: ignore[arg-type]
         with self._lock:
-            self._watched[kernel_id] = (restarts, _Watch(on_restarted, loop))
+            self._watched[kernel_id] = (restarts, _Watch(weak, loop))
         self._ensure_thread()
 
     def unwatch(self, kernel_id: str, on_restarted: Callable[[int], Any]) -> None:
         """Stop the watch ``on_restarted`` was registered with (not another manager's)."""
         with self._lock:
             entry = self._watched.get(kernel_id)
-            if entry is not None and entry[1].on_change == on_restarted:
+            if entry is not None and entry[1].on_change() in (None, on_restarted):
                 del self._watched[kernel_id]
 
     def listen(
@@ -208,6 +211,11 @@ class LeaseKeeper:
         with self._lock:
             self._listeners.append(_Watch(on_owners, loop))
         self._ensure_thread()
+
+    def unlisten(self, on_owners: Callable[[dict[str, Ownership]], Any]) -> None:
+        """Stop handing owners reads to ``on_owners`` (a gateway shutting down)."""
+        with self._lock:
+            self._listeners = [w for w in self._listeners if w.on_change != on_owners]
 
     def wants(self, kernel_id: str) -> bool:
         """Whether ``kernel_id`` is waiting here for its owner's lease to lapse."""
@@ -262,8 +270,7 @@ class LeaseKeeper:
                 log.warning("could not renew kernel leases (%d in a row): %s", self.failures, e)
                 return
         self.failures, self.last_error = 0, ""
-        with self._lock:
-            mine = {k: v for k, v in self._held.items() if k in mine}
+        with self._lock:  # (mine: as renewed; a lease claimed since is judged next time)
             wanted = dict(self._wanted)
             watched = {k: v for k, v in self._watched.items() if k not in self._held}
             listeners = list(self._listeners)
@@ -291,14 +298,20 @@ class LeaseKeeper:
             _notify(listener, owners)
         for kernel_id, (seen, watch) in watched.items():
             own = owners.get(kernel_id)
-            if own is None or own.restarts == seen:
+            callback = watch.on_change()  # (a weak method)
+            if own is None or callback is None:  # record removed, or its manager gone
+                with self._lock:
+                    if self._watched.get(kernel_id, (None, None))[1] is watch:
+                        del self._watched[kernel_id]
+                continue
+            if own.restarts == seen:
                 continue
             with self._lock:
                 if self._watched.get(kernel_id, (None, None))[1] is not watch:
                     continue
                 self._watched[kernel_id] = (own.restarts, watch)
             log.info("kernel %s was restarted elsewhere (restart %d)", kernel_id, own.restarts)
-            _notify(watch, own.restarts)
+            _notify(_Watch(callback, watch.loop), own.restarts)
         now = time.time()
         for kernel_id, watch in wanted.items():
             own = owners.get(kernel_id)
@@ -333,10 +346,12 @@ class LeaseKeeper:
 
 def _notify(watch: _Watch, arg: Any) -> None:
     loop = watch.loop
-    if loop is not None and not loop.is_closed():
-        with contextlib.suppress(RuntimeError):  # closed between the check and the call
+    if loop is not None:
+        # On its loop, or not at all: run here, on the keeper's thread, it would put the
+        # manager's work on the keeper's own loop, with sockets of another.
+        with contextlib.suppress(RuntimeError):  # closed (its process is ending)
             loop.call_soon_threadsafe(watch.on_change, arg)
-            return
+        return
     try:
         watch.on_change(arg)
     except Exception:

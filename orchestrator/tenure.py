@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import typing as t
 
@@ -122,7 +123,13 @@ class KernelTenureMixin:
         loop = None
         with contextlib.suppress(RuntimeError):
             loop = asyncio.get_running_loop()
-        self._keeper().hold(lease, self._lease_lost, loop)
+        self._keeper().hold(lease, functools.partial(self._lost_lease, lease), loop)
+
+    def _lost_lease(self, lease: Lease, reason: str) -> None:
+        """The keeper found ``lease`` lost: lost for us only if it is still the one we
+        hold (a notice about an earlier lease must not let go of a newer one)."""
+        if self._lease is lease:
+            self._lease_lost(reason)
 
     def _let_go(self) -> Lease | None:
         """Stop renewing our lease (the caller releases it or deletes the record)."""
@@ -163,6 +170,10 @@ class KernelTenureMixin:
             await self.claim_ownership()
             return
         lease = self._lease  # (before the await: a concurrent call may let it go)
+        if lease.holder_id != ownership.this_holder().holder_id:
+            # Inherited across fork(): the parent's lease, not this process's.
+            self._lease_lost("this process is a fork of the kernel's owner")
+            raise FencedError(f"kernel {self.kernel_id} is its parent process's, not ours")
         record = await self.kernel_store.get(self.kernel_id)
         if (
             record is None
@@ -195,6 +206,11 @@ class KernelTenureMixin:
     def _lease_claimed(self, lease: Lease) -> None:
         """The owner's lease lapsed and we took over: start doing the lifecycle work,
         once caught up with what the previous owner did (see :meth:`_take_up`)."""
+        if self._released or self._dropped:  # let go meanwhile: not ours to keep
+            with contextlib.suppress(Exception):
+                if self.kernel_store is not None:
+                    self.kernel_store.release_now(lease)
+            return
         self._hold(lease)
         try:
             asyncio.get_running_loop()
@@ -221,7 +237,11 @@ class KernelTenureMixin:
         if record is None:
             self._lease_lost("its record was removed")
             return
-        await self.follow_record(record)
+        try:
+            await self.follow_record(record)
+        except Exception as e:  # its new process unreachable from here: not ours to watch
+            self._lease_lost(f"the restart it had could not be followed here: {e}")
+            return
         if self.is_owner and self.has_kernel:  # type: ignore[attr-defined]
             self.start_restarter()
 

@@ -757,6 +757,24 @@ class OrchestratorMappingKernelManager(
 
     shutdown_kernel = _async_shutdown_kernel  # type: ignore[assignment]
 
+    def _kernel_dropped(self, km: t.Any, reason: str) -> None:
+        """A kernel given up: its bookkeeping goes too, even when jupyter_server's own
+        "dead" callback already took it off the map (an activity stream otherwise
+        stays open for the life of the process)."""
+        kernel_id = str(km.kernel_id)
+        stream = getattr(km, "_activity_stream", None)
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.close()
+            km._activity_stream = None
+        self._kernel_connections.pop(kernel_id, None)
+        self._kernel_ports.pop(kernel_id, None)
+        buffered = self._kernel_buffers.pop(kernel_id, None)  # (stop_buffering wants it mapped)
+        for stream in (buffered or {}).get("channels", {}).values():
+            if not stream.closed():
+                stream.close()
+        super()._kernel_dropped(km, reason)
+
     def _forget_kernel(self, kernel_id: str) -> None:
         """Drop a kernel this replica no longer serves: no activity watch."""
         self.stop_watching_activity(kernel_id)
@@ -811,6 +829,9 @@ class OrchestratorMappingKernelManager(
     start_kernel = _async_start_kernel  # type: ignore[assignment]
 
     def detach_all(self) -> None:
+        if self._adopt_listening:  # a gateway stopping adopts nothing any more
+            self._keeper().unlisten(self._owners_read)
+            self._adopt_listening = False
         for kernel_id in list(self._kernels):
             self.stop_watching_activity(kernel_id)
             self._kernels.pop(kernel_id).detach()

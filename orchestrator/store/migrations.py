@@ -50,6 +50,8 @@ def _schema(real: str, json_field: str, json_int: str) -> dict[int, tuple[str, .
         ),
         # Store traffic proportional to change: the restart count as a column, read with
         # the owners in one small query per interval, and a change count for listings.
+        # Upgrade every replica together: one of an older version writes neither, so
+        # the others' listings and restart-following would lag behind its changes.
         4: (
             "ALTER TABLE kernels ADD COLUMN restarts INTEGER NOT NULL DEFAULT 0",
             f"UPDATE kernels SET restarts=COALESCE({json_int.format('restarts')}, 0)",

@@ -170,6 +170,13 @@ class PostgresKernelStore(SQLKernelStore):
             self._drop_connection()
             raise StoreError(f"cannot open {self._explain(e)}") from e
 
+    def _after_fork(self) -> None:
+        """The parent's connection is the parent's: left as it is (closing it from here
+        would end the parent's session), and a new one opened on first use."""
+        super()._after_fork()
+        _inherited.append(self._conn)  # never closed, never collected, in this child
+        self._conn = None
+
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._drop_connection()
@@ -214,3 +221,8 @@ class PostgresKernelStore(SQLKernelStore):
     def close(self) -> None:
         with self._lock:
             self._drop_connection()
+
+
+# Connections a forked child inherited: kept referenced so that their collection never
+# runs libpq's terminate on the parent's session.
+_inherited: list[Any] = []

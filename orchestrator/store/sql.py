@@ -26,12 +26,14 @@ import contextlib
 import json
 import threading
 import time
+import weakref
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from ..errors import OrchestratorError, StoreError, UnknownKernelError
 from ..executors import run_blocking
+from ..forks import reset_in_child
 from .base import (
     NO_LIMITS,
     KernelStore,
@@ -73,6 +75,12 @@ class SQLKernelStore(KernelStore):
         self._lock = threading.Lock()
         self._version = 0
         self._instance = ""
+        _open_stores.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a lock of its own (the parent's may have been held by one
+        of its threads at the fork), and a connection of its own (see subclasses)."""
+        self._lock = threading.Lock()
 
     # --------------------------------------------------- what a subclass provides
     @abc.abstractmethod
@@ -141,6 +149,10 @@ class SQLKernelStore(KernelStore):
             f"data, last_activity, owner_info, lease_expires - {self.dialect.now},"
             " generation, tenant"
         )
+
+    def _read_transaction(self) -> contextlib.AbstractContextManager[Any]:
+        """A transaction that only reads (SQLite: without the write lock)."""
+        return self._transaction()
 
     def _select(self, sql: str, params: tuple[Any, ...] = ()) -> builtins.list[tuple[Any, ...]]:
         with self._transaction() as cur:
@@ -392,7 +404,7 @@ class SQLKernelStore(KernelStore):
         )
 
         def op() -> dict[str, Ownership]:
-            with self._transaction() as cur:
+            with self._read_transaction() as cur:
                 if ids is None:
                     rows = self._exec(cur, columns).fetchall()
                 else:
@@ -418,7 +430,7 @@ class SQLKernelStore(KernelStore):
         self, seen: int | None
     ) -> tuple[int, builtins.list[KernelRecord] | None]:
         def op() -> tuple[int, builtins.list[KernelRecord] | None]:
-            with self._transaction() as cur:
+            with self._read_transaction() as cur:
                 count = int(self._exec(cur, "SELECT counter FROM changes WHERE id=1").fetchone()[0])
                 if count == seen:
                     return count, None
@@ -558,3 +570,14 @@ def _local_expiry(owner_info: Any, lease_left: Any) -> float:
     if not owner_info or lease_left is None:
         return 0.0
     return time.time() + float(lease_left)
+
+
+# Every store of this process: a forked child gives each its own lock and connection.
+_open_stores: weakref.WeakSet[SQLKernelStore] = weakref.WeakSet()
+
+
+@reset_in_child
+def _reset_after_fork() -> None:
+    for store in list(_open_stores):
+        with contextlib.suppress(Exception):  # it then fails on first use, saying why
+            store._after_fork()

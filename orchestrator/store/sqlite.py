@@ -80,14 +80,16 @@ def explain_sqlite_error(path: Path, e: sqlite3.Error, busy_timeout: float) -> s
 
 
 class _Transaction:
-    """``BEGIN IMMEDIATE`` … ``COMMIT``: one writer at a time, all or nothing."""
+    """``BEGIN IMMEDIATE`` … ``COMMIT``: one writer at a time, all or nothing (or, for
+    reads, ``BEGIN DEFERRED``: one snapshot, never waiting for the write lock)."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, begin: str = "BEGIN IMMEDIATE") -> None:
         self.conn = conn
+        self.begin = begin
 
     def __enter__(self) -> sqlite3.Cursor:
         self.cur = self.conn.cursor()
-        self.cur.execute("BEGIN IMMEDIATE")
+        self.cur.execute(self.begin)
         return self.cur
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -142,8 +144,26 @@ class SQLiteKernelStore(SQLKernelStore):
         except OSError as e:
             raise StoreError(f"cannot open kernel store {self.path}: {e}") from e
 
+    def _after_fork(self) -> None:
+        """A file store gets a connection of its own (SQLite connections must not cross
+        a fork); an in-memory one keeps its copy, which is the child's alone."""
+        super()._after_fork()
+        if not self.in_memory:
+            _inherited.append(self._conn)  # never closed from the child
+            self._conn = sqlite3.connect(
+                str(self.path),
+                timeout=self.busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            self._conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            self._conn.execute("PRAGMA synchronous=FULL")
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
+
+    def _read_transaction(self) -> _Transaction:
+        return _Transaction(self._conn, "BEGIN DEFERRED")
 
     def _select(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         # Outside a transaction: readers never wait for the write lock.
@@ -164,3 +184,7 @@ class SQLiteKernelStore(SQLKernelStore):
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+# Connections a forked child inherited, kept so that they are never closed from it.
+_inherited: list[Any] = []
