@@ -13,11 +13,13 @@ kernel before the iopub subscription has, its output is published to nobody (the
 "runs" and shows nothing). So after every transition that replaces the kernel process
 (a restart here, a restart followed from elsewhere) the manager *rejoins* its clients:
 new sockets, and the wait (bounded) until their iopub is proven to receive from the new
-process, before the restart returns.
+process, before the restart returns. A reader waiting on a channel meanwhile (a task
+reading iopub) carries on with the new socket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import typing as t
 
@@ -25,7 +27,9 @@ import zmq
 import zmq.asyncio
 from jupyter_client.asynchronous.client import AsyncKernelClient as _AsyncKernelClient
 from jupyter_client.blocking.client import BlockingKernelClient as _BlockingKernelClient
+from jupyter_client.channels import AsyncZMQSocketChannel, ZMQSocketChannel
 from jupyter_client.session import Session
+from traitlets import Type
 
 PROBE_INTERVAL_MS = 200
 
@@ -96,9 +100,51 @@ class RetargetableClientMixin:
                 self.hb_channel.start()
 
 
+class FollowingChannel(ZMQSocketChannel):
+    """A blocking channel whose reader carries on when a rejoin swaps its socket."""
+
+    def get_msg(self, timeout: float | None = None) -> dict[str, t.Any]:
+        while True:
+            socket = self.socket
+            try:
+                return super().get_msg(timeout)
+            except zmq.ZMQError:
+                if self.socket is socket or self.socket is None:
+                    raise
+                # Closed under us by a rejoin (another thread): read the new socket.
+
+
+class AsyncFollowingChannel(AsyncZMQSocketChannel):
+    """An async channel whose reader carries on when a rejoin swaps its socket (pyzmq
+    cancels what was waiting on the old one: that is not the reader's cancellation)."""
+
+    async def get_msg(self, timeout: float | None = None) -> dict[str, t.Any]:  # type: ignore[override]
+        while True:
+            socket = self.socket
+            try:
+                return await super().get_msg(timeout)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                # (Python 3.11+ tells a real cancellation apart; before, never retried)
+                cancelling = getattr(task, "cancelling", lambda: 1)() if task else 1
+                if cancelling or self.socket is socket or self.socket is None:
+                    raise
+                # The socket was swapped by a rejoin: wait on the new one.
+
+
 class BlockingKernelClient(RetargetableClientMixin, _BlockingKernelClient):
     """jupyter_client's blocking client, retargeted when its kernel's endpoint moves."""
+
+    shell_channel_class = Type(FollowingChannel)  # type: ignore[assignment]
+    iopub_channel_class = Type(FollowingChannel)  # type: ignore[assignment]
+    stdin_channel_class = Type(FollowingChannel)  # type: ignore[assignment]
+    control_channel_class = Type(FollowingChannel)  # type: ignore[assignment]
 
 
 class AsyncKernelClient(RetargetableClientMixin, _AsyncKernelClient):
     """jupyter_client's async client, retargeted when its kernel's endpoint moves."""
+
+    shell_channel_class = Type(AsyncFollowingChannel)  # type: ignore[assignment]
+    iopub_channel_class = Type(AsyncFollowingChannel)  # type: ignore[assignment]
+    stdin_channel_class = Type(AsyncFollowingChannel)  # type: ignore[assignment]
+    control_channel_class = Type(AsyncFollowingChannel)  # type: ignore[assignment]

@@ -251,7 +251,10 @@ class LeaseKeeper:
                     if idle:
                         self._thread = None
                         return
-                loop.run_until_complete(self._tick())
+                try:
+                    loop.run_until_complete(self._tick())
+                except Exception:  # a bug in one round must not end the renewals
+                    log.exception("kernel lease keeper: a round failed")
         finally:
             loop.close()
 

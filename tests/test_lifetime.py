@@ -9,6 +9,7 @@ what it did not start.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -212,3 +213,30 @@ async def test_the_lease_state_follows_each_transition(store: Any) -> None:
         assert km.lease_state is LeaseState.FENCED, km.lease_state
     finally:
         assert ko("shutdown", "--force", km.kernel_id).returncode == 0
+
+
+async def test_a_reader_waiting_on_a_kept_client_carries_on_across_a_restart(
+    store: Any,
+) -> None:
+    """A task waiting on one of a kept client's channels while the kernel restarts (the
+    client rejoins with new sockets) keeps waiting on the new socket: pyzmq cancels what
+    waited on the old one, which must not reach the reader as its own cancellation."""
+    km = orchestrator.AsyncKernelManager(kernel_name="python3", kernel_store=store)
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        waiting = asyncio.ensure_future(kc.get_stdin_msg(timeout=120))
+        await asyncio.sleep(0.2)
+        await km.restart_kernel()
+        await asyncio.sleep(0.5)
+        assert not waiting.done(), waiting  # still waiting, now on the new socket
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        reply = await kc.execute_interactive("pass", timeout=30)
+        assert reply["content"]["status"] == "ok"
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()

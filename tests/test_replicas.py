@@ -660,6 +660,13 @@ async def test_replicas_with_skewed_clocks_do_not_take_each_others_kernels(
         for gw in (a, b):
             if gw.proc is not None and gw.proc.poll() is None:
                 gw.kill(signal.SIGKILL if gw is b else signal.SIGTERM)
+        # Whatever a failure left (the test deletes its kernels when it passes).
+        subprocess.run(
+            [CLI, "shutdown", "--all", "--now", "--force", "--store", pg_store_url],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
 
 
 async def test_concurrent_deletes_through_two_replicas_answer_204_or_404(
