@@ -205,12 +205,14 @@ async def _lifecycle(handler: JupyterHandler, kernel_id: str) -> t.AsyncIterator
 
     Lifecycle requests on one kernel take their turn here (two DELETEs at once would
     otherwise run two shutdowns of one manager, and one would fail half-way); each
-    checks again that the kernel is still there once it is its turn.
+    that waited checks again that the kernel is still there once it is its turn.
     """
     km = _km(handler)
+    lock = km.lifecycle_lock(kernel_id)
+    waited = lock.locked()  # (the caller's check just read the store: read again only after a wait)
     try:
-        async with km.lifecycle_lock(kernel_id):
-            if not await km.serve_kernel(kernel_id):
+        async with lock:
+            if waited and not await km.serve_kernel(kernel_id):
                 raise UnknownKernelError(f"unknown kernel id {kernel_id!r}")
             await km.get_kernel(kernel_id).take_over()
             yield
