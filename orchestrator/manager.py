@@ -323,25 +323,24 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         """Where this process's clients reach the kernel now."""
         return self._endpoint
 
-    def _publish_endpoint(self) -> bool:
-        """Note the current endpoint; True (and everyone told) when it moved."""
+    def _publish_endpoint(self) -> None:
+        """Note the current endpoint; when it moved, tell everyone who asked."""
         new = Endpoint.of(self.get_connection_info(session=False))  # type: ignore[attr-defined]
         old, self._endpoint = self._endpoint, new
         if old is None or new is None or new == old:
-            return False
+            return
         self.log.info("kernel %s moved from %s to %s", self.kernel_id, old, new)
         for callback in self._endpoint_callbacks or []:
             try:
                 callback()
             except Exception:
                 log.exception("endpoint-changed callback failed")
-        return True
 
     async def _rejoin_clients(self, timeout: float = 10.0) -> None:
         """A new kernel process is behind the endpoint: the clients this manager handed
         out get new sockets there, and the restart returns once their iopub is joined
         (see :mod:`orchestrator.client`), so their next cell's output is not lost."""
-        clients = [kc for kc in list(self._clients or ()) if hasattr(kc, "rejoin")]
+        clients = list(self._clients or ())
         if not clients:
             return
         info = self.get_connection_info(session=False)  # type: ignore[attr-defined]
@@ -375,7 +374,7 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
                 username=self.session.username,
             )
         kc = super().client(**kwargs)  # type: ignore[misc]
-        if hasattr(kc, "retarget"):
+        if hasattr(kc, "rejoin"):  # (a client_class of the user's may lack it)
             if self._clients is None:
                 self._clients = weakref.WeakSet()
             self._clients.add(kc)
@@ -417,6 +416,15 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
             raise
 
     async def _cleanup_failed_start(self) -> None:
+        await self._remove_remains("cleanup after a failed start")
+        lifetime.forget(self)
+
+    async def _remove_remains(self, occasion: str) -> None:
+        """Remove what is left of the kernel: its process if it still runs, what the
+        provisioner made, the connection file, then the record. If the remains cannot
+        be removed now (an engine or host down), the record stays, for ``gc`` or the
+        next restore. Never raises (it runs after a failure it must not mask)."""
+        removed = True
         try:
             if self.provisioner is not None:
                 if self.provisioner.has_process:
@@ -426,13 +434,29 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
                     except asyncio.TimeoutError:
                         self.log.warning("kernel %s did not exit after kill", self.kernel_id)
                 await self.provisioner.cleanup(restart=False)
-            self._close_control_socket()
+        except Exception as e:
+            removed = False
+            self.log.warning(
+                "kernel %s: %s: what is left of it could not be removed (its record stays"
+                " for gc): %s",
+                self.kernel_id,
+                occasion,
+                e,
+            )
+        self._close_control_socket()
+        with contextlib.suppress(Exception):
             self.cleanup_connection_file()
-            await self.forget_record()
-        except Exception as e:  # never mask the original failure
-            self.log.warning("cleanup after failed start of %s: %s", self.kernel_id, e)
+        if removed:
+            try:
+                await self.forget_record()
+            except Exception as e:  # the store is down: gc finds the record later
+                self.log.warning(
+                    "kernel %s: %s: its record could not be removed: %s",
+                    self.kernel_id,
+                    occasion,
+                    e,
+                )
         self._cleaned_up = True
-        lifetime.forget(self)
 
     async def _async_restart_kernel(self, now: bool = False, newports: bool = False, **kw: t.Any):  # type: ignore[no-untyped-def]
         """Restart in place; a restart that fails gives the kernel up (see :meth:`_async_drop`).
@@ -619,32 +643,7 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         with contextlib.suppress(Exception):
             self.stop_restarter()
         if not self._cleaned_up and self.is_owner:  # (not a kernel someone else owns now)
-            removed = True
-            try:
-                if self.provisioner is not None:
-                    if self.provisioner.has_process and await self.provisioner.poll() is None:
-                        await self.provisioner.kill()
-                    await self.provisioner.cleanup(restart=False)
-            except Exception as e:
-                # (the engine or host is down): the record stays, released, for the
-                # next process's restore or ``gc`` to remove what is left.
-                removed = False
-                self.log.warning(
-                    "kernel %s: what is left of it could not be removed (its record stays"
-                    " for gc): %s",
-                    self.kernel_id,
-                    e,
-                )
-            self._close_control_socket()
-            with contextlib.suppress(Exception):
-                self.cleanup_connection_file()
-            try:
-                if removed:
-                    await self.forget_record()
-            except Exception as e:  # the store is down: gc finds the record later
-                self.log.warning(
-                    "kernel %s: its record could not be removed: %s", self.kernel_id, e
-                )
+            await self._remove_remains("given up")
         self.release()
         restarter = getattr(self, "_restarter", None)
         if tell_clients and restarter is not None:

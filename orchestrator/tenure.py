@@ -39,6 +39,14 @@ from .store.lease import Lease
 log = logging.getLogger("kernel-orchestrator")
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The loop the keeper's callbacks go to (None: a blocking manager between calls)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class LeaseState(enum.Enum):
     """Where this process stands with one kernel (see the module docstring)."""
 
@@ -120,10 +128,7 @@ class KernelTenureMixin:
 
     def _hold(self, lease: Lease) -> None:
         self._lease, self._lost_reason = lease, ""
-        loop = None
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-        self._keeper().hold(lease, functools.partial(self._lost_lease, lease), loop)
+        self._keeper().hold(lease, functools.partial(self._lost_lease, lease), _running_loop())
 
     def _lost_lease(self, lease: Lease, reason: str) -> None:
         """The keeper found ``lease`` lost: lost for us only if it is still the one we
@@ -249,10 +254,7 @@ class KernelTenureMixin:
         """Take the kernel over as soon as its current owner's lease lapses (WANTING)."""
         if self.kernel_store is None or self._lease is not None:
             return
-        loop = None
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-        self._keeper().want(self.kernel_id, self._lease_claimed, loop, self._lease_lost)
+        self._keeper().want(self.kernel_id, self._lease_claimed, _running_loop(), self._lease_lost)
 
     def serve_as_client(self) -> None:
         """After losing the kernel to another gateway replica (FENCED): serve its
@@ -276,10 +278,9 @@ class KernelTenureMixin:
         (the lease keeper reads the restart counts with the owners: no payloads)."""
         if self.kernel_store is None or not self.kernel_id:
             return
-        loop = None
-        with contextlib.suppress(RuntimeError):
-            loop = asyncio.get_running_loop()
-        self._keeper().watch(self.kernel_id, self._restart_count, self._restarted_elsewhere, loop)
+        self._keeper().watch(
+            self.kernel_id, self._restart_count, self._restarted_elsewhere, _running_loop()
+        )
 
     def _restarted_elsewhere(self, restarts: int) -> None:
         if self.is_owner or restarts == self._restart_count or self._dropped:

@@ -150,6 +150,10 @@ class SQLKernelStore(KernelStore):
             " generation, tenant"
         )
 
+    @property
+    def _select_all(self) -> str:
+        return f"SELECT {self._columns} FROM kernels ORDER BY created, kernel_id"
+
     def _read_transaction(self) -> contextlib.AbstractContextManager[Any]:
         """A transaction that only reads (SQLite: without the write lock)."""
         return self._transaction()
@@ -313,9 +317,7 @@ class SQLKernelStore(KernelStore):
         return self._from_row(rows[0]) if rows else None
 
     async def list(self) -> builtins.list[KernelRecord]:
-        rows = await self._call(
-            lambda: self._select(f"SELECT {self._columns} FROM kernels ORDER BY created, kernel_id")
-        )
+        rows = await self._call(lambda: self._select(self._select_all))
         return [self._from_row(row) for row in rows]
 
     async def delete(self, kernel_id: str, lease: Lease | None = None) -> bool:
@@ -434,9 +436,7 @@ class SQLKernelStore(KernelStore):
                 count = int(self._exec(cur, "SELECT counter FROM changes WHERE id=1").fetchone()[0])
                 if count == seen:
                     return count, None
-                rows = self._exec(
-                    cur, f"SELECT {self._columns} FROM kernels ORDER BY created, kernel_id"
-                ).fetchall()
+                rows = self._exec(cur, self._select_all).fetchall()
             return count, [self._from_row(row) for row in rows]
 
         return await self._call(op)

@@ -129,14 +129,9 @@ class SQLiteKernelStore(SQLKernelStore):
         try:
             if not self.in_memory:
                 _create_private_file(self.path)
-            self._conn = sqlite3.connect(
-                str(self.path), timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self._conn = self._connect()
             if not self.in_memory:
-                self._conn.execute("PRAGMA journal_mode=WAL")
-                # FULL: a committed transaction survives even an OS crash, not just ours.
-                self._conn.execute("PRAGMA synchronous=FULL")
+                self._conn.execute("PRAGMA journal_mode=WAL")  # (kept in the file)
             self._open_schema()
         except sqlite3.Error as e:
             why = explain_sqlite_error(self.path, e, busy_timeout)
@@ -144,20 +139,23 @@ class SQLiteKernelStore(SQLKernelStore):
         except OSError as e:
             raise StoreError(f"cannot open kernel store {self.path}: {e}") from e
 
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            str(self.path), timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+        if not self.in_memory:
+            # FULL: a committed transaction survives even an OS crash, not just ours.
+            conn.execute("PRAGMA synchronous=FULL")
+        return conn
+
     def _after_fork(self) -> None:
         """A file store gets a connection of its own (SQLite connections must not cross
         a fork); an in-memory one keeps its copy, which is the child's alone."""
         super()._after_fork()
         if not self.in_memory:
             _inherited.append(self._conn)  # never closed from the child
-            self._conn = sqlite3.connect(
-                str(self.path),
-                timeout=self.busy_timeout,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self._conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
-            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn = self._connect()
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._conn)
