@@ -376,7 +376,10 @@ import orchestrator
 async def main():
     km = orchestrator.AsyncKernelManager(kernel_name=sys.argv[1], outlive_process=True)
     start = asyncio.ensure_future(km.start_kernel())
-    while not (km.provisioner and km.provisioner.job_id):
+    # The job id is known a moment before its record is saved: wait for both.
+    while not (
+        km.provisioner and km.provisioner.job_id and await km.kernel_store.get(km.kernel_id)
+    ):
         await asyncio.sleep(0.05)
     print(km.kernel_id, flush=True)
     await start
