@@ -14,6 +14,7 @@ holds secrets, so a file that others can read is refused as well.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -38,6 +39,54 @@ def user_slug(name: str) -> str:
     """``name`` as it appears in account names, paths and labels: lower case,
     letters, digits and '-' only. Validation guarantees that no two users share one."""
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+_PLAIN_TENANT = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_MAPPED_TENANT = re.compile(r"-h[0-9a-f]{16}$")
+_PLAIN_TENANT_LENGTH = 44
+
+
+def tenant_name_for(external_name: str) -> str:
+    """The gateway's tenant name for a user named elsewhere (a JupyterHub user).
+
+    Such names are not checked when the gateway starts, and they travel as far as the
+    users file's (labels, namespaces, accounts, paths: through :func:`user_slug`), so
+    the mapping must be one-to-one, slug included, and never yield the operator's or a
+    reserved name. A name that is already its own slug (lower-case letters and digits
+    joined by single hyphens), not reserved, short enough, and not shaped like a mapped
+    name, is kept: ``alice`` stays ``alice``. Any other becomes its slug, ``-h`` and
+    16 hex digits of a digest of the whole name: ``Alice.Smith@uni`` becomes
+    ``alice-smith-uni-h…``, ``admin`` becomes ``admin-h…``, and so does a name that
+    merely looks mapped, so no user can pick a name that maps onto another's.
+    """
+    if (
+        _PLAIN_TENANT.fullmatch(external_name)
+        and len(external_name) <= _PLAIN_TENANT_LENGTH
+        and external_name not in RESERVED_NAMES
+        and not _MAPPED_TENANT.search(external_name)
+    ):
+        return external_name
+    digest = hashlib.sha256(external_name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    slug = user_slug(external_name)[:_PLAIN_TENANT_LENGTH].strip("-") or "user"
+    return f"{slug}-h{digest}"
+
+
+def is_group_name(name: object) -> bool:
+    """Whether ``name`` can be a group in the gateway's policies (``@name``)."""
+    return isinstance(name, str) and bool(_GROUP.fullmatch(name))
+
+
+def memberships(groups: Iterable[str], scopes: Iterable[str] = ()) -> frozenset[str]:
+    """What policy entries can name a user by besides their name: ``@group`` for each
+    group and each custom scope as it is (``custom:gpu``), in lower case."""
+    return frozenset({f"@{g.lower()}" for g in groups} | {s.lower() for s in scopes})
+
+
+def entitled(entries: Iterable[str], name: str, held: Iterable[str]) -> bool:
+    """Whether a policy list (user names, ``@groups``, ``custom:`` scopes) names the user
+    ``name`` who holds the ``held`` memberships (see :func:`memberships`)."""
+    wanted = {e.lower() for e in entries}
+    return (bool(name) and name.lower() in wanted) or bool(wanted & set(held))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # warnings about them are noise, real errors still show.
     quiet() { "$@" 2>&1 | grep -v -e "^WARNING: Location 'file:" -e "BuildBackendWarning" || true; return "${PIPESTATUS[0]}"; }
     quiet .venv/bin/python -m pip install --quiet --upgrade pip
-    quiet .venv/bin/python -m pip install --quiet -e '.[test]'
+    quiet .venv/bin/python -m pip install --quiet -e '.[test,hub]'
     echo "$want" > "$stamp"
 fi

@@ -157,6 +157,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--users-file", help="JSON file {token: user name} for per-user access")
     p.add_argument(
+        "--hub",
+        action="store_true",
+        help="serve a JupyterHub's users: requests carry Hub tokens, checked with the Hub at"
+        " $JUPYTERHUB_API_URL; the gateway's service token is $JUPYTERHUB_API_TOKEN"
+        " (default when the Hub starts the gateway as a service)",
+    )
+    p.add_argument(
         "--no-auth",
         action="store_true",
         help="serve WITHOUT authentication (never on a shared network)",
@@ -248,6 +255,8 @@ def _serve(args: Any) -> int:
         argv.append("--allow-root")
     if args.users_file:
         argv.append(f"--OrchestratorIdentityProvider.user_tokens_file={args.users_file}")
+    if args.hub:
+        argv.append("--GatewayApp.hub=True")
     if args.store:
         # Through the environment, as the token: a config value would be logged (with
         # its password) by traitlets' debug output of the configuration.

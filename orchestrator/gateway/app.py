@@ -32,6 +32,13 @@ class GatewayApp(ServerApp):
     default_services = ("api", "auth", "kernels", "kernelspecs", "security")  # type: ignore[assignment]
 
     no_auth = Bool(False, config=True, help="Serve without authentication (never in production).")
+    hub = Bool(
+        config=True,
+        help="Serve a JupyterHub's users: every request's Hub token is checked with the Hub"
+        " (HubIdentityProvider), kernels belong to (user, server) and follow the Hub's"
+        " servers (HubLifetime). Default: on when the gateway runs as a Hub service"
+        " ($JUPYTERHUB_SERVICE_NAME and $JUPYTERHUB_API_URL set).",
+    )
     json_logs = Bool(False, config=True, help="Log JSON lines with a kernel_id field.")
     default_kernelspecs = Bool(
         True,
@@ -136,8 +143,18 @@ class GatewayApp(ServerApp):
 
         return GatewayKernelSpecManager
 
+    @default("hub")
+    def _default_hub(self) -> bool:
+        from .hub.identity import running_as_hub_service
+
+        return running_as_hub_service()
+
     @default("identity_provider_class")
     def _default_identity_provider_class(self) -> t.Any:
+        if self.hub:
+            from .hub.identity import HubIdentityProvider
+
+            return HubIdentityProvider
         return OrchestratorIdentityProvider
 
     def find_server_extensions(self) -> None:
@@ -182,11 +199,13 @@ class GatewayApp(ServerApp):
         elif "token" not in idp_config or not idp_config["token"]:
             generated = not token
             idp_config["token"] = token or secrets.token_urlsafe(32)
-            per_user = self.config.get("OrchestratorIdentityProvider", {}).get("user_tokens_file")
+            per_user = self.hub or self.config.get("OrchestratorIdentityProvider", {}).get(
+                "user_tokens_file"
+            )
             if generated and per_user:
                 # Users have their own tokens: no admin token unless one is given (the
                 # random one stands for "nobody", and is shown nowhere).
-                self.log.info("no admin token: only the users file's tokens are accepted")
+                self.log.info("no admin token: only the users' own tokens are accepted")
             elif generated:
                 # Shown once, on the terminal only (never in a log file).
                 print(
@@ -293,10 +312,33 @@ class GatewayApp(ServerApp):
         report = await km.restored()
         if report is not None:
             self.log.info("gateway ready: %d kernel(s) re-attached", len(report.reattached))
+        if self.hub:
+            self._follow_hub()
         await km.fill_pools()
+
+    _hub_lifetime: t.Any = None
+
+    def _follow_hub(self) -> None:
+        """Stop kernels with their Hub servers and report their activity to the Hub."""
+        from .hub.api import HubAPI
+        from .hub.lifetime import HubLifetime
+
+        idp: t.Any = self.identity_provider
+        if not idp.api_token:
+            self.log.warning(
+                "no JupyterHub service token (HubIdentityProvider.api_token,"
+                " $JUPYTERHUB_API_TOKEN): kernels are not stopped with their Hub servers"
+                " and send the Hub no activity"
+            )
+            return
+        api = HubAPI(idp.api_url, idp.api_token)
+        self._hub_lifetime = HubLifetime(self.kernel_manager, api, parent=self)
+        self._hub_lifetime.start()
 
     async def cleanup_kernels(self) -> None:
         """Keep kernels running across a gateway restart: detach, don't shut down."""
+        if self._hub_lifetime is not None:
+            self._hub_lifetime.stop()
         km = self.kernel_manager
         try:
             await km.save_activity()  # type: ignore[attr-defined]

@@ -38,13 +38,18 @@ def base_environment(
 
 
 def kernel_environment(
-    base: dict[str, str], client: dict[str, str], owner: str, groups: Iterable[str] = ()
+    base: dict[str, str],
+    client: dict[str, str],
+    owner: str,
+    groups: Iterable[str] = (),
+    scopes: Iterable[str] = (),
 ) -> dict[str, str]:
-    """The whole environment of a kernel that ``owner`` (a member of ``groups``) starts.
+    """The whole environment of a kernel that ``owner`` (a member of ``groups``, holding
+    the JupyterHub ``custom:`` ``scopes``) starts.
 
-    Who the kernel belongs to, and the groups that entitle them to profiles, are the
-    gateway's say, not the client's: both variables are always set here."""
+    Who the kernel belongs to, and the groups and scopes that entitle them to profiles,
+    are the gateway's say, not the client's: both variables are always set here."""
     env = {**base, **client}
     env["KERNEL_USERNAME"] = owner or ADMIN
-    env["KERNEL_USER_GROUPS"] = ",".join(groups)
+    env["KERNEL_USER_GROUPS"] = ",".join([*groups, *scopes])
     return {k: v for k, v in env.items() if not _secret(k)}

@@ -40,10 +40,10 @@ from ..errors import (
     OwnedElsewhereError,
     UnknownKernelError,
 )
-from ..store.record import TENANT_LABEL as OWNER_LABEL
-from ..users import ADMIN
+from ..users import ADMIN, memberships
 from .environment import kernel_environment
 from .fairness import UserBudgets, message_bytes
+from .tenancy import Need, may, start_labels
 
 MAX_BODY = 64 * 1024
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
@@ -63,20 +63,21 @@ def _is_admin(handler: JupyterHandler) -> bool:
     return _username(handler) == ADMIN
 
 
-async def _check_owner(handler: JupyterHandler, kernel_id: str) -> None:
-    """404 unless the kernel exists and is the caller's; then have it served here.
+async def _check_access(handler: JupyterHandler, kernel_id: str, need: Need) -> None:
+    """404 unless the kernel exists and the caller may do what ``need`` says with it
+    (see ``tenancy``); then have it served here.
 
     Judged by the store, whichever replica started the kernel (or handed it out of a
     pool moments ago), then attached to: never a 404 for a kernel that exists and is
     yours, and a foreign kernel looks exactly like a missing one.
     """
-    admin, user = _is_admin(handler), _username(handler)
+    user = handler.current_user
 
-    def may_use(record: t.Any) -> bool:
-        return admin or str(record.labels.get(OWNER_LABEL, "")) == user
+    def allowed(record: t.Any) -> bool:
+        return may(user, need, record.labels)
 
     try:
-        served = await _km(handler).serve_kernel(kernel_id, may_use)
+        served = await _km(handler).serve_kernel(kernel_id, allowed)
     except OrchestratorError as e:  # the store is down, or the kernel unreachable from here
         raise web.HTTPError(503, _for_caller(handler, f"kernel {kernel_id}: {e}")) from None
     if not served:
@@ -111,10 +112,12 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
     @web.authenticated
     async def get(self) -> None:
         km = _km(self)
-        # The operator sees every kernel, pooled ones included; a user only their own;
-        # both whichever replica serves them.
+        # The operator sees every kernel, pooled ones included; a user only their own
+        # (their server's, with a Hub server's token), a Hub admin everyone's; all
+        # whichever replica serves them.
+        user = self.current_user
         try:
-            models = await km.kernel_models_of(None if _is_admin(self) else _username(self))
+            models = await km.kernel_models_of(lambda labels: may(user, Need.SEE, labels))
         except OrchestratorError as e:
             raise web.HTTPError(503, _for_caller(self, str(e))) from None
         self.finish(json.dumps(models, default=str))
@@ -150,11 +153,19 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
             if not isinstance(value, str) or "\0" in value or len(value) > 32768:
                 raise web.HTTPError(400, f"environment variable {key!r} has an invalid value")
             clean[str(key)] = value
-        owner = _username(self)
-        groups = tuple(getattr(self.current_user, "groups", ()))
-        env = kernel_environment(km.base_environment, clean, owner, groups)
+        owner, user = _username(self), self.current_user
+        groups = tuple(getattr(user, "groups", ()))
+        scopes = tuple(getattr(user, "scopes", ()))
+        env = kernel_environment(km.base_environment, clean, owner, groups, scopes)
         try:
-            kernel_id = await km.start_kernel_for(owner, kernel_name=name, path=path, env=env)
+            kernel_id = await km.start_kernel_for(
+                owner,
+                kernel_name=name,
+                path=path,
+                env=env,
+                labels=start_labels(user),
+                memberships=memberships(groups, scopes),
+            )
         except KernelLimitError as e:
             raise web.HTTPError(429, _for_caller(self, str(e))) from None
         except NotEntitledError as e:
@@ -180,12 +191,12 @@ class MainKernelHandler(kernel_handlers.MainKernelHandler):
 class KernelHandler(kernel_handlers.KernelHandler):
     @web.authenticated
     async def get(self, kernel_id: str) -> None:
-        await _check_owner(self, kernel_id)
+        await _check_access(self, kernel_id, Need.SEE)
         await super().get(kernel_id)  # type: ignore[misc]
 
     @web.authenticated
     async def delete(self, kernel_id: str) -> None:
-        await _check_owner(self, kernel_id)
+        await _check_access(self, kernel_id, Need.STOP)
         async with _lifecycle(self, kernel_id):
             await super().delete(kernel_id)  # type: ignore[misc]
 
@@ -193,7 +204,7 @@ class KernelHandler(kernel_handlers.KernelHandler):
 class KernelActionHandler(kernel_handlers.KernelActionHandler):
     @web.authenticated
     async def post(self, kernel_id: str, action: str) -> None:
-        await _check_owner(self, kernel_id)
+        await _check_access(self, kernel_id, Need.STOP)
         async with _lifecycle(self, kernel_id):
             await super().post(kernel_id, action)  # type: ignore[misc]
 
@@ -258,7 +269,7 @@ class ChannelsHandler(KernelWebsocketHandler):
             raise web.HTTPError(429, refusal)
         session_id = self.get_argument("session_id", "")
         if not session_id:
-            await _check_owner(self, self.kernel_id)
+            await _check_access(self, self.kernel_id, Need.USE)
             await super().pre_get()
             return
         # jupyter_server lets a session's newest connection replace (close) an older
@@ -269,7 +280,7 @@ class ChannelsHandler(KernelWebsocketHandler):
         key, number = f"{self.kernel_id}:{session_id}", next(self._arrival_numbers)
         self._arrivals[key] = number
         try:
-            await _check_owner(self, self.kernel_id)
+            await _check_access(self, self.kernel_id, Need.USE)
             if self._arrivals.get(key) != number:
                 raise web.HTTPError(409, "a newer connection of this session replaced it")
             await super().pre_get()
@@ -403,7 +414,7 @@ class PathResolverHandler(APIHandler):
         response: dict[str, t.Any] = {"resolved": []}
         if kernel_id:
             try:
-                await _check_owner(self, kernel_id)
+                await _check_access(self, kernel_id, Need.USE)
                 kernel = _km(self).get_kernel(kernel_id)
                 resolve = getattr(kernel, "resolve_path", None)
                 resolved = await ensure_async(resolve(path)) if resolve else None

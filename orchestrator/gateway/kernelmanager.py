@@ -45,14 +45,15 @@ from jupyter_server.services.kernels.kernelmanager import (
 from traitlets import Dict, DottedObjectName, Float, Int, Type, default, validate
 
 from .. import ownership
-from ..errors import FencedError, OrchestratorError, OwnedElsewhereError
+from ..errors import FencedError, KernelLimitError, OrchestratorError, OwnedElsewhereError
 from ..manager import PersistentKernelManagerMixin
 from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreReport
 from ..store import KernelRecord, Limits
 from ..store.lease import Holder, Ownership
 from ..store.record import POOL_LABEL, TENANT_LABEL
 from ..tenure import LeaseState
-from ..users import ADMIN
+from ..users import ADMIN, entitled
+from .tenancy import SERVER_LABEL, model_fields
 
 OWNER_LABEL = TENANT_LABEL
 
@@ -168,6 +169,18 @@ class OrchestratorMappingKernelManager(
         help="Most kernels per user, across replicas (0: no limit). The operator's own"
         " token is held only to max_kernels.",
     )
+    max_kernels_for = Dict(
+        value_trait=Int(),
+        config=True,
+        help="Per-user caps for some users: user name, @group or JupyterHub custom: scope"
+        " -> most kernels (0: no limit); a user named by several gets the largest.",
+    )
+    max_kernels_per_server = Int(
+        0,
+        config=True,
+        help="With JupyterHub: most kernels one Hub server (a user's default or named"
+        " server) may have (0: no limit besides the user's).",
+    )
     reservation_seconds = Float(
         900.0,
         config=True,
@@ -272,7 +285,9 @@ class OrchestratorMappingKernelManager(
         """jupyter_server's model, plus what the provisioner reports (a batch job's state
         and queue reason, its time left) under ``provisioner``."""
         model = dict(super().kernel_model(kernel_id))
-        provisioner = getattr(self._kernels.get(kernel_id), "provisioner", None)
+        km = self._kernels.get(kernel_id)
+        model.update(model_fields(getattr(km, "labels", {})))
+        provisioner = getattr(km, "provisioner", None)
         fields = getattr(provisioner, "status_fields", None)
         if fields is not None:
             extra = fields()
@@ -290,24 +305,26 @@ class OrchestratorMappingKernelManager(
             "last_activity": stamp.isoformat().replace("+00:00", "Z"),
             "execution_state": "unknown",
             "connections": 0,
+            **model_fields(record.labels),
         }
 
-    async def kernel_models_of(self, owner: str | None) -> list[dict[str, t.Any]]:
-        """Every kernel of ``owner`` (None: everyone's, pooled ones included) in the
-        store, whichever replica serves it."""
+    async def kernel_models_of(
+        self, visible: t.Callable[[t.Mapping[str, str]], bool]
+    ) -> list[dict[str, t.Any]]:
+        """Every kernel in the store whose labels are ``visible`` (see ``tenancy``),
+        whichever replica serves it."""
         models = []
         records = await self.records()
         for record in records:
-            if owner is not None and record.labels.get(OWNER_LABEL, "") != owner:
-                continue  # (a pooled kernel has no owner label: nobody's but the operator's)
+            if not visible(record.labels):
+                continue
             if record.kernel_id in self._kernels:
                 models.append(self.kernel_model(record.kernel_id))
             else:
                 models.append(self.record_model(record))
         stored = {r.kernel_id for r in records}
         for kernel_id, km in list(self._kernels.items()):  # starting here, not saved yet
-            mine = owner is None or km.owner == owner
-            if kernel_id not in stored and not km.is_recorded and mine:
+            if kernel_id not in stored and not km.is_recorded and visible(km.labels):
                 models.append(self.kernel_model(kernel_id))
         return models
 
@@ -406,8 +423,9 @@ class OrchestratorMappingKernelManager(
     def pre_start_kernel(self, kernel_name: str | None, kwargs: t.Any) -> t.Any:
         owner = kwargs.pop("owner", "")
         pool = kwargs.pop("pool", "")
+        extra = kwargs.pop("labels", None) or {}
         km, name, kernel_id = super().pre_start_kernel(kernel_name, kwargs)
-        labels = {OWNER_LABEL: owner} if owner else {POOL_LABEL: pool} if pool else {}
+        labels = {OWNER_LABEL: owner, **extra} if owner else {POOL_LABEL: pool} if pool else {}
         if labels:
             km.labels = {**km.labels, **labels}  # type: ignore[attr-defined]
         return km, name, kernel_id
@@ -416,13 +434,40 @@ class OrchestratorMappingKernelManager(
     def limits(self) -> Limits:
         return Limits(total=self.max_kernels, per_tenant=self.max_kernels_per_user)
 
-    def limits_for(self, owner: str) -> Limits:
-        """The limits a start for ``owner`` counts against: the operator's kernels (and
-        a pool's) only against the total."""
-        return Limits(total=self.max_kernels) if owner in ("", ADMIN) else self.limits
+    def limits_for(self, owner: str, held: t.Iterable[str] = ()) -> Limits:
+        """The limits a start for ``owner`` (holding the ``held`` memberships: ``@group``,
+        ``custom:`` scope) counts against: the operator's kernels (and a pool's) only
+        against the total; a user's cap is the largest of ``max_kernels_for`` that
+        names them, else ``max_kernels_per_user``."""
+        if owner in ("", ADMIN):
+            return Limits(total=self.max_kernels)
+        caps = [n for who, n in self.max_kernels_for.items() if entitled([who], owner, held)]
+        per_user = max(caps) if caps else self.max_kernels_per_user
+        if 0 in caps:
+            per_user = 0  # (no limit)
+        return Limits(total=self.max_kernels, per_tenant=per_user)
+
+    async def _check_server_cap(self, owner: str, labels: t.Mapping[str, str]) -> None:
+        """``max_kernels_per_server`` for a Hub server's start (counted in the records:
+        replicas starting for one server at the same moment may pass it together)."""
+        if not self.max_kernels_per_server or SERVER_LABEL not in labels:
+            return
+        server = labels[SERVER_LABEL]
+        held = sum(
+            1
+            for r in await self.records()
+            if r.labels.get(OWNER_LABEL) == owner and r.labels.get(SERVER_LABEL) == server
+        )
+        if held >= self.max_kernels_per_server:
+            raise KernelLimitError(
+                f"server {server or '(default)'!r} of {owner!r} already has the maximum of"
+                f" {self.max_kernels_per_server} kernels"
+                " (OrchestratorMappingKernelManager.max_kernels_per_server)"
+            )
 
     async def start_kernel_for(self, owner: str, **kwargs: t.Any) -> str:
-        """Start a kernel owned by ``owner``: from a warm pool when possible, else cold."""
+        """Start a kernel owned by ``owner``: from a warm pool when possible, else cold.
+        ``labels`` go on the kernel (its Hub server); ``memberships`` pick its cap."""
         from .metrics import START_FAILURES, START_SECONDS, failure_reason
 
         started = time.monotonic()
@@ -440,8 +485,11 @@ class OrchestratorMappingKernelManager(
     async def _start_kernel_for(self, owner: str, **kwargs: t.Any) -> tuple[str, str]:
         assert self.kernel_store is not None
         await self.restored()
+        labels = dict(kwargs.get("labels") or {})
+        limits = self.limits_for(owner, kwargs.pop("memberships", ()))
+        await self._check_server_cap(owner, labels)
         pooled = await self._take_from_pool(
-            kwargs.get("kernel_name") or "", kwargs.get("env"), owner
+            kwargs.get("kernel_name") or "", kwargs.get("env"), owner, labels, limits
         )
         if pooled is not None:
             return pooled, "pool"
@@ -452,7 +500,7 @@ class OrchestratorMappingKernelManager(
             kernel_id,
             tenant=owner or None,
             pool=None,
-            limits=self.limits_for(owner),
+            limits=limits,
             seconds=self.reservation_seconds,
         )
         try:
@@ -462,8 +510,16 @@ class OrchestratorMappingKernelManager(
                 await self.kernel_store.unreserve(kernel_id)
 
     # ------------------------------------------------------------ warm pools
-    async def _take_from_pool(self, kernel_name: str, env: t.Any, owner: str) -> str | None:
-        """A ready pooled kernel for ``kernel_name`` handed to ``owner`` (or None).
+    async def _take_from_pool(
+        self,
+        kernel_name: str,
+        env: t.Any,
+        owner: str,
+        labels: t.Mapping[str, str],
+        limits: Limits,
+    ) -> str | None:
+        """A ready pooled kernel for ``kernel_name`` handed to ``owner`` (or None), with
+        ``labels`` besides its owner's.
 
         Only requests without an environment of their own qualify: a pooled kernel was
         started before the request. The store hands each pooled kernel out once, even
@@ -482,7 +538,7 @@ class OrchestratorMappingKernelManager(
                 owner,
                 ownership.this_holder(),
                 self._keeper().lease_seconds,
-                limits=self.limits_for(owner),
+                limits=limits,
             )
             if lease is None:
                 return None
@@ -495,7 +551,7 @@ class OrchestratorMappingKernelManager(
                     km = self._kernels[kernel_id]
                 else:
                     km.hold_lease(lease)
-                km.labels = {OWNER_LABEL: owner}
+                km.labels = {OWNER_LABEL: owner, **labels}
                 await km.save_record()
             except OrchestratorError as e:
                 self.log.warning("warm pool %s: kernel %s unusable: %s", kernel_name, kernel_id, e)

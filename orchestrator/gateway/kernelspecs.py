@@ -7,8 +7,9 @@ provisioner's) are neither listed nor startable, unless the operator names them 
 each user's kernels run as that user's own account (``ko-{username}``), from a
 private directory holding only their connection file.
 
-``kernelspec_access`` restricts a kernelspec to some users and ``@groups``; anyone
-else gets the same 404 as for a kernelspec that does not exist.
+``kernelspec_access`` restricts a kernelspec to some users, ``@groups`` and (with a
+JupyterHub) ``custom:`` scopes the user holds; anyone else gets the same 404 as for a
+kernelspec that does not exist.
 
 jupyter_client finds kernelspecs case-insensitively (``GPU`` starts ``gpu``), so every
 name is first made canonical (:func:`canonical_kernel_name`: ASCII, lower case, the
@@ -24,7 +25,7 @@ import typing as t
 from jupyter_client.kernelspec import KernelSpec, KernelSpecManager, NoSuchKernel
 from traitlets import Bool, Dict, List, Unicode, validate
 
-from ..users import ADMIN
+from ..users import ADMIN, entitled, memberships
 
 _KERNEL_NAME = re.compile(r"[a-z0-9._-]{1,128}")
 
@@ -69,7 +70,8 @@ class GatewayKernelSpecManager(KernelSpecManager):
     kernelspec_access = Dict(
         value_trait=List(Unicode()),
         config=True,
-        help="kernelspec name -> user names and @groups that may see and start it"
+        help="kernelspec name -> user names, @groups and JupyterHub custom: scopes that may"
+        " see and start it"
         " (absent: everyone).",
     )
 
@@ -143,5 +145,5 @@ class GatewayKernelSpecManager(KernelSpecManager):
         name = str(getattr(user, "username", "") or "")
         if who is None or name == ADMIN:
             return canonical
-        groups = {f"@{g}".lower() for g in getattr(user, "groups", ())}
-        return canonical if name.lower() in who or groups & set(who) else None
+        held = memberships(getattr(user, "groups", ()), getattr(user, "scopes", ()))
+        return canonical if entitled(who, name, held) else None

@@ -1,4 +1,5 @@
-"""Who may use a profile: ``allowed`` user names and ``@groups``, as for kernelspecs.
+"""Who may use a profile: ``allowed`` user names, ``@groups`` and JupyterHub ``custom:``
+scopes, as for kernelspecs.
 
 A profile is a named bundle an operator defines in a kernelspec (GPU nodes, a Slurm
 account, tolerations, volumes); a start picks one by name (``KERNEL_PROFILE``,
@@ -14,10 +15,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.errors import KernelStartError, NotEntitledError
-from orchestrator.users import ADMIN
+from orchestrator.users import ADMIN, entitled, memberships
 
 USERNAME_VAR = "KERNEL_USERNAME"
 GROUPS_VAR = "KERNEL_USER_GROUPS"
+
+
+def held_memberships(env: Mapping[str, str]) -> frozenset[str]:
+    """The groups and custom scopes the gateway wrote into ``KERNEL_USER_GROUPS``
+    (comma-separated; a ``custom:`` entry is a JupyterHub scope, the rest groups)."""
+    entries = [e.strip() for e in env.get(GROUPS_VAR, "").split(",") if e.strip()]
+    scopes = [e for e in entries if e.startswith("custom:")]
+    return memberships([e for e in entries if not e.startswith("custom:")], scopes)
 
 
 def allowed_list(profile: Mapping[str, Any], where: str) -> list[str] | None:
@@ -39,7 +48,6 @@ def check_profile_entitlement(
     if allowed is None or not multi_tenant:
         return
     user = env.get(USERNAME_VAR, "")
-    groups = {f"@{g.strip().lower()}" for g in env.get(GROUPS_VAR, "").split(",") if g.strip()}
-    if user == ADMIN or (user and user.lower() in allowed) or groups & set(allowed):
+    if user == ADMIN or entitled(allowed, user, held_memberships(env)):
         return
     raise NotEntitledError(f"{kind} profile {name!r} is not available to user {user or '?'!r}")

@@ -1,0 +1,165 @@
+"""Kernels live as long as their Hub server, and keep it alive while they work.
+
+Every ``interval`` seconds one replica-local round asks the Hub (one bulk listing,
+:meth:`HubAPI.active_servers`) which servers are active. A kernel this replica owns
+whose server is no longer active, or whose user is gone, is shut down once it has
+been so for ``grace_seconds`` (a server that restarts within the grace finds its
+kernels again); with a grace below zero such kernels are kept. Nothing is stopped on
+what the Hub did not say: while it cannot be asked, or refuses, every kernel stays.
+
+Every ``activity_interval`` seconds, the kernels that were busy or active since the
+last post have their activity posted for their (user, server), one call per user, so
+that the Hub's idle culler sees a server whose remote kernel is working as active.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import time
+import typing as t
+
+from traitlets import Float
+from traitlets.config import LoggingConfigurable
+
+from ..tenancy import HUB_USER_LABEL, SERVER_LABEL
+from .api import HubAPI, HubAPIError
+
+
+class HubLifetime(LoggingConfigurable):
+    """Follows the Hub's servers for the kernels this replica owns (see above)."""
+
+    interval = Float(
+        30.0, config=True, help="Seconds between two looks at the Hub's active servers (0: never)."
+    )
+    grace_seconds = Float(
+        120.0,
+        config=True,
+        help="Seconds a kernel outlives its stopped Hub server (or deleted user) before it"
+        " is shut down; below 0: such kernels are kept (until the gateway's own culler).",
+    )
+    activity_interval = Float(
+        60.0,
+        config=True,
+        help="Seconds between posts of busy kernels' activity to the Hub (0: never); keep"
+        " it well below the Hub idle culler's timeout.",
+    )
+
+    def __init__(self, kernels: t.Any, api: HubAPI, **kwargs: t.Any) -> None:
+        super().__init__(**kwargs)
+        self.kernels = kernels  # the gateway's OrchestratorMappingKernelManager
+        self.api = api
+        self._missing_since: dict[str, float] = {}
+        self._posted: dict[str, dt.datetime] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._complained = ""
+
+    def start(self) -> None:
+        if self.interval > 0:
+            self._tasks.append(asyncio.ensure_future(self._every(self.interval, self.reconcile)))
+        if self.activity_interval > 0:
+            self._tasks.append(
+                asyncio.ensure_future(self._every(self.activity_interval, self.post_activity))
+            )
+
+    def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+
+    async def _every(self, seconds: float, work: t.Callable[[], t.Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await work()
+            except HubAPIError as e:
+                # Said once per kind of failure: a Hub that is down for an hour
+                # is not an hour of identical lines.
+                if str(e) != self._complained:
+                    self._complained = str(e)
+                    self.log.warning("JupyterHub API: %s (kernels are left as they are)", e)
+            except Exception:
+                self.log.exception("JupyterHub round failed")
+            else:
+                self._complained = ""
+
+    def _hub_kernels(self) -> list[tuple[str, t.Any, str, str | None]]:
+        """(kernel id, manager, Hub user, server or None) of the Hub kernels owned here."""
+        found = []
+        for kernel_id, km in list(self.kernels._kernels.items()):
+            labels = getattr(km, "labels", {}) or {}
+            hub_user = labels.get(HUB_USER_LABEL)
+            if hub_user and km.is_owner:
+                found.append((kernel_id, km, str(hub_user), labels.get(SERVER_LABEL)))
+        return found
+
+    async def reconcile(self) -> None:
+        """Shut down the kernels whose server or user has been gone for the grace."""
+        kernels = self._hub_kernels()
+        if not kernels:
+            self._missing_since.clear()
+            return
+        active = await self.api.active_servers()
+        existing: dict[str, bool] = {}
+        now = time.monotonic()
+        gone_now: set[str] = set()
+        for kernel_id, _km, hub_user, server in kernels:
+            if server is not None:
+                alive = server in active.get(hub_user, ())
+            elif hub_user in active:
+                alive = True
+            else:  # a kernel of the user, not of a server: kept while the user exists
+                if hub_user not in existing:
+                    existing[hub_user] = await self.api.user_exists(hub_user)
+                alive = existing[hub_user]
+            if alive:
+                self._missing_since.pop(kernel_id, None)
+                continue
+            gone_now.add(kernel_id)
+            since = self._missing_since.setdefault(kernel_id, now)
+            if self.grace_seconds >= 0 and now - since >= self.grace_seconds:
+                what = f"server {server!r} of {hub_user}" if server is not None else hub_user
+                await self._shut_down(kernel_id, f"{what} is gone from JupyterHub")
+        for kernel_id in set(self._missing_since) - gone_now:
+            del self._missing_since[kernel_id]
+
+    async def _shut_down(self, kernel_id: str, reason: str) -> None:
+        async with self.kernels.lifecycle_lock(kernel_id):
+            km = self.kernels._kernels.get(kernel_id)
+            if km is None or not km.is_owner:
+                return
+            self.log.info("kernel %s: shutting down, %s", kernel_id, reason)
+            try:
+                await self.kernels.shutdown_kernel(kernel_id)
+            except Exception as e:
+                self.log.warning("kernel %s: shutdown failed: %s", kernel_id, e)
+        self._missing_since.pop(kernel_id, None)
+        self._posted.pop(kernel_id, None)
+
+    async def post_activity(self) -> None:
+        """Post the activity of kernels busy now or active since the last post."""
+        now = dt.datetime.now(dt.timezone.utc)
+        by_user: dict[str, dict[str | None, dt.datetime]] = {}
+        stamps: dict[str, dt.datetime] = {}
+        for kernel_id, km, hub_user, server in self._hub_kernels():
+            last = getattr(km, "last_activity", None)
+            if getattr(km, "execution_state", "") == "busy":
+                stamp = now
+            elif last is not None and last > self._posted.get(kernel_id, last - dt.timedelta(1)):
+                stamp = last
+            else:
+                continue
+            servers = by_user.setdefault(hub_user, {})
+            servers[server] = max(stamp, servers.get(server, stamp))
+            stamps[kernel_id] = stamp
+        for hub_user, servers in by_user.items():
+            named = {s: at for s, at in servers.items() if s is not None}
+            try:
+                await self.api.post_activity(hub_user, named, max(servers.values()))
+            except HubAPIError as e:
+                if e.status not in (400, 404):  # a server or user gone meanwhile
+                    raise
+                self.log.info("activity of %s not posted: %s", hub_user, e)
+        self._posted.update(stamps)
+        for kernel_id in set(self._posted) - set(self.kernels._kernels):
+            del self._posted[kernel_id]
