@@ -915,6 +915,54 @@ def test_token_from_values() -> None:
     assert "--users-file" not in container(one(objs, "Deployment"))["args"]
 
 
+HUB_VALUES = {
+    "hub": {
+        "enabled": True,
+        "apiUrl": "http://hub.jhub.svc:8081/hub/api",
+        "existingTokenSecret": "hub",
+    }
+}
+
+
+def test_hub_mode_takes_the_hubs_users_and_token() -> None:
+    """Hub mode: ``--hub``, the Hub's API URL and the service token from z2jh's hub
+    Secret, the label z2jh's hub NetworkPolicy admits; no users file, no made-up token."""
+    objs = render_objects(HUB_VALUES, users=False)
+    assert not of_kind(objs, "Secret")
+    deployment = one(objs, "Deployment")
+    assert "--hub" in container(deployment)["args"]
+    assert "--users-file" not in container(deployment)["args"]
+    env = env_of(deployment)
+    assert env["JUPYTERHUB_API_URL"]["value"] == "http://hub.jhub.svc:8081/hub/api"
+    assert env["JUPYTERHUB_SERVICE_NAME"]["value"] == "kernel-gateway"
+    assert env["JUPYTERHUB_API_TOKEN"]["valueFrom"]["secretKeyRef"] == {
+        "name": "hub",
+        "key": "hub.services.kernel-gateway.apiToken",
+    }
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["hub.jupyter.org/network-access-hub"] == "true"
+    assert "hub.jupyter.org/network-access-hub" not in deployment["spec"]["selector"]["matchLabels"]
+    assert "--hub" not in container(one(render_objects(), "Deployment"))["args"]
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        ({"hub": {"enabled": True}}, "hub.enabled needs hub.apiUrl and hub.existingTokenSecret"),
+        (
+            {**HUB_VALUES, "auth": {"users": TEST_USERS}},
+            "hub.enabled and auth.users / auth.existingUsersSecret exclude each other",
+        ),
+    ],
+)
+def test_hub_mode_refuses_half_a_setup(values: dict[str, Any], complaint: str) -> None:
+    import helm_python
+
+    with pytest.raises(helm_python.HelmError) as failure:
+        render(values, users=False)
+    assert complaint in str(failure.value)
+
+
 # ---------------------------------------------------------------- Service, Ingress, policies
 
 

@@ -30,7 +30,7 @@ from orchestrator.users import RESERVED_NAMES, check_user_name, tenant_name_for,
         "x" * 80,
         "é",
         "a-h" + "0" * 16,
-    ],  # noqa: E501
+    ],
 )
 def test_tenant_names_are_safe_and_one_to_one(name: str) -> None:
     tenant = tenant_name_for(name)

@@ -58,7 +58,7 @@ c.JupyterHub.load_roles.append(
 
 # Every user may use the gateway (narrow this to groups with a role of your own).
 if _version >= (6, 0):
-    c.JupyterHub.extra_user_scopes.append(_access)
+    c.JupyterHub.extra_user_scopes.add(_access)
 else:
     c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", _access]})
 

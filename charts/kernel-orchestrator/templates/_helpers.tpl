@@ -79,8 +79,15 @@ The ClusterRole bound in each per-user kernel namespace.
 Refuse to render without per-user tokens or an explicit admin token.
 */}}
 {{- define "kernel-orchestrator.requireAuth" -}}
-{{- if not (or .Values.auth.users .Values.auth.existingUsersSecret .Values.auth.token .Values.auth.existingSecret) }}
-{{- fail "kernel-orchestrator: set auth.users or auth.existingUsersSecret (a token per user), or auth.token / auth.existingSecret for a single-user gateway: the chart makes up no shared token" }}
+{{- if .Values.hub.enabled }}
+{{- if or .Values.auth.users .Values.auth.existingUsersSecret }}
+{{- fail "kernel-orchestrator: hub.enabled and auth.users / auth.existingUsersSecret exclude each other: with a Hub, the Hub's users are the gateway's" }}
+{{- end }}
+{{- if not (and .Values.hub.apiUrl .Values.hub.existingTokenSecret) }}
+{{- fail "kernel-orchestrator: hub.enabled needs hub.apiUrl and hub.existingTokenSecret (the gateway's Hub service token)" }}
+{{- end }}
+{{- else if not (or .Values.auth.users .Values.auth.existingUsersSecret .Values.auth.token .Values.auth.existingSecret) }}
+{{- fail "kernel-orchestrator: set auth.users or auth.existingUsersSecret (a token per user), hub.enabled (JupyterHub's users), or auth.token / auth.existingSecret for a single-user gateway: the chart makes up no shared token" }}
 {{- end }}
 {{- end }}
 

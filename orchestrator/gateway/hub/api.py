@@ -1,8 +1,9 @@
 """The Hub's REST API, called with the gateway's own service token.
 
 Two calls only, both in bulk: the users with active servers (one paginated listing
-per interval, whatever the number of kernels), and a user's activity (one post per
-user whose kernels were active). The token needs ``list:users``, ``read:servers``,
+per interval, whatever the number of kernels; every user's only when a kernel that
+belongs to no server must be checked), and a user's activity (one post per user
+whose kernels were active). The token needs ``list:users``, ``read:servers``,
 ``read:users:activity`` and ``users:activity``; a refusal names the scope to grant.
 """
 
@@ -68,16 +69,16 @@ class HubAPI:
             raise HubAPIError(f"{method} {path}: {e}") from None
         return json.loads(response.body) if response.body else None
 
-    async def active_servers(self) -> dict[str, set[str]]:
+    async def users(self, state: str | None = "active") -> dict[str, set[str]]:
         """Hub user name -> the names of their active servers ("" for the default one),
-        for every user with one."""
-        active: dict[str, set[str]] = {}
+        for every user with one (``state="active"``) or every user (``None``)."""
+        found: dict[str, set[str]] = {}
         offset = 0
         while True:
-            query = urllib.parse.urlencode(
-                {"state": "active", "offset": offset, "limit": PAGE_SIZE}
+            query = {"offset": offset, "limit": PAGE_SIZE, **({"state": state} if state else {})}
+            page = await self._call(
+                "GET", f"users?{urllib.parse.urlencode(query)}", accept=PAGINATION
             )
-            page = await self._call("GET", f"users?{query}", accept=PAGINATION)
             items = page.get("items") if isinstance(page, dict) else None
             if not isinstance(items, list):
                 raise HubAPIError("GET users: not a paginated answer (JupyterHub 2.0 or later?)")
@@ -89,20 +90,11 @@ class HubAPI:
                         " read:servers (and list:users)",
                         403,
                     )
-                active[str(user.get("name"))] = set(servers)
+                found[str(user.get("name"))] = set(servers)
             following = (page.get("_pagination") or {}).get("next")
             if not following or not items:
-                return active
+                return found
             offset = int(following.get("offset", offset + len(items)))
-
-    async def user_exists(self, name: str) -> bool:
-        try:
-            await self._call("GET", f"users/{urllib.parse.quote(name, safe='')}")
-        except HubAPIError as e:
-            if e.status == 404:
-                return False
-            raise
-        return True
 
     async def post_activity(
         self, name: str, servers: dict[str, dt.datetime], latest: dt.datetime

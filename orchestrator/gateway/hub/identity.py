@@ -26,6 +26,7 @@ non-Hub mode: the two are not combined.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import os
@@ -161,6 +162,9 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
         help="While the Hub cannot be reached, a token it vouched for within this many"
         " seconds keeps working; others get 503 until it is back.",
     )
+    request_timeout = Float(
+        10.0, config=True, help="Seconds the Hub has to answer about a token (then: 503)."
+    )
     hub_admins_see_all_kernels = Bool(
         True, config=True, help="Hub admins may list, inspect and stop every user's kernels."
     )
@@ -227,7 +231,12 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
 
     async def _ask_hub(self, token: str) -> dict[str, t.Any] | None:
         try:
-            model = await self._hub_auth.user_for_token(token, use_cache=False, sync=False)
+            model = await asyncio.wait_for(
+                self._hub_auth.user_for_token(token, use_cache=False, sync=False),
+                self.request_timeout,
+            )
+        except asyncio.TimeoutError:
+            raise HubUnavailable(f"no answer within {self.request_timeout:g} s") from None
         except Exception as e:  # HubAuth raises tornado's HTTPError, or what aiohttp does
             reason = getattr(e, "log_message", None) or str(e) or type(e).__name__
             raise HubUnavailable(reason) from None

@@ -99,8 +99,8 @@ class HubLifetime(LoggingConfigurable):
         if not kernels:
             self._missing_since.clear()
             return
-        active = await self.api.active_servers()
-        existing: dict[str, bool] = {}
+        active = await self.api.users("active")
+        everyone: dict[str, set[str]] | None = None
         now = time.monotonic()
         gone_now: set[str] = set()
         for kernel_id, _km, hub_user, server in kernels:
@@ -109,9 +109,9 @@ class HubLifetime(LoggingConfigurable):
             elif hub_user in active:
                 alive = True
             else:  # a kernel of the user, not of a server: kept while the user exists
-                if hub_user not in existing:
-                    existing[hub_user] = await self.api.user_exists(hub_user)
-                alive = existing[hub_user]
+                if everyone is None:
+                    everyone = await self.api.users(None)  # (once a round, not per user)
+                alive = hub_user in everyone
             if alive:
                 self._missing_since.pop(kernel_id, None)
                 continue
