@@ -43,7 +43,9 @@ def user_slug(name: str) -> str:
 
 _PLAIN_TENANT = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 _MAPPED_TENANT = re.compile(r"-h[0-9a-f]{16}$")
-_PLAIN_TENANT_LENGTH = 44
+#: Long enough for most names, short enough that ``ko-{name}`` is a Linux account
+#: name (at most 32) and a Kubernetes namespace keeps the whole name.
+_PLAIN_TENANT_LENGTH = 28
 
 
 def tenant_name_for(external_name: str) -> str:
@@ -53,11 +55,12 @@ def tenant_name_for(external_name: str) -> str:
     users file's (labels, namespaces, accounts, paths: through :func:`user_slug`), so
     the mapping must be one-to-one, slug included, and never yield the operator's or a
     reserved name. A name that is already its own slug (lower-case letters and digits
-    joined by single hyphens), not reserved, short enough, and not shaped like a mapped
-    name, is kept: ``alice`` stays ``alice``. Any other becomes its slug, ``-h`` and
-    16 hex digits of a digest of the whole name: ``Alice.Smith@uni`` becomes
-    ``alice-smith-uni-h…``, ``admin`` becomes ``admin-h…``, and so does a name that
-    merely looks mapped, so no user can pick a name that maps onto another's.
+    joined by single hyphens), not reserved, at most 28 characters, and not shaped like
+    a mapped name, is kept: ``alice`` stays ``alice``. Any other becomes the first ten
+    characters of its slug, ``-h`` and 16 hex digits of a digest of the whole name
+    (28 in all): ``Alice.Smith@uni`` becomes ``alice-smit-h…``, ``admin`` becomes
+    ``admin-h…``, and so does a name that merely looks mapped, so no user can pick a
+    name that maps onto another's.
     """
     if (
         _PLAIN_TENANT.fullmatch(external_name)
@@ -67,7 +70,7 @@ def tenant_name_for(external_name: str) -> str:
     ):
         return external_name
     digest = hashlib.sha256(external_name.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    slug = user_slug(external_name)[:_PLAIN_TENANT_LENGTH].strip("-") or "user"
+    slug = user_slug(external_name)[: _PLAIN_TENANT_LENGTH - 18].strip("-") or "user"
     return f"{slug}-h{digest}"
 
 

@@ -38,7 +38,15 @@ class JupyterHub:
     """``python -m jupyterhub`` in its own directory, restartable (servers and proxy
     outlive a restart, as in production)."""
 
-    def __init__(self, tmp: Path, node_modules: Path, gateway_url: str, service_token: str) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        node_modules: Path,
+        gateway_url: str,
+        service_token: str,
+        singleuser_cmd: list[str] | None = None,
+    ) -> None:
+        """``singleuser_cmd``: what the Hub spawns for a server (JupyterLab by default)."""
         self.dir = tmp / "hub"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port, self.hub_port, self.proxy_api_port = free_port(), free_port(), free_port()
@@ -53,6 +61,7 @@ class JupyterHub:
         }
         chp = node_modules / ".bin" / "configurable-http-proxy"
         venv_bin = Path(sys.executable).parent
+        cmd = singleuser_cmd or [str(venv_bin / "jupyterhub-singleuser")]
         config = f"""
 c = get_config()
 c.JupyterHub.ip = "127.0.0.1"
@@ -67,13 +76,14 @@ c.JupyterHub.cookie_secret_file = "{self.dir}/cookie_secret"
 c.JupyterHub.cleanup_servers = False
 c.JupyterHub.cleanup_proxy = False
 c.JupyterHub.allow_named_servers = True
+c.JupyterHub.authenticate_prometheus = False  # (the benchmark counts API calls there)
 c.JupyterHub.authenticator_class = "dummy"
 c.DummyAuthenticator.password = {PASSWORD!r}
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = {{{ADMIN_USER!r}}}
 c.JupyterHub.spawner_class = "simple"
 c.SimpleLocalProcessSpawner.home_dir_template = "{self.dir}/home/{{username}}"
-c.Spawner.cmd = [{str(venv_bin / "jupyterhub-singleuser")!r}]
+c.Spawner.cmd = {cmd!r}
 c.Spawner.args = [
     "--allow-root",
     # Nothing beyond loopback: no update check, no news feed.

@@ -920,7 +920,8 @@ HUB_VALUES = {
         "enabled": True,
         "apiUrl": "http://hub.jhub.svc:8081/hub/api",
         "existingTokenSecret": "hub",
-    }
+    },
+    "kernels": {"namespace": "jhub-kernels"},
 }
 
 
@@ -952,6 +953,10 @@ def test_hub_mode_takes_the_hubs_users_and_token() -> None:
         (
             {**HUB_VALUES, "auth": {"users": TEST_USERS}},
             "hub.enabled and auth.users / auth.existingUsersSecret exclude each other",
+        ),
+        (
+            {"hub": HUB_VALUES["hub"]},
+            "kernel pods must not run in the Hub's namespace",
         ),
     ],
 )

@@ -15,6 +15,7 @@ for), and single-user servers reach it only through ``docs/jupyterhub``'s snippe
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import subprocess
 import sys
@@ -249,6 +250,13 @@ async def test_a_working_kernel_keeps_its_server_from_the_idle_culler(
         {"code": "import time; time.sleep(240)", "silent": False, "store_history": False},
     )
     assert work
+
+    async def alice_reported() -> bool:  # the gateway posted her server's activity
+        server = await asyncio.to_thread(hub.server, "alice")
+        stamp = dt.datetime.fromisoformat(server["last_activity"].replace("Z", "+00:00"))
+        return (dt.datetime.now(dt.timezone.utc) - stamp).total_seconds() < 5
+
+    await wait_for(alice_reported, 30, "the gateway to post the busy kernel's activity")
     culler = subprocess.Popen(
         [
             sys.executable,

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 import pytest
+from tornado import web
 
 from orchestrator.gateway.hub.identity import admin_reach, held_custom_scopes, server_of
 from orchestrator.gateway.hub.tokens import HubTokenCache, HubUnavailable
@@ -36,6 +37,7 @@ def test_tenant_names_are_safe_and_one_to_one(name: str) -> None:
     tenant = tenant_name_for(name)
     assert check_user_name(tenant, "test") == tenant  # a valid users-file name
     assert tenant.lower() not in RESERVED_NAMES and user_slug(tenant) == tenant
+    assert len(f"ko-{tenant}") <= 32  # an account name Linux takes
     assert tenant == name or re.search(r"-h[0-9a-f]{16}$", tenant)  # kept, or marked mapped
 
 
@@ -53,8 +55,10 @@ def test_the_server_is_the_one_the_token_was_issued_for() -> None:
     # Shared servers of other users, or the user's own servers at large, name none.
     assert server_of({**model, "scopes": ["access:servers!server=bob/"]}) is None
     assert server_of({**model, "scopes": ["access:servers!user=alice"]}) is None
+    # A token for two of the user's servers is refused, not widened to all of them.
     two = ["access:servers!server=alice/", "access:servers!server=alice/gpu"]
-    assert server_of({**model, "scopes": two}) is None
+    with pytest.raises(web.HTTPError, match="several servers"):
+        server_of({**model, "scopes": two})
 
 
 def test_custom_scopes_and_admin_reach_follow_their_filters() -> None:
@@ -70,11 +74,12 @@ def test_custom_scopes_and_admin_reach_follow_their_filters() -> None:
         ],
     }
     assert held_custom_scopes(model, ["physics"]) == ("custom:big", "custom:gpu", "custom:physics")
-    assert not admin_reach(model, [], hub_admins=True)
-    assert admin_reach({"admin": True}, [], hub_admins=True).everyone
-    assert not admin_reach({"admin": True}, [], hub_admins=False)
+    assert not admin_reach(model, ["admin:servers"])
+    # The token's scopes decide, not the user's admin flag.
+    assert not admin_reach({"admin": True, "scopes": []}, ["admin:servers"])
+    assert admin_reach({"scopes": ["admin:servers"]}, ["admin:servers"]).everyone
     scoped = {"scopes": ["custom:kernels-admin!group=physics"]}
-    reach = admin_reach(scoped, ["custom:kernels-admin"], hub_admins=True)
+    reach = admin_reach(scoped, ["custom:kernels-admin"])
     assert reach.covers("bob", ["physics"]) and not reach.covers("bob", ["chemistry"])
 
 
@@ -90,6 +95,9 @@ def test_admins_see_and_stop_but_only_owners_use() -> None:
     bob = HubUser(username="bob", hub_user="bob", server=None)
     assert may(bob, Need.USE, labels)  # a token of the user, not of one server
     assert not may(admin, Need.SEE, {"pool": "python3"})  # pooled: the operator's only
+    assert not may(admin, Need.SEE, {"owner": "admin"})  # the operator's own
+    # A Hub user named like a users-file user does not own that user's kernels.
+    assert not may(HubUser(username="dave", hub_user="dave"), Need.USE, {"owner": "dave"})
 
 
 class Hub:
@@ -154,16 +162,47 @@ async def test_an_outage_keeps_known_tokens_and_refuses_new_ones() -> None:
         await cache.identify("known")
 
 
-async def test_refusals_are_cached_briefly_and_memory_is_bounded() -> None:
+async def test_refusals_are_cached_briefly_and_a_flood_crowds_out_no_one() -> None:
     hub, clock = Hub(), [0.0]
+    hub.models["known"] = {"name": "alice"}
     cache = cache_for(hub, clock)
+    assert await cache.identify("known")
     assert await cache.identify("bad") is None
-    assert await cache.identify("bad") is None
-    assert hub.asked == 1
-    clock[0] = 3
     assert await cache.identify("bad") is None
     assert hub.asked == 2
+    clock[0] = 3
+    assert await cache.identify("bad") is None
+    assert hub.asked == 3
     for i in range(1000):
         await cache.identify(f"flood-{i}")
-    assert len(cache._answers) <= cache.max_entries
-    assert not any("flood" in key for key in cache._answers)  # digests only
+    assert len(cache._refused) <= cache.max_refusals
+    assert not any("flood" in key for key in cache._refused)  # digests only
+    hub.down = True
+    clock[0] = 100  # the known token's answer survived the flood
+    assert await cache.identify("known") == {"name": "alice"}
+
+
+async def test_unknown_tokens_wait_for_a_slot_and_known_ones_do_not() -> None:
+    hub, clock = Hub(), [0.0]
+    hub.models["known"] = {"name": "alice"}
+    cache = HubTokenCache(
+        hub.ask,
+        fresh_seconds=20,
+        refused_seconds=2,
+        outage_seconds=600,
+        max_concurrent_calls=2,
+        slot_timeout=0.2,
+        clock=lambda: clock[0],
+    )
+    assert await cache.identify("known")
+    clock[0] = 30  # stale: to be checked again
+    hub.release.clear()  # the Hub hangs on every question
+    stuck = [asyncio.ensure_future(cache.identify(f"junk-{i}")) for i in range(2)]
+    await asyncio.sleep(0)
+    with pytest.raises(HubUnavailable, match="too many tokens"):
+        await cache.identify("another")
+    recheck = asyncio.ensure_future(cache.identify("known"))  # takes no slot
+    await asyncio.sleep(0.05)
+    hub.release.set()
+    assert await recheck == {"name": "alice"}
+    assert [await s for s in stuck] == [None, None]

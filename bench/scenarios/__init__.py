@@ -25,6 +25,7 @@ SCENARIOS: dict[str, str] = {
     "idle": "bench.scenarios.idle",
     "hostile": "bench.scenarios.hostile",
     "store": "bench.scenarios.store",
+    "hub": "bench.scenarios.hub",
 }
 
 

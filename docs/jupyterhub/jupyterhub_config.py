@@ -6,11 +6,18 @@ Load it from your own configuration (or copy it there), after setting:
   (``http://kernel-gateway:8888``);
 * ``KERNEL_GATEWAY_SERVICE_TOKEN``: the gateway's service token (at least 32 random
   characters); the gateway gets the same value as ``$JUPYTERHUB_API_TOKEN``;
-* optionally ``KERNEL_GATEWAY_SERVICE_NAME`` (default ``kernel-gateway``).
+* optionally ``KERNEL_GATEWAY_SERVICE_NAME`` (default ``kernel-gateway``);
+* optionally ``KERNEL_GATEWAY_SERVER_SCOPES``: further scopes (space-separated) for
+  each server's token, such as the ``custom:`` scopes that the gateway's kernelspec
+  access, profiles, caps or ``kernel_admin_scopes`` name. The Hub gives a server's
+  token only the scopes listed here (and only those the user holds), so a policy on a
+  scope not listed never matches a server's requests.
 
-::
+Load it last, after your own ``services``, ``load_roles`` and ``Spawner.environment``
+(it adds to them; an assignment after it would drop what it added)::
 
     c = get_config()
+    ...  # your configuration
     load_subconfig("/etc/jupyterhub/kernel-gateway.py")  # this file
 
 What it sets up:
@@ -60,10 +67,23 @@ c.JupyterHub.load_roles.append(
 if _version >= (6, 0):
     c.JupyterHub.extra_user_scopes.add(_access)
 else:
-    c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", _access]})
+    _user_roles = [
+        role
+        for role in (c.JupyterHub.load_roles if isinstance(c.JupyterHub.load_roles, list) else [])
+        if isinstance(role, dict) and role.get("name") == "user"
+    ]
+    if _user_roles:  # (a role defined twice stops the Hub: add to the one there is)
+        _user_roles[0]["scopes"] = [*_user_roles[0].get("scopes", ["self"]), _access]
+    else:
+        c.JupyterHub.load_roles.append({"name": "user", "scopes": ["self", _access]})
 
 # Each server's own token carries it, beside what a server's token always has.
-_server_scopes = ["access:servers!server", "users:activity!user", _access]
+_server_scopes = [
+    "access:servers!server",
+    "users:activity!user",
+    _access,
+    *os.environ.get("KERNEL_GATEWAY_SERVER_SCOPES", "").split(),
+]
 if _version >= (4, 0):
     c.Spawner.server_token_scopes = _server_scopes
 else:

@@ -7,9 +7,10 @@ do with a kernel:
 
 * **use** it (attach a WebSocket, which runs code as the owner): its owner, and the
   operator;
-* **see and stop** it (list, get, delete, interrupt, restart): also a Hub admin, or a
-  holder of a kernel-admin scope whose reach covers the owner (their Hub user name, or
-  the groups the owner had when the kernel started).
+* **see and stop** it (list, get, delete, interrupt, restart): also, for a Hub user's
+  kernel, a holder of a kernel-admin scope (``admin:servers``, as Hub admins hold)
+  whose reach covers the owner (their Hub user name, or the groups the owner had when
+  the kernel started).
 
 Everything else is answered as if the kernel did not exist (404).
 """
@@ -50,9 +51,14 @@ def start_labels(user: t.Any) -> dict[str, str]:
 
 
 def owns(user: t.Any, labels: t.Mapping[str, str]) -> bool:
-    """Whether the kernel with ``labels`` is ``user``'s (and their token's server's)."""
+    """Whether the kernel with ``labels`` is ``user``'s (and their token's server's).
+    A Hub user owns only kernels a Hub user of that name started: never one left by a
+    users file under the same name."""
     name = str(getattr(user, "username", "") or "")
     if not name or str(labels.get(OWNER_LABEL, "")) != name:
+        return False
+    hub_user = getattr(user, "hub_user", "")
+    if hub_user and labels.get(HUB_USER_LABEL) != hub_user:
         return False
     server = getattr(user, "server", None)
     return server is None or labels.get(SERVER_LABEL) == server
@@ -64,8 +70,8 @@ def may(user: t.Any, need: Need, labels: t.Mapping[str, str]) -> bool:
     if need is Need.USE:
         return False
     reach = getattr(user, "admin_reach", None)
-    if not reach or not labels.get(OWNER_LABEL):
-        return False  # (pooled kernels are nobody's but the operator's)
+    if not reach or not labels.get(HUB_USER_LABEL):
+        return False  # (pooled, the operator's and a users file's kernels: not theirs)
     groups = [g for g in str(labels.get(GROUPS_LABEL, "")).split(",") if g]
     return bool(reach.covers(str(labels.get(HUB_USER_LABEL, "")), groups))
 

@@ -86,6 +86,9 @@ Refuse to render without per-user tokens or an explicit admin token.
 {{- if not (and .Values.hub.apiUrl .Values.hub.existingTokenSecret) }}
 {{- fail "kernel-orchestrator: hub.enabled needs hub.apiUrl and hub.existingTokenSecret (the gateway's Hub service token)" }}
 {{- end }}
+{{- if and .Values.kernels.kubernetesProvisioner (not .Values.kernels.namespacePerUser) (eq (include "kernel-orchestrator.kernelNamespace" .) .Release.Namespace) }}
+{{- fail "kernel-orchestrator: with hub.enabled, kernel pods must not run in the Hub's namespace (where the gateway can create pods, a pod could mount the hub's Secret): set kernels.namespace to another namespace, or kernels.namespacePerUser" }}
+{{- end }}
 {{- else if not (or .Values.auth.users .Values.auth.existingUsersSecret .Values.auth.token .Values.auth.existingSecret) }}
 {{- fail "kernel-orchestrator: set auth.users or auth.existingUsersSecret (a token per user), hub.enabled (JupyterHub's users), or auth.token / auth.existingSecret for a single-user gateway: the chart makes up no shared token" }}
 {{- end }}

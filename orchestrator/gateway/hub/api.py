@@ -1,10 +1,12 @@
 """The Hub's REST API, called with the gateway's own service token.
 
-Two calls only, both in bulk: the users with active servers (one paginated listing
-per interval, whatever the number of kernels; every user's only when a kernel that
-belongs to no server must be checked), and a user's activity (one post per user
-whose kernels were active). The token needs ``list:users``, ``read:servers``,
-``read:users:activity`` and ``users:activity``; a refusal names the scope to grant.
+Bulk calls: the users with active servers (one paginated listing per interval,
+whatever the number of kernels), and a user's activity (one post per user whose
+kernels were active). A user whose kernels the listing does not account for is asked
+about once (was the user deleted, or did only a server stop?) before anything is
+stopped: a listing cut short by a filtered scope never stops a kernel. The token
+needs ``list:users``, ``read:servers``, ``read:users:activity`` and
+``users:activity``; a refusal names the scope to grant.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import urllib.parse
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 PAGINATION = "application/jupyterhub-pagination+json"
+#: What the gateway's service token must hold, unfiltered (a filtered one would hide
+#: users, whose kernels would then look orphaned).
+NEEDED_SCOPES = ("list:users", "read:servers", "read:users:activity", "users:activity")
 PAGE_SIZE = 200
 
 
@@ -31,6 +36,17 @@ class HubAPIError(Exception):
 def hub_time(stamp: dt.datetime) -> str:
     """A timestamp as the Hub's API writes them (ISO 8601, UTC, ``Z``)."""
     return stamp.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _servers(user: t.Any, call: str) -> set[str]:
+    servers = user.get("servers") if isinstance(user, dict) else None
+    if servers is None:
+        raise HubAPIError(
+            f"{call}: the answer has no servers: grant the gateway's service read:servers"
+            " (and list:users)",
+            403,
+        )
+    return set(servers)
 
 
 class HubAPI:
@@ -69,32 +85,42 @@ class HubAPI:
             raise HubAPIError(f"{method} {path}: {e}") from None
         return json.loads(response.body) if response.body else None
 
-    async def users(self, state: str | None = "active") -> dict[str, set[str]]:
+    async def active_servers(self) -> dict[str, set[str]]:
         """Hub user name -> the names of their active servers ("" for the default one),
-        for every user with one (``state="active"``) or every user (``None``)."""
+        for every user with one."""
         found: dict[str, set[str]] = {}
         offset = 0
         while True:
-            query = {"offset": offset, "limit": PAGE_SIZE, **({"state": state} if state else {})}
-            page = await self._call(
-                "GET", f"users?{urllib.parse.urlencode(query)}", accept=PAGINATION
+            query = urllib.parse.urlencode(
+                {"state": "active", "offset": offset, "limit": PAGE_SIZE}
             )
+            page = await self._call("GET", f"users?{query}", accept=PAGINATION)
             items = page.get("items") if isinstance(page, dict) else None
             if not isinstance(items, list):
                 raise HubAPIError("GET users: not a paginated answer (JupyterHub 2.0 or later?)")
             for user in items:
-                servers = user.get("servers")
-                if servers is None:
-                    raise HubAPIError(
-                        "GET users: the answer has no servers: grant the gateway's service"
-                        " read:servers (and list:users)",
-                        403,
-                    )
-                found[str(user.get("name"))] = set(servers)
-            following = (page.get("_pagination") or {}).get("next")
-            if not following or not items:
+                found[str(user.get("name"))] = _servers(user, "GET users")
+            following = (page.get("_pagination") or {}).get("next") or {}
+            next_offset = int(following.get("offset", 0) or 0)
+            if not items or next_offset <= offset:
                 return found
-            offset = int(following.get("offset", offset + len(items)))
+            offset = next_offset
+
+    async def missing_scopes(self) -> list[str]:
+        """What the service token lacks of :data:`NEEDED_SCOPES` (empty: nothing)."""
+        me = await self._call("GET", "user")
+        held = set(me.get("scopes") or ()) if isinstance(me, dict) else set()
+        return [scope for scope in NEEDED_SCOPES if scope not in held]
+
+    async def servers_of(self, name: str) -> set[str] | None:
+        """The active servers of the user ``name``; None if the Hub has no such user."""
+        try:
+            user = await self._call("GET", f"users/{urllib.parse.quote(name, safe='')}")
+        except HubAPIError as e:
+            if e.status == 404:
+                return None
+            raise
+        return _servers(user, f"GET users/{name}")
 
     async def post_activity(
         self, name: str, servers: dict[str, dt.datetime], latest: dt.datetime

@@ -14,9 +14,9 @@ and WebSocket upgrade. The gateway asks the Hub who holds it (``GET
 * the token must hold ``access_scopes`` (by default ``access:services!service=<our
   service name>``): a token a server got through OAuth for a visitor, or any token of
   a user the operator did not grant the gateway to, is refused;
-* Hub admins (``hub_admins_see_all_kernels``) and holders of ``kernel_admin_scopes``
-  (a custom scope, optionally filtered to ``!group=`` or ``!user=``) may see and stop
-  the kernels in their reach, never attach to them;
+* holders of ``kernel_admin_scopes`` in the token (by default ``admin:servers``, what
+  lets Hub admins stop servers; unfiltered, or filtered to ``!group=`` or ``!user=``)
+  may see and stop the Hub kernels in their reach, never attach to them;
 * the user's Hub groups and ``custom:`` scopes are what ``@group`` and ``custom:``
   entries of kernelspec access, profiles and caps match.
 
@@ -34,7 +34,7 @@ import re
 import typing as t
 
 from tornado import web
-from traitlets import Bool, Float, List, Unicode, default
+from traitlets import Float, List, Unicode, default
 
 from ...users import ADMIN, is_group_name, tenant_name_for
 from ..auth import GroupedUser, OrchestratorIdentityProvider
@@ -82,11 +82,21 @@ class HubUser(GroupedUser):
 
 def server_of(model: dict[str, t.Any]) -> str | None:
     """The server a token is for: the one ``access:servers!server=<user>/<name>`` scope
-    naming the token's own user (a server's token has exactly that one). Scopes for
-    other users' servers (shared with this user) do not count."""
-    prefix = f"access:servers!server={model.get('name', '')}/"
-    servers = {s[len(prefix) :] for s in model.get("scopes") or () if s.startswith(prefix)}
-    return servers.pop() if len(servers) == 1 else None
+    naming the token's own user (a server's token has exactly that one); None for a
+    token of the user at large. Scopes for other users' servers (shared with this user)
+    do not count; a token for several of the user's servers is refused (403), never
+    widened to all of them."""
+    name = model.get("name", "")
+    scopes = set(model.get("scopes") or ())
+    prefix = f"access:servers!server={name}/"
+    servers = {s[len(prefix) :] for s in scopes if s.startswith(prefix)}
+    if {"access:servers", f"access:servers!user={name}"} & scopes or not servers:
+        return None
+    if len(servers) > 1:
+        raise web.HTTPError(
+            403, "this Hub token is for several servers: use one server's own token"
+        )
+    return servers.pop()
 
 
 def held_custom_scopes(model: dict[str, t.Any], groups: t.Iterable[str]) -> tuple[str, ...]:
@@ -105,12 +115,10 @@ def held_custom_scopes(model: dict[str, t.Any], groups: t.Iterable[str]) -> tupl
     return tuple(sorted(held))
 
 
-def admin_reach(
-    model: dict[str, t.Any], admin_scopes: t.Iterable[str], hub_admins: bool
-) -> KernelAdminReach:
-    """Whose kernels the caller may see and stop (an empty reach: only their own)."""
-    if hub_admins and model.get("admin") is True:
-        return KernelAdminReach(everyone=True)
+def admin_reach(model: dict[str, t.Any], admin_scopes: t.Iterable[str]) -> KernelAdminReach:
+    """Whose kernels the caller may see and stop (an empty reach: only their own): what
+    the token holds of ``admin_scopes``, with its filters. The token's, not the user's:
+    a Hub admin's server token, or a token they scoped down, has no such reach."""
     wanted = set(admin_scopes)
     users: set[str] = set()
     groups: set[str] = set()
@@ -133,7 +141,8 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
 
     api_url = Unicode(
         config=True,
-        help="The Hub's API URL ($JUPYTERHUB_API_URL when the Hub starts the gateway).",
+        help="The Hub's API URL ($JUPYTERHUB_API_URL when the Hub starts the gateway);"
+        " required: whoever answers there decides who every caller is.",
     )
     service_name = Unicode(
         config=True,
@@ -165,14 +174,13 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
     request_timeout = Float(
         10.0, config=True, help="Seconds the Hub has to answer about a token (then: 503)."
     )
-    hub_admins_see_all_kernels = Bool(
-        True, config=True, help="Hub admins may list, inspect and stop every user's kernels."
-    )
     kernel_admin_scopes = List(
         Unicode(),
+        ["admin:servers"],
         config=True,
-        help="Hub scopes (custom:...) whose holders may list, inspect and stop the kernels of"
-        " the users the scope's filter reaches (!group=, !user=; unfiltered: everyone's).",
+        help="Hub scopes whose holders (in the token) may list, inspect and stop the Hub"
+        " kernels of the users the scope's filter reaches (!group=, !user=; unfiltered:"
+        " everyone's); never attach to them. Default: admin:servers, as Hub admins hold.",
     )
     api_token = Unicode(
         config=True,
@@ -183,7 +191,7 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
 
     @default("api_url")
     def _default_api_url(self) -> str:
-        return os.environ.get("JUPYTERHUB_API_URL", "") or "http://127.0.0.1:8081/hub/api"
+        return os.environ.get("JUPYTERHUB_API_URL", "")
 
     @default("service_name")
     def _default_service_name(self) -> str:
@@ -205,6 +213,13 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
             raise UsersFileError(
                 "a users file and JupyterHub tokens cannot be combined: the Hub's users are"
                 " the gateway's users (drop --users-file, or GatewayApp.hub)"
+            )
+        if not self.api_url:
+            from ...users import UsersFileError
+
+            raise UsersFileError(
+                "JupyterHub mode needs the Hub's API URL: $JUPYTERHUB_API_URL or"
+                " HubIdentityProvider.api_url (e.g. http://127.0.0.1:8081/hub/api)"
             )
         try:
             from jupyterhub.services.auth import HubAuth, check_scopes
@@ -230,17 +245,23 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
             )
 
     async def _ask_hub(self, token: str) -> dict[str, t.Any] | None:
-        try:
-            model = await asyncio.wait_for(
-                self._hub_auth.user_for_token(token, use_cache=False, sync=False),
-                self.request_timeout,
-            )
-        except asyncio.TimeoutError:
-            raise HubUnavailable(f"no answer within {self.request_timeout:g} s") from None
-        except Exception as e:  # HubAuth raises tornado's HTTPError, or what aiohttp does
-            reason = getattr(e, "log_message", None) or str(e) or type(e).__name__
-            raise HubUnavailable(reason) from None
-        return model if isinstance(model, dict) else None
+        # Twice: a pooled connection to a Hub that restarted fails once, then a new
+        # one is made (a Hub that is down refuses both at once).
+        for attempt in (1, 2):
+            try:
+                model = await asyncio.wait_for(
+                    self._hub_auth.user_for_token(token, use_cache=False, sync=False),
+                    self.request_timeout,
+                )
+            except asyncio.TimeoutError:
+                raise HubUnavailable(f"no answer within {self.request_timeout:g} s") from None
+            except Exception as e:  # HubAuth raises tornado's HTTPError, or aiohttp's errors
+                if attempt == 2:
+                    reason = getattr(e, "log_message", None) or str(e) or type(e).__name__
+                    raise HubUnavailable(reason) from None
+                continue
+            return model if isinstance(model, dict) else None
+        raise AssertionError("unreachable")
 
     @property
     def multi_user(self) -> bool:
@@ -291,9 +312,7 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
             hub_user=model["name"],
             server=server_of(model),
             scopes=held_custom_scopes(model, groups),
-            admin_reach=admin_reach(
-                model, self.kernel_admin_scopes, self.hub_admins_see_all_kernels
-            ),
+            admin_reach=admin_reach(model, self.kernel_admin_scopes),
         )
 
     def is_admin(self, user: t.Any) -> bool:

@@ -2,10 +2,12 @@
 
 Every ``interval`` seconds one replica-local round asks the Hub (one bulk listing,
 :meth:`HubAPI.active_servers`) which servers are active. A kernel this replica owns
-whose server is no longer active, or whose user is gone, is shut down once it has
-been so for ``grace_seconds`` (a server that restarts within the grace finds its
-kernels again); with a grace below zero such kernels are kept. Nothing is stopped on
-what the Hub did not say: while it cannot be asked, or refuses, every kernel stays.
+whose server is no longer active is shut down once it has been so for
+``grace_seconds`` (a server that restarts within the grace finds its kernels again;
+below zero, such kernels are kept); a kernel whose user the Hub no longer has is shut
+down at once (a new user given the old name must not find them). What the listing
+does not account for is confirmed with the Hub first, and nothing is stopped on what
+the Hub did not say: while it cannot be asked, or refuses, every kernel stays.
 
 Every ``activity_interval`` seconds, the kernels that were busy or active since the
 last post have their activity posted for their (user, server), one call per user, so
@@ -53,6 +55,7 @@ class HubLifetime(LoggingConfigurable):
         self._posted: dict[str, dt.datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._complained = ""
+        self._missing_scopes: list[str] | None = None
 
     def start(self) -> None:
         if self.interval > 0:
@@ -94,34 +97,49 @@ class HubLifetime(LoggingConfigurable):
         return found
 
     async def reconcile(self) -> None:
-        """Shut down the kernels whose server or user has been gone for the grace."""
+        """Shut down the kernels whose server has been gone for the grace, and those of
+        users the Hub no longer has at once; what the listing leaves out is confirmed
+        with the Hub first, one call per user."""
         kernels = self._hub_kernels()
         if not kernels:
             self._missing_since.clear()
             return
-        active = await self.api.users("active")
-        everyone: dict[str, set[str]] | None = None
+        if not await self._scopes_suffice():
+            return
+        active = await self.api.active_servers()
+        confirmed: dict[str, set[str] | None] = {}
         now = time.monotonic()
         gone_now: set[str] = set()
         for kernel_id, _km, hub_user, server in kernels:
-            if server is not None:
-                alive = server in active.get(hub_user, ())
-            elif hub_user in active:
-                alive = True
-            else:  # a kernel of the user, not of a server: kept while the user exists
-                if everyone is None:
-                    everyone = await self.api.users(None)  # (once a round, not per user)
-                alive = hub_user in everyone
-            if alive:
+            servers = active.get(hub_user)
+            if servers is None or (server is not None and server not in servers):
+                if hub_user not in confirmed:
+                    confirmed[hub_user] = await self.api.servers_of(hub_user)
+                servers = confirmed[hub_user]
+            if servers is None:  # the user is gone: nobody will come back for these
+                await self._shut_down(kernel_id, f"user {hub_user} is gone from JupyterHub")
+                continue
+            if server is None or server in servers:
                 self._missing_since.pop(kernel_id, None)
                 continue
             gone_now.add(kernel_id)
             since = self._missing_since.setdefault(kernel_id, now)
             if self.grace_seconds >= 0 and now - since >= self.grace_seconds:
-                what = f"server {server!r} of {hub_user}" if server is not None else hub_user
-                await self._shut_down(kernel_id, f"{what} is gone from JupyterHub")
+                await self._shut_down(kernel_id, f"server {server!r} of {hub_user} stopped")
         for kernel_id in set(self._missing_since) - gone_now:
             del self._missing_since[kernel_id]
+
+    async def _scopes_suffice(self) -> bool:
+        """Whether the service token holds what a round needs (asked once)."""
+        if self._missing_scopes is None:
+            self._missing_scopes = await self.api.missing_scopes()
+            if self._missing_scopes:
+                self.log.error(
+                    "the gateway's JupyterHub service token lacks %s (unfiltered): kernels"
+                    " are not stopped with their servers; grant them to its role",
+                    ", ".join(self._missing_scopes),
+                )
+        return not self._missing_scopes
 
     async def _shut_down(self, kernel_id: str, reason: str) -> None:
         async with self.kernels.lifecycle_lock(kernel_id):
@@ -143,11 +161,16 @@ class HubLifetime(LoggingConfigurable):
         stamps: dict[str, dt.datetime] = {}
         for kernel_id, km, hub_user, server in self._hub_kernels():
             last = getattr(km, "last_activity", None)
+            seen = self._posted.get(kernel_id)
             if getattr(km, "execution_state", "") == "busy":
                 stamp = now
-            elif last is not None and last > self._posted.get(kernel_id, last - dt.timedelta(1)):
+            elif last is not None and seen is not None and last > seen:
                 stamp = last
             else:
+                if seen is None and last is not None:
+                    # First sight (started, or re-attached after a gateway restart):
+                    # what happened before was the server's own activity, or posted.
+                    self._posted[kernel_id] = last
                 continue
             servers = by_user.setdefault(hub_user, {})
             servers[server] = max(stamp, servers.get(server, stamp))

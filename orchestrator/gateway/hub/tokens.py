@@ -2,11 +2,16 @@
 
 A Hub call per request would tie every kernel request's latency, and the gateway's
 availability, to the Hub. So an answer is kept for ``fresh_seconds`` (a refusal for
-less, so that a token the Hub has just issued soon works), concurrent requests with
-one token wait for a single Hub call, and while the Hub cannot be reached a token it
-vouched for within ``outage_seconds`` keeps working; a token it never vouched for is
-refused with :class:`HubUnavailable`, never let through. Only SHA-256 digests of
-tokens are held, and at most ``max_entries`` of them.
+``refused_seconds``, so that a token the Hub has just issued soon works), concurrent
+requests with one token wait for a single Hub call, and while the Hub cannot be
+reached a token it vouched for within ``outage_seconds`` keeps working; a token it
+never vouched for is refused with :class:`HubUnavailable`, never let through.
+
+Unknown tokens cannot crowd out known ones: their Hub calls share
+``max_concurrent_calls`` slots (and a wait for a slot is bounded by ``slot_timeout``),
+while re-checking a token the Hub vouched for takes no slot; refusals are kept apart,
+at most ``max_refusals`` of them, so a flood of made-up tokens never pushes out a
+good answer. Only SHA-256 digests of tokens are held.
 """
 
 from __future__ import annotations
@@ -42,7 +47,9 @@ class HubTokenCache:
         refused_seconds: float,
         outage_seconds: float,
         max_entries: int = 20_000,
+        max_refusals: int = 2_000,
         max_concurrent_calls: int = 16,
+        slot_timeout: float = 10.0,
         clock: t.Callable[[], float] = time.monotonic,
     ) -> None:
         self._ask = ask
@@ -50,8 +57,11 @@ class HubTokenCache:
         self.refused_seconds = refused_seconds
         self.outage_seconds = outage_seconds
         self.max_entries = max_entries
+        self.max_refusals = max_refusals
+        self.slot_timeout = slot_timeout
         self._clock = clock
-        self._answers: dict[str, _Answer] = {}
+        self._vouched: dict[str, _Answer] = {}  # digest -> a user model (newest last)
+        self._refused: dict[str, float] = {}  # digest -> when (newest last)
         self._calls: dict[str, asyncio.Future[dict[str, t.Any] | None]] = {}
         self._call_slots = asyncio.Semaphore(max_concurrent_calls)
         #: Hub calls made (the benchmark counts them).
@@ -64,47 +74,66 @@ class HubTokenCache:
     async def identify(self, token: str) -> dict[str, t.Any] | None:
         """The Hub's user model for ``token`` (None: not a valid token)."""
         key = self.digest(token)
-        known = self._answers.get(key)
         now = self._clock()
-        if known is not None:
-            ttl = self.fresh_seconds if known.model is not None else self.refused_seconds
-            if now - known.at < ttl:
-                return known.model
+        known = self._vouched.get(key)
+        if known is not None and now - known.at < self.fresh_seconds:
+            return known.model
+        refused = self._refused.get(key)
+        if refused is not None and now - refused < self.refused_seconds:
+            return None
         call = self._calls.get(key)
         if call is None:
-            call = self._calls[key] = asyncio.ensure_future(self._call(token, key))
+            call = self._calls[key] = asyncio.ensure_future(
+                self._call(token, key, vouched=known is not None)
+            )
             call.add_done_callback(lambda _: self._calls.pop(key, None))
         try:
             return await asyncio.shield(call)
         except HubUnavailable:
-            if known is None or known.model is None:
-                raise
-            if self._clock() - known.at >= self.outage_seconds:
+            if known is None or self._clock() - known.at >= self.outage_seconds:
                 raise
             return known.model  # vouched for recently: the outage is not theirs
 
-    async def _call(self, token: str, key: str) -> dict[str, t.Any] | None:
-        async with self._call_slots:
-            self.calls += 1
-            model = await self._ask(token)
+    async def _call(self, token: str, key: str, *, vouched: bool) -> dict[str, t.Any] | None:
+        if vouched:  # a re-check of a known token never queues behind unknown ones
+            model = await self._counted(token)
+        else:
+            try:
+                await asyncio.wait_for(self._call_slots.acquire(), self.slot_timeout)
+            except asyncio.TimeoutError:
+                raise HubUnavailable("too many tokens being checked at once") from None
+            try:
+                model = await self._counted(token)
+            finally:
+                self._call_slots.release()
         self._remember(key, model)
         return model
 
+    async def _counted(self, token: str) -> dict[str, t.Any] | None:
+        self.calls += 1
+        return await self._ask(token)
+
     def _remember(self, key: str, model: dict[str, t.Any] | None) -> None:
-        self._answers.pop(key, None)
-        self._answers[key] = _Answer(model, self._clock())  # (newest last)
-        if len(self._answers) > self.max_entries:
-            self._forget_oldest()
-
-    def _forget_oldest(self) -> None:
-        """Drop expired answers, then the oldest until a tenth of the room is free."""
+        self._vouched.pop(key, None)
+        self._refused.pop(key, None)
         now = self._clock()
-        keep_for = max(self.fresh_seconds, self.outage_seconds)
-        for key in [k for k, a in self._answers.items() if now - a.at >= keep_for]:
-            del self._answers[key]
-        excess = len(self._answers) - int(self.max_entries * 0.9)
-        for key in list(self._answers)[: max(0, excess)]:
-            del self._answers[key]
+        if model is None:
+            self._refused[key] = now
+            if len(self._refused) > self.max_refusals:
+                self._trim(self._refused, self.max_refusals, lambda at: now - at)
+        else:
+            self._vouched[key] = _Answer(model, now)
+            if len(self._vouched) > self.max_entries:
+                self._trim(self._vouched, self.max_entries, lambda a: now - a.at)
 
-    def forget(self, token: str) -> None:
-        self._answers.pop(self.digest(token), None)
+    def _trim(self, answers: dict[str, t.Any], most: int, age: t.Callable[[t.Any], float]) -> None:
+        """Drop what no rule can use any more, then the oldest until a tenth is free."""
+        keep_for = (
+            max(self.fresh_seconds, self.outage_seconds)
+            if answers is self._vouched
+            else self.refused_seconds
+        )
+        for key in [k for k, a in answers.items() if age(a) >= keep_for]:
+            del answers[key]
+        for key in list(answers)[: max(0, len(answers) - int(most * 0.9))]:
+            del answers[key]
