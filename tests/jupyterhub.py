@@ -8,6 +8,7 @@ talk to its REST API with a service token of their own that holds the admin role
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,6 +20,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+
+from orchestrator import procinfo
 
 from .conftest import REPO
 from .test_gateway import free_port, wait_http
@@ -211,36 +214,46 @@ load_subconfig({str(SNIPPET)!r})
             body["scopes"] = scopes
         return str(self.api("POST", f"users/{user}/tokens", body)["token"])
 
-    def server_pids(self) -> list[int]:
-        pids = []
-        for user in self.api("GET", "users"):
-            for server in (user.get("servers") or {}).values():
-                pid = (server.get("state") or {}).get("pid")
-                if pid:
-                    pids.append(int(pid))
-        return pids
-
     def shut_down(self) -> None:
-        """Stop every server, the Hub and its proxy; nothing of theirs is left running."""
-        pids: list[int] = []
+        """Stop every server, the Hub and its proxy; nothing of theirs is left running
+        (also after a failed start, or a test that failed half-way)."""
         if self.proc is not None and self.proc.poll() is None:
             try:
-                pids = self.server_pids()
                 for user in self.api("GET", "users"):
                     for name in user.get("servers") or {}:
                         self.stop_server(user["name"], name)
+            except Exception:  # (what the Hub could not stop is swept below)
+                pass
             finally:
                 self.stop()
-        proxy_pid = self.dir / "jupyterhub-proxy.pid"
-        if proxy_pid.exists():
-            pids.append(int(proxy_pid.read_text().strip() or 0))
-        for pid in pids:
-            if pid:
-                try:
-                    os.kill(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
+        left = self.processes()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        for pid in pids:
-            while pid and time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
-                time.sleep(0.1)
+        while left and time.monotonic() < deadline:
+            time.sleep(0.1)
+            left = [pid for pid in left if procinfo.is_running(pid)]
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def processes(self) -> list[int]:
+        """This Hub's processes: the Hub, its proxy and its single-user servers."""
+        found = []
+        proxy_pid = self.dir / "jupyterhub-proxy.pid"
+        with contextlib.suppress(OSError, ValueError):
+            found.append(int(proxy_pid.read_text().strip()))
+        for pid in procinfo.all_pids():
+            if pid == os.getpid():
+                continue
+            env = procinfo.environ(pid)
+            hub = f"http://127.0.0.1:{self.hub_port}/"
+            if env.get("JUPYTERHUB_USER") and env.get("JUPYTERHUB_API_URL", "").startswith(hub):
+                found.append(pid)  # a single-user server of this Hub (not the gateway)
+            else:
+                with contextlib.suppress(OSError):
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if str(self.dir).encode() in cmdline:
+                        found.append(pid)  # the Hub itself
+        return [pid for pid in found if procinfo.is_running(pid)]

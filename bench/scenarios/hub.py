@@ -207,6 +207,7 @@ async def bench_traffic(ctx: Context) -> list[Row]:
                         "--host-kernels",
                         f"{KERNEL}=ko-{{username}}",
                         f"--max-kernels-per-user={per_user}",
+                        "--",
                         f"--HubLifetime.interval={interval:g}",
                         f"--HubLifetime.activity_interval={interval:g}",
                     ),

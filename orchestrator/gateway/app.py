@@ -338,7 +338,7 @@ class GatewayApp(ServerApp):
     async def cleanup_kernels(self) -> None:
         """Keep kernels running across a gateway restart: detach, don't shut down."""
         if self._hub_lifetime is not None:
-            self._hub_lifetime.stop()
+            await self._hub_lifetime.stop()
         km = self.kernel_manager
         try:
             await km.save_activity()  # type: ignore[attr-defined]

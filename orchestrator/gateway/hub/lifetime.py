@@ -65,10 +65,11 @@ class HubLifetime(LoggingConfigurable):
                 asyncio.ensure_future(self._every(self.activity_interval, self.post_activity))
             )
 
-    def stop(self) -> None:
-        for task in self._tasks:
+    async def stop(self) -> None:
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        self._tasks.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _every(self, seconds: float, work: t.Callable[[], t.Awaitable[None]]) -> None:
         while True:
