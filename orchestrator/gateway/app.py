@@ -83,6 +83,16 @@ class GatewayApp(ServerApp):
         " MAXMSGSIZE on every kernel socket it opens; a larger one drops that connection,"
         " which reconnects). Bounds what one kernel can make the gateway allocate at once.",
     )
+    kernel_receive_queue = Int(
+        32,
+        config=True,
+        help="Messages a kernel socket of the gateway queues while the gateway falls behind"
+        " (zmq's RCVHWM; zmq's default is 1,000). Past it zmq stops reading that kernel's"
+        " connection, so the rest waits on the kernel's side (and its output is dropped"
+        " there past the kernel's own queue, as for any slow subscriber): a kernel flooding"
+        " its output while the gateway is busy costs the gateway at most this many messages"
+        " per socket. 0: zmq's default.",
+    )
     max_websockets_per_user = Int(
         24,
         config=True,
@@ -229,14 +239,17 @@ class GatewayApp(ServerApp):
 
     def _cap_kernel_messages(self) -> None:
         """Every kernel socket of this process (the shared contexts make them all) takes
-        messages of at most ``max_kernel_message`` bytes a part."""
+        messages of at most ``max_kernel_message`` bytes a part, and queues at most
+        ``kernel_receive_queue`` of them."""
         import zmq
         import zmq.asyncio
 
-        if self.max_kernel_message > 0:
-            contexts: list[t.Any] = [zmq.Context.instance(), zmq.asyncio.Context.instance()]
-            for context in contexts:
+        contexts: list[t.Any] = [zmq.Context.instance(), zmq.asyncio.Context.instance()]
+        for context in contexts:
+            if self.max_kernel_message > 0:
                 context.setsockopt(zmq.MAXMSGSIZE, self.max_kernel_message)
+            if self.kernel_receive_queue > 0:
+                context.setsockopt(zmq.RCVHWM, self.kernel_receive_queue)
 
     def _open_store(self) -> None:
         """Open (create, migrate) the kernel store now: a gateway whose store is unusable
