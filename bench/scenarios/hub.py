@@ -24,6 +24,7 @@ import contextlib
 import json
 import re
 import secrets
+import subprocess
 import sys
 import time
 import urllib.request
@@ -38,7 +39,6 @@ from bench.harness import (
     abba,
     comparison,
     error_row,
-    kernel_processes,
     progress,
     reap,
 )
@@ -60,8 +60,10 @@ SERVICE = "kernel-gateway"
 class HubServer(Server):
     """``kernel-orchestrator serve`` as a Hub service (Hub mode detected from its env)."""
 
-    def __init__(self, root: Path, hub: Any, service_token: str, extra: tuple[str, ...]) -> None:
-        super().__init__("ours", "hub-mode", root, extra)
+    def __init__(
+        self, label: str, root: Path, hub: Any, service_token: str, extra: tuple[str, ...]
+    ) -> None:
+        super().__init__("ours", label, root, extra)
         self.hub_env = {
             "JUPYTERHUB_SERVICE_NAME": SERVICE,
             "JUPYTERHUB_API_URL": hub.api_url,
@@ -133,7 +135,7 @@ async def bench_auth(ctx: Context) -> list[Row]:
     servers: list[Server] = [plain]
     try:
         async with _hub(ctx, 0, service_token) as hub:
-            hubbed = HubServer(ctx.root, hub, service_token, ())
+            hubbed = HubServer("hub-auth", ctx.root, hub, service_token, ())
             servers.append(hubbed)
             await asyncio.gather(plain.start(), hubbed.start())
             await asyncio.to_thread(hub.create_user, "alice")
@@ -195,11 +197,11 @@ async def bench_traffic(ctx: Context) -> list[Row]:
     names = [f"hub{i:02d}" for i in range(users_n)]
     _kernelspec(ctx)
     rows: list[Row] = []
-    servers: list[Server] = []
     try:
         with host_kernel_accounts(tuple(f"ko-{n}" for n in names)):
             async with _hub(ctx, 0, service_token) as hub:
                 gateway = HubServer(
+                    "hub-traffic",
                     ctx.root,
                     hub,
                     service_token,
@@ -212,64 +214,82 @@ async def bench_traffic(ctx: Context) -> list[Row]:
                         f"--HubLifetime.activity_interval={interval:g}",
                     ),
                 )
-                servers.append(gateway)
-                await gateway.start()
-                progress(f"hub: traffic, {users_n} servers, {users_n * per_user} kernels")
-                tokens = []
-                for name in names:
-                    await asyncio.to_thread(hub.start_server, name)
-                    tokens.append(await asyncio.to_thread(hub.server_token, name))
-                semaphore = asyncio.Semaphore(8)
-
-                async def start(token: str) -> None:
-                    async with semaphore:
-                        code, body = await _post_kernel(gateway, token)
-                        if code != 201:
-                            raise RuntimeError(f"start -> {code} {body!r}")
-
-                await asyncio.gather(*(start(t) for t in tokens for _ in range(per_user)))
-                await asyncio.sleep(interval * 1.5)  # past the first round and activity post
-                before = await asyncio.to_thread(_api_counts, hub)
-                window = interval * rounds
-                progress(f"hub: traffic, counting Hub API calls for {window:g}s")
-                await asyncio.sleep(window)
-                after = await asyncio.to_thread(_api_counts, hub)
-                calls = {h: after.get(h, 0) - before.get(h, 0) for h in after}
-                listings = sum(v for h, v in calls.items() if "UserList" in h)
-                total = sum(calls.values())
-                per_minute = total * 60 / window
-                rows.append(
-                    Row(
-                        NAME,
-                        f"Hub API calls per interval, {users_n * per_user} idle kernels",
-                        "hub",
-                        "calls",
-                        [listings / rounds],
-                        target=Target.at_most(1.0, "calls"),
-                        note=f"interval {interval:g}s, {rounds} intervals; by handler: "
-                        + ", ".join(f"{h}={v:g}" for h, v in sorted(calls.items()) if v),
-                    ).finish()
-                )
-                rows.append(
-                    Row(
-                        NAME,
-                        f"Hub API calls per minute, {users_n * per_user} idle kernels",
-                        "hub",
-                        "calls/min",
-                        [per_minute],
-                        note=f"all kinds (at {interval:g}s intervals; 30 s by default)",
-                    ).finish()
-                )
+                try:  # (kernels stop while their accounts and the Hub are still there)
+                    rows += await _traffic(gateway, hub, names, per_user, interval, rounds)
+                finally:
+                    for problem in await stop_all([gateway]):
+                        rows.append(error_row(NAME, "traffic: cleanup", problem))
     except Exception as e:
         rows.append(error_row(NAME, "traffic", f"{type(e).__name__}: {e}"))
     finally:
-        with contextlib.suppress(Exception):
-            for problem in await stop_all(servers):
-                rows.append(error_row(NAME, "traffic: cleanup", problem))
-        if left := kernel_processes(str(ctx.root), "minimal_kernel"):
-            reap([pid for pid, _ in left])
+        if left := _account_kernels(names):
+            reap(left)
             rows.append(error_row(NAME, "traffic: cleanup", f"{len(left)} kernels left"))
     return rows
+
+
+def _account_kernels(names: list[str]) -> list[int]:
+    """Stand-in kernels still running as the benchmark's own accounts (their connection
+    files are in private directories, not in the run's tree)."""
+    found: list[int] = []
+    for name in names:
+        out = subprocess.run(
+            ["pgrep", "-u", f"ko-{name}", "-f", "minimal_kernel"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        found += [int(pid) for pid in out.split()]
+    return found
+
+
+async def _traffic(
+    gateway: Server, hub: Any, names: list[str], per_user: int, interval: float, rounds: int
+) -> list[Row]:
+    await gateway.start()
+    kernels = len(names) * per_user
+    progress(f"hub: traffic, {len(names)} servers, {kernels} kernels")
+    tokens = []
+    for name in names:
+        await asyncio.to_thread(hub.start_server, name)
+        tokens.append(await asyncio.to_thread(hub.server_token, name))
+    semaphore = asyncio.Semaphore(8)
+
+    async def start(token: str) -> None:
+        async with semaphore:
+            code, body = await _post_kernel(gateway, token)
+            if code != 201:
+                raise RuntimeError(f"start -> {code} {body!r}")
+
+    await asyncio.gather(*(start(t) for t in tokens for _ in range(per_user)))
+    await asyncio.sleep(interval * 1.5)  # past the first round and activity post
+    before = await asyncio.to_thread(_api_counts, hub)
+    window = interval * rounds
+    progress(f"hub: traffic, counting Hub API calls for {window:g}s")
+    await asyncio.sleep(window)
+    after = await asyncio.to_thread(_api_counts, hub)
+    calls = {h: after.get(h, 0) - before.get(h, 0) for h in after}
+    listings = sum(v for h, v in calls.items() if "UserList" in h)
+    by_handler = ", ".join(f"{h.rsplit('.', 1)[-1]}={v:g}" for h, v in sorted(calls.items()) if v)
+    return [
+        Row(
+            NAME,
+            f"Hub API calls per interval, {kernels} idle kernels",
+            "hub",
+            "calls",
+            [listings / rounds],
+            target=Target.at_most(1.0, "calls"),
+            note=f"interval {interval:g}s, {rounds} intervals; by handler: {by_handler}",
+        ).finish(),
+        Row(
+            NAME,
+            f"Hub API calls per minute, {kernels} idle kernels",
+            "hub",
+            "calls/min",
+            [sum(calls.values()) * 60 / window],
+            note=f"all kinds, at {interval:g}s intervals (30 s by default)",
+        ).finish(),
+    ]
 
 
 async def _post_kernel(server: Server, token: str) -> tuple[int, Any]:

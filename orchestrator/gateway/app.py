@@ -86,12 +86,12 @@ class GatewayApp(ServerApp):
     kernel_receive_queue = Int(
         32,
         config=True,
-        help="Messages a kernel socket of the gateway queues while the gateway falls behind"
-        " (zmq's RCVHWM; zmq's default is 1,000). Past it zmq stops reading that kernel's"
-        " connection, so the rest waits on the kernel's side (and its output is dropped"
-        " there past the kernel's own queue, as for any slow subscriber): a kernel flooding"
-        " its output while the gateway is busy costs the gateway at most this many messages"
-        " per socket. 0: zmq's default.",
+        help="Messages a kernel's IOPub socket in the gateway queues while the gateway falls"
+        " behind (zmq's RCVHWM; zmq's default is 1,000). Past it zmq stops reading that"
+        " connection, so the rest waits on the kernel's side (and is dropped there past the"
+        " kernel's own queue, as for any slow subscriber): a kernel flooding its output"
+        " while the gateway is busy costs the gateway at most this many messages per IOPub"
+        " socket. 0: zmq's default.",
     )
     max_websockets_per_user = Int(
         24,
@@ -239,17 +239,17 @@ class GatewayApp(ServerApp):
 
     def _cap_kernel_messages(self) -> None:
         """Every kernel socket of this process (the shared contexts make them all) takes
-        messages of at most ``max_kernel_message`` bytes a part, and queues at most
-        ``kernel_receive_queue`` of them."""
+        messages of at most ``max_kernel_message`` bytes a part; IOPub sockets, where a
+        kernel's output floods in, queue at most ``kernel_receive_queue`` of them."""
         import zmq
         import zmq.asyncio
 
-        contexts: list[t.Any] = [zmq.Context.instance(), zmq.asyncio.Context.instance()]
-        for context in contexts:
-            if self.max_kernel_message > 0:
+        if self.max_kernel_message > 0:
+            contexts: list[t.Any] = [zmq.Context.instance(), zmq.asyncio.Context.instance()]
+            for context in contexts:
                 context.setsockopt(zmq.MAXMSGSIZE, self.max_kernel_message)
-            if self.kernel_receive_queue > 0:
-                context.setsockopt(zmq.RCVHWM, self.kernel_receive_queue)
+        km: t.Any = self.kernel_manager
+        km.iopub_receive_queue = max(0, self.kernel_receive_queue)
 
     def _open_store(self) -> None:
         """Open (create, migrate) the kernel store now: a gateway whose store is unusable

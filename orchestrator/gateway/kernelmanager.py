@@ -93,6 +93,21 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
     reattach = PersistentKernelManagerMixin._async_reattach
     discard = PersistentKernelManagerMixin._async_discard
 
+    #: Messages each of its IOPub sockets queues while the gateway falls behind (zmq's
+    #: RCVHWM; 0: zmq's default of 1,000). Set by the gateway (kernel_receive_queue).
+    iopub_receive_queue = 0
+
+    def _create_connected_socket(self, channel: str, identity: bytes | None = None) -> t.Any:
+        sock = super()._create_connected_socket(channel, identity)
+        if channel == "iopub" and self.iopub_receive_queue > 0:
+            # A queue's bound is fixed when its connection is made: connect again with
+            # it (nothing has arrived yet; the subscription is set after this).
+            url = self._make_url(channel)
+            sock.rcvhwm = self.iopub_receive_queue
+            sock.disconnect(url)
+            sock.connect(url)
+        return sock
+
     @property
     def owner(self) -> str:
         return str(self.labels.get(OWNER_LABEL, ""))
@@ -220,6 +235,8 @@ class OrchestratorMappingKernelManager(
         self.shared_loopback = False
         #: Several users share this gateway (set by the app).
         self.multi_tenant = False
+        #: Messages a kernel's IOPub socket queues while we fall behind (set by the app).
+        self.iopub_receive_queue = 0
         from .metrics import register
 
         register(self)
@@ -232,6 +249,7 @@ class OrchestratorMappingKernelManager(
             km = make(*args, **kwargs)
             km.multi_tenant = km.multi_tenant or self.multi_tenant
             km.shared_loopback = km.shared_loopback or self.shared_loopback
+            km.iopub_receive_queue = self.iopub_receive_queue
             km.on_endpoint_changed(functools.partial(self._kernel_moved, km))
             return km
 
