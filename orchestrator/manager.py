@@ -25,6 +25,7 @@ import typing as t
 import uuid
 import weakref
 
+import zmq
 from jupyter_client import manager as jc_manager
 from jupyter_client.ioloop import manager as jc_ioloop
 from jupyter_client.kernelspec import KernelSpec
@@ -187,13 +188,14 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         session: t.Any
         log: t.Any
         kernel_spec: KernelSpec | None
+        _control_socket: t.Any
+        _shutdown_status: t.Any
 
         def load_connection_info(self, info: t.Any) -> None: ...
         def write_connection_file(self, **kwargs: t.Any) -> None: ...
         def cleanup_connection_file(self) -> None: ...
         def start_restarter(self) -> None: ...
         def stop_restarter(self) -> None: ...
-        def _connect_control_socket(self) -> None: ...
         def _close_control_socket(self) -> None: ...
 
     _record_created: float | None = None
@@ -493,7 +495,39 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
     async def _async_interrupt_kernel(self) -> None:
         if not self.shutting_down:  # jupyter_client interrupts as part of a shutdown
             await self._ensure_owner()
-        await super()._async_interrupt_kernel()  # type: ignore[misc]
+        try:
+            await super()._async_interrupt_kernel()  # type: ignore[misc]
+        except zmq.Again:  # its control connection is gone (see _connect_control_socket)
+            if self.shutting_down:
+                return  # the shutdown goes on: a gone kernel is stopped by signal
+            raise OrchestratorError(
+                f"kernel {self.kernel_id}: its control channel is not connected (the kernel"
+                " may have exited); no interrupt was sent"
+            ) from None
+
+    def _connect_control_socket(self) -> None:
+        """jupyter_client's control socket, whose sends never block.
+
+        A DEALER whose peer went away blocks a send until a peer comes back. jupyter_client
+        sends on it from the event loop (a shutdown request, a message-mode interrupt), so
+        one kernel that exited (a xeus kernel on the SIGINT a shutdown sends it first) held
+        the whole gateway's loop forever. Here such a send fails at once (``zmq.Again``)
+        and the caller goes on: a shutdown stops the kernel by signal instead.
+        """
+        super()._connect_control_socket()  # type: ignore[misc]
+        if self._control_socket is not None:
+            self._control_socket.sndtimeo = 0
+
+    async def _async_request_shutdown(self, restart: bool = False) -> None:
+        try:
+            await super()._async_request_shutdown(restart=restart)  # type: ignore[misc]
+        except zmq.Again:
+            self.log.info(
+                "kernel %s: its control channel is gone; stopping it by signal", self.kernel_id
+            )
+            assert self.provisioner is not None
+            await self.provisioner.shutdown_requested(restart=restart)
+            self._shutdown_status = jc_manager._ShutdownStatus.ShutdownRequest
 
     async def _async_cleanup_resources(self, restart: bool = False) -> None:
         faults.checkpoint("mid-restart" if restart else "after-kill")

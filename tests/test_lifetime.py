@@ -25,7 +25,15 @@ from orchestrator import procinfo
 from orchestrator.labels import ENV_KERNEL_ID, LABEL_KERNEL_ID
 
 from .conftest import KERNEL_IMAGE, write_kernelspec
-from .test_gateway import ADMIN_TOKEN, Gateway, KernelSocket, call, status_of
+from .test_gateway import (
+    ADMIN_TOKEN,
+    ALICE,
+    BOB,
+    Gateway,
+    KernelSocket,
+    call,
+    status_of,
+)
 
 pytestmark = [pytest.mark.usefixtures("jupyter_env")]
 CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
@@ -240,3 +248,38 @@ async def test_a_reader_waiting_on_a_kept_client_carries_on_across_a_restart(
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
+
+
+@pytest.mark.slow
+async def test_deleting_kernels_that_exit_on_sigint_never_blocks_the_gateway(
+    jupyter_env: dict[str, str], kernel_accounts: object, tmp_path: Path
+) -> None:
+    """Kernels that exit on SIGINT (xeus kernels do; jupyter_client interrupts a kernel
+    before its shutdown request), a dozen of two users' at once: a send on the control
+    socket of one that had just gone blocked the gateway's event loop for good (every
+    later request hung, and SIGTERM with it). Every DELETE now answers, at once."""
+    minimal = Path(__file__).resolve().parents[1] / "bench" / "minimal_kernel.py"
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "exits-on-sigint",
+        "orchestrator-local-provisioner",
+        {"transport_encryption": "disabled"},  # (the stand-in kernel has no CurveZMQ)
+        argv=[sys.executable, str(minimal), "-f", "{connection_file}"],
+    )
+    gw = Gateway(tmp_path, "--host-kernels", "exits-on-sigint=ko-{username}").start()
+    try:
+        body = {"name": "exits-on-sigint"}
+        started = await asyncio.gather(
+            *(call(gw.url, token, "POST", "/api/kernels", body) for token in [ALICE, BOB] * 6)
+        )
+        await asyncio.sleep(2)
+        paths = [f"/api/kernels/{k['id']}" for k in started]
+        deleted = await asyncio.wait_for(
+            asyncio.gather(*(status_of(gw.url, ADMIN_TOKEN, "DELETE", p) for p in paths)), 60
+        )
+        assert [code for code, _ in deleted] == [200] * len(started)
+        assert await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
+    finally:
+        for kernel in await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels"):
+            await status_of(gw.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kernel['id']}")
+        gw.kill(signal.SIGTERM)
