@@ -8,6 +8,7 @@ downloads a browser of its own.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import shutil
@@ -50,3 +51,25 @@ def ensure_browser() -> Path:
 
 def script(name: str) -> Path:
     return HERE / name
+
+
+async def run_lab_script(
+    node_modules: Path, screenshot: Path, **settings: str
+) -> asyncio.subprocess.Process:
+    """``lab.cjs`` in headless Chromium, with its ``settings`` (LAB_URL and LAB_TOKEN, or
+    HUB_URL, HUB_USER and HUB_PASSWORD; see the script), for the Docker kernelspec; its
+    stdout piped (its steps), its stdin too (the test says CONTINUE there)."""
+    screenshot.unlink(missing_ok=True)
+    return await asyncio.create_subprocess_exec(
+        "node",
+        str(script("lab.cjs")),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env={
+            **os.environ,
+            "NODE_PATH": str(node_modules),
+            "KERNEL_DISPLAY_NAME": "Python 3 (Docker)",
+            "SCREENSHOT": str(screenshot),
+            **settings,
+        },
+    )

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from .browser import ensure_browser, script
+from .browser import ensure_browser, run_lab_script
 from .jupyterhub import ADMIN_USER, PASSWORD, JupyterHub
 from .test_gateway import ADMIN_TOKEN, Gateway, KernelSocket, call, status_of
 from .test_jupyterlab import _read_until, output_dir
@@ -117,23 +117,13 @@ async def start(setup: HubSetup, token: str, env: dict[str, str] | None = None) 
 async def test_alice_logs_in_and_runs_a_docker_kernel_cell_in_jupyterlab(
     hubsetup: HubSetup,
 ) -> None:
-    screenshot = output_dir() / "jupyterhub-docker-kernel.png"
-    screenshot.unlink(missing_ok=True)
-    browser = await asyncio.create_subprocess_exec(
-        "node",
-        str(script("lab.cjs")),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        env={
-            **os.environ,
-            "NODE_PATH": str(hubsetup.node_modules),
-            "HUB_URL": hubsetup.hub.url,
-            "HUB_USER": "alice",
-            "HUB_PASSWORD": PASSWORD,
-            "ONE_CELL": "1",
-            "KERNEL_DISPLAY_NAME": "Python 3 (Docker)",
-            "SCREENSHOT": str(screenshot),
-        },
+    browser = await run_lab_script(
+        hubsetup.node_modules,
+        output_dir() / "jupyterhub-docker-kernel.png",
+        HUB_URL=hubsetup.hub.url,
+        HUB_USER="alice",
+        HUB_PASSWORD=PASSWORD,
+        ONE_CELL="1",
     )
     try:
         await _read_until(browser, "DONE", 400)

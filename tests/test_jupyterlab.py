@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .browser import ensure_browser, script
+from .browser import ensure_browser, run_lab_script
 from .conftest import REPO
 from .test_gateway import ADMIN_TOKEN, Gateway, free_port, wait_http
 
@@ -95,21 +95,7 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
     gateway = Gateway(tmp_path, users=False).start()
     lab, lab_url, lab_token = await asyncio.to_thread(start_lab, gateway.url, tmp_path)
     screenshot = output_dir() / "jupyterlab-docker-kernel.png"
-    screenshot.unlink(missing_ok=True)
-    browser = await asyncio.create_subprocess_exec(
-        "node",
-        str(script("lab.cjs")),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        env={
-            **os.environ,
-            "NODE_PATH": str(node_modules),
-            "LAB_URL": lab_url,
-            "LAB_TOKEN": lab_token,
-            "KERNEL_DISPLAY_NAME": "Python 3 (Docker)",
-            "SCREENSHOT": str(screenshot),
-        },
-    )
+    browser = await run_lab_script(node_modules, screenshot, LAB_URL=lab_url, LAB_TOKEN=lab_token)
     try:
         await _read_until(browser, "STEP first-cell", 400)
         from .test_gateway import call
