@@ -36,7 +36,7 @@ import typing as t
 from tornado import web
 from traitlets import Float, List, Unicode, default
 
-from ...users import ADMIN, is_group_name, tenant_name_for
+from ...users import ADMIN, UsersFileError, is_group_name, tenant_name_for
 from ..auth import GroupedUser, OrchestratorIdentityProvider
 from .tokens import HubTokenCache, HubUnavailable
 
@@ -208,15 +208,11 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
         if self.user_tokens or self.user_tokens_file:
-            from ...users import UsersFileError
-
             raise UsersFileError(
                 "a users file and JupyterHub tokens cannot be combined: the Hub's users are"
                 " the gateway's users (drop --users-file, or GatewayApp.hub)"
             )
         if not self.api_url:
-            from ...users import UsersFileError
-
             raise UsersFileError(
                 "JupyterHub mode needs the Hub's API URL: $JUPYTERHUB_API_URL or"
                 " HubIdentityProvider.api_url (e.g. http://127.0.0.1:8081/hub/api)"
@@ -224,8 +220,6 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
         try:
             from jupyterhub.services.auth import HubAuth, check_scopes
         except ImportError:
-            from ...users import UsersFileError
-
             raise UsersFileError(
                 "JupyterHub mode needs the jupyterhub package: pip install"
                 " 'kernel-orchestrator[hub]'"
@@ -314,9 +308,6 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
             scopes=held_custom_scopes(model, groups),
             admin_reach=admin_reach(model, self.kernel_admin_scopes),
         )
-
-    def is_admin(self, user: t.Any) -> bool:
-        return getattr(user, "username", "") == ADMIN
 
     def known_tokens(self) -> list[str]:
         return [*super().known_tokens(), *([self.api_token] if self.api_token else [])]
