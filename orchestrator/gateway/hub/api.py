@@ -54,8 +54,6 @@ class HubAPI:
         self.api_url = api_url.rstrip("/")
         self._token = token
         self._timeout = timeout
-        #: Calls made (the benchmark counts them).
-        self.calls = 0
 
     async def _call(
         self, method: str, path: str, body: t.Any = None, accept: str = "application/json"
@@ -69,7 +67,6 @@ class HubAPI:
             connect_timeout=self._timeout,
             follow_redirects=False,
         )
-        self.calls += 1
         try:
             response = await AsyncHTTPClient().fetch(request)
         except HTTPClientError as e:

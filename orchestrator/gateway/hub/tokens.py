@@ -64,8 +64,6 @@ class HubTokenCache:
         self._refused: dict[str, float] = {}  # digest -> when (newest last)
         self._calls: dict[str, asyncio.Future[dict[str, t.Any] | None]] = {}
         self._call_slots = asyncio.Semaphore(max_concurrent_calls)
-        #: Hub calls made (the benchmark counts them).
-        self.calls = 0
 
     @staticmethod
     def digest(token: str) -> str:
@@ -96,22 +94,18 @@ class HubTokenCache:
 
     async def _call(self, token: str, key: str, *, vouched: bool) -> dict[str, t.Any] | None:
         if vouched:  # a re-check of a known token never queues behind unknown ones
-            model = await self._counted(token)
+            model = await self._ask(token)
         else:
             try:
                 await asyncio.wait_for(self._call_slots.acquire(), self.slot_timeout)
             except asyncio.TimeoutError:
                 raise HubUnavailable("too many tokens being checked at once") from None
             try:
-                model = await self._counted(token)
+                model = await self._ask(token)
             finally:
                 self._call_slots.release()
         self._remember(key, model)
         return model
-
-    async def _counted(self, token: str) -> dict[str, t.Any] | None:
-        self.calls += 1
-        return await self._ask(token)
 
     def _remember(self, key: str, model: dict[str, t.Any] | None) -> None:
         self._vouched.pop(key, None)
