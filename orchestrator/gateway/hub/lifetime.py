@@ -54,7 +54,7 @@ class HubLifetime(LoggingConfigurable):
         self._missing_since: dict[str, float] = {}
         self._posted: dict[str, dt.datetime] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._complained = ""
+        self._complaints: dict[str, str] = {}  # round -> the failure last logged for it
         self._missing_scopes: list[str] | None = None
 
     def start(self) -> None:
@@ -77,15 +77,16 @@ class HubLifetime(LoggingConfigurable):
             try:
                 await work()
             except HubAPIError as e:
-                # Said once per kind of failure: a Hub that is down for an hour
-                # is not an hour of identical lines.
-                if str(e) != self._complained:
-                    self._complained = str(e)
+                # Said once per round and kind of failure: a Hub that is down for an
+                # hour is not an hour of identical lines (the other round's success,
+                # which may ask the Hub nothing, does not count as its recovery).
+                if str(e) != self._complaints.get(work.__name__):
+                    self._complaints[work.__name__] = str(e)
                     self.log.warning("JupyterHub API: %s (kernels are left as they are)", e)
             except Exception:
                 self.log.exception("JupyterHub round failed")
             else:
-                self._complained = ""
+                self._complaints.pop(work.__name__, None)
 
     def _hub_kernels(self) -> list[tuple[str, t.Any, str, str | None]]:
         """(kernel id, manager, Hub user, server or None) of the Hub kernels owned here."""
