@@ -39,6 +39,25 @@ def machine_id() -> str:
     return f"{boot}/{pidns}"
 
 
+#: Minimal inits (Docker's ``--init`` is tini) that exit when their one child exits.
+_CONTAINER_INITS = frozenset({"tini", "docker-init", "dumb-init", "catatonit"})
+
+
+def namespace_ends_with_me() -> bool:
+    """True when this pid namespace ends when this process ends: it is the namespace's
+    init, or the only child of a minimal init (a container's). When a namespace's init
+    exits, every process in it is killed, so a local kernel there cannot outlive us."""
+    if os.getpid() == 1:
+        return True
+    if os.getppid() != 1:
+        return False
+    try:
+        init = (_PROC / "1" / "comm").read_text().strip()
+    except OSError:
+        return False
+    return init in _CONTAINER_INITS
+
+
 def start_ticks(pid: int) -> int | None:
     """The process's start time in clock ticks since boot, or None if unknown."""
     fields = _stat_fields(pid)

@@ -213,6 +213,9 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
                 "private_dir": self.private_dir,
                 # Where the pid means this kernel: a process elsewhere cannot judge it.
                 "machine": procinfo.machine_id(),
+                # Whether that machine (a container) ends with its owner: then a lapsed
+                # owner means a gone kernel, which another machine may clean up.
+                "ends_with_owner": procinfo.namespace_ends_with_me(),
             }
         )
         return info
@@ -220,6 +223,14 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
     async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
         machine = provisioner_info.get("machine")
         if machine and procinfo.machine_id() and machine != procinfo.machine_id():
+            if provisioner_info.get("ends_with_owner") and getattr(self.parent, "is_owner", False):
+                # We took the kernel over, so its owner's lease lapsed, and its
+                # container ended with that owner: the kernel is gone. Its pid means
+                # nothing here, so nothing is signalled; the record is cleaned up.
+                await super().load_provisioner_info({**provisioner_info, "pid": None, "pgid": None})
+                self.process = None
+                self.attached = False
+                return
             # Its pid means nothing here: polling it would call a running kernel gone
             # (and clean up its record). Only a process on its machine can drive it.
             raise ReattachError(

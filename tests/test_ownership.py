@@ -196,6 +196,25 @@ def kernel_running(pid: int) -> bool:
     return procinfo.is_running(pid)
 
 
+def test_a_namespace_init_knows_its_kernels_end_with_it() -> None:
+    """A pid namespace's init (a container's gateway) takes its local kernels with it;
+    a process on the host does not."""
+    probe = [
+        sys.executable,
+        "-c",
+        "from orchestrator import procinfo as p; print(p.namespace_ends_with_me())",
+    ]
+    assert not procinfo.namespace_ends_with_me()
+    inside = subprocess.run(
+        ["unshare", "--pid", "--fork", "--kill-child", "--", *probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert inside.stdout.strip() == "True"
+
+
 async def test_lifecycle_work_only_by_the_owner_and_force_fences_it(
     jupyter_env: dict[str, str], store: Any
 ) -> None:

@@ -376,6 +376,46 @@ async def test_a_dead_replicas_kernels_are_taken_over_when_its_lease_expires(
         )
 
 
+async def test_a_local_kernel_of_a_dead_container_is_cleaned_up_by_another_replica(
+    tmp_path: Path, pg_store_url: str
+) -> None:
+    """B is its pid namespace's init, as a gateway in a container is (under tini): its
+    local kernels die with it. Once B's lease lapses, A removes such a kernel's record,
+    which a pid of B's namespace cannot prove gone, instead of refusing it forever."""
+    env = {**os.environ, "KERNEL_ORCHESTRATOR_LEASE_SECONDS": "3"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = Gateway(tmp_path / "a", "--store", pg_store_url, users=False)
+    b = Gateway(tmp_path / "b", "--store", pg_store_url, users=False)
+    for gw in (a, b):
+        gw.env = env
+    b.wrapper = ["unshare", "--pid", "--fork", "--kill-child", "--"]
+    try:
+        a.start()
+        b.start()
+        kernel = await call(b.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+        assert (await record_of(pg_store_url, kernel["id"])).provisioner_info["ends_with_owner"]
+        b.kill(signal.SIGKILL)  # the namespace ends, and the kernel with it
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if await record_of(pg_store_url, kernel["id"]) is None:
+                break
+            await asyncio.sleep(0.5)
+        assert await record_of(pg_store_url, kernel["id"]) is None, "record kept"
+        code, _ = await status_of(a.url, ADMIN_TOKEN, "GET", f"/api/kernels/{kernel['id']}")
+        assert code == 404
+    finally:
+        for gw in (a, b):
+            if gw.proc is not None and gw.proc.poll() is None:
+                gw.kill(signal.SIGKILL if gw is b else signal.SIGTERM)
+        subprocess.run(
+            [CLI, "shutdown", "--all", "--now", "--force", "--store", pg_store_url],
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+
 def test_gateway_refuses_an_unusable_store(postgres: Any) -> None:
     env = {**os.environ, **postgres.env}
     for store, expected in (
