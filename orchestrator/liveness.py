@@ -1,9 +1,11 @@
-"""Is a kernel really there? Ask it, over the control channel, within a deadline.
+"""Is a kernel really there? Ask it, over shell and control at once, within a deadline.
 
 A process that exists is not proof of a usable kernel: after an orchestrator restart
 the only trustworthy check is a signed ``kernel_info_request`` answered with a reply.
-It goes over the *control* channel because ipykernel serves control in its own
-thread, so a kernel busy with a long cell still answers.
+It goes to both channels and the first reply counts. Every kernel answers on *shell*
+(the protocol requires it there; IRkernel and xeus answer nowhere else), and
+ipykernel serves *control* in its own thread, so a kernel busy with a long cell still
+answers there.
 """
 
 from __future__ import annotations
@@ -30,42 +32,59 @@ def _url(info: Mapping[str, Any], channel: str) -> str:
     return f"{transport}://{ip}-{port}"
 
 
-async def kernel_info(
-    connection_info: Mapping[str, Any], session: Session, timeout: float
-) -> dict[str, Any] | None:
-    """The kernel's ``kernel_info_reply`` content, or None if none came within ``timeout``."""
-    ctx = zmq.asyncio.Context.instance()
+def _client_socket(
+    ctx: zmq.asyncio.Context, connection_info: Mapping[str, Any], channel: str
+) -> Any:
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    pub, sec = connection_info.get("curve_publickey"), connection_info.get("curve_secretkey")
+    if pub and sec:
+        # jupyter_client's scheme: the client uses the kernel's keypair and pins the
+        # kernel's public key as the server key.
+        public = pub.encode() if isinstance(pub, str) else pub
+        sock.curve_secretkey = sec.encode() if isinstance(sec, str) else sec
+        sock.curve_publickey = public
+        sock.curve_serverkey = public
+    sock.connect(_url(connection_info, channel))
+    return sock
+
+
+async def kernel_info(
+    connection_info: Mapping[str, Any],
+    session: Session,
+    timeout: float,
+    channels: tuple[str, ...] = ("control", "shell"),
+) -> dict[str, Any] | None:
+    """The kernel's ``kernel_info_reply`` content, or None if none came within
+    ``timeout``; asked on every channel of ``channels``, the first answer counts."""
+    ctx = zmq.asyncio.Context.instance()
+    sockets = [_client_socket(ctx, connection_info, channel) for channel in channels]
+    poller = zmq.asyncio.Poller()
     try:
-        pub, sec = connection_info.get("curve_publickey"), connection_info.get("curve_secretkey")
-        if pub and sec:
-            # jupyter_client's scheme: the client uses the kernel's keypair and pins the
-            # kernel's public key as the server key.
-            public = pub.encode() if isinstance(pub, str) else pub
-            sock.curve_secretkey = sec.encode() if isinstance(sec, str) else sec
-            sock.curve_publickey = public
-            sock.curve_serverkey = public
-        sock.connect(_url(connection_info, "control"))
         request = session.msg("kernel_info_request", content={})
-        session.send(sock, request)
+        for sock in sockets:
+            session.send(sock, request)
+            poller.register(sock, zmq.POLLIN)
         deadline = time.monotonic() + timeout
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
-            if not await sock.poll(int(remaining * 1000)):
+            ready = await poller.poll(int(remaining * 1000))
+            if not ready:
                 return None
-            frames = await sock.recv_multipart()
-            _idents, msg_list = session.feed_identities(frames)
-            try:
-                reply = session.deserialize(msg_list)
-            except Exception:  # a reply signed with another key: not our kernel
-                continue
-            if reply.get("parent_header", {}).get("msg_id") == request["header"]["msg_id"]:
-                return reply["content"]  # type: ignore[no-any-return]
+            for sock, _event in ready:
+                frames = await sock.recv_multipart()
+                _idents, msg_list = session.feed_identities(frames)
+                try:
+                    reply = session.deserialize(msg_list)
+                except Exception:  # a reply signed with another key: not our kernel
+                    continue
+                if reply.get("parent_header", {}).get("msg_id") == request["header"]["msg_id"]:
+                    return reply["content"]  # type: ignore[no-any-return]
     finally:
-        sock.close(linger=0)
+        for sock in sockets:
+            sock.close(linger=0)
 
 
 @dataclass
