@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import time
 import typing as t
 import uuid
@@ -35,7 +36,7 @@ from jupyter_core.utils import ensure_dir_exists, run_sync
 from traitlets import Bool, Dict, DottedObjectName, Float, Instance, Type, Unicode, default
 from traitlets.config import LoggingConfigurable
 
-from . import faults, forks, lifetime, ownership
+from . import faults, forks, interrupts, lifetime, ownership
 from .endpoint import Endpoint
 from .errors import (
     FencedError,
@@ -495,6 +496,18 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
     async def _async_interrupt_kernel(self) -> None:
         if not self.shutting_down:  # jupyter_client interrupts as part of a shutdown
             await self._ensure_owner()
+        spec = self.kernel_spec
+        if spec is not None and spec.interrupt_mode == "signal":
+            signum = interrupts.interrupt_signal(spec)
+            if signum is None:  # a signal would end it (a xeus kernel)
+                if self.shutting_down:
+                    return  # the shutdown request, then signals, end it anyway
+                raise interrupts.cannot_interrupt(str(self.kernel_id), self.kernel_name)
+            if signum != signal.SIGINT:
+                if not self.has_kernel:
+                    raise RuntimeError("Cannot interrupt kernel. No kernel is running!")
+                await self._async_signal_kernel(signum)  # type: ignore[attr-defined]
+                return
         try:
             await super()._async_interrupt_kernel()  # type: ignore[misc]
         except zmq.Again:  # its control connection is gone (see _connect_control_socket)

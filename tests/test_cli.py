@@ -270,3 +270,66 @@ def test_kernelspec_install_local(jupyter_env: dict[str, str], tmp_path: Path) -
         ko("kernelspec", "install", "local", "--name", "bad name!", check=False),
         "bad kernelspec name 'bad name!'",
     )
+
+
+def test_kernelspec_install_wraps_any_kernel(jupyter_env: dict[str, str]) -> None:
+    """Any argv, as a list, or an installed kernelspec with its files; a xeus kernel
+    is marked as one no signal may interrupt; bad values are named."""
+    source = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "xsrc"
+    source.mkdir(parents=True)
+    (source / "logo-64x64.png").write_bytes(b"png")
+    (source / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": ["/usr/bin/xpython", "-f", "{connection_file}"],
+                "display_name": "Python (xeus)",
+                "language": "python",
+                "metadata": {"debugger": True},
+            }
+        )
+    )
+    path = Path(
+        ko(
+            "kernelspec", "install", "local", "--name", "xw", "--from-kernelspec", "xsrc"
+        ).stdout.strip()
+    )
+    spec = json.loads((path / "kernel.json").read_text())
+    assert spec["argv"] == ["/usr/bin/xpython", "-f", "{connection_file}"]
+    assert spec["display_name"] == "Python (xeus)" and spec["metadata"]["debugger"] is True
+    assert spec["metadata"]["kernel_orchestrator"] == {"interrupt_signal": "none"}
+    assert (path / "logo-64x64.png").read_bytes() == b"png"
+
+    ir_argv = ["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]
+    path = Path(
+        ko(
+            "kernelspec",
+            "install",
+            "local",
+            "--name",
+            "r",
+            "--language",
+            "R",
+            "--argv",
+            json.dumps(ir_argv),
+            "--interrupt-signal",
+            "SIGINT",
+        ).stdout.strip()
+    )
+    spec = json.loads((path / "kernel.json").read_text())
+    assert spec["argv"] == ir_argv and spec["language"] == "R"
+    assert spec["interrupt_mode"] == "signal"
+    assert spec["metadata"]["kernel_orchestrator"] == {"interrupt_signal": "SIGINT"}
+
+    for args, error in (
+        (["--argv", "R -e x"], "bad --argv 'R -e x': not JSON"),
+        (["--argv", '["R"]'], "no argument holds {connection_file}"),
+        (
+            ["--argv", '["R", "{connection_file}"]', "--interrupt-signal", "SIGNOPE"],
+            "bad --interrupt-signal: interrupt signal 'SIGNOPE' is not a signal name",
+        ),
+        (["--from-kernelspec", "nope"], "--from-kernelspec 'nope': no such kernelspec"),
+        (["--from-kernelspec", "xw"], "--from-kernelspec 'xw' already names a provisioner"),
+    ):
+        assert_one_line_error(
+            ko("kernelspec", "install", "local", "--name", "bad", *args, check=False), error
+        )

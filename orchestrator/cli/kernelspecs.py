@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from jupyter_client.kernelspec import KernelSpecManager
 
 from ..errors import OrchestratorError
+from ..interrupts import METADATA_KEY, known_interrupt_signal, parse_signal
 from ..provisioning import installed_provisioners, load_provisioner_class
 
 # Short names users may type for our provisioners.
@@ -71,14 +73,33 @@ def add_install_parser(subparsers: Any) -> None:
         common = sub.add_argument_group("kernelspec")
         common.add_argument("--name", required=True, help="kernelspec name ([a-z0-9._-])")
         common.add_argument("--display-name", help="name shown in front-ends")
-        common.add_argument("--language", default="python")
+        common.add_argument("--language", help="the kernel's language (default: python)")
         common.add_argument(
             "--interrupt-mode",
             choices=("signal", "message"),
-            default="signal",
-            help="how interrupts reach the kernel",
+            help="how interrupts reach the kernel (default: signal, or the wrapped spec's)",
         )
-        common.add_argument("--python", help="python executable that runs ipykernel")
+        common.add_argument(
+            "--interrupt-signal",
+            metavar="SIGNAL",
+            help="the signal a signal-mode interrupt sends (SIGINT; SIGUSR2 for Toree),"
+            " or 'none' for kernels a signal would end (xeus); default: known kernels'"
+            " own, else SIGINT",
+        )
+        command = common.add_mutually_exclusive_group()
+        command.add_argument("--python", help="python executable that runs ipykernel")
+        command.add_argument(
+            "--argv",
+            metavar="JSON",
+            help="the kernel's command line as a JSON list, run as is, without a shell:"
+            ' \'["R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]\'',
+        )
+        command.add_argument(
+            "--from-kernelspec",
+            metavar="NAME",
+            help="wrap an installed kernelspec (Debian's 'ir', say): its argv, language,"
+            " interrupt mode, env and files, run through this provisioner",
+        )
         common.add_argument(
             "--env",
             action="append",
@@ -103,24 +124,70 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+def _argv_option(text: str) -> list[str]:
+    try:
+        argv = json.loads(text)
+    except ValueError as e:
+        raise OrchestratorError(f"bad --argv {text!r}: not JSON ({e})") from None
+    if not (isinstance(argv, list) and argv and all(isinstance(a, str) and a for a in argv)):
+        raise OrchestratorError(f"bad --argv {text!r}: expected a JSON list of non-empty strings")
+    if not any("{connection_file}" in a for a in argv):
+        raise OrchestratorError(
+            f"bad --argv {text!r}: no argument holds {{connection_file}}, so the kernel"
+            " would never learn its ports and key"
+        )
+    return argv
+
+
+def wrapped_kernelspec(name: str) -> tuple[dict[str, Any], Path]:
+    """An installed kernelspec's kernel.json and directory, to wrap."""
+    try:
+        spec = KernelSpecManager().get_kernel_spec(name)
+    except Exception:
+        raise OrchestratorError(
+            f"--from-kernelspec {name!r}: no such kernelspec (see 'jupyter kernelspec list')"
+        ) from None
+    if (spec.metadata or {}).get("kernel_provisioner"):
+        raise OrchestratorError(
+            f"--from-kernelspec {name!r} already names a provisioner; wrap the kernel's own"
+            " kernelspec instead"
+        )
+    return spec.to_dict(), Path(spec.resource_dir)
+
+
 def build_kernelspec(args: argparse.Namespace) -> dict[str, Any]:
     if not _NAME_RE.fullmatch(args.name):
         raise OrchestratorError(
             f"bad kernelspec name {args.name!r}: use letters, digits, '.', '_' and '-' only"
         )
     cls = load_provisioner_class(args.provisioner_name)
+    base: dict[str, Any] = {}
+    if getattr(args, "from_kernelspec", None):
+        base, _ = wrapped_kernelspec(args.from_kernelspec)
+        argv = list(base["argv"])
+    elif getattr(args, "argv", None):
+        argv = _argv_option(args.argv)
+    else:
+        argv = cls.kernelspec_argv(args)  # type: ignore[attr-defined]
+    metadata = {k: v for k, v in (base.get("metadata") or {}).items() if k != METADATA_KEY}
+    metadata["kernel_provisioner"] = {
+        "provisioner_name": args.provisioner_name,
+        "config": cls.kernelspec_config(args),  # type: ignore[attr-defined]
+    }
+    signal_name = getattr(args, "interrupt_signal", None) or known_interrupt_signal(argv)
+    if signal_name:
+        try:
+            parse_signal(signal_name)
+        except ValueError as e:
+            raise OrchestratorError(f"bad --interrupt-signal: {e}") from None
+        metadata[METADATA_KEY] = {"interrupt_signal": signal_name}
     return {
-        "argv": cls.kernelspec_argv(args),  # type: ignore[attr-defined]
-        "display_name": args.display_name or args.name,
-        "language": args.language,
-        "interrupt_mode": args.interrupt_mode,
-        "env": parse_env(args.env),
-        "metadata": {
-            "kernel_provisioner": {
-                "provisioner_name": args.provisioner_name,
-                "config": cls.kernelspec_config(args),  # type: ignore[attr-defined]
-            }
-        },
+        "argv": argv,
+        "display_name": args.display_name or base.get("display_name") or args.name,
+        "language": args.language or base.get("language") or "python",
+        "interrupt_mode": args.interrupt_mode or base.get("interrupt_mode") or "signal",
+        "env": {**(base.get("env") or {}), **parse_env(args.env)},
+        "metadata": metadata,
     }
 
 
@@ -128,6 +195,10 @@ def install_kernelspec(args: argparse.Namespace) -> str:
     """Write the kernelspec; return where it went."""
     spec = build_kernelspec(args)
     with tempfile.TemporaryDirectory() as tmp:
+        if getattr(args, "from_kernelspec", None):
+            # Its files come along (logos, and what argv names by {resource_dir}).
+            _, source = wrapped_kernelspec(args.from_kernelspec)
+            shutil.copytree(source, tmp, dirs_exist_ok=True, symlinks=True)
         (Path(tmp) / "kernel.json").write_text(json.dumps(spec, indent=2) + "\n")
         prefix = sys.prefix if args.sys_prefix else args.prefix
         try:
