@@ -70,6 +70,26 @@ def without_curve(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k not in ("curve_publickey", "curve_secretkey")}
 
 
+def speaks_curve(kernel_spec: Any) -> bool:
+    """Whether the kernel reads its Curve keys itself (else a relay encrypts for it).
+
+    Declared by ``metadata.supported_encryption`` (a string or a list holding
+    "curve", per the JEP draft), or ours: ``metadata.kernel_orchestrator.encryption``
+    "native" or "relay". Undeclared, an ipykernel argv is taken as native (ipykernel
+    >= 7.3 reads the keys; an older one is caught when it answers in plain text);
+    every other kernel gets the relay: IRkernel, xeus, IJulia and Toree ignore keys."""
+    metadata = getattr(kernel_spec, "metadata", None) or {}
+    ours = metadata.get("kernel_orchestrator") or {}
+    choice = ours.get("encryption") if isinstance(ours, dict) else None
+    if choice in ("native", "relay"):
+        return bool(choice == "native")
+    declared = metadata.get("supported_encryption") or []
+    if "curve" in ([declared] if isinstance(declared, str) else declared):
+        return True
+    argv = list(getattr(kernel_spec, "argv", None) or [])
+    return any(a in ("ipykernel_launcher", "ipykernel") for a in argv)
+
+
 def refuse_unencrypted(policy: str, kernel_id: str, what: str, address: str) -> KernelStartError:
     """The error for a kernel that ignored the Curve keys it was given: under
     ``required``, and under ``auto`` (keys are given there only when others can reach
@@ -82,7 +102,9 @@ def refuse_unencrypted(policy: str, kernel_id: str, what: str, address: str) -> 
     )
     return KernelStartError(
         f"kernel {kernel_id}: {what} does not support CurveZMQ transport encryption (it"
-        f" ignored its keys: ipykernel >= 7 is needed) and {why}; install ipykernel >= 7"
-        " there, or set transport_encryption = 'disabled' in the kernelspec's provisioner"
-        " config to accept unencrypted kernel traffic"
+        f" ignored its keys: for ipykernel, version >= 7.3 is needed) and {why}; install"
+        " ipykernel >= 7.3 there, or set metadata kernel_orchestrator.encryption = 'relay'"
+        " in the kernelspec to encrypt through a relay beside the kernel, or set"
+        " transport_encryption = 'disabled' in the kernelspec's provisioner config to"
+        " accept unencrypted kernel traffic"
     )

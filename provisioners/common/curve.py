@@ -11,17 +11,28 @@ silently where keys were given.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from orchestrator.encryption import keypair, refuse_unencrypted, resolve_policy, should_encrypt
+from orchestrator.encryption import (
+    keypair,
+    refuse_unencrypted,
+    resolve_policy,
+    should_encrypt,
+    speaks_curve,
+)
 from orchestrator.liveness import Answer, wait_for_answer
+
+#: The relay's program (Python and pyzmq only), shipped to where the kernel runs.
+RELAY_SOURCE = Path(__file__).with_name("relay.py").read_text()
 
 
 class CurveNegotiation:
-    """Mixed into provisioners of networked kernels (Docker, Kubernetes)."""
+    """Mixed into provisioners of networked kernels (Docker, Kubernetes, SSH, Slurm)."""
 
     if False:  # for type checkers: provided by the provisioner
         parent: Any
+        kernel_spec: Any
         kernel_id: str
         log: Any
         connection_info: Any
@@ -31,6 +42,8 @@ class CurveNegotiation:
 
     _curve: tuple[str, str] | None = None
     _policy: str = "auto"
+    #: The keys go to a relay beside the kernel, which cannot use them itself.
+    relayed: bool = False
 
     def choose_curve(self, *, leaves_machine: bool) -> tuple[str, str] | None:
         """Decide for this launch; the keypair the kernel gets, or None.
@@ -44,7 +57,16 @@ class CurveNegotiation:
         self._curve = (
             keypair(km) if should_encrypt(self._policy, leaves_machine=leaves_machine) else None
         )
+        self.relayed = bool(self._curve) and not speaks_curve(getattr(self, "kernel_spec", None))
         return self._curve
+
+    @property
+    def encryption(self) -> str:
+        """What protects this kernel's traffic: "curve" (the kernel's own), "relay"
+        (a Curve relay beside it) or "plain"."""
+        if not (self._curve or (self.connection_info or {}).get("curve_secretkey")):
+            return "plain"
+        return "relay" if self.relayed else "curve"
 
     async def first_answer(self, timeout: float, *, image: str, address: str) -> Answer | None:
         """The kernel's first kernel_info reply within ``timeout`` (None: none came, or

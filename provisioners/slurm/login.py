@@ -13,6 +13,7 @@ Kernel directory, ``<base_dir>/<kernel_id>/``:
   connection.json  key and Curve keys (0600); the job's supervisor adds ip and ports
   request.json     the kernel's argv, environment and working directory (0600)
   supervisor.py    the program the batch script execs on the compute node
+  relay.py         the Curve relay, for a kernel that cannot encrypt (see common.relay)
   meta.json        kernel id, instance, job id, created (what ``gc`` reads)
   state.json       written by the supervisor: node, ports, pid, status, generation
   control.json     a request to the supervisor (restart, kill), then SIGUSR1
@@ -75,6 +76,8 @@ def slurm_submit(req):
         _write_private(os.path.join(kdir, "connection.json"), json.dumps(req["connection"]))
         _write_private(os.path.join(kdir, "request.json"), json.dumps(req["launch"]))
         _write_private(os.path.join(kdir, "supervisor.py"), req["supervisor"])
+        if req.get("relay_source"):
+            _write_private(os.path.join(kdir, "relay.py"), req["relay_source"])
         meta = {
             "kernel_id": req["kernel_id"],
             "instance": req.get("instance", ""),

@@ -39,6 +39,7 @@ from traitlets import Bool, Dict, Float, List, Unicode
 from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.provisioning.contract import GarbageContext, client_connection_info
 
+from ..common.curve import RELAY_SOURCE
 from ..common.entitlement import check_profile_entitlement
 from ..ssh.agent import RemoteAgent, agent_for
 from ..ssh.localhost import local_connection
@@ -47,7 +48,12 @@ from . import batch
 from .queue import PENDING, RUNNING, ClusterQueue, QueueUnknown, ended_why, queue_for
 
 EXTENSIONS = (str(Path(__file__).with_name("login.py")),)
-SUPERVISOR = Path(__file__).with_name("supervisor.py").read_text()
+# The kernel-side helpers first: the supervisor calls them by name.
+SUPERVISOR = (
+    (Path(__file__).parents[1] / "common" / "kernelside.py").read_text()
+    + "\n"
+    + Path(__file__).with_name("supervisor.py").read_text()
+)
 _COMMENT = re.compile(r"kernel-orchestrator instance=(\S*) kernel=(\S+)")
 
 
@@ -252,8 +258,11 @@ class SlurmProvisioner(SSHProvisioner):
             "kernel_name": km.kernel_name,
             "transport": "tcp",
         }
+        relay: dict[str, Any] = {}
         if curve := self.choose_curve(leaves_machine=True):
             connection.update(curve_publickey=curve[0], curve_secretkey=curve[1])
+            if self.relayed:  # the kernel ignores keys: a relay beside it uses them
+                relay = {"python": self.python}
         assert self._job_request is not None
         kid, instance = str(self.kernel_id), self.orchestrator_instance
         args = [
@@ -277,7 +286,9 @@ class SlurmProvisioner(SSHProvisioner):
                 "cwd": self.working_dir,
                 "timeout": self.startup_timeout,
                 "restart_grace": self.restart_grace,
+                "relay": relay,
             },
+            "relay_source": RELAY_SOURCE if relay else "",
             "supervisor": SUPERVISOR,
             "script": batch.batch_script(self.python, list(self.setup)),
             "args": args,
@@ -599,6 +610,7 @@ class SlurmProvisioner(SSHProvisioner):
             node=self.node,
             remote_ports=self.remote_ports,
             generation=self.generation,
+            relayed=self.relayed,
         )
         return info
 
@@ -609,6 +621,7 @@ class SlurmProvisioner(SSHProvisioner):
         ports = provisioner_info.get("remote_ports")
         self.remote_ports = {k: int(v) for k, v in ports.items()} if ports else None
         self.generation = int(provisioner_info.get("generation") or 0)
+        self.relayed = bool(provisioner_info.get("relayed"))
 
     async def reconnect(self) -> None:
         if not self.job_id or self.remote_ports is None or not self.host:

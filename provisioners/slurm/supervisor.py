@@ -7,9 +7,12 @@ talks through files in the kernel's 0700 directory on the shared file system (se
 :mod:`provisioners.slurm.login`).
 
 * It binds the kernel to the node's own address (Slurm's ``NodeAddr``, which the login
-  host reaches), on ports the kernel picks itself: kernels never collide on shared
-  nodes. The key comes from ``connection.json`` (0600), never from argv or environment.
-* SIGINT goes to the kernel's process group: an interrupt, never a kill.
+  host reaches), on ports found free on the node and confirmed bound by the kernel's
+  own processes (see :mod:`provisioners.common.kernelside`): kernels of any language,
+  and none collides with another on a shared node. The key comes from
+  ``connection.json`` (0600), never from argv or environment.
+* SIGINT (and SIGUSR2, Toree's interrupt) goes to the kernel's process group: an
+  interrupt, never a kill.
 * SIGUSR1 reads ``control.json``: ``restart`` starts a new kernel process in the same
   job (users do not queue again), ``kill`` ends the kernel process only.
 * SIGTERM (scancel, the walltime, preemption) ends the kernel, then the job.
@@ -25,7 +28,17 @@ import subprocess
 import sys
 import time
 
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+# written after the kernel-side helpers' source (on the node); a module in tests
+with contextlib.suppress(ImportError):
+    from provisioners.common.kernelside import (
+        KERNEL_CHANNELS,
+        PORT_ATTEMPTS,
+        hold_free_ports,
+        remove_relay_dir,
+        wait_until_bound,
+    )
+
+CHANNELS = KERNEL_CHANNELS
 
 
 class Supervisor:
@@ -63,21 +76,46 @@ class Supervisor:
 
     # ------------------------------------------------------------------ kernel
     def start_kernel(self):
+        """Start the kernel on ports found free on this node (it binds what its
+        connection file says); another process taking one first: again with others."""
+        for _attempt in range(PORT_ATTEMPTS):
+            outcome = self._start_on_free_ports()
+            if outcome != "taken":
+                return
+        self.write_state(
+            status="exited",
+            exit=self.proc.returncode if self.proc else 127,
+            error=f"the kernel could not bind its ports: in use by others, {PORT_ATTEMPTS} times",
+        )
+
+    def _start_on_free_ports(self):
+        held = hold_free_ports(self.node, len(CHANNELS), self.request.get("port_range"))
+        ports = {ch: s.getsockname()[1] for ch, s in zip(CHANNELS, held)}
         info = self.read_connection()
-        info.update({f"{ch}_port": 0 for ch in CHANNELS}, ip=self.node, transport="tcp")
+        info.update({f"{ch}_port": ports[ch] for ch in CHANNELS}, ip=self.node, transport="tcp")
         fd = os.open(self.conn_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(info, f)
-        argv = [a.replace("{connection_file}", self.conn_path) for a in self.request["argv"]]
+        relay = self.request.get("relay") or {}
+        remove_relay_dir(self.kdir)  # a relay's from before a restart
+        if relay:
+            # The kernel ignores Curve keys: the relay holds the public ports (with
+            # the keys) and starts the kernel on private ipc sockets.
+            relay_path = os.path.join(self.kdir, "relay.py")
+            argv = [relay["python"], relay_path, self.conn_path, "--", *self.request["argv"]]
+        else:
+            argv = [a.replace("{connection_file}", self.conn_path) for a in self.request["argv"]]
         env = dict(os.environ)
         env.update(self.request.get("env") or {})
         env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = self.request.get("kernel_id", "")
         env["KERNEL_ORCHESTRATOR_INSTANCE"] = self.request.get("instance", "")
         cwd = os.path.expanduser(self.request.get("cwd") or "~")
-        log = os.open(
-            os.path.join(self.kdir, "kernel.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
-        )
+        log_path = os.path.join(self.kdir, "kernel.log")
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        log_offset = os.fstat(log).st_size
         self.write_state(status="starting", ports=None, pid=None, exit=None)
+        for s in held:
+            s.close()
         try:
             self.proc = subprocess.Popen(
                 argv,
@@ -91,26 +129,20 @@ class Supervisor:
         except OSError as e:
             self.proc = None
             self.write_state(status="exited", exit=127, error=f"cannot start {argv[0]}: {e}")
-            return
+            return "exited"
         finally:
             os.close(log)
         deadline = time.monotonic() + float(self.request.get("timeout", 60))
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            try:
-                bound = self.read_connection()
-                if all(bound.get(f"{ch}_port") for ch in CHANNELS):
-                    ports = {ch: int(bound[f"{ch}_port"]) for ch in CHANNELS}
-                    self.write_state(status="running", ports=ports, pid=self.proc.pid)
-                    return
-            except (OSError, ValueError):
-                pass
-            time.sleep(0.05)
-        if self.proc.poll() is None:
+        outcome = wait_until_bound(self.proc, ports.values(), deadline, log_path, log_offset)
+        if outcome == "bound":
+            self.write_state(status="running", ports=ports, pid=self.proc.pid)
+        elif outcome == "timeout":
             self.signal_kernel(signal.SIGKILL)
             self.proc.wait()
             self.write_state(status="exited", exit=-9, error="the kernel bound no ports in time")
-        else:
+        elif outcome == "exited":
             self.write_state(status="exited", exit=self.proc.returncode)
+        return outcome
 
     def signal_kernel(self, signum):
         if self.proc is not None and self.proc.poll() is None:
@@ -131,7 +163,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ signals
     def on_interrupt(self, signum, frame):
-        self.signal_kernel(signal.SIGINT)
+        self.signal_kernel(signum)  # SIGINT, or SIGUSR2 for kernels interrupted by it
 
     def on_control(self, signum, frame):
         self.control_pending = True
@@ -156,6 +188,7 @@ class Supervisor:
     # ------------------------------------------------------------------ main
     def run(self):
         signal.signal(signal.SIGINT, self.on_interrupt)
+        signal.signal(signal.SIGUSR2, self.on_interrupt)
         signal.signal(signal.SIGUSR1, self.on_control)
         signal.signal(signal.SIGTERM, self.on_terminate)
         self.start_kernel()
@@ -172,9 +205,11 @@ class Supervisor:
                 if self.state.get("status") != "exited" or self.state.get("exit") != code:
                     self.write_state(status="exited", exit=code)
             elif time.monotonic() - exited_at > grace:
+                remove_relay_dir(self.kdir)
                 return int(self.state.get("exit") or 0) & 0xFF
             time.sleep(0.1)
         self.stop_kernel()
+        remove_relay_dir(self.kdir)
         self.write_state(
             status="exited",
             exit=self.proc.returncode if self.proc else None,

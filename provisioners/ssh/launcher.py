@@ -6,13 +6,15 @@ JSON request line. Nothing user-supplied ever reaches a shell, and the kernel's
 key travels only on stdin and into a 0600 file in a 0700 directory.
 
 Actions:
-  launch   write the connection file, start the kernel detached in its own session,
-           wait until it has bound its ports, report {pid, pgid, start, ports, paths}
+  launch   find free ports, write the connection file, start the kernel detached in
+           its own session, wait until its processes listen on those ports (another
+           process took one: again with others), report {pid, pgid, start, ports, paths}
   status   is the kernel process still the one we started?
   statuses the same for many kernels at once: {"kernels": {id: [pid, start]}}
   signal   send a signal to the kernel's process group
   cleanup  TERM, then KILL the group if still alive; remove the kernel's directory
   list     every kernel directory under the base dir, with its owner labels
+  tail     the last lines of a kernel's output
   agent    stay: read one request per line, each with an "id", and answer each with
            {"id": ..., "reply": ...} or {"id": ..., "error": ...}, until stdin closes.
            One agent per host serves every kernel there over the one SSH connection,
@@ -21,16 +23,26 @@ Actions:
 Replies are one JSON object on stdout; errors are {"error": "..."} with exit 1.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 
-CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+# shipped after the kernel-side helpers' source (remotely); a module in tests
+with contextlib.suppress(ImportError):
+    from provisioners.common.kernelside import (
+        KERNEL_CHANNELS,
+        PORT_ATTEMPTS,
+        hold_free_ports,
+        remove_relay_dir,
+        wait_until_bound,
+    )
+
+CHANNELS = KERNEL_CHANNELS
 
 
 def _start_ticks(pid):
@@ -83,24 +95,6 @@ def _write_private(path, data):
         f.write(data)
 
 
-def _ports_in_range(lo, hi, count):
-    """Free ports in [lo, hi], held bound until the kernel is about to start."""
-    held = []
-    for port in range(lo, hi + 1):
-        s = socket.socket()
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            s.close()
-            continue
-        held.append(s)
-        if len(held) == count:
-            return held
-    for s in held:
-        s.close()
-    raise RuntimeError(f"no {count} free ports in range {lo}-{hi}")
-
-
 def _tail(path, lines=20):
     try:
         with open(path, errors="replace") as f:
@@ -115,15 +109,51 @@ def launch(req):
     _private_dirs(kdir)
     conn_path = os.path.join(kdir, "connection.json")
     log_path = os.path.join(kdir, "kernel.log")
-    held = []
-    if req.get("port_range"):
-        held = _ports_in_range(req["port_range"][0], req["port_range"][1], len(CHANNELS))
-        ports = {ch: s.getsockname()[1] for ch, s in zip(CHANNELS, held)}
+    meta = {
+        "kernel_id": req["kernel_id"],
+        "instance": req.get("instance", ""),
+        "created": time.time(),
+    }
+    _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
+    deadline = time.monotonic() + float(req.get("timeout", 60))
+    remove_relay_dir(kdir)  # a relay's from before a restart
+    for _attempt in range(PORT_ATTEMPTS):
+        proc, ports, outcome = _start_on_free_ports(req, conn_path, log_path, deadline)
+        meta.update(pid=proc.pid, pgid=proc.pid, start=_start_ticks(proc.pid))
+        _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
+        if outcome != "taken":
+            break
+    if outcome == "bound":
+        return {
+            "pid": proc.pid,
+            "pgid": proc.pid,
+            "start": meta["start"],
+            "ports": ports,
+            "dir": kdir,
+            "connection_file": conn_path,
+            "log": log_path,
+            "relay": bool(req.get("relay")),
+        }
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    if outcome == "timeout":
+        why = "kernel did not bind its ports in time"
+    elif outcome == "taken":
+        why = f"kernel could not bind its ports: in use by others, {PORT_ATTEMPTS} times"
     else:
-        ports = {ch: 0 for ch in CHANNELS}  # the kernel binds free ports itself: no race
+        why = f"kernel exited during start-up with status {proc.returncode}"
+    raise RuntimeError(f"{why}\n--- last lines of its output ---\n{_tail(log_path)}")
+
+
+def _start_on_free_ports(req, conn_path, log_path, deadline):
+    """Start the kernel on ports found free here (any kernel binds what its connection
+    file says; only ipykernel would report ports it picked itself)."""
+    ip = "127.0.0.1"
+    held = hold_free_ports(ip, len(CHANNELS), req.get("port_range"))
+    ports = {ch: s.getsockname()[1] for ch, s in zip(CHANNELS, held)}
     info = {f"{ch}_port": ports[ch] for ch in CHANNELS}
     info.update(
-        ip="127.0.0.1",
+        ip=ip,
         transport="tcp",
         key=req["key"],
         signature_scheme=req["signature_scheme"],
@@ -132,13 +162,14 @@ def launch(req):
     if req.get("curve_secretkey"):
         info.update(curve_publickey=req["curve_publickey"], curve_secretkey=req["curve_secretkey"])
     _write_private(conn_path, json.dumps(info))
-    meta = {
-        "kernel_id": req["kernel_id"],
-        "instance": req.get("instance", ""),
-        "created": time.time(),
-    }
-    _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
-    argv = [a.replace("{connection_file}", conn_path) for a in req["argv"]]
+    if req.get("relay"):
+        # The kernel ignores Curve keys: the relay holds the public ports (with the
+        # keys) and starts the kernel on private ipc sockets, filling its placeholders.
+        relay_path = os.path.join(os.path.dirname(conn_path), "relay.py")
+        _write_private(relay_path, req["relay"]["source"])
+        argv = [req["relay"]["python"], relay_path, conn_path, "--", *req["argv"]]
+    else:
+        argv = [a.replace("{connection_file}", conn_path) for a in req["argv"]]
     env = dict(os.environ)
     env.update(req.get("env") or {})
     env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = req["kernel_id"]
@@ -162,40 +193,7 @@ def launch(req):
         raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
     finally:
         os.close(log)
-    start = _start_ticks(proc.pid)
-    meta.update(pid=proc.pid, pgid=proc.pid, start=start)
-    _write_private(os.path.join(kdir, "meta.json"), json.dumps(meta))
-    deadline = time.monotonic() + float(req.get("timeout", 60))
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"kernel exited during start-up with status {proc.returncode}"
-                f"\n--- last lines of its output ---\n{_tail(log_path)}"
-            )
-        try:
-            with open(conn_path) as f:
-                bound = json.load(f)
-            if all(bound.get(f"{ch}_port") for ch in CHANNELS):
-                ports = {ch: int(bound[f"{ch}_port"]) for ch in CHANNELS}
-                break
-        except (OSError, ValueError):
-            pass
-        time.sleep(0.05)
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise RuntimeError(
-            "kernel did not bind its ports in time"
-            f"\n--- last lines of its output ---\n{_tail(log_path)}"
-        )
-    return {
-        "pid": proc.pid,
-        "pgid": proc.pid,
-        "start": start,
-        "ports": ports,
-        "dir": kdir,
-        "connection_file": conn_path,
-        "log": log_path,
-    }
+    return proc, ports, wait_until_bound(proc, ports.values(), deadline, log_path)
 
 
 def status(req):
@@ -239,8 +237,15 @@ def cleanup(req):
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline and _running(pid, start):
             time.sleep(0.05)
+    remove_relay_dir(kdir)
     shutil.rmtree(kdir, ignore_errors=True)
     return {"killed": killed, "removed": not os.path.exists(kdir)}
+
+
+def tail(req):
+    """The last lines of the kernel's output (a failed start names why)."""
+    _, kdir = _kernel_dir(req)
+    return {"text": _tail(os.path.join(kdir, "kernel.log"), int(req.get("lines", 20)))}
 
 
 def list_kernels(req):
@@ -316,6 +321,7 @@ ACTIONS = {
     "signal": send_signal,
     "cleanup": cleanup,
     "list": list_kernels,
+    "tail": tail,
     "agent": agent,
 }
 

@@ -38,7 +38,7 @@ from orchestrator.provisioning.contract import (
 )
 from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
 
-from ..common.curve import CurveNegotiation
+from ..common.curve import RELAY_SOURCE, CurveNegotiation
 from ..common.environment import launch_environment
 from .accounts import RemoteAccount, account_for, parse_user_map, static_accounts
 from .agent import RemoteAgent, agent_for
@@ -244,6 +244,8 @@ class SSHProvisioner(  # type: ignore[misc]
         }
         if curve := self.choose_curve(leaves_machine=not self.loopback_private):
             request.update(curve_publickey=curve[0], curve_secretkey=curve[1])
+            if self.relayed:  # the kernel ignores keys: a relay beside it uses them
+                request["relay"] = {"python": self.python, "source": RELAY_SOURCE}
         try:
             agent = await self._agent()
             self.remote = await agent.call("launch", request, self.startup_timeout + 30)
@@ -312,10 +314,23 @@ class SSHProvisioner(  # type: ignore[misc]
             self.startup_timeout, image=f"{self.python} on {self.host}", address=self.host
         )
         if reply is None:
-            raise KernelStartError(
-                f"kernel on {self.host} did not answer through the tunnel within"
-                f" {self.startup_timeout:g}s"
+            why = (
+                "exited during start-up"
+                if await self.poll() is not None
+                else f"did not answer through the tunnel within {self.startup_timeout:g}s"
             )
+            message = f"kernel on {self.host} {why}"
+            if output := await self.startup_diagnostics():
+                message += "\n--- last lines of its output ---\n" + output
+            raise KernelStartError(message)
+
+    async def startup_diagnostics(self, lines: int = 20) -> str:
+        try:
+            agent = await self._agent()
+            reply = await agent.call("tail", self._request(lines=lines), 30)
+        except OrchestratorError:
+            return ""
+        return str(reply.get("text") or "").rstrip()
 
     # --------------------------------------------------------- lifecycle
     def _request(self, **extra: Any) -> dict[str, Any]:
@@ -429,6 +444,7 @@ class SSHProvisioner(  # type: ignore[misc]
         self.local_ports = provisioner_info.get("local_ports")
         self._cmd = provisioner_info.get("cmd")
         self._env = provisioner_info.get("env")
+        self.relayed = bool((self.remote or {}).get("relay"))
         if self.host:
             self._target = self._resolve(self.host)
 

@@ -16,7 +16,9 @@ from typing import Any
 
 from orchestrator.errors import OrchestratorError
 
-_SOURCE = (Path(__file__).with_name("launcher.py")).read_bytes()
+_KERNELSIDE = Path(__file__).parents[1] / "common" / "kernelside.py"
+# The kernel-side helpers first: the launcher calls them by name.
+_SOURCE = _KERNELSIDE.read_bytes() + b"\n" + Path(__file__).with_name("launcher.py").read_bytes()
 _programs: dict[tuple[str, ...], bytes] = {}
 _BOOTSTRAP = (
     "import sys;b=sys.stdin.buffer;n=int(b.readline());"

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from orchestrator import procinfo
@@ -141,3 +142,40 @@ def slurm_backend(slurmnet: Any, remote_dir: str) -> Backend:
 
 
 BACKENDS = ["local", "docker", "ssh", "kubernetes", "slurm"]
+
+
+def open_backend(request: Any, tmp_path: Path, name: str) -> Iterator[Backend]:
+    """The back-end ``name``, its infrastructure brought up only when it is asked for
+    (the session's shared fixtures: one sshd network, one Slurm cluster, one cluster)."""
+    if name == "local":
+        yield local()
+    elif name == "docker":
+        request.getfixturevalue("docker_engine")
+        yield docker_backend()
+    elif name == "ssh":
+        sshnet = request.getfixturevalue("sshnet")
+        yield ssh_backend(sshnet, str(tmp_path / "remote-kernels"))
+    elif name == "slurm":
+        slurmnet = request.getfixturevalue("slurmnet")
+        yield slurm_backend(slurmnet, str(tmp_path / "slurm-kernels"))
+    else:
+        from provisioners.kubernetes.names import label_value
+
+        from ..kubecluster import forget_provisioner_state
+
+        release = request.getfixturevalue("kube_release")
+        core = release.cluster.core()
+
+        def pods_of(instance: str) -> set[str]:
+            selector = f"{LABEL_INSTANCE}={label_value(instance)}"
+            return {
+                p.metadata.name
+                for p in core.list_pod_for_all_namespaces(label_selector=selector).items
+                if not p.metadata.deletion_timestamp
+            } | {
+                s.metadata.name
+                for s in core.list_secret_for_all_namespaces(label_selector=selector).items
+            }
+
+        yield kubernetes_backend(release.config(), pods_of)
+        forget_provisioner_state()  # as if this process had exited

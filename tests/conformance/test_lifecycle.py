@@ -24,7 +24,6 @@ import pytest
 
 import orchestrator
 from orchestrator.errors import OrchestratorError
-from orchestrator.labels import LABEL_INSTANCE
 
 from ..conftest import write_kernelspec
 from ..test_docker import run
@@ -44,38 +43,7 @@ def ko(*args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(params=backends.BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
     """Each provisioner, its infrastructure brought up only when it is asked for."""
-    if request.param == "local":
-        yield backends.local()
-    elif request.param == "docker":
-        request.getfixturevalue("docker_engine")
-        yield backends.docker_backend()
-    elif request.param == "ssh":
-        sshnet = request.getfixturevalue("sshnet")
-        yield backends.ssh_backend(sshnet, str(tmp_path / "remote-kernels"))
-    elif request.param == "slurm":
-        slurmnet = request.getfixturevalue("slurmnet")
-        yield backends.slurm_backend(slurmnet, str(tmp_path / "slurm-kernels"))
-    else:
-        from provisioners.kubernetes.names import label_value
-
-        from ..kubecluster import forget_provisioner_state
-
-        release = request.getfixturevalue("kube_release")
-        core = release.cluster.core()
-
-        def pods_of(instance: str) -> set[str]:
-            selector = f"{LABEL_INSTANCE}={label_value(instance)}"
-            return {
-                p.metadata.name
-                for p in core.list_pod_for_all_namespaces(label_selector=selector).items
-                if not p.metadata.deletion_timestamp
-            } | {
-                s.metadata.name
-                for s in core.list_secret_for_all_namespaces(label_selector=selector).items
-            }
-
-        yield backends.kubernetes_backend(release.config(), pods_of)
-        forget_provisioner_state()  # as if this process had exited
+    yield from backends.open_backend(request, tmp_path, request.param)
 
 
 def kernelspec(

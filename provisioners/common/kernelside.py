@@ -1,0 +1,158 @@
+"""Ports for a kernel, chosen on the kernel's side. Standard library only.
+
+Not imported where the kernel runs: its source is shipped ahead of the SSH launcher's
+and the Slurm supervisor's (see :mod:`provisioners.ssh.remote` and the Slurm
+provisioner), which call these functions by name.
+
+Why ports are chosen here and not by the kernel: a kernel given port 0 binds a free
+port, but only ipykernel writes the port it got back into the connection file;
+IRkernel, xeus and IJulia bind what the file says and tell nobody. So the ports are
+found free here, on the kernel's host, written into the file, and then confirmed as
+*bound by the kernel's own processes* (its session's sockets in ``/proc``), which a
+stranger's socket on a shared host cannot fake. If another process took a port in
+the moment between our check and the kernel's bind, the kernel fails to bind and the
+start is tried again with other ports.
+"""
+
+import os
+import socket
+import time
+
+KERNEL_CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
+
+#: How many times a start whose ports were taken by another process is retried.
+PORT_ATTEMPTS = 3
+
+_IN_USE = ("Address already in use", "EADDRINUSE")
+
+#: Written by the relay (:mod:`provisioners.common.relay`) beside the connection file
+#: when its socket directory had to go under the temp dir.
+RELAY_DIR_NOTE = "relay-ipc"
+
+
+def hold_free_ports(ip, count, port_range=None):
+    """``count`` distinct free ports on ``ip`` as bound sockets, held until the kernel
+    is about to start (closing them frees the ports for it). ``port_range`` (lo, hi)
+    limits the search, as firewalls between the gateway and the kernel may need."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    candidates = range(port_range[0], port_range[1] + 1) if port_range else [0] * count * 4
+    held = []
+    for port in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.bind((ip, port))
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+        if len(held) == count:
+            return held
+    for sock in held:
+        sock.close()
+    where = f" in range {port_range[0]}-{port_range[1]}" if port_range else ""
+    raise RuntimeError(f"no {count} free ports on {ip}{where}")
+
+
+def _session_socket_inodes(session_id):
+    """Inodes of the sockets open in any process of the session ``session_id``."""
+    inodes = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                raw = f.read()
+            if int(raw[raw.rfind(")") + 2 :].split()[3]) != session_id:
+                continue
+            fds = os.listdir(f"/proc/{name}/fd")
+        except (OSError, ValueError, IndexError):
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    return inodes
+
+
+def _listening_inodes(ports):
+    """{inode: port} of TCP sockets listening on any of ``ports`` in this namespace."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                lines = f.readlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 10 or fields[3] != "0A":  # 0A: LISTEN
+                continue
+            port = int(fields[1].rsplit(":", 1)[1], 16)
+            if port in ports:
+                found[fields[9]] = port
+    return found
+
+
+def bound_by_session(session_id, ports):
+    """The subset of ``ports`` the session's processes listen on (Linux ``/proc``);
+    None where ``/proc`` cannot tell (then the kernel's first answer decides)."""
+    if not os.path.isdir("/proc/net"):
+        return None
+    listening = _listening_inodes(set(ports))
+    if not listening:
+        return set()
+    mine = _session_socket_inodes(session_id)
+    return {port for inode, port in listening.items() if inode in mine}
+
+
+def wait_until_bound(proc, ports, deadline, log_path, log_offset=0):
+    """Wait until the kernel ``proc`` (a session leader) listens on all ``ports``.
+
+    Returns "bound", "taken" (it exited because a port was in use, as its output from
+    ``log_offset`` on says: try other ports), "exited" or "timeout"."""
+    wanted = set(ports)
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return "taken" if _said_in_use(log_path, log_offset) else "exited"
+        bound = bound_by_session(proc.pid, wanted)
+        if bound is None or bound == wanted:
+            return "bound"
+        time.sleep(0.05)
+    return "timeout"
+
+
+def _said_in_use(log_path, offset):
+    try:
+        with open(log_path, errors="replace") as f:
+            f.seek(offset)
+            text = f.read()[-20000:]
+    except OSError:
+        return False
+    return any(marker in text for marker in _IN_USE)
+
+
+def remove_relay_dir(kernel_dir):
+    """Remove the socket directory a relay of this kernel made under the temp dir (a
+    relay killed with its kernel could not). Only a ``korelay*`` directory (not a
+    link) of this account is touched, whatever the note says."""
+    import shutil
+    import stat
+
+    note = os.path.join(kernel_dir, RELAY_DIR_NOTE)
+    try:
+        with open(note) as f:
+            path = f.read().strip()
+        os.unlink(note)
+        st = os.lstat(path)
+    except OSError:
+        return
+    if (
+        os.path.isabs(path)
+        and os.path.basename(path).startswith("korelay")
+        and stat.S_ISDIR(st.st_mode)
+        and st.st_uid == os.getuid()
+    ):
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,77 @@
+"""Kernels other than ipykernel, as the conformance matrix runs them.
+
+Each is the real kernel, installed the way a user would: IRkernel from Debian
+(``r-cran-irkernel``), bash_kernel and xeus-python from PyPI (the project's test
+extra). They differ where it matters to a remote launch: IRkernel answers nothing on
+control and writes no ports back; xeus-python exits on SIGINT; bash_kernel is built on
+ipykernel but has no stdin.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+from .. import debian
+
+
+@dataclass(frozen=True)
+class Language:
+    """One kernel and the code the matrix runs in it."""
+
+    name: str
+    argv: tuple[str, ...]
+    language: str
+    hello: str  # prints "hello" and a newline
+    fails: str  # a cell that ends in an error
+    set_state: str  # state a restart must clear ...
+    read_state: str  # ... which this then fails to read
+    ask: str | None  # reads one line from stdin and prints it back (None: no stdin)
+    busy: str  # runs for a minute
+    interruptible: bool = True
+
+    def ensure_installed(self) -> None:
+        if self.name == "ir":
+            debian.ensure({"/usr/bin/R": "r-cran-irkernel"})
+
+
+def _python_module(module: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", module, "-f", "{connection_file}")
+
+
+IR = Language(
+    name="ir",
+    argv=("R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"),
+    language="R",
+    hello='cat("hello\\n")',
+    fails='stop("boom")',
+    set_state="kept <- 5",
+    read_state="print(kept)",
+    ask='answer <- readline("name? "); cat(answer, "\\n", sep = "")',
+    busy="Sys.sleep(60)",
+)
+BASH = Language(
+    name="bash",
+    argv=_python_module("bash_kernel"),
+    language="bash",
+    hello="echo hello",
+    fails="exit_with_error_zz",  # command not found: a failed cell
+    set_state="export KEPT=5",
+    read_state='test -n "$KEPT"',
+    ask=None,
+    busy="sleep 60",
+)
+XPYTHON = Language(
+    name="xpython",
+    argv=_python_module("xpython_launcher"),
+    language="python",
+    hello='print("hello")',
+    fails="raise ValueError('boom')",
+    set_state="kept = 5",
+    read_state="kept",
+    ask="answer = input('name? '); print(answer)",
+    busy="import time; time.sleep(60)",
+    interruptible=False,  # SIGINT ends it, interrupt_request does nothing
+)
+
+LANGUAGES = {lang.name: lang for lang in (IR, BASH, XPYTHON)}
