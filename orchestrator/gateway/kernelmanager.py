@@ -300,12 +300,18 @@ class OrchestratorMappingKernelManager(
         task.add_done_callback(self._background.discard)
 
     def kernel_model(self, kernel_id: str) -> dict[str, t.Any]:
-        """jupyter_server's model, plus what the provisioner reports (a batch job's state
-        and queue reason, its time left) under ``provisioner``."""
+        """jupyter_server's model, plus ``encryption`` and what the provisioner reports (a
+        batch job's state and queue reason, its time left) under ``provisioner``."""
         model = dict(super().kernel_model(kernel_id))
         km = self._kernels.get(kernel_id)
         model.update(model_fields(getattr(km, "labels", {})))
         provisioner = getattr(km, "provisioner", None)
+        if km is not None:
+            # What protects its traffic: "curve" (the kernel's own), "relay" (a Curve
+            # relay beside a kernel that cannot encrypt) or "plain".
+            model["encryption"] = getattr(provisioner, "encryption", None) or (
+                "curve" if getattr(km, "curve_secretkey", None) else "plain"
+            )
         fields = getattr(provisioner, "status_fields", None)
         if fields is not None:
             extra = fields()

@@ -96,6 +96,7 @@ def ssh_backend(sshnet: Any, remote_dir: str) -> Backend:
         broken={"hosts": ["root@127.0.0.1:1"]},  # loopback, nothing listening
         broken_message="no host of the pool can be reached",
         running=processes_of,
+        extra={"net": sshnet},
     )
 
 
@@ -138,6 +139,7 @@ def slurm_backend(slurmnet: Any, remote_dir: str) -> Backend:
         broken={"resources": {"partition": "nowhere", "time": "00:10:00"}},
         broken_message="invalid partition specified",
         running=jobs_and_processes,
+        extra={"net": slurmnet},
     )
 
 

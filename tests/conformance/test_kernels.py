@@ -10,6 +10,8 @@ run every kernel; Slurm runs IRkernel and a xeus kernel.
 from __future__ import annotations
 
 import contextlib
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 import orchestrator
 from orchestrator.interrupts import CannotInterruptError
 
+from .. import debian
 from ..conftest import write_kernelspec
 from . import backends
 from .backends import Backend
@@ -40,9 +43,9 @@ MATRIX = [
 ]
 
 
-@pytest.fixture(params=MATRIX, ids=[f"{b}-{k}" for b, k in MATRIX])
-def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Language]]:
-    backend_name, kernel = request.param
+def open_case(
+    request: pytest.FixtureRequest, tmp_path: Path, backend_name: str, kernel: str
+) -> Iterator[tuple[Backend, Language]]:
     language = LANGUAGES[kernel]
     language.ensure_installed()
     opened = backends.open_backend(request, tmp_path, backend_name)
@@ -52,6 +55,11 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backe
     finally:
         with contextlib.suppress(StopIteration):
             next(opened)
+
+
+@pytest.fixture(params=MATRIX, ids=[f"{b}-{k}" for b, k in MATRIX])
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Language]]:
+    yield from open_case(request, tmp_path, *request.param)
 
 
 async def execute(kc: Any, code: str, *, answer: str | None = None) -> dict[str, Any]:
@@ -102,6 +110,7 @@ async def test_a_kernel_of_any_language(
         argv=list(lang.argv),
         language=lang.language,
     )
+    before = relay_dirs()
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
     await km.start_kernel()
     kc = km.client()
@@ -140,3 +149,154 @@ async def test_a_kernel_of_any_language(
         kc.stop_channels()
         await km.shutdown_kernel()
     await nothing_left(backend, store)
+    assert relay_dirs() <= before, "a relay left its socket directory behind"
+
+
+def relay_dirs() -> set[str]:
+    return {str(p) for p in Path("/tmp").glob("korelay*")}
+
+
+RELAYED = [("ssh", "ir"), ("ssh", "xpython"), ("slurm", "ir"), ("slurm", "xpython")]
+
+
+@pytest.fixture(params=RELAYED, ids=[f"{b}-{k}" for b, k in RELAYED])
+def relayed_case(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Backend, Language]]:
+    yield from open_case(request, tmp_path, *request.param)
+
+
+def where_the_kernel_listens(backend: Backend, km: Any) -> tuple[str, list[int], str]:
+    """The network namespace of the kernel's host, its public ports there, and the
+    kernel's directory on that host."""
+    net, prov = backend.extra["net"], km.provisioner
+    if backend.name == "ssh":
+        ports = [int(p) for p in prov.remote["ports"].values()]
+        return net.hosts[prov.host].ns, ports, prov.remote["dir"]
+    (node,) = [name for name, ip in net.node_ips.items() if ip == prov.node]
+    ports = [int(p) for p in prov.remote_ports.values()]
+    return net.ns(node), ports, str(Path(prov.remote_dir) / str(km.kernel_id))
+
+
+async def capture_a_marker(
+    backend: Backend, km: Any, kc: Any, lang: Language, tmp_path: Path
+) -> tuple[bytes, str]:
+    """What crossed the kernel's public ports on its host while a cell printed a
+    marker (a pcap), and the marker."""
+    netns, ports, _ = where_the_kernel_listens(backend, km)
+    pcap = tmp_path / "kernel.pcap"
+    capture = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            netns,
+            str(shutil.which("tcpdump")),
+            "--immediate-mode",
+            "-i",
+            "any",
+            "-U",
+            "-s",
+            "0",
+            "-w",
+            str(pcap),
+            " or ".join(f"tcp port {p}" for p in ports),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert capture.stderr is not None
+    try:
+        while "listening on" not in (line := capture.stderr.readline()):
+            assert line, "tcpdump did not start"
+        marker = "MARK" + "-" + "7f3e" * 3
+        code = lang.hello.replace("hello", marker)
+        assert (await execute(kc, code))["out"] == marker + "\n"
+        time.sleep(0.5)
+    finally:
+        capture.terminate()
+        capture.wait(10)
+        capture.stderr.close()
+    return pcap.read_bytes(), marker
+
+
+async def test_a_relayed_kernel_is_encrypted_on_the_wire(
+    relayed_case: tuple[Backend, Language], jupyter_env: dict[str, str], store: Any, tmp_path: Path
+) -> None:
+    """A kernel that cannot do CurveZMQ, on a host or node other users share: its
+    traffic there is encrypted by the relay (a capture of the kernel's ports sees no
+    marker the cell prints), and the relay's sockets sit in a directory another
+    account cannot enter."""
+    backend, lang = relayed_case
+    debian.ensure({"tcpdump": "tcpdump"})
+    before = relay_dirs()
+    name = f"enc-{lang.name}"
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        name,
+        backend.provisioner,
+        backend.config,
+        argv=list(lang.argv),
+        language=lang.language,
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        assert km.provisioner.encryption == "relay"
+        await kc.wait_for_ready(timeout=60)
+        data, marker = await capture_a_marker(backend, km, kc, lang, tmp_path)
+        assert len(data) > 2000, "the capture saw no kernel traffic"
+        assert marker.encode() not in data and b"7f3e7f3e" not in data
+
+        # the relay's sockets: a 0700 directory of the kernel's account, and another
+        # account cannot connect to them
+        _, _, kernel_dir = where_the_kernel_listens(backend, km)
+        ipc = (Path(kernel_dir) / "relay-ipc").read_text().strip()
+        assert Path(ipc).stat().st_mode & 0o777 == 0o700
+        probe = (
+            "import socket,sys; s=socket.socket(socket.AF_UNIX);"
+            "\ntry: s.connect(sys.argv[1])\nexcept PermissionError: sys.exit(3)"
+        )
+        other = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "python3", "-c", probe, f"{ipc}/k-1"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert other.returncode == 3, (other.returncode, other.stderr)
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+    assert relay_dirs() <= before, "a relay left its socket directory behind"
+
+
+async def test_the_capture_sees_plain_text_without_the_relay(
+    request: pytest.FixtureRequest, jupyter_env: dict[str, str], store: Any, tmp_path: Path
+) -> None:
+    """The control for the test above: with encryption disabled the same capture
+    does show the marker, so seeing none there means something."""
+    debian.ensure({"tcpdump": "tcpdump"})
+    for backend, lang in open_case(request, tmp_path, "ssh", "xpython"):
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "plain",
+            backend.provisioner,
+            {**backend.config, "transport_encryption": "disabled"},
+            argv=list(lang.argv),
+        )
+        km = orchestrator.AsyncKernelManager(kernel_name="plain", kernel_store=store)
+        await km.start_kernel()
+        kc = km.client()
+        kc.start_channels()
+        try:
+            assert km.provisioner.encryption == "plain"
+            await kc.wait_for_ready(timeout=60)
+            data, marker = await capture_a_marker(backend, km, kc, lang, tmp_path)
+            assert marker.encode() in data
+        finally:
+            kc.stop_channels()
+            await km.shutdown_kernel()
+        await nothing_left(backend, store)
