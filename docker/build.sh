@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # docker/build.sh - build the kernel-orchestrator container images.
 #
-# usage: docker/build.sh [--offline-base] [--only kernel-python|orchestrator]
+# usage: docker/build.sh [--offline-base] [--only IMAGE]
 #
 #   kernel-orchestrator/kernel-python:{latest,VERSION}   docker/kernel-python/Dockerfile
+#   kernel-orchestrator/kernel-multi:{latest,VERSION}    the same, with bash_kernel and
+#                                                        xeus-python beside ipykernel
+#   kernel-orchestrator/kernel-r:{latest,VERSION}        docker/kernel-r/Dockerfile
 #   kernel-orchestrator/orchestrator:{latest,VERSION}    docker/orchestrator/Dockerfile
+#
+# IMAGE is one of kernel-python, kernel-multi, kernel-r, orchestrator; without
+# --only, kernel-python and orchestrator are built (the others on request).
 #
 # VERSION is read from pyproject.toml (`version = "..."`), 0.1.0 if absent.
 #
@@ -48,10 +54,10 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --offline-base) OFFLINE_BASE=1 ;;
         --only) shift; ONLY=${1:-}
-                case "$ONLY" in kernel-python|orchestrator) ;; *) die "--only takes kernel-python or orchestrator";; esac ;;
+                case "$ONLY" in kernel-python|kernel-multi|kernel-r|orchestrator) ;; *) die "--only takes kernel-python, kernel-multi, kernel-r or orchestrator";; esac ;;
         --only=*) ONLY=${1#--only=}
-                case "$ONLY" in kernel-python|orchestrator) ;; *) die "--only takes kernel-python or orchestrator";; esac ;;
-        -h|--help) sed -n '2,36p' "$0"; exit 0 ;;
+                case "$ONLY" in kernel-python|kernel-multi|kernel-r|orchestrator) ;; *) die "--only takes kernel-python, kernel-multi, kernel-r or orchestrator";; esac ;;
+        -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
     shift
@@ -135,14 +141,15 @@ copy_tree() {  # $1 src dir, $2 dest dir: without caches / build droppings
         --exclude=.mypy_cache --exclude=.pytest_cache --exclude=.ruff_cache . | tar -C "$2" -x
 }
 
-build() {  # $1 name, $2 context dir, $3 Dockerfile (relative to the context)
+build() {  # $1 name, $2 context dir, $3 Dockerfile (relative to the context), $4... more args
     local name=$1 ctx=$2 dockerfile=$3 t0
+    shift 3
     t0=$(date +%s)
     say "building $PREFIX/$name:$VERSION"
     docker build -f "$ctx/$dockerfile" \
         -t "$PREFIX/$name:latest" -t "$PREFIX/$name:$VERSION" \
         --label "org.opencontainers.image.version=$VERSION" \
-        "${BUILD_ARGS[@]}" "$ctx" \
+        "${BUILD_ARGS[@]}" "$@" "$ctx" \
         || die "docker build of $name failed"
     say "built $PREFIX/$name:$VERSION in $(( $(date +%s) - t0 ))s"
 }
@@ -153,6 +160,26 @@ build_kernel_python() {
     cp "$REPO/docker/kernel-python/Dockerfile" "$ctx/Dockerfile"
     add_ca "$ctx/build-ca"
     build kernel-python "$ctx" Dockerfile
+}
+
+# Kernels beyond ipykernel on the same venv image: bash_kernel (on ipykernel) and
+# xeus-python (its own C++ ZMQ stack, encrypted through the relay, which uses the
+# venv's pyzmq).
+MULTI_PACKAGES="ipykernel>=7,<8 bash_kernel==0.10.0 xeus-python==0.19.0"
+
+build_kernel_multi() {
+    local ctx=$CTX_ROOT/kernel-multi
+    mkdir -p "$ctx"
+    cp "$REPO/docker/kernel-python/Dockerfile" "$ctx/Dockerfile"
+    add_ca "$ctx/build-ca"
+    build kernel-multi "$ctx" Dockerfile --build-arg "KERNEL_PACKAGES=$MULTI_PACKAGES"
+}
+
+build_kernel_r() {
+    local ctx=$CTX_ROOT/kernel-r
+    mkdir -p "$ctx"
+    cp "$REPO/docker/kernel-r/Dockerfile" "$ctx/Dockerfile"
+    build kernel-r "$ctx" Dockerfile
 }
 
 build_orchestrator() {
@@ -179,6 +206,8 @@ build_orchestrator() {
 
 case "$ONLY" in
     kernel-python) build_kernel_python ;;
+    kernel-multi) build_kernel_multi ;;
+    kernel-r) build_kernel_r ;;
     orchestrator) build_orchestrator ;;
     *) build_kernel_python; build_orchestrator ;;
 esac

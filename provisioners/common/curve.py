@@ -14,6 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from traitlets import Unicode
+
 from orchestrator.encryption import (
     keypair,
     refuse_unencrypted,
@@ -40,6 +42,14 @@ class CurveNegotiation:
 
         async def poll(self) -> int | None: ...
 
+    relay_python = Unicode(
+        "",
+        config=True,
+        help="Python (with pyzmq) that runs the Curve relay beside a kernel that cannot"
+        " encrypt, where the kernel runs ('': python3 in a container or pod, the"
+        " provisioner's python on an SSH host or Slurm node).",
+    )
+
     _curve: tuple[str, str] | None = None
     _policy: str = "auto"
     #: The keys go to a relay beside the kernel, which cannot use them itself.
@@ -59,6 +69,15 @@ class CurveNegotiation:
         )
         self.relayed = bool(self._curve) and not speaks_curve(getattr(self, "kernel_spec", None))
         return self._curve
+
+    async def get_provisioner_info(self) -> dict[str, Any]:
+        info: dict[str, Any] = await super().get_provisioner_info()  # type: ignore[misc]
+        info["relayed"] = self.relayed
+        return info
+
+    async def load_provisioner_info(self, provisioner_info: dict[str, Any]) -> None:
+        await super().load_provisioner_info(provisioner_info)  # type: ignore[misc]
+        self.relayed = bool(provisioner_info.get("relayed"))
 
     @property
     def encryption(self) -> str:
@@ -81,3 +100,9 @@ class CurveNegotiation:
         if answer is not None and self._curve and not answer.encrypted:
             raise refuse_unencrypted(self._policy, str(self.kernel_id), image, address)
         return answer
+
+
+def relay_command(python: str, relay_path: str, connection_file: str, argv: list[str]) -> list[str]:
+    """The command that runs the kernel ``argv`` (placeholders unfilled: the relay
+    fills them with its private connection file) behind the relay."""
+    return [python, relay_path, connection_file, "--", *argv]

@@ -41,7 +41,7 @@ from orchestrator.provisioning.contract import (
 )
 from orchestrator.tunnels import get_tunneler
 
-from ..common.curve import CurveNegotiation
+from ..common.curve import RELAY_SOURCE, CurveNegotiation, relay_command
 from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.resources import MIN_CPUS, MIN_PIDS, docker_size, positive_number
@@ -65,14 +65,18 @@ def container_name_for(kernel_id: str) -> str:
     return f"kernel-{safe}"
 
 
-def _connection_tar(payload: bytes, uid: int, gid: int) -> bytes:
-    """A tar holding the connection file, 0600 and owned by the kernel's user."""
+def _connection_tar(
+    payload: bytes, uid: int, gid: int, extra_files: dict[str, bytes] | None = None
+) -> bytes:
+    """A tar holding the connection file (and the relay, if any), 0600 and owned by
+    the kernel's user."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo("connection.json")
-        info.size, info.mode, info.uid, info.gid = len(payload), 0o600, uid, gid
-        info.mtime = int(time.time())
-        tar.addfile(info, io.BytesIO(payload))
+        for name, data in {"connection.json": payload, **(extra_files or {})}.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, gid
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
 
 
@@ -86,6 +90,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
 
     # ------------------------------------------------------------- state
     container_id: str | None = None
+    _kernel_argv: list[str] = []  # the kernelspec's, placeholders unfilled (for a relay)
     container_name: str = ""
     engine_url: str = ""
     address: str = ""
@@ -133,6 +138,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
 
     def _kernel_command(self, extra: list[str]) -> list[str]:
         argv = list(self.kernel_spec.argv or []) + list(extra)
+        self._kernel_argv = argv
         return [arg.replace("{connection_file}", CONNECTION_FILE) for arg in argv]
 
     def _uid_gid(self) -> tuple[int, int]:
@@ -265,8 +271,17 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": km.kernel_name,
         }
+        extra_files: dict[str, bytes] = {}
         if curve := self.choose_curve(leaves_machine=self.ports_reachable_by_others):
             inside.update(curve_publickey=curve[0], curve_secretkey=curve[1])
+            if self.relayed:  # the kernel ignores keys: a relay beside it uses them
+                extra_files["relay.py"] = RELAY_SOURCE.encode()
+                cmd = relay_command(
+                    self.relay_python or "python3",
+                    f"{CONNECTION_DIR}/relay.py",
+                    CONNECTION_FILE,
+                    self._kernel_argv,
+                )
         payload = json.dumps(inside).encode()
         create = self._create_kwargs(cmd)
 
@@ -321,7 +336,9 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         cid = self.container_id
 
         def copy_and_start(client: Any) -> dict[str, Any]:
-            client.api.put_archive(cid, CONNECTION_DIR, _connection_tar(payload, uid, gid))
+            client.api.put_archive(
+                cid, CONNECTION_DIR, _connection_tar(payload, uid, gid, extra_files)
+            )
             client.api.start(cid)
             return client.api.inspect_container(cid)  # type: ignore[no-any-return]
 

@@ -138,7 +138,10 @@ def signal_command(signum: int) -> list[str]:
     import signal
 
     name = signal.Signals(signum).name.removeprefix("SIG")
-    return ["sh", "-c", f'kill -s {name} "$(cat {KERNEL_PID_FILE})"']
+    # To its process group, as a local kernel's interrupt: the kernel's children (R's,
+    # bash_kernel's bash) and a relay's kernel get it too; the pid alone if it leads none.
+    pid = f'"$(cat {KERNEL_PID_FILE})"'
+    return ["sh", "-c", f"kill -s {name} -- -{pid} 2>/dev/null || kill -s {name} {pid}"]
 
 
 def build_pod(
@@ -230,9 +233,14 @@ def build_secret(
     labels: dict[str, str],
     owner: client.V1Pod,
     connection: dict[str, Any],
+    files: dict[str, str] | None = None,
 ) -> client.V1Secret:
-    """The connection file as a Secret owned by the pod, so it is deleted with it."""
+    """The connection file (and the relay, if any) as a Secret owned by the pod, so it
+    is deleted with it."""
     payload = json.dumps(connection).encode()
+    data = {"connection.json": base64.b64encode(payload).decode()}
+    for name, text in (files or {}).items():
+        data[name] = base64.b64encode(text.encode()).decode()
     return client.V1Secret(
         api_version="v1",
         kind="Secret",
@@ -252,5 +260,5 @@ def build_secret(
                 )
             ],
         ),
-        data={"connection.json": base64.b64encode(payload).decode()},
+        data=data,
     )

@@ -42,7 +42,7 @@ from orchestrator.provisioning.contract import (
     kernelspec_configs,
 )
 
-from ..common.curve import CurveNegotiation
+from ..common.curve import RELAY_SOURCE, CurveNegotiation, relay_command
 from ..common.entitlement import check_profile_entitlement
 from ..common.environment import launch_environment
 from ..common.images import check_image
@@ -54,6 +54,7 @@ from .names import dns_label, label_value
 from .podspec import (
     CONNECTION_FILE,
     CONTAINER_PORTS,
+    SECRET_DIR,
     PodSettings,
     build_pod,
     build_secret,
@@ -199,10 +200,13 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             self.pod_namespace = self.namespace
         extra = kwargs.pop("extra_arguments", []) or []
         argv = list(self.kernel_spec.argv or []) + list(extra)
+        self._kernel_argv = argv
         kwargs["cmd"] = [a.replace("{connection_file}", CONNECTION_FILE) for a in argv]
         return kwargs
 
     # ------------------------------------------------------------- launch
+    _kernel_argv: list[str] = []  # the kernelspec's, placeholders unfilled (for a relay)
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
         assert self.settings is not None
         self._cmd = cmd
@@ -211,6 +215,16 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         await watcher.ready()
         try:
             await self._ensure_namespace()
+            connection = self._connection()
+            files: dict[str, str] = {}
+            if self.relayed:  # the kernel ignores keys: a relay beside it uses them
+                files["relay.py"] = RELAY_SOURCE
+                cmd = relay_command(
+                    self.relay_python or "python3",
+                    f"{SECRET_DIR}/relay.py",
+                    CONNECTION_FILE,
+                    self._kernel_argv,
+                )
             pod = build_pod(
                 self.pod_name, self.pod_namespace, self.settings, cmd, secret_name=self.pod_name
             )
@@ -224,7 +238,8 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                     self.pod_namespace,
                     self.settings.labels,
                     created,
-                    self._connection(),
+                    connection,
+                    files,
                 ),
             )
             self.secret_uid = secret.metadata.uid

@@ -610,7 +610,6 @@ class SlurmProvisioner(SSHProvisioner):
             node=self.node,
             remote_ports=self.remote_ports,
             generation=self.generation,
-            relayed=self.relayed,
         )
         return info
 
@@ -621,7 +620,6 @@ class SlurmProvisioner(SSHProvisioner):
         ports = provisioner_info.get("remote_ports")
         self.remote_ports = {k: int(v) for k, v in ports.items()} if ports else None
         self.generation = int(provisioner_info.get("generation") or 0)
-        self.relayed = bool(provisioner_info.get("relayed"))
 
     async def reconnect(self) -> None:
         if not self.job_id or self.remote_ports is None or not self.host:

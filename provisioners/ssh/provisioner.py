@@ -444,7 +444,6 @@ class SSHProvisioner(  # type: ignore[misc]
         self.local_ports = provisioner_info.get("local_ports")
         self._cmd = provisioner_info.get("cmd")
         self._env = provisioner_info.get("env")
-        self.relayed = bool((self.remote or {}).get("relay"))
         if self.host:
             self._target = self._resolve(self.host)
 

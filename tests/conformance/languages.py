@@ -9,10 +9,16 @@ ipykernel but has no stdin.
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from dataclasses import dataclass
 
 from .. import debian
+from ..conftest import REPO
+
+IN_CONTAINERS = ("docker", "kubernetes")
+MULTI_IMAGE = "kernel-orchestrator/kernel-multi:latest"
+R_IMAGE = "kernel-orchestrator/kernel-r:latest"
 
 
 @dataclass(frozen=True)
@@ -20,7 +26,9 @@ class Language:
     """One kernel and the code the matrix runs in it."""
 
     name: str
-    argv: tuple[str, ...]
+    argv: tuple[str, ...]  # on this machine and the test hosts, which share its files
+    container_argv: tuple[str, ...]  # in its image
+    image: str
     language: str
     hello: str  # prints "hello" and a newline
     fails: str  # a cell that ends in an error
@@ -30,9 +38,33 @@ class Language:
     busy: str  # runs for a minute
     interruptible: bool = True
 
-    def ensure_installed(self) -> None:
-        if self.name == "ir":
+    def ensure_installed(self, backend: str) -> None:
+        if backend in IN_CONTAINERS:
+            build_image(self.image)
+        elif self.name == "ir":
             debian.ensure({"/usr/bin/R": "r-cran-irkernel"})
+
+    def argv_for(self, backend: str) -> list[str]:
+        return list(self.container_argv if backend in IN_CONTAINERS else self.argv)
+
+    def config_for(self, backend: str) -> dict[str, str]:
+        return {"image": self.image} if backend in IN_CONTAINERS else {}
+
+
+_built: set[str] = set()
+
+
+def build_image(image: str) -> None:
+    """The kernel's image, built once per session by docker/build.sh (offline base)."""
+    if image in _built:
+        return
+    name = image.split("/", 1)[1].split(":", 1)[0]
+    subprocess.run(
+        ["bash", str(REPO / "docker" / "build.sh"), "--offline-base", "--only", name],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    _built.add(image)
 
 
 def _python_module(module: str) -> tuple[str, ...]:
@@ -42,6 +74,8 @@ def _python_module(module: str) -> tuple[str, ...]:
 IR = Language(
     name="ir",
     argv=("R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"),
+    container_argv=("R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"),
+    image=R_IMAGE,
     language="R",
     hello='cat("hello\\n")',
     fails='stop("boom")',
@@ -53,6 +87,8 @@ IR = Language(
 BASH = Language(
     name="bash",
     argv=_python_module("bash_kernel"),
+    container_argv=("python", "-m", "bash_kernel", "-f", "{connection_file}"),
+    image=MULTI_IMAGE,
     language="bash",
     hello="echo hello",
     fails="exit_with_error_zz",  # command not found: a failed cell
@@ -64,6 +100,8 @@ BASH = Language(
 XPYTHON = Language(
     name="xpython",
     argv=_python_module("xpython_launcher"),
+    container_argv=("python", "-m", "xpython_launcher", "-f", "{connection_file}"),
+    image=MULTI_IMAGE,
     language="python",
     hello='print("hello")',
     fails="raise ValueError('boom')",

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,16 @@ MATRIX = [
     ("local", "ir"),
     ("local", "bash"),
     ("local", "xpython"),
+    ("docker", "ir"),
+    ("docker", "bash"),
+    ("docker", "xpython"),
     ("ssh", "ir"),
     ("ssh", "bash"),
     ("ssh", "xpython"),
     ("slurm", "ir"),
     ("slurm", "xpython"),
+    ("kubernetes", "ir"),
+    ("kubernetes", "xpython"),
 ]
 
 
@@ -47,7 +53,7 @@ def open_case(
     request: pytest.FixtureRequest, tmp_path: Path, backend_name: str, kernel: str
 ) -> Iterator[tuple[Backend, Language]]:
     language = LANGUAGES[kernel]
-    language.ensure_installed()
+    language.ensure_installed(backend_name)
     opened = backends.open_backend(request, tmp_path, backend_name)
     backend = next(opened)
     try:
@@ -106,8 +112,8 @@ async def test_a_kernel_of_any_language(
         jupyter_env["JUPYTER_DATA_DIR"],
         name,
         backend.provisioner,
-        backend.config,
-        argv=list(lang.argv),
+        {**backend.config, **lang.config_for(backend.name)},
+        argv=lang.argv_for(backend.name),
         language=lang.language,
     )
     before = relay_dirs()
@@ -156,7 +162,14 @@ def relay_dirs() -> set[str]:
     return {str(p) for p in Path("/tmp").glob("korelay*")}
 
 
-RELAYED = [("ssh", "ir"), ("ssh", "xpython"), ("slurm", "ir"), ("slurm", "xpython")]
+RELAYED = [
+    ("docker", "ir"),
+    ("docker", "xpython"),
+    ("ssh", "ir"),
+    ("ssh", "xpython"),
+    ("slurm", "ir"),
+    ("slurm", "xpython"),
+]
 
 
 @pytest.fixture(params=RELAYED, ids=[f"{b}-{k}" for b, k in RELAYED])
@@ -166,16 +179,44 @@ def relayed_case(
     yield from open_case(request, tmp_path, *request.param)
 
 
-def where_the_kernel_listens(backend: Backend, km: Any) -> tuple[str, list[int], str]:
-    """The network namespace of the kernel's host, its public ports there, and the
-    kernel's directory on that host."""
-    net, prov = backend.extra["net"], km.provisioner
+@dataclass
+class KernelSide:
+    """Where a kernel runs, as a test on this machine reaches it."""
+
+    enter: list[str]  # prefix running a command in the kernel's network namespace
+    ports: list[int]  # the kernel's public ports there
+    run: list[str]  # prefix running a command beside the kernel, as "another account"
+    read: list[str]  # prefix running a command beside the kernel, as the kernel's account
+    note: str  # the relay's note (path of its socket directory)
+
+
+def the_kernel_side(backend: Backend, km: Any) -> KernelSide:
+    prov = km.provisioner
+    if backend.name == "docker":
+        import docker
+
+        client = docker.from_env()
+        try:
+            pid = client.api.inspect_container(prov.container_id)["State"]["Pid"]
+        finally:
+            client.close()
+        return KernelSide(
+            ["nsenter", "-t", str(pid), "-n"],
+            list(range(50001, 50006)),
+            ["docker", "exec", "-u", "1001", prov.container_id],
+            ["docker", "exec", prov.container_id],
+            "/run/kernel/relay-ipc",
+        )
+    net = backend.extra["net"]
+    other = ["runuser", "-u", "nobody", "--"]
     if backend.name == "ssh":
         ports = [int(p) for p in prov.remote["ports"].values()]
-        return net.hosts[prov.host].ns, ports, prov.remote["dir"]
+        enter = ["ip", "netns", "exec", net.hosts[prov.host].ns]
+        return KernelSide(enter, ports, other, [], f"{prov.remote['dir']}/relay-ipc")
     (node,) = [name for name, ip in net.node_ips.items() if ip == prov.node]
     ports = [int(p) for p in prov.remote_ports.values()]
-    return net.ns(node), ports, str(Path(prov.remote_dir) / str(km.kernel_id))
+    note = str(Path(prov.remote_dir) / str(km.kernel_id) / "relay-ipc")
+    return KernelSide(["ip", "netns", "exec", net.ns(node)], ports, other, [], note)
 
 
 async def capture_a_marker(
@@ -183,14 +224,11 @@ async def capture_a_marker(
 ) -> tuple[bytes, str]:
     """What crossed the kernel's public ports on its host while a cell printed a
     marker (a pcap), and the marker."""
-    netns, ports, _ = where_the_kernel_listens(backend, km)
+    side = the_kernel_side(backend, km)
     pcap = tmp_path / "kernel.pcap"
     capture = subprocess.Popen(
         [
-            "ip",
-            "netns",
-            "exec",
-            netns,
+            *side.enter,
             str(shutil.which("tcpdump")),
             "--immediate-mode",
             "-i",
@@ -200,7 +238,7 @@ async def capture_a_marker(
             "0",
             "-w",
             str(pcap),
-            " or ".join(f"tcp port {p}" for p in ports),
+            " or ".join(f"tcp port {p}" for p in side.ports),
         ],
         stderr=subprocess.PIPE,
         text=True,
@@ -235,8 +273,8 @@ async def test_a_relayed_kernel_is_encrypted_on_the_wire(
         jupyter_env["JUPYTER_DATA_DIR"],
         name,
         backend.provisioner,
-        backend.config,
-        argv=list(lang.argv),
+        {**backend.config, **lang.config_for(backend.name)},
+        argv=lang.argv_for(backend.name),
         language=lang.language,
     )
     km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
@@ -252,15 +290,18 @@ async def test_a_relayed_kernel_is_encrypted_on_the_wire(
 
         # the relay's sockets: a 0700 directory of the kernel's account, and another
         # account cannot connect to them
-        _, _, kernel_dir = where_the_kernel_listens(backend, km)
-        ipc = (Path(kernel_dir) / "relay-ipc").read_text().strip()
-        assert Path(ipc).stat().st_mode & 0o777 == 0o700
+        side = the_kernel_side(backend, km)
+        ipc = subprocess.run(
+            [*side.read, "cat", side.note], capture_output=True, text=True, timeout=30, check=True
+        ).stdout.strip()
         probe = (
-            "import socket,sys; s=socket.socket(socket.AF_UNIX);"
-            "\ntry: s.connect(sys.argv[1])\nexcept PermissionError: sys.exit(3)"
+            "import os,socket,stat,sys; d=sys.argv[1]\n"
+            "try: os.listdir(d)\nexcept PermissionError: pass\nelse: sys.exit(4)\n"
+            "s=socket.socket(socket.AF_UNIX)\n"
+            "try: s.connect(d + '/k-1')\nexcept PermissionError: sys.exit(3)"
         )
         other = subprocess.run(
-            ["runuser", "-u", "nobody", "--", "python3", "-c", probe, f"{ipc}/k-1"],
+            [*side.run, "python3", "-c", probe, ipc],
             capture_output=True,
             text=True,
             timeout=30,
@@ -285,7 +326,7 @@ async def test_the_capture_sees_plain_text_without_the_relay(
             "plain",
             backend.provisioner,
             {**backend.config, "transport_encryption": "disabled"},
-            argv=list(lang.argv),
+            argv=lang.argv_for(backend.name),
         )
         km = orchestrator.AsyncKernelManager(kernel_name="plain", kernel_store=store)
         await km.start_kernel()
