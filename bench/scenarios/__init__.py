@@ -26,6 +26,7 @@ SCENARIOS: dict[str, str] = {
     "hostile": "bench.scenarios.hostile",
     "store": "bench.scenarios.store",
     "hub": "bench.scenarios.hub",
+    "relay": "bench.scenarios.relay",
 }
 
 
