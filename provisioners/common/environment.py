@@ -5,6 +5,11 @@ host (Enterprise Gateway copied the whole server environment into every pod). A
 remote kernel gets exactly: the kernelspec's ``env``, the provisioner's configured
 environment, and the client's variables whose *names* match an operator allow-list
 (``KERNEL_*`` by default), each name and value validated.
+
+Kernelspec ``env`` values are never expanded from the orchestrator's environment (as
+jupyter_client does for local kernels): an SSH host or Slurm node expands their
+``${VAR}`` references from its own environment; a container or pod gets them as
+written.
 """
 
 from __future__ import annotations
@@ -78,5 +83,17 @@ def launch_environment(
     client = client_variables(env, allowlist)
     for key, value in fixed.items():
         validate_env_item(key, value)
-    from_spec = {k: env[k] for k in (spec_env or {}) if k in env}
+    # As written, never expanded here: jupyter_client expands ``${VAR}`` from the
+    # orchestrator's environment, which is nothing a remote kernel may see (see
+    # ``expanded_on_the_kernel_side``).
+    from_spec = {k: validate_env_item(k, v) for k, v in (spec_env or {}).items()}
     return client, {**from_spec, **fixed, **client}
+
+
+def expanded_on_the_kernel_side(
+    env: Mapping[str, str], spec_env: Mapping[str, str] | None
+) -> list[str]:
+    """Names of kernelspec ``env`` entries (still as written in ``env``) with ``${VAR}``
+    references, for a launcher that expands them from the environment where the
+    kernel runs (SSH hosts, Slurm nodes); containers and pods get them as written."""
+    return sorted(k for k, v in (spec_env or {}).items() if "$" in str(v) and env.get(k) == v)

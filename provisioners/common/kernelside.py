@@ -156,3 +156,15 @@ def remove_relay_dir(kernel_dir):
         and st.st_uid == os.getuid()
     ):
         shutil.rmtree(path, ignore_errors=True)
+
+
+def kernel_environment(base, env, expand):
+    """The kernel's environment: ``base`` (where it runs) updated by ``env``, with the
+    names in ``expand`` (kernelspec entries) expanded from ``base`` as jupyter_client
+    expands them locally: ``${VAR}`` / ``$VAR``, unknown names left as written."""
+    from string import Template
+
+    result = dict(base)
+    for name, value in env.items():
+        result[name] = Template(value).safe_substitute(base) if name in expand else value
+    return result

@@ -41,6 +41,7 @@ from orchestrator.provisioning.contract import GarbageContext, client_connection
 
 from ..common.curve import RELAY_SOURCE
 from ..common.entitlement import check_profile_entitlement
+from ..common.environment import expanded_on_the_kernel_side
 from ..ssh.agent import RemoteAgent, agent_for
 from ..ssh.localhost import local_connection
 from ..ssh.provisioner import SSHProvisioner
@@ -283,6 +284,7 @@ class SlurmProvisioner(SSHProvisioner):
                 "instance": instance,
                 "argv": self._cmd,
                 "env": self._env or {},
+                "expand": expanded_on_the_kernel_side(self._env or {}, self.kernel_spec.env),
                 "cwd": self.working_dir,
                 "timeout": self.startup_timeout,
                 "restart_grace": self.restart_grace,

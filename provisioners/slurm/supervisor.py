@@ -34,6 +34,7 @@ with contextlib.suppress(ImportError):
         KERNEL_CHANNELS,
         PORT_ATTEMPTS,
         hold_free_ports,
+        kernel_environment,
         remove_relay_dir,
         wait_until_bound,
     )
@@ -105,8 +106,9 @@ class Supervisor:
             argv = [relay["python"], relay_path, self.conn_path, "--", *self.request["argv"]]
         else:
             argv = [a.replace("{connection_file}", self.conn_path) for a in self.request["argv"]]
-        env = dict(os.environ)
-        env.update(self.request.get("env") or {})
+        env = kernel_environment(
+            os.environ, self.request.get("env") or {}, self.request.get("expand") or ()
+        )
         env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = self.request.get("kernel_id", "")
         env["KERNEL_ORCHESTRATOR_INSTANCE"] = self.request.get("instance", "")
         cwd = os.path.expanduser(self.request.get("cwd") or "~")

@@ -38,6 +38,7 @@ with contextlib.suppress(ImportError):
         KERNEL_CHANNELS,
         PORT_ATTEMPTS,
         hold_free_ports,
+        kernel_environment,
         remove_relay_dir,
         wait_until_bound,
     )
@@ -170,8 +171,7 @@ def _start_on_free_ports(req, conn_path, log_path, deadline):
         argv = [req["relay"]["python"], relay_path, conn_path, "--", *req["argv"]]
     else:
         argv = [a.replace("{connection_file}", conn_path) for a in req["argv"]]
-    env = dict(os.environ)
-    env.update(req.get("env") or {})
+    env = kernel_environment(os.environ, req.get("env") or {}, req.get("expand") or ())
     env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = req["kernel_id"]
     env["KERNEL_ORCHESTRATOR_INSTANCE"] = req.get("instance", "")
     cwd = os.path.expanduser(req.get("cwd") or "~")

@@ -39,7 +39,7 @@ from orchestrator.provisioning.contract import (
 from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
 
 from ..common.curve import RELAY_SOURCE, CurveNegotiation
-from ..common.environment import launch_environment
+from ..common.environment import expanded_on_the_kernel_side, launch_environment
 from .accounts import RemoteAccount, account_for, parse_user_map, static_accounts
 from .agent import RemoteAgent, agent_for
 
@@ -235,6 +235,7 @@ class SSHProvisioner(  # type: ignore[misc]
             "instance": self.orchestrator_instance,
             "argv": cmd,
             "env": self._env or {},
+            "expand": expanded_on_the_kernel_side(self._env or {}, self.kernel_spec.env),
             "cwd": self.working_dir,
             "key": km.session.key.decode(),
             "signature_scheme": km.session.signature_scheme,

@@ -341,3 +341,46 @@ async def test_the_capture_sees_plain_text_without_the_relay(
             kc.stop_channels()
             await km.shutdown_kernel()
         await nothing_left(backend, store)
+
+
+ENV_CASES = [("ssh", "bash"), ("docker", "bash")]
+
+
+@pytest.fixture(params=ENV_CASES, ids=[f"{b}-{k}" for b, k in ENV_CASES])
+def env_case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Backend, Language]]:
+    yield from open_case(request, tmp_path, *request.param)
+
+
+async def test_kernelspec_env_is_never_expanded_from_the_gateway(
+    env_case: tuple[Backend, Language],
+    jupyter_env: dict[str, str],
+    store: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """jupyter_client expands a kernelspec's ``${VAR}`` from the server's environment;
+    a remote kernel must not see the gateway's variables that way. An SSH host expands
+    from its own environment, a container gets the value as written."""
+    backend, lang = env_case
+    monkeypatch.setenv("KO_GATEWAY_ONLY", "gateway-secret")
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "envx",
+        backend.provisioner,
+        {**backend.config, **lang.config_for(backend.name)},
+        argv=lang.argv_for(backend.name),
+        env={"SEEN": "[${KO_GATEWAY_ONLY}]", "WHERE": "${HOME}"},
+    )
+    km = orchestrator.AsyncKernelManager(kernel_name="envx", kernel_store=store)
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        out = (await execute(kc, 'echo "$SEEN|$WHERE|$HOME"'))["out"].strip()
+        seen, where, home = out.split("|")
+        assert seen == "[${KO_GATEWAY_ONLY}]"
+        assert where == (home if backend.name == "ssh" else "${HOME}")
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
