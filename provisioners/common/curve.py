@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from traitlets import Unicode
+from traitlets import HasTraits, Unicode
 
 from orchestrator.encryption import (
     keypair,
@@ -29,7 +29,7 @@ from orchestrator.liveness import Answer, wait_for_answer
 RELAY_SOURCE = Path(__file__).with_name("relay.py").read_text()
 
 
-class CurveNegotiation:
+class CurveNegotiation(HasTraits):
     """Mixed into provisioners of networked kernels (Docker, Kubernetes, SSH, Slurm)."""
 
     if False:  # for type checkers: provided by the provisioner

@@ -168,3 +168,24 @@ def kernel_environment(base, env, expand):
     for name, value in env.items():
         result[name] = Template(value).safe_substitute(base) if name in expand else value
     return result
+
+
+def write_resources(kernel_dir, shipped):
+    """Write the kernelspec's files (``{path: [base64, executable]}``) under
+    ``kernel_dir/resources`` (0700 directories, 0600/0700 files); return that directory.
+    Paths are checked: nothing is written outside it."""
+    import base64
+
+    root = os.path.join(kernel_dir, "resources")
+    os.makedirs(root, mode=0o700, exist_ok=True)
+    for rel, (data, executable) in (shipped or {}).items():
+        parts = rel.split("/")
+        if rel.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"bad kernelspec file path {rel!r}")
+        path = os.path.join(root, *parts)
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(base64.b64decode(data))
+        os.chmod(path, 0o700 if executable else 0o600)
+    return root

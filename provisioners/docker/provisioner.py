@@ -26,6 +26,7 @@ import re
 import signal
 import tarfile
 import time
+from pathlib import PurePosixPath
 from typing import Any
 
 import docker.errors
@@ -44,6 +45,7 @@ from orchestrator.tunnels import get_tunneler
 from ..common.curve import RELAY_SOURCE, CurveNegotiation, relay_command
 from ..common.environment import launch_environment
 from ..common.images import check_image
+from ..common.kernelspec_files import RemoteKernelCommand, kernel_argv
 from ..common.resources import MIN_CPUS, MIN_PIDS, docker_size, positive_number
 from . import egress, engine, gc, kernelspec
 from .config import DockerConfig
@@ -57,6 +59,7 @@ _ENGINES_WITHOUT_DISK_QUOTA: set[str] = set()
 CONTAINER_PORTS = {"shell": 50001, "iopub": 50002, "stdin": 50003, "control": 50004, "hb": 50005}
 CONNECTION_DIR = "/run/kernel"
 CONNECTION_FILE = f"{CONNECTION_DIR}/connection.json"
+RESOURCE_DIR = f"{CONNECTION_DIR}/resources"  # the kernelspec's own files
 
 
 def container_name_for(kernel_id: str) -> str:
@@ -66,15 +69,25 @@ def container_name_for(kernel_id: str) -> str:
 
 
 def _connection_tar(
-    payload: bytes, uid: int, gid: int, extra_files: dict[str, bytes] | None = None
+    payload: bytes, uid: int, gid: int, extra_files: dict[str, tuple[bytes, int]] | None = None
 ) -> bytes:
-    """A tar holding the connection file (and the relay, if any), 0600 and owned by
-    the kernel's user."""
+    """A tar holding the connection file (0600), and the relay and the kernelspec's
+    files if any (``{path: (data, mode)}``), owned by the kernel's user."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, data in {"connection.json": payload, **(extra_files or {})}.items():
+        made: set[str] = set()
+        entries = {"connection.json": (payload, 0o600), **(extra_files or {})}
+        for name, (data, mode) in entries.items():
+            parents = PurePosixPath(name).parents
+            for parent in reversed([str(p) for p in parents if str(p) != "."]):
+                if parent not in made:
+                    made.add(parent)
+                    info = tarfile.TarInfo(parent)
+                    info.type, info.mode, info.uid, info.gid = tarfile.DIRTYPE, 0o700, uid, gid
+                    info.mtime = int(time.time())
+                    tar.addfile(info)
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.uid, info.gid = len(data), 0o600, uid, gid
+            info.size, info.mode, info.uid, info.gid = len(data), mode, uid, gid
             info.mtime = int(time.time())
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
@@ -82,7 +95,11 @@ def _connection_tar(
 
 # (jupyter_client's provisioner metaclass derives from traitlets'; mypy cannot tell.)
 class DockerProvisioner(  # type: ignore[misc, metaclass]
-    CurveNegotiation, OrchestratorProvisionerMixin, DockerConfig, KernelProvisionerBase
+    CurveNegotiation,
+    RemoteKernelCommand,
+    OrchestratorProvisionerMixin,
+    DockerConfig,
+    KernelProvisionerBase,
 ):
     """One Docker container per kernel."""
 
@@ -136,10 +153,18 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         kwargs["cmd"] = self._kernel_command(extra)
         return kwargs
 
-    def _kernel_command(self, extra: list[str]) -> list[str]:
-        argv = list(self.kernel_spec.argv or []) + list(extra)
-        self._kernel_argv = argv
-        return [arg.replace("{connection_file}", CONNECTION_FILE) for arg in argv]
+    def _kernel_command(self, extra: list[str], *, relayed: bool = False) -> list[str]:
+        """The kernel's argv in its container (for a relay, with ``{connection_file}``
+        left for the relay to fill)."""
+        if not relayed:
+            self._kernel_argv = self.spec_argv(extra)
+        return kernel_argv(
+            self._kernel_argv,
+            connection_file=None if relayed else CONNECTION_FILE,
+            resource_dir=RESOURCE_DIR,
+            prefix=self.kernel_prefix,
+            where="in a container",
+        )
 
     def _uid_gid(self) -> tuple[int, int]:
         uid, _, gid = self.user.partition(":")
@@ -271,16 +296,19 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": km.kernel_name,
         }
-        extra_files: dict[str, bytes] = {}
+        extra_files = {
+            f"resources/{rel}": (f.data, 0o700 if f.executable else 0o600)
+            for rel, f in self.spec_files().items()
+        }
         if curve := self.choose_curve(leaves_machine=self.ports_reachable_by_others):
             inside.update(curve_publickey=curve[0], curve_secretkey=curve[1])
             if self.relayed:  # the kernel ignores keys: a relay beside it uses them
-                extra_files["relay.py"] = RELAY_SOURCE.encode()
+                extra_files["relay.py"] = (RELAY_SOURCE.encode(), 0o600)
                 cmd = relay_command(
                     self.relay_python or "python3",
                     f"{CONNECTION_DIR}/relay.py",
                     CONNECTION_FILE,
-                    self._kernel_argv,
+                    self._kernel_command([], relayed=True),
                 )
         payload = json.dumps(inside).encode()
         create = self._create_kwargs(cmd)

@@ -144,14 +144,43 @@ def signal_command(signum: int) -> list[str]:
     return ["sh", "-c", f"kill -s {name} -- -{pid} 2>/dev/null || kill -s {name} {pid}"]
 
 
+@dataclass(frozen=True)
+class SecretFile:
+    """A file of the kernel's Secret besides the connection file: the relay, or one of
+    the kernelspec's files (under ``resources/``)."""
+
+    path: str  # relative to SECRET_DIR
+    data: bytes
+    executable: bool = False
+
+
+def _secret_keys(files: list[SecretFile]) -> dict[str, SecretFile]:
+    """Secret data keys (which may not hold '/') for the files, in a fixed order."""
+    return {f"file-{i}": f for i, f in enumerate(sorted(files, key=lambda f: f.path))}
+
+
 def build_pod(
-    name: str, namespace: str, s: PodSettings, command: list[str], secret_name: str
+    name: str,
+    namespace: str,
+    s: PodSettings,
+    command: list[str],
+    secret_name: str,
+    files: list[SecretFile] | None = None,
 ) -> client.V1Pod:
-    """The kernel pod: one container, connection Secret mounted read-only."""
+    """The kernel pod: one container, connection Secret (and its other files, each at
+    its path) mounted read-only."""
+    items = None
+    if files:
+        items = [client.V1KeyToPath(key="connection.json", path="connection.json")] + [
+            client.V1KeyToPath(key=key, path=f.path, mode=0o550 if f.executable else 0o440)
+            for key, f in _secret_keys(files).items()
+        ]
     volumes = [
         client.V1Volume(
             name="kernel-connection-secret",
-            secret=client.V1SecretVolumeSource(secret_name=secret_name, default_mode=0o440),
+            secret=client.V1SecretVolumeSource(
+                secret_name=secret_name, default_mode=0o440, items=items
+            ),
         ),
         client.V1Volume(
             name="kernel-connection",
@@ -233,14 +262,14 @@ def build_secret(
     labels: dict[str, str],
     owner: client.V1Pod,
     connection: dict[str, Any],
-    files: dict[str, str] | None = None,
+    files: list[SecretFile] | None = None,
 ) -> client.V1Secret:
-    """The connection file (and the relay, if any) as a Secret owned by the pod, so it
-    is deleted with it."""
+    """The connection file (and the relay and kernelspec files, if any) as a Secret
+    owned by the pod, so it is deleted with it."""
     payload = json.dumps(connection).encode()
     data = {"connection.json": base64.b64encode(payload).decode()}
-    for name, text in (files or {}).items():
-        data[name] = base64.b64encode(text.encode()).decode()
+    for key, f in _secret_keys(list(files or [])).items():
+        data[key] = base64.b64encode(f.data).decode()
     return client.V1Secret(
         api_version="v1",
         kind="Secret",

@@ -46,6 +46,7 @@ from ..common.curve import RELAY_SOURCE, CurveNegotiation, relay_command
 from ..common.entitlement import check_profile_entitlement
 from ..common.environment import launch_environment
 from ..common.images import check_image
+from ..common.kernelspec_files import RemoteKernelCommand, kernel_argv
 from ..common.resources import kubernetes_quantity
 from . import gc, kernelspec, namespaces
 from .apiclient import ClusterAccess, call_api, connect
@@ -56,6 +57,7 @@ from .podspec import (
     CONTAINER_PORTS,
     SECRET_DIR,
     PodSettings,
+    SecretFile,
     build_pod,
     build_secret,
     signal_command,
@@ -68,7 +70,11 @@ LABEL_USER = "kernel-orchestrator.user"
 
 # (jupyter_client's provisioner metaclass derives from traitlets'; mypy cannot tell.)
 class KubernetesProvisioner(  # type: ignore[misc, metaclass]
-    CurveNegotiation, OrchestratorProvisionerMixin, KubernetesConfig, KernelProvisionerBase
+    CurveNegotiation,
+    RemoteKernelCommand,
+    OrchestratorProvisionerMixin,
+    KubernetesConfig,
+    KernelProvisionerBase,
 ):
     """One pod per kernel."""
 
@@ -199,10 +205,20 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         else:
             self.pod_namespace = self.namespace
         extra = kwargs.pop("extra_arguments", []) or []
-        argv = list(self.kernel_spec.argv or []) + list(extra)
-        self._kernel_argv = argv
-        kwargs["cmd"] = [a.replace("{connection_file}", CONNECTION_FILE) for a in argv]
+        self._kernel_argv = self.spec_argv(extra)
+        kwargs["cmd"] = self._pod_argv(relayed=False)
         return kwargs
+
+    def _pod_argv(self, *, relayed: bool) -> list[str]:
+        """The kernel's argv in its pod (for a relay, ``{connection_file}`` is left for
+        the relay to fill)."""
+        return kernel_argv(
+            self._kernel_argv,
+            connection_file=None if relayed else CONNECTION_FILE,
+            resource_dir=f"{SECRET_DIR}/resources",
+            prefix=self.kernel_prefix,
+            where="in a pod",
+        )
 
     # ------------------------------------------------------------- launch
     _kernel_argv: list[str] = []  # the kernelspec's, placeholders unfilled (for a relay)
@@ -216,17 +232,25 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         try:
             await self._ensure_namespace()
             connection = self._connection()
-            files: dict[str, str] = {}
+            files = [
+                SecretFile(f"resources/{rel}", f.data, f.executable)
+                for rel, f in self.spec_files().items()
+            ]
             if self.relayed:  # the kernel ignores keys: a relay beside it uses them
-                files["relay.py"] = RELAY_SOURCE
+                files.append(SecretFile("relay.py", RELAY_SOURCE.encode()))
                 cmd = relay_command(
                     self.relay_python or "python3",
                     f"{SECRET_DIR}/relay.py",
                     CONNECTION_FILE,
-                    self._kernel_argv,
+                    self._pod_argv(relayed=True),
                 )
             pod = build_pod(
-                self.pod_name, self.pod_namespace, self.settings, cmd, secret_name=self.pod_name
+                self.pod_name,
+                self.pod_namespace,
+                self.settings,
+                cmd,
+                secret_name=self.pod_name,
+                files=files,
             )
             created = await self._create_pod(pod)
             self.pod_uid = created.metadata.uid

@@ -14,6 +14,7 @@ Kernel directory, ``<base_dir>/<kernel_id>/``:
   request.json     the kernel's argv, environment and working directory (0600)
   supervisor.py    the program the batch script execs on the compute node
   relay.py         the Curve relay, for a kernel that cannot encrypt (see common.relay)
+  resources/       the kernelspec's own files: what {resource_dir} names in its argv
   meta.json        kernel id, instance, job id, created (what ``gc`` reads)
   state.json       written by the supervisor: node, ports, pid, status, generation
   control.json     a request to the supervisor (restart, kill), then SIGUSR1
@@ -78,6 +79,7 @@ def slurm_submit(req):
         _write_private(os.path.join(kdir, "supervisor.py"), req["supervisor"])
         if req.get("relay_source"):
             _write_private(os.path.join(kdir, "relay.py"), req["relay_source"])
+        write_resources(kdir, req.get("resources"))
         meta = {
             "kernel_id": req["kernel_id"],
             "instance": req.get("instance", ""),

@@ -42,6 +42,7 @@ from orchestrator.provisioning.contract import GarbageContext, client_connection
 from ..common.curve import RELAY_SOURCE
 from ..common.entitlement import check_profile_entitlement
 from ..common.environment import expanded_on_the_kernel_side
+from ..common.kernelspec_files import shipped_files
 from ..ssh.agent import RemoteAgent, agent_for
 from ..ssh.localhost import local_connection
 from ..ssh.provisioner import SSHProvisioner
@@ -291,6 +292,7 @@ class SlurmProvisioner(SSHProvisioner):
                 "relay": relay,
             },
             "relay_source": RELAY_SOURCE if relay else "",
+            "resources": shipped_files(self.spec_files()),
             "supervisor": SUPERVISOR,
             "script": batch.batch_script(self.python, list(self.setup)),
             "args": args,

@@ -99,13 +99,15 @@ class Supervisor:
             json.dump(info, f)
         relay = self.request.get("relay") or {}
         remove_relay_dir(self.kdir)  # a relay's from before a restart
+        resources = os.path.join(self.kdir, "resources")
+        argv = [a.replace("{resource_dir}", resources) for a in self.request["argv"]]
         if relay:
             # The kernel ignores Curve keys: the relay holds the public ports (with
             # the keys) and starts the kernel on private ipc sockets.
             relay_path = os.path.join(self.kdir, "relay.py")
-            argv = [relay["python"], relay_path, self.conn_path, "--", *self.request["argv"]]
+            argv = [relay["python"], relay_path, self.conn_path, "--", *argv]
         else:
-            argv = [a.replace("{connection_file}", self.conn_path) for a in self.request["argv"]]
+            argv = [a.replace("{connection_file}", self.conn_path) for a in argv]
         env = kernel_environment(
             os.environ, self.request.get("env") or {}, self.request.get("expand") or ()
         )

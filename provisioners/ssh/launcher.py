@@ -41,6 +41,7 @@ with contextlib.suppress(ImportError):
         kernel_environment,
         remove_relay_dir,
         wait_until_bound,
+        write_resources,
     )
 
 CHANNELS = KERNEL_CHANNELS
@@ -163,14 +164,16 @@ def _start_on_free_ports(req, conn_path, log_path, deadline):
     if req.get("curve_secretkey"):
         info.update(curve_publickey=req["curve_publickey"], curve_secretkey=req["curve_secretkey"])
     _write_private(conn_path, json.dumps(info))
+    resources = write_resources(os.path.dirname(conn_path), req.get("resources"))
+    argv = [a.replace("{resource_dir}", resources) for a in req["argv"]]
     if req.get("relay"):
         # The kernel ignores Curve keys: the relay holds the public ports (with the
         # keys) and starts the kernel on private ipc sockets, filling its placeholders.
         relay_path = os.path.join(os.path.dirname(conn_path), "relay.py")
         _write_private(relay_path, req["relay"]["source"])
-        argv = [req["relay"]["python"], relay_path, conn_path, "--", *req["argv"]]
+        argv = [req["relay"]["python"], relay_path, conn_path, "--", *argv]
     else:
-        argv = [a.replace("{connection_file}", conn_path) for a in req["argv"]]
+        argv = [a.replace("{connection_file}", conn_path) for a in argv]
     env = kernel_environment(os.environ, req.get("env") or {}, req.get("expand") or ())
     env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = req["kernel_id"]
     env["KERNEL_ORCHESTRATOR_INSTANCE"] = req.get("instance", "")

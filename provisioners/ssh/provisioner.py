@@ -40,14 +40,15 @@ from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, poo
 
 from ..common.curve import RELAY_SOURCE, CurveNegotiation
 from ..common.environment import expanded_on_the_kernel_side, launch_environment
+from ..common.kernelspec_files import RemoteKernelCommand, kernel_argv, shipped_files
 from .accounts import RemoteAccount, account_for, parse_user_map, static_accounts
 from .agent import RemoteAgent, agent_for
 
 _round_robin = itertools.count()
 
 
-class SSHProvisioner(  # type: ignore[misc]
-    CurveNegotiation, OrchestratorProvisionerMixin, KernelProvisionerBase
+class SSHProvisioner(  # type: ignore[misc, metaclass]
+    CurveNegotiation, RemoteKernelCommand, OrchestratorProvisionerMixin, KernelProvisionerBase
 ):
     """One kernel process on a remote host, reached through a shared SSH connection."""
 
@@ -216,11 +217,18 @@ class SSHProvisioner(  # type: ignore[misc]
             multi_tenant=bool(getattr(self.parent, "multi_tenant", False)),
             shared_account=self.shared_account,
         )
-        extra = kwargs.pop("extra_arguments", []) or []
-        argv = list(self.kernel_spec.argv or []) + list(extra)
+        argv = self.spec_argv(kwargs.pop("extra_arguments", []) or [])
         if argv and argv[0] in ("python", "python3"):
-            argv[0] = self.python
-        kwargs["cmd"] = argv
+            argv[0] = self.python  # the remote Python (never the orchestrator's)
+        # {connection_file} and {resource_dir} are the kernel's directory there, filled
+        # by the launcher; {prefix} is the operator's word for the remote side.
+        kwargs["cmd"] = kernel_argv(
+            argv,
+            connection_file=None,
+            resource_dir=None,
+            prefix=self.kernel_prefix,
+            where=f"on the remote host ({type(self).__name__})",
+        )
         return kwargs
 
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
@@ -236,6 +244,7 @@ class SSHProvisioner(  # type: ignore[misc]
             "argv": cmd,
             "env": self._env or {},
             "expand": expanded_on_the_kernel_side(self._env or {}, self.kernel_spec.env),
+            "resources": shipped_files(self.spec_files()),
             "cwd": self.working_dir,
             "key": km.session.key.decode(),
             "signature_scheme": km.session.signature_scheme,

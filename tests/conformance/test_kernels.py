@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -380,6 +381,62 @@ async def test_kernelspec_env_is_never_expanded_from_the_gateway(
         seen, where, home = out.split("|")
         assert seen == "[${KO_GATEWAY_ONLY}]"
         assert where == (home if backend.name == "ssh" else "${HOME}")
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
+LAUNCH_PY = """\
+import os, runpy, sys
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "data", "word.txt")) as f:
+    os.environ["FROM_RESOURCE"] = f.read().strip()
+os.environ["PREFIX_WAS"] = sys.argv.pop(1)
+sys.argv[0] = "bash_kernel"
+runpy.run_module("bash_kernel", run_name="__main__")
+"""
+FILE_CASES = ["local", "docker", "ssh", "slurm", "kubernetes"]
+
+
+@pytest.fixture(params=FILE_CASES)
+def files_case(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Backend, Language]]:
+    yield from open_case(request, tmp_path, request.param, "bash")
+
+
+async def test_kernelspec_files_and_placeholders_reach_the_kernel(
+    files_case: tuple[Backend, Language], jupyter_env: dict[str, str], store: Any
+) -> None:
+    """A kernelspec whose argv runs a script of its own ({resource_dir}) with a data
+    file beside it, and names {prefix}: every back-end ships the files to the kernel's
+    side and fills the placeholders with that side's paths (never the gateway's)."""
+    backend, lang = files_case
+    python = "python" if backend.name in ("docker", "kubernetes") else lang.argv[0]
+    config = {**backend.config, **lang.config_for(backend.name)}
+    if backend.name != "local":
+        config["kernel_prefix"] = "/kernel/side/prefix"
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "files",
+        backend.provisioner,
+        config,
+        argv=[python, "{resource_dir}/launch.py", "{prefix}", "-f", "{connection_file}"],
+    )
+    spec_dir = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "files"
+    (spec_dir / "launch.py").write_text(LAUNCH_PY)
+    (spec_dir / "data").mkdir()
+    (spec_dir / "data" / "word.txt").write_text("shipped\n")
+    km = orchestrator.AsyncKernelManager(kernel_name="files", kernel_store=store)
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        out = (await execute(kc, 'echo "$FROM_RESOURCE|$PREFIX_WAS"'))["out"].strip()
+        prefix = sys.prefix if backend.name == "local" else "/kernel/side/prefix"
+        assert out == f"shipped|{prefix}"
     finally:
         kc.stop_channels()
         await km.shutdown_kernel()
