@@ -50,7 +50,12 @@ BRIDGE = "ko-cni0"
 POD_SUBNET, NODE_IP = "10.244.0.0/24", "10.244.0.1"
 SERVICE_RANGE, SERVICE_IP = "10.0.0.0/24", "10.0.0.1"
 PAUSE_IMAGE = "kernel-orchestrator.test/pause:3.10.1"
-KERNEL_IMAGES = ("kernel-orchestrator/kernel-python:latest",)
+# The conformance matrix runs IRkernel, bash_kernel and xeus-python in pods too.
+KERNEL_IMAGES = (
+    "kernel-orchestrator/kernel-python:latest",
+    "kernel-orchestrator/kernel-multi:latest",
+    "kernel-orchestrator/kernel-r:latest",
+)
 CGROUP_ROOT = "/ko-kubelet"
 # Starting order; ``down`` stops them in reverse.
 COMPONENTS = ("etcd", "containerd", "kube-apiserver", "kube-controller-manager",
@@ -435,10 +440,11 @@ def ensure_kernel_images() -> None:
     """The kernel images the tests use, built by docker/build.sh if missing."""
     missing = [i for i in KERNEL_IMAGES
                if run("docker", "image", "inspect", i, check=False).returncode != 0]
-    if missing:
-        say(f"building {', '.join(missing)}")
+    for image in missing:
+        say(f"building {image}")
+        name = image.split("/", 1)[1].split(":", 1)[0]
         subprocess.run(["bash", str(REPO / "docker" / "build.sh"), "--offline-base", "--only",
-                        "kernel-python"], check=True, stdout=subprocess.DEVNULL)
+                        name], check=True, stdout=subprocess.DEVNULL)
 
 
 def kubelet_config(port: int) -> Path:
