@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jupyter_kernel_test  # (its KernelTests, imported here, would be collected)
 import pytest
 from jupyter_client.manager import start_new_kernel
-import jupyter_kernel_test  # (its KernelTests, imported here, would be collected)
 
 import orchestrator
 
