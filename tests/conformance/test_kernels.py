@@ -14,7 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,54 @@ async def execute(kc: Any, code: str, *, answer: str | None = None) -> dict[str,
     return {**reply["content"], "out": "".join(out), "prompts": prompts}
 
 
+@contextlib.asynccontextmanager
+async def running_kernel(
+    backend: Backend,
+    lang: Language,
+    jupyter_env: dict[str, str],
+    store: Any,
+    name: str,
+    *,
+    config: dict[str, Any] | None = None,
+    argv: list[str] | None = None,
+    files: dict[str, str] | None = None,
+    **spec: Any,
+) -> AsyncIterator[tuple[Any, Any]]:
+    """``lang``'s kernel on ``backend`` (kernelspec ``name``, with ``files`` beside its
+    kernel.json), ready, with a started client; afterwards shut down, and nothing of
+    it (record, process, container, job, relay directory) left."""
+    before = relay_dirs()
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        name,
+        backend.provisioner,
+        {**backend.config, **lang.config_for(backend.name), **(config or {})},
+        argv=argv or lang.argv_for(backend.name),
+        language=lang.language,
+        **spec,
+    )
+    spec_dir = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / name
+    for rel, text in (files or {}).items():
+        (spec_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (spec_dir / rel).write_text(text)
+    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
+    await km.start_kernel()
+    kc = km.client()
+    kc.start_channels()
+    try:
+        await kc.wait_for_ready(timeout=60)
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+    assert relay_dirs() <= before, "a relay left its socket directory behind"
+
+
+def relay_dirs() -> set[str]:
+    return {str(p) for p in Path("/tmp").glob("korelay*")}
+
+
 async def busy_with(kc: Any, code: str) -> str:
     """Start ``code`` and return its msg_id once the kernel reports itself busy with it."""
     msg_id = kc.execute(code)
@@ -108,22 +156,7 @@ async def test_a_kernel_of_any_language(
     case: tuple[Backend, Language], jupyter_env: dict[str, str], store: Any
 ) -> None:
     backend, lang = case
-    name = f"any-{lang.name}"
-    write_kernelspec(
-        jupyter_env["JUPYTER_DATA_DIR"],
-        name,
-        backend.provisioner,
-        {**backend.config, **lang.config_for(backend.name)},
-        argv=lang.argv_for(backend.name),
-        language=lang.language,
-    )
-    before = relay_dirs()
-    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
-    await km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=60)
+    async with running_kernel(backend, lang, jupyter_env, store, f"any-{lang.name}") as (km, kc):
         hello = await execute(kc, lang.hello)
         assert (hello["status"], hello["out"]) == ("ok", "hello\n"), hello
         assert (await execute(kc, lang.fails))["status"] == "error"
@@ -152,15 +185,6 @@ async def test_a_kernel_of_any_language(
         await kc.wait_for_ready(timeout=60)
         assert (await execute(kc, lang.read_state))["status"] == "error"
         assert (await execute(kc, lang.hello))["out"] == "hello\n"
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel()
-    await nothing_left(backend, store)
-    assert relay_dirs() <= before, "a relay left its socket directory behind"
-
-
-def relay_dirs() -> set[str]:
-    return {str(p) for p in Path("/tmp").glob("korelay*")}
 
 
 RELAYED = [
@@ -268,23 +292,8 @@ async def test_a_relayed_kernel_is_encrypted_on_the_wire(
     account cannot enter."""
     backend, lang = relayed_case
     debian.ensure({"tcpdump": "tcpdump"})
-    before = relay_dirs()
-    name = f"enc-{lang.name}"
-    write_kernelspec(
-        jupyter_env["JUPYTER_DATA_DIR"],
-        name,
-        backend.provisioner,
-        {**backend.config, **lang.config_for(backend.name)},
-        argv=lang.argv_for(backend.name),
-        language=lang.language,
-    )
-    km = orchestrator.AsyncKernelManager(kernel_name=name, kernel_store=store)
-    await km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
+    async with running_kernel(backend, lang, jupyter_env, store, f"enc-{lang.name}") as (km, kc):
         assert km.provisioner.encryption == "relay"
-        await kc.wait_for_ready(timeout=60)
         data, marker = await capture_a_marker(backend, km, kc, lang, tmp_path)
         assert len(data) > 2000, "the capture saw no kernel traffic"
         assert marker.encode() not in data and b"7f3e7f3e" not in data
@@ -308,11 +317,6 @@ async def test_a_relayed_kernel_is_encrypted_on_the_wire(
             timeout=30,
         )
         assert other.returncode == 3, (other.returncode, other.stderr)
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel()
-    await nothing_left(backend, store)
-    assert relay_dirs() <= before, "a relay left its socket directory behind"
 
 
 async def test_the_capture_sees_plain_text_without_the_relay(
@@ -322,26 +326,17 @@ async def test_the_capture_sees_plain_text_without_the_relay(
     does show the marker, so seeing none there means something."""
     debian.ensure({"tcpdump": "tcpdump"})
     for backend, lang in open_case(request, tmp_path, "ssh", "xpython"):
-        write_kernelspec(
-            jupyter_env["JUPYTER_DATA_DIR"],
+        async with running_kernel(
+            backend,
+            lang,
+            jupyter_env,
+            store,
             "plain",
-            backend.provisioner,
-            {**backend.config, "transport_encryption": "disabled"},
-            argv=lang.argv_for(backend.name),
-        )
-        km = orchestrator.AsyncKernelManager(kernel_name="plain", kernel_store=store)
-        await km.start_kernel()
-        kc = km.client()
-        kc.start_channels()
-        try:
+            config={"transport_encryption": "disabled"},
+        ) as (km, kc):
             assert km.provisioner.encryption == "plain"
-            await kc.wait_for_ready(timeout=60)
             data, marker = await capture_a_marker(backend, km, kc, lang, tmp_path)
             assert marker.encode() in data
-        finally:
-            kc.stop_channels()
-            await km.shutdown_kernel()
-        await nothing_left(backend, store)
 
 
 ENV_CASES = [("ssh", "bash"), ("docker", "bash")]
@@ -363,28 +358,12 @@ async def test_kernelspec_env_is_never_expanded_from_the_gateway(
     from its own environment, a container gets the value as written."""
     backend, lang = env_case
     monkeypatch.setenv("KO_GATEWAY_ONLY", "gateway-secret")
-    write_kernelspec(
-        jupyter_env["JUPYTER_DATA_DIR"],
-        "envx",
-        backend.provisioner,
-        {**backend.config, **lang.config_for(backend.name)},
-        argv=lang.argv_for(backend.name),
-        env={"SEEN": "[${KO_GATEWAY_ONLY}]", "WHERE": "${HOME}"},
-    )
-    km = orchestrator.AsyncKernelManager(kernel_name="envx", kernel_store=store)
-    await km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=60)
+    env = {"SEEN": "[${KO_GATEWAY_ONLY}]", "WHERE": "${HOME}"}
+    async with running_kernel(backend, lang, jupyter_env, store, "envx", env=env) as (_, kc):
         out = (await execute(kc, 'echo "$SEEN|$WHERE|$HOME"'))["out"].strip()
         seen, where, home = out.split("|")
         assert seen == "[${KO_GATEWAY_ONLY}]"
         assert where == (home if backend.name == "ssh" else "${HOME}")
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel()
-    await nothing_left(backend, store)
 
 
 LAUNCH_PY = """\
@@ -414,30 +393,16 @@ async def test_kernelspec_files_and_placeholders_reach_the_kernel(
     side and fills the placeholders with that side's paths (never the gateway's)."""
     backend, lang = files_case
     python = "python" if backend.name in ("docker", "kubernetes") else lang.argv[0]
-    config = {**backend.config, **lang.config_for(backend.name)}
-    if backend.name != "local":
-        config["kernel_prefix"] = "/kernel/side/prefix"
-    write_kernelspec(
-        jupyter_env["JUPYTER_DATA_DIR"],
+    prefix = sys.prefix if backend.name == "local" else "/kernel/side/prefix"
+    async with running_kernel(
+        backend,
+        lang,
+        jupyter_env,
+        store,
         "files",
-        backend.provisioner,
-        config,
+        config={} if backend.name == "local" else {"kernel_prefix": prefix},
         argv=[python, "{resource_dir}/launch.py", "{prefix}", "-f", "{connection_file}"],
-    )
-    spec_dir = Path(jupyter_env["JUPYTER_DATA_DIR"]) / "kernels" / "files"
-    (spec_dir / "launch.py").write_text(LAUNCH_PY)
-    (spec_dir / "data").mkdir()
-    (spec_dir / "data" / "word.txt").write_text("shipped\n")
-    km = orchestrator.AsyncKernelManager(kernel_name="files", kernel_store=store)
-    await km.start_kernel()
-    kc = km.client()
-    kc.start_channels()
-    try:
-        await kc.wait_for_ready(timeout=60)
+        files={"launch.py": LAUNCH_PY, "data/word.txt": "shipped\n"},
+    ) as (_, kc):
         out = (await execute(kc, 'echo "$FROM_RESOURCE|$PREFIX_WAS"'))["out"].strip()
-        prefix = sys.prefix if backend.name == "local" else "/kernel/side/prefix"
         assert out == f"shipped|{prefix}"
-    finally:
-        kc.stop_channels()
-        await km.shutdown_kernel()
-    await nothing_left(backend, store)
