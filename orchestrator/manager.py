@@ -503,6 +503,21 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
                 if self.shutting_down:
                     return  # the shutdown request, then signals, end it anyway
                 raise interrupts.cannot_interrupt(str(self.kernel_id), self.kernel_name)
+            if getattr(self.provisioner, "relayed", False) and self.has_kernel:
+                # The relay beside the kernel serves it: an encrypted, signed message
+                # instead of a signal sent to a container, pod, host or job.
+                msg = self.session.msg("interrupt_request", content={})
+                self._connect_control_socket()
+                try:
+                    self.session.send(self._control_socket, msg)
+                except zmq.Again:
+                    if self.shutting_down:
+                        return
+                    raise OrchestratorError(
+                        f"kernel {self.kernel_id}: its control channel is not connected;"
+                        " no interrupt was sent"
+                    ) from None
+                return
             if signum != signal.SIGINT:
                 if not self.has_kernel:
                     raise RuntimeError("Cannot interrupt kernel. No kernel is running!")

@@ -11,6 +11,7 @@ silently where keys were given.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from orchestrator.encryption import (
     should_encrypt,
     speaks_curve,
 )
+from orchestrator.interrupts import interrupt_signal
 from orchestrator.liveness import Answer, wait_for_answer
 
 #: The relay's program (Python and pyzmq only), shipped to where the kernel runs.
@@ -79,6 +81,16 @@ class CurveNegotiation(HasTraits):
         await super().load_provisioner_info(provisioner_info)  # type: ignore[misc]
         self.relayed = bool(provisioner_info.get("relayed"))
 
+    def relay_interrupt_signal(self) -> str | None:
+        """The signal the relay sends for an interrupt_request: the kernel's signal
+        where its kernelspec interrupts by signal (None: the request goes to the kernel,
+        or no signal may be sent)."""
+        spec = getattr(self, "kernel_spec", None)
+        if spec is None or spec.interrupt_mode != "signal":
+            return None
+        signum = interrupt_signal(spec)
+        return signal.Signals(signum).name if signum is not None else None
+
     @property
     def encryption(self) -> str:
         """What protects this kernel's traffic: "curve" (the kernel's own), "relay"
@@ -102,7 +114,15 @@ class CurveNegotiation(HasTraits):
         return answer
 
 
-def relay_command(python: str, relay_path: str, connection_file: str, argv: list[str]) -> list[str]:
-    """The command that runs the kernel ``argv`` (placeholders unfilled: the relay
-    fills them with its private connection file) behind the relay."""
-    return [python, relay_path, connection_file, "--", *argv]
+def relay_command(
+    python: str,
+    relay_path: str,
+    connection_file: str,
+    argv: list[str],
+    interrupt_signal: str | None = None,
+) -> list[str]:
+    """The command that runs the kernel ``argv`` (``{connection_file}`` unfilled: the
+    relay fills it with its private connection file) behind the relay, which serves
+    interrupt_requests with ``interrupt_signal`` if given."""
+    options = ["--interrupt-signal", interrupt_signal] if interrupt_signal else []
+    return [python, relay_path, *options, connection_file, "--", *argv]

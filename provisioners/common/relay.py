@@ -27,6 +27,12 @@ to the group (SIGINT, or Toree's SIGUSR2) reaches the kernel and is ignored here
 SIGTERM is passed on; the relay exits when the kernel does, with its status, and
 removes the private directory. Its keys come from the connection file (0600), never
 from argv or the environment.
+
+With ``--interrupt-signal NAME`` (a kernel that only a signal interrupts, such as
+IRkernel), an ``interrupt_request`` on control whose signature checks out is served
+here: the signal goes to the kernel's process group and a signed ``interrupt_reply``
+goes back. So such a kernel is interrupted by an encrypted, authenticated message,
+with no signal path from the orchestrator to the host at all.
 """
 
 import contextlib
@@ -99,9 +105,80 @@ def _proxy(zmq, front, back):
         zmq.proxy(front, back)
 
 
+def _signed(key, scheme, parts):
+    import hashlib
+    import hmac
+
+    if not key:
+        return b""
+    digest = hmac.new(key, digestmod=getattr(hashlib, scheme.split("-", 1)[1]))
+    for part in parts:
+        digest.update(part)
+    return digest.hexdigest().encode()
+
+
+def _interrupt_reply(frames, key, scheme, session):
+    """The identities and a signed ``interrupt_reply`` for ``frames`` if they are a
+    validly signed ``interrupt_request``; None for anything else (forwarded as is)."""
+    import datetime
+    import hmac
+    import uuid
+
+    try:
+        at = frames.index(b"<IDS|MSG>")
+        signature, header, parent, metadata, content = frames[at + 1 : at + 6]
+        request = json.loads(header)
+    except (ValueError, TypeError):
+        return None
+    if request.get("msg_type") != "interrupt_request":
+        return None
+    if not hmac.compare_digest(
+        signature, _signed(key, scheme, [header, parent, metadata, content])
+    ):
+        return None  # the kernel judges (and drops) what we cannot vouch for
+    reply_header = json.dumps(
+        {
+            "msg_id": uuid.uuid4().hex,
+            "session": session,
+            "username": "kernel",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "msg_type": "interrupt_reply",
+            "version": request.get("version", "5.3"),
+        }
+    ).encode()
+    body = [reply_header, header, b"{}", json.dumps({"status": "ok"}).encode()]
+    return [*frames[:at], b"<IDS|MSG>", _signed(key, scheme, body), *body]
+
+
+def _control(zmq, front, back, key, scheme, interrupt):
+    """Control, forwarded both ways, but for interrupt_requests served here."""
+    import uuid
+
+    session = uuid.uuid4().hex
+    poller = zmq.Poller()
+    poller.register(front, zmq.POLLIN)
+    poller.register(back, zmq.POLLIN)
+    with contextlib.suppress(zmq.ZMQError):
+        while True:
+            for sock, _ in poller.poll():
+                frames = sock.recv_multipart()
+                if sock is back:
+                    front.send_multipart(frames)
+                elif (reply := _interrupt_reply(frames, key, scheme, session)) is not None:
+                    interrupt()
+                    front.send_multipart(reply)
+                else:
+                    back.send_multipart(frames)
+
+
 def main(argv):
+    interrupt_signal = None
+    if len(argv) > 2 and argv[1] == "--interrupt-signal":
+        name = argv[2].upper()
+        interrupt_signal = signal.Signals[name if name.startswith("SIG") else "SIG" + name]
+        argv = [argv[0], *argv[3:]]
     if len(argv) < 4 or argv[2] != "--":
-        _fail("usage: relay.py CONNECTION_FILE -- KERNEL_ARGV...")
+        _fail("usage: relay.py [--interrupt-signal NAME] CONNECTION_FILE -- KERNEL_ARGV...")
     try:
         import zmq
     except ImportError as e:
@@ -139,22 +216,42 @@ def main(argv):
             # one identity for shell, stdin and control (stdin prompts follow shell's)
             back = _back(ctx, zmq.DEALER, endpoint(channel), None if channel == "hb" else identity)
         pairs.append((front, back))
-    for front, back in pairs:
-        threading.Thread(target=_proxy, args=(zmq, front, back), daemon=True).start()
+    started: list = []  # the kernel's Popen, once there
+
+    def interrupt():
+        """The interrupt signal to the kernel's process group (ours: its children get
+        it too, and it is a no-op here), or to the kernel alone if we lead no group."""
+        if not started or interrupt_signal is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgrp() == os.getpid():
+                os.killpg(os.getpid(), interrupt_signal)
+            else:
+                os.kill(started[0].pid, interrupt_signal)
+
+    key = public.get("key", "").encode()
+    scheme = public.get("signature_scheme") or "hmac-sha256"
+    for channel, (front, back) in zip(CHANNELS, pairs):  # noqa: B905 (Python 3.8 hosts)
+        if channel == "control" and interrupt_signal is not None:
+            args = (zmq, front, back, key, scheme, interrupt)
+            threading.Thread(target=_control, args=args, daemon=True).start()
+        else:
+            threading.Thread(target=_proxy, args=(zmq, front, back), daemon=True).start()
 
     kernel_argv = [a.replace("{connection_file}", private_file) for a in argv[3:]]
 
     # A handler, not SIG_IGN: an ignored signal would stay ignored in the kernel.
-    def interrupt(signum, frame):
+    def not_for_us(signum, frame):
         pass
 
-    signal.signal(signal.SIGINT, interrupt)
-    signal.signal(signal.SIGUSR2, interrupt)
+    signal.signal(signal.SIGINT, not_for_us)
+    signal.signal(signal.SIGUSR2, not_for_us)
     try:
         kernel = subprocess.Popen(kernel_argv, stdin=subprocess.DEVNULL)
     except OSError as e:
         shutil.rmtree(ipc, ignore_errors=True)
         _fail(f"cannot start {kernel_argv[0]!r}: {e.strerror}")
+    started.append(kernel)
 
     def terminate(signum, frame):
         kernel.send_signal(signum)

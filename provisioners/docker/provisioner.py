@@ -309,6 +309,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
                     f"{CONNECTION_DIR}/relay.py",
                     CONNECTION_FILE,
                     self._kernel_command([], relayed=True),
+                    self.relay_interrupt_signal(),
                 )
         payload = json.dumps(inside).encode()
         create = self._create_kwargs(cmd)

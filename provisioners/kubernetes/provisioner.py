@@ -243,6 +243,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                     f"{SECRET_DIR}/relay.py",
                     CONNECTION_FILE,
                     self._pod_argv(relayed=True),
+                    self.relay_interrupt_signal(),
                 )
             pod = build_pod(
                 self.pod_name,

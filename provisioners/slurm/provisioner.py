@@ -264,7 +264,10 @@ class SlurmProvisioner(SSHProvisioner):
         if curve := self.choose_curve(leaves_machine=True):
             connection.update(curve_publickey=curve[0], curve_secretkey=curve[1])
             if self.relayed:  # the kernel ignores keys: a relay beside it uses them
-                relay = {"python": self.python}
+                relay = {
+                    "python": self.relay_python or self.python,
+                    "interrupt_signal": self.relay_interrupt_signal(),
+                }
         assert self._job_request is not None
         kid, instance = str(self.kernel_id), self.orchestrator_instance
         args = [

@@ -105,7 +105,9 @@ class Supervisor:
             # The kernel ignores Curve keys: the relay holds the public ports (with
             # the keys) and starts the kernel on private ipc sockets.
             relay_path = os.path.join(self.kdir, "relay.py")
-            argv = [relay["python"], relay_path, self.conn_path, "--", *argv]
+            signal_option = relay.get("interrupt_signal")
+            options = ["--interrupt-signal", signal_option] if signal_option else []
+            argv = [relay["python"], relay_path, *options, self.conn_path, "--", *argv]
         else:
             argv = [a.replace("{connection_file}", self.conn_path) for a in argv]
         env = kernel_environment(

@@ -171,7 +171,9 @@ def _start_on_free_ports(req, conn_path, log_path, deadline):
         # keys) and starts the kernel on private ipc sockets, filling its placeholders.
         relay_path = os.path.join(os.path.dirname(conn_path), "relay.py")
         _write_private(relay_path, req["relay"]["source"])
-        argv = [req["relay"]["python"], relay_path, conn_path, "--", *argv]
+        signal_option = req["relay"].get("interrupt_signal")
+        options = ["--interrupt-signal", signal_option] if signal_option else []
+        argv = [req["relay"]["python"], relay_path, *options, conn_path, "--", *argv]
     else:
         argv = [a.replace("{connection_file}", conn_path) for a in argv]
     env = kernel_environment(os.environ, req.get("env") or {}, req.get("expand") or ())

@@ -255,7 +255,11 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
         if curve := self.choose_curve(leaves_machine=not self.loopback_private):
             request.update(curve_publickey=curve[0], curve_secretkey=curve[1])
             if self.relayed:  # the kernel ignores keys: a relay beside it uses them
-                request["relay"] = {"python": self.python, "source": RELAY_SOURCE}
+                request["relay"] = {
+                    "python": self.relay_python or self.python,
+                    "source": RELAY_SOURCE,
+                    "interrupt_signal": self.relay_interrupt_signal(),
+                }
         try:
             agent = await self._agent()
             self.remote = await agent.call("launch", request, self.startup_timeout + 30)
