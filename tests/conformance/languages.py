@@ -43,6 +43,8 @@ class Language:
             build_image(self.image)
         elif self.name == "ir":
             debian.ensure({"/usr/bin/R": "r-cran-irkernel"})
+        elif self.name == "octave":
+            debian.ensure({"/usr/bin/octave-cli": "octave"})
 
     def argv_for(self, backend: str) -> list[str]:
         return list(self.container_argv if backend in IN_CONTAINERS else self.argv)
@@ -112,4 +114,18 @@ XPYTHON = Language(
     interruptible=False,  # SIGINT ends it, interrupt_request does nothing
 )
 
-LANGUAGES = {lang.name: lang for lang in (IR, BASH, XPYTHON)}
+OCTAVE = Language(
+    name="octave",
+    argv=_python_module("octave_kernel"),
+    container_argv=("python", "-m", "octave_kernel", "-f", "{connection_file}"),
+    image=MULTI_IMAGE,  # (not built with Octave: the matrix runs it on hosts only)
+    language="octave",
+    hello='disp("hello")',
+    fails='error("boom")',
+    set_state="kept = 5;",
+    read_state="kept",
+    ask=None,
+    busy="pause(60)",
+)
+
+LANGUAGES = {lang.name: lang for lang in (IR, BASH, XPYTHON, OCTAVE)}

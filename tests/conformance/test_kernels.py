@@ -3,8 +3,10 @@
 Each case runs a real kernel other than ipykernel through one provisioner: start,
 output, an error, an ``input()`` round trip through stdin, an interrupt of a running
 cell (or, for a kernel a signal would end, an honest refusal that leaves it running),
-a restart that clears its state, a shutdown that leaves nothing. The cheap back-ends
-run every kernel; Slurm runs IRkernel and a xeus kernel.
+a restart that clears its state, a shutdown that leaves nothing. Local and SSH run
+every kernel (Octave from Debian, on the hosts only); Docker runs IRkernel, bash_kernel
+and xeus-python from the project's images; Slurm and Kubernetes run IRkernel and a xeus
+kernel.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ MATRIX = [
     ("local", "ir"),
     ("local", "bash"),
     ("local", "xpython"),
+    ("local", "octave"),
     ("docker", "ir"),
     ("docker", "bash"),
     ("docker", "xpython"),
     ("ssh", "ir"),
     ("ssh", "bash"),
     ("ssh", "xpython"),
+    ("ssh", "octave"),
     ("slurm", "ir"),
     ("slurm", "xpython"),
     ("kubernetes", "ir"),
