@@ -209,6 +209,7 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
     _dropped_callbacks: list[t.Callable[[str], t.Any]] | None = None
     _cleaned_up: bool = False  # a failed start's clean-up ran
     _relaunching: bool = False  # a restart got as far as starting the new process
+    _stopping_for_restart: bool = False  # inside the shutdown half of a restart
     _follow_lock: asyncio.Lock | None = None
 
     # ----------------------------------------------------------- provisioners
@@ -491,7 +492,21 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         await self._ensure_owner()
         if not restart:
             faults.checkpoint("before-shutdown")
-        await super()._async_shutdown_kernel(now=now, restart=restart)  # type: ignore[misc]
+        self._stopping_for_restart = restart
+        try:
+            await super()._async_shutdown_kernel(now=now, restart=restart)  # type: ignore[misc]
+        finally:
+            self._stopping_for_restart = False
+
+    async def _async_kill_kernel(self, restart: bool = False) -> None:
+        """jupyter_client's kill, told when it is part of a restart.
+
+        A restart with ``now=True`` (the auto-restarter's, or a caller's) kills without
+        saying so, and a provisioner that keeps its allocation over a restart (a Slurm
+        job) would give it up: the new process then had nowhere to start.
+        """
+        restart = restart or self._stopping_for_restart
+        await super()._async_kill_kernel(restart=restart)  # type: ignore[misc]
 
     async def _async_interrupt_kernel(self) -> None:
         if not self.shutting_down:  # jupyter_client interrupts as part of a shutdown

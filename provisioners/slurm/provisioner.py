@@ -408,12 +408,7 @@ class SlurmProvisioner(SSHProvisioner):
                     self.remote_ports = {ch: int(p) for ch, p in state["ports"].items()}
                     return
                 if state.get("status") == "exited":
-                    tail = await self.startup_diagnostics()
-                    detail = state.get("error") or f"status {state.get('exit')}"
-                    raise KernelStartError(
-                        f"the kernel in job {self.job_id} exited during start-up ({detail})"
-                        + (f"\n--- last lines of its output ---\n{tail}" if tail else "")
-                    )
+                    raise await self._exited_during_start_up(state)
             if time.monotonic() >= next_check:  # the job may have ended meanwhile
                 next_check = time.monotonic() + 1.0
                 with contextlib.suppress(QueueUnknown):
@@ -447,11 +442,26 @@ class SlurmProvisioner(SSHProvisioner):
         assert self.remote_ports is not None
         return self.node, dict(self.remote_ports)
 
+    async def _exited_during_start_up(self, state: dict[str, Any]) -> KernelStartError:
+        tail = await self.startup_diagnostics()
+        detail = state.get("error") or f"status {state.get('exit')}"
+        return KernelStartError(
+            f"the kernel in job {self.job_id} exited during start-up ({detail})"
+            + (f"\n--- last lines of its output ---\n{tail}" if tail else "")
+        )
+
     async def _wait_until_ready(self) -> None:
         reply = await self.first_answer(
             self.startup_timeout, image=f"{self.python} (job {self.job_id})", address=self.node
         )
         if reply is None:
+            # A relay holds the ports as soon as it starts: a kernel behind it that
+            # then exits is seen here, not while waiting for the ports.
+            state = await self._kernel_state()
+            if int(state.get("generation", -1)) == self.generation and (
+                state.get("status") == "exited"
+            ):
+                raise await self._exited_during_start_up(state)
             raise KernelStartError(
                 f"the kernel in job {self.job_id} on {self.node} did not answer through the"
                 f" login host within {self.startup_timeout:g}s"
