@@ -13,6 +13,7 @@ the checkout).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -118,6 +119,12 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
         assert screenshot.stat().st_size > 10_000
         after = await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels")
         assert [k["id"] for k in after] == [k["id"] for k in kernels]  # the same kernel
+    except BaseException:
+        # what the gateway and JupyterLab said, for a failure seen only in CI's output
+        for log in (gateway.log, tmp_path / "jupyterlab.log"):
+            with contextlib.suppress(OSError):
+                print(f"--- the end of {log.name}:\n" + log.read_text(errors="replace")[-6000:])
+        raise
     finally:
         if browser.returncode is None:
             browser.kill()

@@ -35,8 +35,16 @@ class Language:
     set_state: str  # state a restart must clear ...
     read_state: str  # ... which this then fails to read
     ask: str | None  # reads one line from stdin and prints it back (None: no stdin)
-    busy: str  # runs for a minute
+    busy: str  # prints "started" and a newline, then runs for a minute
     interruptible: bool = True
+    reports_errors: bool = True  # a failed cell's reply says "error" (else only its output does)
+
+    def failed(self, result: dict[str, object]) -> bool:
+        """Whether a cell failed, by its reply or, for a kernel whose replies do not
+        say so, by the "error: " its output starts with."""
+        if self.reports_errors:
+            return result["status"] == "error"
+        return str(result["out"]).startswith("error: ")
 
     def ensure_installed(self, backend: str) -> None:
         if backend in IN_CONTAINERS:
@@ -84,7 +92,7 @@ IR = Language(
     set_state="kept <- 5",
     read_state="print(kept)",
     ask='answer <- readline("name? "); cat(answer, "\\n", sep = "")',
-    busy="Sys.sleep(60)",
+    busy='cat("started\\n"); Sys.sleep(60)',
 )
 BASH = Language(
     name="bash",
@@ -97,7 +105,7 @@ BASH = Language(
     set_state="export KEPT=5",
     read_state='test -n "$KEPT"',
     ask=None,
-    busy="sleep 60",
+    busy="echo started; sleep 60",
 )
 XPYTHON = Language(
     name="xpython",
@@ -110,7 +118,7 @@ XPYTHON = Language(
     set_state="kept = 5",
     read_state="kept",
     ask="answer = input('name? '); print(answer)",
-    busy="import time; time.sleep(60)",
+    busy="import time; print('started', flush=True); time.sleep(60)",
     interruptible=False,  # SIGINT ends it, interrupt_request does nothing
 )
 
@@ -125,7 +133,8 @@ OCTAVE = Language(
     set_state="kept = 5;",
     read_state="kept",
     ask=None,
-    busy="pause(60)",
+    busy='disp("started"); pause(60)',
+    reports_errors=False,  # octave_kernel (metakernel) answers "ok" and prints the error
 )
 
 LANGUAGES = {lang.name: lang for lang in (IR, BASH, XPYTHON, OCTAVE)}
