@@ -7,9 +7,10 @@
 #   kernel-orchestrator/kernel-multi:{latest,VERSION}    the same, with bash_kernel and
 #                                                        xeus-python beside ipykernel
 #   kernel-orchestrator/kernel-r:{latest,VERSION}        docker/kernel-r/Dockerfile
+#   kernel-orchestrator/kernel-octave:{latest,VERSION}   docker/kernel-octave/Dockerfile
 #   kernel-orchestrator/orchestrator:{latest,VERSION}    docker/orchestrator/Dockerfile
 #
-# IMAGE is one of kernel-python, kernel-multi, kernel-r, orchestrator; without
+# IMAGE is one of kernel-python, kernel-multi, kernel-r, kernel-octave, orchestrator; without
 # --only, kernel-python and orchestrator are built (the others on request).
 #
 # VERSION is read from pyproject.toml (`version = "..."`), 0.1.0 if absent.
@@ -54,9 +55,9 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --offline-base) OFFLINE_BASE=1 ;;
         --only) shift; ONLY=${1:-}
-                case "$ONLY" in kernel-python|kernel-multi|kernel-r|orchestrator) ;; *) die "--only takes kernel-python, kernel-multi, kernel-r or orchestrator";; esac ;;
+                case "$ONLY" in kernel-python|kernel-multi|kernel-r|kernel-octave|orchestrator) ;; *) die "--only takes kernel-python, kernel-multi, kernel-r, kernel-octave or orchestrator";; esac ;;
         --only=*) ONLY=${1#--only=}
-                case "$ONLY" in kernel-python|kernel-multi|kernel-r|orchestrator) ;; *) die "--only takes kernel-python, kernel-multi, kernel-r or orchestrator";; esac ;;
+                case "$ONLY" in kernel-python|kernel-multi|kernel-r|kernel-octave|orchestrator) ;; *) die "--only takes kernel-python, kernel-multi, kernel-r, kernel-octave or orchestrator";; esac ;;
         -h|--help) sed -n '2,42p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
@@ -182,6 +183,13 @@ build_kernel_r() {
     build kernel-r "$ctx" Dockerfile
 }
 
+build_kernel_octave() {
+    local ctx=$CTX_ROOT/kernel-octave
+    mkdir -p "$ctx"
+    cp "$REPO/docker/kernel-octave/Dockerfile" "$ctx/Dockerfile"
+    build kernel-octave "$ctx" Dockerfile
+}
+
 build_orchestrator() {
     [ -f "$REPO/pyproject.toml" ] || die "no pyproject.toml in $REPO: cannot build the orchestrator image yet"
     local ctx=$CTX_ROOT/orchestrator d f
@@ -208,6 +216,7 @@ case "$ONLY" in
     kernel-python) build_kernel_python ;;
     kernel-multi) build_kernel_multi ;;
     kernel-r) build_kernel_r ;;
+    kernel-octave) build_kernel_octave ;;
     orchestrator) build_orchestrator ;;
     *) build_kernel_python; build_orchestrator ;;
 esac

@@ -322,6 +322,9 @@ async def test_jupyter_server_drives_kernels_through_the_gateway(
     # the gateway knows the kernel as alice's
     owned = await call(gateway.url, ALICE, "GET", "/api/kernels")
     assert [k["id"] for k in owned] == [kernel["id"]]
+    # and says what protects its traffic: other users share this loopback, and
+    # ipykernel does Curve itself
+    assert owned[0]["encryption"] == "curve"
     await call(base, token, "DELETE", f"/api/kernels/{kernel['id']}")
     assert await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
 

@@ -19,6 +19,7 @@ from ..conftest import REPO
 IN_CONTAINERS = ("docker", "kubernetes")
 MULTI_IMAGE = "kernel-orchestrator/kernel-multi:latest"
 R_IMAGE = "kernel-orchestrator/kernel-r:latest"
+OCTAVE_IMAGE = "kernel-orchestrator/kernel-octave:latest"
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,8 @@ XPYTHON = Language(
 OCTAVE = Language(
     name="octave",
     argv=_python_module("octave_kernel"),
-    container_argv=("python", "-m", "octave_kernel", "-f", "{connection_file}"),
-    image=MULTI_IMAGE,  # (not built with Octave: the matrix runs it on hosts only)
+    container_argv=("python3", "-m", "octave_kernel", "-f", "{connection_file}"),
+    image=OCTAVE_IMAGE,  # (all from Debian, as the hosts' Octave)
     language="octave",
     hello='disp("hello")',
     fails='error("boom")',

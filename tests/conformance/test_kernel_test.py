@@ -63,9 +63,16 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "code_generate_error": "ls /no/such/path/ko",
         "complete_code_samples": ["echo hi"],
     },
+    "octave": {
+        "language_name": "octave",
+        "code_hello_world": "disp('hello, world')",
+        "complete_code_samples": ["disp(1)"],
+        "completion_samples": [{"text": "one", "matches": {"ones", "onCleanup"}}],
+    },
 }
 MUST_PASS = ("test_kernel_info", "test_execute_stdout")  # the rest: as stock
-CASES = [(b, k) for b in ("docker", "ssh") for k in ("ir", "xpython", "bash")]
+# (Octave over SSH only: the image's octave_kernel is Debian's 0.32, not the hosts' 1.1)
+CASES = [(b, k) for b in ("docker", "ssh") for k in ("ir", "xpython", "bash")] + [("ssh", "octave")]
 
 
 def outcomes(kernel: str, start: Callable[[], tuple[Any, Any]]) -> dict[str, str]:

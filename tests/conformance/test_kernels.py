@@ -3,10 +3,9 @@
 Each case runs a real kernel other than ipykernel through one provisioner: start,
 output, an error, an ``input()`` round trip through stdin, an interrupt of a running
 cell (or, for a kernel a signal would end, an honest refusal that leaves it running),
-a restart that clears its state, a shutdown that leaves nothing. Local and SSH run
-every kernel (Octave from Debian, on the hosts only); Docker runs IRkernel, bash_kernel
-and xeus-python from the project's images; Slurm and Kubernetes run IRkernel and a xeus
-kernel.
+a restart that clears its state, a shutdown that leaves nothing. Local, Docker and SSH
+run every kernel (Docker from the project's images: kernel-r, kernel-multi and
+kernel-octave); Slurm and Kubernetes run IRkernel and a xeus kernel.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ MATRIX = [
     ("docker", "ir"),
     ("docker", "bash"),
     ("docker", "xpython"),
+    ("docker", "octave"),
     ("ssh", "ir"),
     ("ssh", "bash"),
     ("ssh", "xpython"),
