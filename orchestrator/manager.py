@@ -508,6 +508,12 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
         restart = restart or self._stopping_for_restart
         await super()._async_kill_kernel(restart=restart)  # type: ignore[misc]
 
+    async def _async_send_kernel_sigterm(self, restart: bool = False) -> None:
+        """jupyter_client's SIGTERM to a kernel slow to end, told when it is part of a
+        restart (the graceful restart's wait sends it without saying so: see above)."""
+        restart = restart or self._stopping_for_restart
+        await super()._async_send_kernel_sigterm(restart=restart)  # type: ignore[misc]
+
     async def _async_interrupt_kernel(self) -> None:
         if not self.shutting_down:  # jupyter_client interrupts as part of a shutdown
             await self._ensure_owner()

@@ -457,7 +457,9 @@ class SlurmProvisioner(SSHProvisioner):
         if reply is None:
             # A relay holds the ports as soon as it starts: a kernel behind it that
             # then exits is seen here, not while waiting for the ports.
-            state = await self._kernel_state()
+            state: dict[str, Any] = {}
+            with contextlib.suppress(OrchestratorError):  # (then the silence is the news)
+                state = await self._kernel_state()
             if int(state.get("generation", -1)) == self.generation and (
                 state.get("status") == "exited"
             ):
