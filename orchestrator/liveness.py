@@ -37,6 +37,9 @@ def _client_socket(
 ) -> Any:
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 0
+    # A send that cannot go out (no peer: a handshake refused, a kernel gone) fails at
+    # once instead of blocking its caller, and with it the event loop.
+    sock.sndtimeo = 0
     pub, sec = connection_info.get("curve_publickey"), connection_info.get("curve_secretkey")
     if pub and sec:
         # jupyter_client's scheme: the client uses the kernel's keypair and pins the
@@ -63,7 +66,10 @@ async def kernel_info(
     try:
         request = session.msg("kernel_info_request", content={})
         for sock in sockets:
-            session.send(sock, request)
+            try:
+                session.send(sock, request)
+            except zmq.Again:
+                continue  # nobody to ask on this channel now: the others, or the next try
             poller.register(sock, zmq.POLLIN)
         deadline = time.monotonic() + timeout
         while True:
