@@ -141,35 +141,38 @@ def relay_dirs() -> set[str]:
     return {str(p) for p in Path("/tmp").glob("korelay*")}
 
 
+async def iopub_until(kc: Any, msg_id: str, wanted: Any, what: str) -> None:
+    """Read IOPub until a message of the request ``msg_id`` satisfies ``wanted``."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        msg = await kc.get_iopub_msg(timeout=30)
+        if msg["parent_header"].get("msg_id") == msg_id and wanted(msg):
+            return
+    raise AssertionError(f"the kernel never {what}")
+
+
 async def busy_with(kc: Any, code: str) -> str:
     """Start ``code`` and return its msg_id once the cell itself runs (it printed
     "started"). A "busy" status is not enough: IRkernel reports busy before it
     guards the cell, and an interrupt in between ends R (stock jupyter_client too)."""
-    msg_id = kc.execute(code)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        msg = await kc.get_iopub_msg(timeout=30)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "stream"
-            and "started" in msg["content"]["text"]
-        ):
-            return msg_id  # type: ignore[no-any-return]
-    raise AssertionError(f"the kernel never started running {code!r}")
+    msg_id: str = kc.execute(code)
+    await iopub_until(
+        kc,
+        msg_id,
+        lambda msg: msg["msg_type"] == "stream" and "started" in msg["content"]["text"],
+        f"started running {code!r}",
+    )
+    return msg_id
 
 
 async def idle_after(kc: Any, msg_id: str) -> None:
     """Wait for the kernel's idle status that ends the request ``msg_id``."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        msg = await kc.get_iopub_msg(timeout=30)
-        if (
-            msg["parent_header"].get("msg_id") == msg_id
-            and msg["msg_type"] == "status"
-            and msg["content"]["execution_state"] == "idle"
-        ):
-            return
-    raise AssertionError(f"the kernel never went idle after {msg_id}")
+    await iopub_until(
+        kc,
+        msg_id,
+        lambda msg: msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle",
+        f"went idle after {msg_id}",
+    )
 
 
 async def test_a_kernel_of_any_language(
