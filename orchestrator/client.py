@@ -37,6 +37,8 @@ PROBE_INTERVAL_MS = 200
 class RetargetableClientMixin:
     """Adds :meth:`retarget` to a jupyter_client kernel client."""
 
+    _socket_generation = 0  # (how many times the sockets were replaced)
+
     if t.TYPE_CHECKING:
         session: t.Any
         hb_channel: t.Any
@@ -78,15 +80,22 @@ class RetargetableClientMixin:
         of the old one (messages queued for the dead process go with the old socket);
         a running heartbeat is restarted there. Channels not made yet simply use the
         new address when they are.
+
+        The new sockets take a routing identity of their own (:meth:`_next_identity`):
+        the old ones may already have reconnected to the new process (a restart that
+        keeps the address) and the kernel's ROUTER may not have seen them close yet.
+        Most kernels' ROUTERs keep the first peer of an identity and drop a second
+        one's messages, so the kept client's next request went unanswered.
         """
         self.load_connection_info(dict(info))
+        identity = self._next_identity()
         for name in ("iopub", "shell", "stdin", "control"):
             channel = getattr(self, f"_{name}_channel", None)
             if channel is None or getattr(channel, "socket", None) is None:
                 continue
             old = channel.socket
             connect = getattr(self, f"connect_{name}")
-            channel.socket = connect(identity=self.session.bsession)
+            channel.socket = connect(identity=identity)
             if hasattr(channel, "stream") and channel.stream is not None:  # threaded channels
                 channel.stream.socket = channel.socket
             old.close(linger=0)
@@ -98,6 +107,15 @@ class RetargetableClientMixin:
             self._hb_channel = None
             if running:
                 self.hb_channel.start()
+
+
+    def _next_identity(self) -> bytes:
+        """A routing identity for this client's next sockets: the session's, with a
+        generation number. Shell and stdin share it (a kernel sends ``input()``
+        prompts to the identity that sent the cell); the session itself, which every
+        message header carries, stays the same."""
+        self._socket_generation += 1
+        return self.session.bsession + b"." + str(self._socket_generation).encode()
 
 
 class FollowingChannel(ZMQSocketChannel):
