@@ -108,7 +108,6 @@ class RetargetableClientMixin:
             if running:
                 self.hb_channel.start()
 
-
     def _next_identity(self) -> bytes:
         """A routing identity for this client's next sockets: the session's, with a
         generation number. Shell and stdin share it (a kernel sends ``input()``
