@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from .errors import OrchestratorError
@@ -191,3 +191,46 @@ def load_users_file(
     except json.JSONDecodeError as e:
         raise UsersFileError(f"{where}: not valid JSON ({e.msg} at line {e.lineno})") from None
     return parse_users(raw, where, admin_token=admin_token, existing=existing)
+
+
+# ------------------------------------------------------------------ revocation
+# Who is no longer a user, as the gateway's identity sources say (the users file's
+# current contents, the Hub's deleted users). Asked before anything long-lived is made
+# for a user on their behalf without a request of theirs at hand: an SSH certificate
+# minted for a reconnect (:mod:`orchestrator.tunnels.ssh.certificates`).
+_revocation_checks: list[Callable[[str], bool]] = []
+_revoked: set[str] = set()
+
+
+def add_revocation_check(check: Callable[[str], bool]) -> None:
+    """Register ``check(name) -> True`` when ``name`` is no longer a user."""
+    _revocation_checks.append(check)
+
+
+def remove_revocation_check(check: Callable[[str], bool]) -> None:
+    if check in _revocation_checks:
+        _revocation_checks.remove(check)
+
+
+def revoke(name: str) -> None:
+    """Note that ``name`` is gone (a user the Hub deleted)."""
+    _revoked.add(name)
+
+
+def reinstate(name: str) -> None:
+    """``name`` is a user again (the Hub has a user of that name once more)."""
+    _revoked.discard(name)
+
+
+def is_revoked(name: str) -> bool:
+    """Whether ``name`` was removed by any identity source; a check that fails counts
+    as a revocation (a certificate is not minted on a guess)."""
+    if name in _revoked:
+        return True
+    for check in list(_revocation_checks):
+        try:
+            if check(name):
+                return True
+        except Exception:
+            return True
+    return False

@@ -54,15 +54,16 @@ def script(name: str) -> Path:
 
 
 async def run_lab_script(
-    node_modules: Path, screenshot: Path, **settings: str
+    node_modules: Path, screenshot: Path, name: str = "lab.cjs", **settings: str
 ) -> asyncio.subprocess.Process:
-    """``lab.cjs`` in headless Chromium, with its ``settings`` (LAB_URL and LAB_TOKEN, or
-    HUB_URL, HUB_USER and HUB_PASSWORD; see the script), for the Docker kernelspec; its
-    stdout piped (its steps), its stdin too (the test says CONTINUE there)."""
+    """``lab.cjs`` (or another script ``name``) in headless Chromium, with its
+    ``settings`` (LAB_URL and LAB_TOKEN, or HUB_URL, HUB_USER and HUB_PASSWORD; see the
+    script), for the Docker kernelspec; its stdout piped (its steps), its stdin too (the
+    test says CONTINUE there)."""
     screenshot.unlink(missing_ok=True)
     return await asyncio.create_subprocess_exec(
         "node",
-        str(script("lab.cjs")),
+        str(script(name)),
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         env={

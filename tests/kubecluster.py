@@ -268,6 +268,7 @@ SHARED_VALUES = {
         "portForward": True,
         "execForSignals": True,
         "readPodLogs": True,
+        "readClaims": True,
     }
 }
 #: The per-user release: a namespace per user, made by the orchestrator.

@@ -52,6 +52,7 @@ from .sshnet import (
     _owner_token,
     _run,
     ensure_packages,
+    make_user_ca,
     reap_dead_instances,
     sshd_config_lines,
 )
@@ -87,6 +88,7 @@ class SlurmNet:
         self.workdir = Path()
         self.conf = Path()
         self.user_key = Path()
+        self.user_ca = Path()
         self.known_hosts = Path()
         self.login_ip = ""
         self.controller_ip = ""
@@ -312,6 +314,7 @@ PartitionName=held Nodes={",".join(NODES)} MaxTime=INFINITE State=DOWN
         _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(host_key)])
         self.authorized_dir.mkdir(mode=0o711)
         (self.authorized_dir / "root").write_text(self.user_key.with_suffix(".pub").read_text())
+        self.user_ca = make_user_ca(private)
         self.known_hosts = private / "known_hosts"
         pub = host_key.with_suffix(".pub").read_text().split()
         self.known_hosts.write_text(f"{self.login_ip} {pub[0]} {pub[1]}\n")
@@ -322,6 +325,7 @@ PartitionName=held Nodes={",".join(NODES)} MaxTime=INFINITE State=DOWN
             private / "sshd.pid",
             self.authorized_dir,
             extra=[f"SetEnv SLURM_CONF={self.conf}"],
+            user_ca=self.user_ca,
         )
         config.write_text("\n".join(lines) + "\n")
         Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)

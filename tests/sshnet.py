@@ -233,20 +233,32 @@ def _route_taken(third: int) -> bool:
     return f"{SUBNET_PREFIX}.{third}." in out
 
 
+def make_user_ca(directory: Path) -> Path:
+    """A user certificate authority for a test net (private key ``user_ca``, 0600, and
+    ``user_ca.pub``, which the net's sshd trust): certificate mode logs in with it."""
+    path = directory / "user_ca"
+    _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ko-test-ca", "-f", str(path)])
+    path.chmod(0o600)
+    return path
+
+
 def sshd_config_lines(
     listen: Sequence[str],
     host_key: Path,
     pid_file: Path,
     authorized_dir: Path,
     extra: Sequence[str] = (),
+    user_ca: Path | None = None,
 ) -> list[str]:
-    """An sshd_config for a test host: keys only, forwarding on, logs verbose."""
+    """An sshd_config for a test host: keys (and certificates of ``user_ca``) only,
+    forwarding on, logs verbose."""
     lines = [f"ListenAddress {ip}" for ip in listen] + [
         "Port 22",
         "AddressFamily inet",
         f"HostKey {host_key}",
         f"PidFile {pid_file}",
         f"AuthorizedKeysFile {authorized_dir}/%u",
+        *([f"TrustedUserCAKeys {user_ca}.pub"] if user_ca else []),
         "PermitRootLogin prohibit-password",
         "PubkeyAuthentication yes",
         "PasswordAuthentication no",
@@ -304,6 +316,7 @@ class SSHNet:
         self.suffix = secrets.token_hex(3)
         self.workdir = Path()
         self.user_key = Path()
+        self.user_ca = Path()
         self.bad_key = Path()
         self.known_hosts = Path()
         self.ssh_config = Path()
@@ -391,6 +404,7 @@ class SSHNet:
         self.bad_key = self.workdir / "id_bad"
         user_pub = self._keygen(self.user_key, f"ko-sshnet-{self.suffix}-user")
         self._keygen(self.bad_key, f"ko-sshnet-{self.suffix}-bad")
+        self.user_ca = make_user_ca(self.workdir)
         self.authorized_dir.mkdir(mode=0o711)
         self.authorized_dir.chmod(0o711)
         (self.authorized_dir / "root").write_text(user_pub + "\n")
@@ -488,7 +502,11 @@ class SSHNet:
             host.sshd_config = hdir / "sshd_config"
             host.sshd_log = hdir / "sshd.log"
             lines = sshd_config_lines(
-                listen[name], host.host_key, hdir / "sshd.pid", self.authorized_dir
+                listen[name],
+                host.host_key,
+                hdir / "sshd.pid",
+                self.authorized_dir,
+                user_ca=self.user_ca,
             )
             host.sshd_config.write_text("\n".join(lines) + "\n")
             _run([SSHD, "-t", "-f", str(host.sshd_config)])

@@ -124,6 +124,7 @@ POD_RULES = [
 ]
 PORT_FORWARD_RULE = (("",), ("pods/portforward",), ("get", "create"))
 EXEC_RULE = (("",), ("pods/exec",), ("get", "create"))
+CLAIMS_RULE = (("",), ("persistentvolumeclaims",), ("get",))
 PER_USER_RULES = [
     (("",), ("namespaces",), ("create", "get")),
     (("rbac.authorization.k8s.io",), ("rolebindings",), ("create",)),
@@ -312,6 +313,7 @@ LOG_RULE = POD_RULES[1]
         ({"readPodLogs": False}, [LOG_RULE]),  # the log rule goes (see below)
         ({"portForward": True}, [PORT_FORWARD_RULE]),
         ({"execForSignals": True}, [EXEC_RULE]),
+        ({"readClaims": True}, [CLAIMS_RULE]),
         ({"portForward": True, "execForSignals": True}, [PORT_FORWARD_RULE, EXEC_RULE]),
     ],
 )

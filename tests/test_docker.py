@@ -764,3 +764,89 @@ async def test_disk_caps_where_the_engine_can_enforce_them(
     with pytest.raises(KernelStartError, match="disk = '5g' cannot be enforced by this engine"):
         await km.start_kernel()
     assert our_containers(dclient, km.kernel_id) == []
+
+
+NOTEBOOK_CELL = """
+import os
+rows = open("data.csv").read().splitlines()
+open("result.txt", "w").write(f"{len(rows) - 1} rows\\n")
+print(os.getcwd(), "bob" in os.listdir("/home"), os.path.isdir("/scratch"))
+"""
+
+
+async def test_each_users_storage_and_the_notebooks_directory(
+    jupyter_env: dict[str, str], store: Any, dclient: Any
+) -> None:
+    """Alice's kernel mounts her home (a bind mount under volume_roots) and a scratch
+    volume made for her on first use, and starts in the notebook's directory there: it
+    reads the file beside the notebook and writes one the server sees. Bob's home is not
+    in her container; a volume labelled for someone else, a shared writable entry and a
+    bind source outside the roots are refused before anything is made."""
+    from .homes import user_homes
+
+    scratch = "ko-test-scratch-{username}"
+    with user_homes({"alice": "1000", "bob": "1001", "carol": "1002"}) as homes:
+        base = {
+            "image": "kernel-orchestrator/kernel-python:latest",
+            "volume_roots": [str(homes.served)],
+            "working_dir_map": {f"{homes.served}/{{username}}": "/home/{username}"},
+        }
+        volumes = [f"{homes.served}/{{username}}:/home/{{username}}", f"{scratch}:/scratch"]
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "homes",
+            "docker-provisioner",
+            {**base, "volumes": volumes},
+        )
+
+        def manager(name: str = "homes") -> Any:
+            return orchestrator.AsyncKernelManager(
+                kernel_name=name, kernel_store=store, multi_tenant=True
+            )
+
+        def env(user: str, *rel: str) -> dict[str, str]:
+            where = str(homes.server_dir(user, *rel))
+            return {**os.environ, "KERNEL_USERNAME": user, "KERNEL_WORKING_DIR": where}
+
+        alice = manager()
+        try:
+            await alice.start_kernel(env=env("alice", "sub"))
+            out = (await run(alice, NOTEBOOK_CELL))["out"]
+            assert out == "/home/alice/sub False True\n", out
+            assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows\n"
+            volume = dclient.volumes.get("ko-test-scratch-alice")
+            assert volume.attrs["Labels"]["kernel-orchestrator.volume-owner"] == "alice"
+            await alice.restart_kernel()  # the same directory and storage after a restart
+            assert (await run(alice, "import os; print(os.getcwd())"))["out"] == "/home/alice/sub\n"
+        finally:
+            await alice.shutdown_kernel(now=True)
+            with contextlib.suppress(docker.errors.NotFound):
+                dclient.volumes.get("ko-test-scratch-alice").remove()
+
+        squatted = dclient.volumes.create(
+            "ko-test-scratch-carol", labels={"kernel-orchestrator.volume-owner": "mallory"}
+        )
+        try:
+            with pytest.raises(KernelStartError, match="belongs to 'mallory', not 'carol'"):
+                await manager().start_kernel(env={**os.environ, "KERNEL_USERNAME": "carol"})
+        finally:
+            squatted.remove()
+
+        refused = {
+            "shared": ([f"{scratch}:/scratch", "ko-test-everyone:/shared"], "every user's"),
+            "outside": (["/tmp/{username}:/home/{username}"], "under none of volume_roots"),
+        }
+        for name, (entries, why) in refused.items():
+            write_kernelspec(
+                jupyter_env["JUPYTER_DATA_DIR"],
+                name,
+                "docker-provisioner",
+                {**base, "volumes": entries},
+            )
+            with pytest.raises(KernelStartError, match=why):
+                await manager(name).start_kernel(env=env("alice"))
+        with pytest.raises(KernelStartError, match="under none of the directories"):
+            await manager().start_kernel(env=env("bob", "sub") | {"KERNEL_USERNAME": "alice"})
+    assert our_containers(dclient) == []
+    assert await store.list() == []
+    assert not dclient.volumes.list(filters={"name": "ko-test-"})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -25,7 +26,7 @@ import pytest
 
 from .browser import ensure_browser, run_lab_script
 from .conftest import REPO
-from .test_gateway import ADMIN_TOKEN, Gateway, free_port, wait_http
+from .test_gateway import ADMIN_TOKEN, ALICE, Gateway, free_port, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
 
@@ -36,7 +37,9 @@ def output_dir() -> Path:
     return folder
 
 
-def start_lab(gateway_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str, str]:
+def start_lab(
+    gateway_url: str, tmp: Path, *, auth_token: str = ADMIN_TOKEN, root_dir: Path | None = None
+) -> tuple[subprocess.Popen[bytes], str, str]:
     port, token = free_port(), "lab-" + uuid.uuid4().hex
     env = {
         **os.environ,
@@ -54,12 +57,12 @@ def start_lab(gateway_url: str, tmp: Path) -> tuple[subprocess.Popen[bytes], str
             "--ServerApp.port_retries=0",
             f"--IdentityProvider.token={token}",
             f"--gateway-url={gateway_url}",
-            f"--GatewayClient.auth_token={ADMIN_TOKEN}",
+            f"--GatewayClient.auth_token={auth_token}",
             "--GatewayClient.request_timeout=120",
             # No traffic beyond loopback: no update check against PyPI, no news feed.
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
             "--LabApp.news_url=",
-            f"--ServerApp.root_dir={tmp}",
+            f"--ServerApp.root_dir={root_dir or tmp}",
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(tmp / "jupyterlab.log", "ab"),  # noqa: SIM115
@@ -138,3 +141,80 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
 
         await _shutdown_all(gateway)
         gateway.kill(signal.SIGTERM)
+
+
+EMPTY_CELL = {"cell_type": "code", "metadata": {}, "source": "", "outputs": []}
+NOTEBOOK = {
+    "cells": [{**EMPTY_CELL, "execution_count": None}],
+    "metadata": {
+        "kernelspec": {"name": "homes-docker", "display_name": "Docker (homes)"},
+    },
+    "nbformat": 4,
+    "nbformat_minor": 5,
+}
+
+
+@pytest.mark.timeout(600)
+async def test_a_notebook_reads_and_writes_files_beside_itself(
+    docker_engine: str, tmp_path: Path, jupyter_env: dict[str, str]
+) -> None:
+    """Alice's JupyterLab serves her home; her notebook in a sub-directory runs in a
+    Docker kernel of the gateway, which mounts her home (per-user bind mount) and starts
+    in the notebook's directory there (working_dir_map): the cell reads the data file
+    beside the notebook and writes a result file that JupyterLab's file browser lists."""
+    from .conftest import write_kernelspec
+    from .homes import user_homes
+
+    node_modules = await asyncio.to_thread(ensure_browser)
+    with user_homes({"alice": "1000"}) as homes:
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "homes-docker",
+            "docker-provisioner",
+            {
+                "image": "kernel-orchestrator/kernel-python:latest",
+                "volumes": [f"{homes.served}/{{username}}:/home/{{username}}"],
+                "volume_roots": [str(homes.served)],
+                "working_dir_map": {f"{homes.served}/{{username}}": "/home/{username}"},
+            },
+            display_name="Docker (homes)",
+        )
+        notebook = homes.server_dir("alice", "sub", "analysis.ipynb")
+        notebook.write_text(json.dumps(NOTEBOOK))
+        os.chown(notebook, 1000, 1000)
+        gateway = Gateway(tmp_path).start()
+        lab, lab_url, lab_token = await asyncio.to_thread(
+            start_lab, gateway.url, tmp_path, auth_token=ALICE, root_dir=homes.server_dir("alice")
+        )
+        screenshot = output_dir() / "jupyterlab-files-beside-the-notebook.png"
+        browser = await run_lab_script(
+            node_modules,
+            screenshot,
+            "files.cjs",
+            LAB_URL=lab_url,
+            LAB_TOKEN=lab_token,
+            NOTEBOOK="sub/analysis.ipynb",
+            KERNEL_DISPLAY_NAME="Docker (homes)",
+        )
+        try:
+            await _read_until(browser, "DONE", 400)
+            assert await asyncio.wait_for(browser.wait(), 60) == 0
+            assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows"
+        except BaseException:
+            for log in (gateway.log, tmp_path / "jupyterlab.log"):
+                with contextlib.suppress(OSError):
+                    print(f"--- the end of {log.name}:\n" + log.read_text(errors="replace")[-6000:])
+            raise
+        finally:
+            if browser.returncode is None:
+                browser.kill()
+                await browser.wait()
+            lab.send_signal(signal.SIGTERM)
+            try:
+                lab.wait(30)
+            except subprocess.TimeoutExpired:
+                lab.kill()
+            from .test_gateway import _shutdown_all
+
+            await _shutdown_all(gateway)
+            gateway.kill(signal.SIGTERM)

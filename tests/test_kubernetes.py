@@ -538,6 +538,139 @@ def _requests(events: list[dict[str, Any]]) -> set[tuple[str, str, str, str]]:
     return used
 
 
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _home_claim(cluster: KubeCluster, namespace: str, user: str, path: str) -> None:
+    """A user's home as the Hub would give it: a PersistentVolume on this node (the
+    directory ``path``) bound to ``claim-<user>``, ReadWriteOnce."""
+    core = cluster.core()
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": f"ko-test-home-{user}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "persistentVolumeReclaimPolicy": "Retain",
+                "storageClassName": "",
+                "hostPath": {"path": path, "type": "Directory"},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        namespace,
+        {
+            "metadata": {"name": f"claim-{user}"},
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "",
+                "volumeName": f"ko-test-home-{user}",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+
+
+def _server_pod(cluster: KubeCluster, namespace: str, user: str) -> None:
+    """The user's server pod (zero-to-jupyterhub's jupyter-<user>), holding the claim."""
+    from .kubecluster import IMAGE
+
+    cluster.core().create_namespaced_pod(
+        namespace,
+        {
+            "metadata": {"name": f"jupyter-{user}"},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "server",
+                        "image": IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["sleep", "600"],
+                        "volumeMounts": [{"name": "home", "mountPath": f"/home/{user}"}],
+                        "securityContext": RESTRICTED_CONTAINER,
+                    }
+                ],
+                "volumes": [
+                    {"name": "home", "persistentVolumeClaim": {"claimName": f"claim-{user}"}}
+                ],
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "terminationGracePeriodSeconds": 0,
+            },
+        },
+    )
+
+
+async def test_a_users_claim_and_the_notebooks_directory(
+    kspec: Any, kube: Release, store: Any
+) -> None:
+    """Alice's kernel pod mounts her ReadWriteOnce claim, is placed on the node of her
+    server pod (which holds it), and starts in the notebook's directory there: it reads
+    the file beside the notebook and writes one her server sees. Bob has no claim: his
+    start is refused at once, naming it."""
+    from .homes import user_homes
+
+    cluster, namespace = kube.cluster, kube.kernel_namespace
+    core = cluster.core()
+    with user_homes({"alice": "1000"}) as homes:
+        name = kspec(
+            "khome",
+            volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
+            volume_mounts=[{"name": "home", "mountPath": "/home/{username}"}],
+            working_dir_map={f"{homes.served}/{{username}}": "/home/{username}"},
+            colocate_with_claims=True,
+        )
+        _home_claim(cluster, namespace, "alice", str(homes.server_dir("alice")))
+        try:
+            _server_pod(cluster, namespace, "alice")
+            deadline = time.monotonic() + 120
+            while core.read_namespaced_pod("jupyter-alice", namespace).status.phase != "Running":
+                assert time.monotonic() < deadline, "the server pod did not start"
+                await asyncio.sleep(0.5)
+            km = orchestrator.AsyncKernelManager(
+                kernel_name=name, kernel_store=store, multi_tenant=True
+            )
+            where = str(homes.server_dir("alice", "sub"))
+            await km.start_kernel(
+                env={**os.environ, "KERNEL_USERNAME": "alice", "KERNEL_WORKING_DIR": where}
+            )
+            try:
+                (pod,) = pods(cluster, store, namespace)
+                node_affinity = pod.spec.affinity.node_affinity
+                terms = node_affinity.required_during_scheduling_ignored_during_execution
+                fields = terms.node_selector_terms[0].match_fields[0]
+                assert (fields.key, fields.values) == ("metadata.name", [cluster.info["node"]])
+                code = (
+                    "import os\nrows = open('data.csv').read().splitlines()\n"
+                    "open('result.txt', 'w').write(f'{len(rows) - 1} rows\\n')\nprint(os.getcwd())"
+                )
+                assert (await run(km, code))["out"] == "/home/alice/sub\n"
+                assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows\n"
+            finally:
+                await km.shutdown_kernel(now=True)
+
+            bob = orchestrator.AsyncKernelManager(
+                kernel_name=name, kernel_store=store, multi_tenant=True
+            )
+            started = time.monotonic()
+            with pytest.raises(OrchestratorError, match="claim-bob does not exist"):
+                await bob.start_kernel(env={**os.environ, "KERNEL_USERNAME": "bob"})
+            assert time.monotonic() - started < 30  # not the start-up timeout
+        finally:
+            core.delete_namespaced_pod("jupyter-alice", namespace, grace_period_seconds=0)
+            core.delete_namespaced_persistent_volume_claim("claim-alice", namespace)
+            core.delete_persistent_volume("ko-test-home-alice")
+    await nothing_left(cluster, store)
+
+
 async def test_least_privilege(kspec: Any, kube: Release, per_user: Release, store: Any) -> None:
     """A kernel's whole life uses every right the chart grants, and needs no other:
     nothing is refused (403), and no granted (scope, resource, verb) goes unused."""
@@ -555,6 +688,13 @@ async def test_least_privilege(kspec: Any, kube: Release, per_user: Release, sto
         await km.signal_kernel(signal.SIGUSR1)
     finally:
         await km.shutdown_kernel()
+    # A kernel mounting a user's claim has it read first (here: none, refused at once).
+    claim = [{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}]
+    km = orchestrator.AsyncKernelManager(
+        kernel_name=kspec("klpclaim", volumes=claim), kernel_store=store
+    )
+    with pytest.raises(OrchestratorError, match="does not exist"):
+        await km.start_kernel(env={**os.environ, "KERNEL_USERNAME": "nobody-here"})
     # Per-user namespaces: a new user's namespace made and bound, a kernel in it.
     user = f"grace{os.getpid()}"
     km = orchestrator.AsyncKernelManager(

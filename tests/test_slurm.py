@@ -717,3 +717,52 @@ async def test_a_restart_after_the_job_was_cancelled_leaves_no_zombie(
         if kernel_id in mkm.list_kernel_ids():
             await mkm.shutdown_kernel(kernel_id, now=True)
     assert jobs_of(slurmnet, kernel_id) == []
+
+
+async def test_certificates_and_the_notebooks_directory_on_the_cluster(
+    slurmspec: Any, store: Any, slurmnet: Any, kernel_accounts: tuple[str, ...]
+) -> None:
+    """Alice's job logs in with a certificate minted for ko-alice (no key of hers on the
+    gateway) and runs in the notebook's directory on the shared file system: it reads
+    the file beside the notebook and writes one the server sees; a directory outside
+    the map is refused before anything is submitted."""
+    from .homes import user_homes
+
+    with user_homes({"alice": "ko-alice", "bob": "ko-bob"}) as homes:
+        name = slurmspec(
+            "certificates",
+            user="ko-{username}",
+            identity_file="",
+            certificate_authority=str(slurmnet.user_ca),
+            home_dir=True,
+            working_dir_map=homes.working_dir_map(),
+        )
+
+        def start(user: str, *rel: str) -> Any:
+            km = orchestrator.AsyncKernelManager(
+                kernel_name=name, kernel_store=store, multi_tenant=True
+            )
+            where = str(homes.server_dir(user, *rel))
+            env = {**os.environ, "KERNEL_USERNAME": "alice", "KERNEL_WORKING_DIR": where}
+            return km, km.start_kernel(env=env)
+
+        alice, starting = start("alice", "sub")
+        await starting
+        try:
+            assert {j["user"] for j in slurmnet.live_jobs()} >= {"ko-alice"}
+            code = (
+                "import os\nrows = open('data.csv').read().splitlines()\n"
+                "open('result.txt', 'w').write(f'{len(rows) - 1} rows\\n')\nprint(os.getcwd())"
+            )
+            assert (await run(alice, code))[
+                "out"
+            ] == f"{os.path.realpath(homes.kernel_dir('alice', 'sub'))}\n"
+            assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows\n"
+        finally:
+            await alice.shutdown_kernel(now=True)
+        wait_until(lambda: jobs_of(slurmnet, alice.kernel_id) == [], 30, "the job's end")
+
+        _, starting = start("bob", "sub")
+        with pytest.raises(OrchestratorError, match="under none of the directories"):
+            await starting
+        assert await store.list() == []

@@ -6,6 +6,7 @@ import asyncio
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -570,3 +571,208 @@ async def test_a_kernel_without_curve_on_a_shared_host_is_refused(
     assert kernel_processes(km.kernel_id) == []
     assert not (remote_dir / km.kernel_id).exists()
     assert await store.list() == []
+
+
+@pytest.fixture
+def certificate_spec(sshspec: Any, sshnet: Any, kernel_accounts: tuple[str, ...]) -> str:
+    """Each gateway user logs in to hosta as ko-<user> with a certificate the gateway
+    mints from the net's CA (which the hosts trust): no per-user key anywhere."""
+    return str(
+        sshspec(
+            "certificates",
+            ["hosta"],
+            user="ko-{username}",
+            certificate_authority=str(sshnet.user_ca),
+            certificate_validity=120,
+            remote_dir="~/.kernel-orchestrator/kernels",
+        )
+    )
+
+
+def secret_lines(path: Path) -> list[str]:
+    """The base64 lines of a private key file: what must never leak."""
+    return [line for line in path.read_text().splitlines() if line and "PRIVATE KEY" not in line]
+
+
+async def test_certificate_mode_needs_no_stored_key(
+    certificate_spec: str, store: Any, sshnet: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Alice's and Bob's kernels run as their own accounts, each logged in with a
+    certificate minted for that account (sshd's log names it); the CA key reaches no
+    kernel's environment or argv and no log line."""
+    from orchestrator.users import reinstate, revoke
+
+    caplog.set_level(logging.DEBUG)
+    sshd_log = sshnet.hosts["hosta"].sshd_log
+    seen_before = len(sshd_log.read_text(errors="replace"))
+
+    def manager() -> Any:
+        return orchestrator.AsyncKernelManager(
+            kernel_name=certificate_spec, kernel_store=store, multi_tenant=True
+        )
+
+    alice, bob = manager(), manager()
+    await alice.start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
+    await bob.start_kernel(env={**os.environ, "KERNEL_USERNAME": "bob"})
+    try:
+        assert (await run(alice, "import getpass; print(getpass.getuser())"))["out"] == (
+            "ko-alice\n"
+        )
+        assert (await run(bob, "import getpass; print(getpass.getuser())"))["out"] == "ko-bob\n"
+        logins = sshd_log.read_text(errors="replace")[seen_before:]
+        for user in ("alice", "bob"):
+            assert re.search(
+                rf"Accepted publickey for ko-{user} .*ED25519-CERT .*ID kernel-orchestrator:"
+                rf"{user}:ko-{user} ",
+                logins,
+            ), logins[-3000:]
+        secret = secret_lines(sshnet.user_ca)
+        for km in (alice, bob):
+            for pid in kernel_processes(km.kernel_id):
+                exposed = " ".join(procinfo.environ(pid).values())
+                exposed += Path(f"/proc/{pid}/cmdline").read_text(errors="replace")
+                assert not any(line in exposed for line in secret)
+        assert not any(line in caplog.text for line in secret)
+    finally:
+        await asyncio.gather(alice.shutdown_kernel(now=True), bob.shutdown_kernel(now=True))
+
+    # A user the gateway no longer has gets no certificate: a clear refusal, no login.
+    revoke("alice")
+    try:
+        with pytest.raises(OrchestratorError, match="'alice' is no longer a user"):
+            await manager().start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
+    finally:
+        reinstate("alice")
+    assert await store.list() == []
+
+
+def test_certificates_that_sshd_must_refuse(sshnet: Any, kernel_accounts: tuple[str, ...]) -> None:
+    """An expired certificate, and one for another account, open nothing."""
+    import paramiko
+
+    from orchestrator.tunnels.ssh import CertificateAuthority, CertificateRequest
+
+    ca = CertificateAuthority.load(str(sshnet.user_ca))
+    host = sshnet.hosts["hosta"]
+
+    def login(account: str, request: CertificateRequest, now: float | None = None) -> None:
+        key, _ = ca.mint(request, now=now)
+        client = paramiko.SSHClient()
+        client.load_host_keys(str(sshnet.known_hosts))
+        try:
+            client.connect(
+                host.ip,
+                username=account,
+                pkey=key,
+                look_for_keys=False,
+                allow_agent=False,
+                timeout=10,
+            )
+        finally:
+            client.close()
+
+    alice = CertificateRequest(str(sshnet.user_ca), "ko-alice", "alice", validity=60)
+    login("ko-alice", alice)  # (the same certificate, fresh, is accepted)
+    with pytest.raises(paramiko.AuthenticationException):
+        login("ko-alice", alice, now=time.time() - 3600)  # expired an hour ago
+    with pytest.raises(paramiko.AuthenticationException):
+        login("ko-bob", alice)  # alice's principal only
+
+
+def test_an_unsafe_certificate_authority_is_refused(tmp_path: Path, sshnet: Any) -> None:
+    from orchestrator.tunnels.ssh import CertificateAuthority, CertificateError
+
+    readable = tmp_path / "ca"
+    readable.write_bytes(sshnet.user_ca.read_bytes())
+    readable.chmod(0o604)  # other accounts could read it
+    with pytest.raises(CertificateError, match=r"certificate_authority .* \(chmod 600\)"):
+        CertificateAuthority.load(str(readable))
+    with pytest.raises(CertificateError, match="is not a regular file"):
+        CertificateAuthority.load(str(tmp_path))
+    with pytest.raises(CertificateError, match="must be an absolute path"):
+        CertificateAuthority.load("user_ca")
+    # An operator's link (a mounted Secret's files are links) leads to the key itself.
+    link = tmp_path / "link"
+    link.symlink_to(sshnet.user_ca)
+    assert CertificateAuthority.load(str(link)).public_line.startswith("ssh-ed25519 ")
+
+
+READ_AND_WRITE_BACK = """
+import os
+rows = open("data.csv").read().splitlines()
+open("result.txt", "w").write(f"{len(rows) - 1} rows\\n")
+print(os.getcwd())
+"""
+
+
+PEEK = """
+import os
+try:
+    os.listdir({path!r})
+except PermissionError:
+    print("refused")
+"""
+
+
+async def test_the_kernel_starts_in_the_notebooks_directory(
+    sshspec: Any, sshnet: Any, store: Any, kernel_accounts: tuple[str, ...]
+) -> None:
+    """The notebook's directory on the server (KERNEL_WORKING_DIR) is mapped to where the
+    hosts mount the same storage: the kernel reads the file beside the notebook and
+    writes one back that the server sees. Alice's kernel cannot reach Bob's home, and a
+    directory outside the map, with '..', behind a link or missing, is refused."""
+    from .homes import user_homes
+
+    with user_homes({"alice": "ko-alice", "bob": "ko-bob"}) as homes:
+        name = sshspec(
+            "notebook-dir",
+            ["hosta"],
+            user="ko-{username}",
+            certificate_authority=str(sshnet.user_ca),
+            remote_dir="~/.kernel-orchestrator/kernels",
+            working_dir_map=homes.working_dir_map(),
+        )
+
+        def start(user: str, directory: str) -> Any:
+            km = orchestrator.AsyncKernelManager(
+                kernel_name=name, kernel_store=store, multi_tenant=True
+            )
+            env = {**os.environ, "KERNEL_USERNAME": user, "KERNEL_WORKING_DIR": directory}
+            return km, km.start_kernel(env=env)
+
+        alice, starting = start("alice", str(homes.server_dir("alice", "sub")))
+        await starting
+        try:
+            done = await run(alice, READ_AND_WRITE_BACK)
+            assert done["out"] == f"{os.path.realpath(homes.kernel_dir('alice', 'sub'))}\n", done
+            assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows\n"
+            peek = await run(alice, PEEK.format(path=str(homes.kernel_dir("bob"))))
+            assert peek["out"] == "refused\n"
+            # A restart starts the kernel in the same directory.
+            await alice.restart_kernel()
+            assert (await run(alice, "import os; print(os.getcwd())"))["out"] == done["out"]
+        finally:
+            await alice.shutdown_kernel(now=True)
+
+        link = homes.server_dir("alice", "link")
+        link.symlink_to(homes.kernel_dir("bob"))
+        os.lchown(link, *_ids("ko-alice"))
+        refusals = {
+            str(homes.server_dir("bob", "sub")): "under none of the directories",
+            f"{homes.server_dir('alice')}/../bob": "without '..'",
+            str(link / "sub"): "is a symbolic link",
+            str(homes.server_dir("alice", "nowhere")): "No such file or directory",
+        }
+        for directory, why in refusals.items():
+            km, starting = start("alice", directory)
+            with pytest.raises(OrchestratorError, match=why):
+                await starting
+            assert not km.has_kernel
+        assert await store.list() == []
+
+
+def _ids(account: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(account)
+    return entry.pw_uid, entry.pw_gid

@@ -10,6 +10,9 @@ All traffic stays on this machine: the veth to the login host, the bridge behind
                     (ABBA). Target: Slurm <= 1.5x SSH.
 * ``concurrent`` -- 20 Slurm kernels started at once: all ready, wall time, and how many
                     ``squeue`` runs served them (one per login host per interval).
+* ``certificate`` -- start to ready of a Slurm kernel whose login connection uses a
+                    certificate minted per connection vs a stored key, each mode's
+                    connection kept open by a running kernel (target ratio <= 1.05).
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ def _kernelspecs(ctx: Context, net: Any) -> None:
     data_dir = str(ctx.root / "data")
     write_kernelspec(data_dir, "bench-slurm", "slurm-provisioner", slurm)
     write_kernelspec(data_dir, "bench-login-ssh", "ssh-provisioner", ssh)
+    # The same, logging in with a certificate minted per connection (no stored key).
+    certified = {**slurm, "identity_file": "", "certificate_authority": str(net.user_ca)}
+    write_kernelspec(data_dir, "bench-slurm-cert", "slurm-provisioner", certified)
 
 
 async def _start_to_ready(store: Any, kernelspec: str) -> float:
@@ -124,6 +130,50 @@ async def bench_start(ctx: Context) -> list[Row]:
         baseline="ssh on the login host",
         target=Target.ratio_at_most(1.5),
         note="idle cluster; the Slurm time includes sbatch, scheduling, the job's start",
+    )
+    return rows + [error_row(NAME, bench, p) for p in problems]
+
+
+async def bench_certificate(ctx: Context) -> list[Row]:
+    """Start to ready of a Slurm kernel whose login host connection logs in with a
+    certificate minted for it vs with a stored key; each mode's connection is kept open
+    by a kernel left running, as in service (one connection per host and account)."""
+    bench = "start to ready: certificate vs stored key"
+    if reason := _skip_reason():
+        return [error_row(NAME, bench, reason)]
+    problems: list[str] = []
+    reps = 3 if ctx.quick else 6
+    anchors: list[Any] = []
+    async with _cluster(problems) as net:
+        _kernelspecs(ctx, net)
+        store = open_store(ctx.store_url("slurm-certificate.db"))
+        try:
+            for kernelspec in ("bench-slurm", "bench-slurm-cert"):
+                km = orchestrator.AsyncKernelManager(kernel_name=kernelspec, kernel_store=store)
+                anchors.append(km)
+                await asyncio.wait_for(km.start_kernel(), START_TIMEOUT)
+            samples = await run_interleaved(
+                "slurm certificate",
+                {
+                    "stored key": lambda: _start_to_ready(store, "bench-slurm"),
+                    "certificate": lambda: _start_to_ready(store, "bench-slurm-cert"),
+                },
+                reps,
+                max_seconds=600,
+                op_timeout=START_TIMEOUT + 60,
+                warmup=1,
+            )
+        finally:
+            await asyncio.gather(*(_shutdown(km) for km in anchors), return_exceptions=True)
+            store.close()
+    rows = comparison(
+        NAME,
+        bench,
+        samples,
+        "s",
+        baseline="stored key",
+        target=Target.ratio_at_most(1.05),
+        note="connection kept by a running kernel of each mode",
     )
     return rows + [error_row(NAME, bench, p) for p in problems]
 
@@ -200,4 +250,9 @@ BENCHMARKS = [
     Benchmark("start", "start-to-ready: Slurm job vs SSH on the login host", bench_start),
     Benchmark("concurrent", f"{CONCURRENT_N} Slurm kernels started at once", bench_concurrent),
     Benchmark("restart", "restart to first answer: a kept client vs a fresh one", bench_restart),
+    Benchmark(
+        "certificate",
+        "start to ready with a certificate minted per connection vs a stored key",
+        bench_certificate,
+    ),
 ]

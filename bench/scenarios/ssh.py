@@ -22,6 +22,10 @@ loopback, the veth pair to hosta, hosta's own loopback.
                     per-kernel time to ready, failures; concurrent shutdown and no
                     kernel process left (``/proc/*/environ``
                     ``KERNEL_ORCHESTRATOR_KERNEL_ID``).
+* ``certificate`` -- start to ready with a certificate minted per connection
+                    (``certificate_authority``) vs a stored key, interleaved (ABBA):
+                    each mode's connection kept open by a running kernel (target
+                    ratio <= 1.05), and with a new login for every start.
 
 Setup: ``tests.sshnet.ensure_packages()`` (installs openssh-server/-client and
 iproute2 with apt-get if missing), then ``SSHNet().start()``. Needs root on Linux;
@@ -178,12 +182,12 @@ async def _network(problems: list[str]) -> AsyncIterator[SSHNet]:
             problems.append(f"SSHNet.stop(): {e}")
 
 
-def _write_kernelspec(ctx: Context, net: SSHNet) -> None:
+def _write_kernelspec(ctx: Context, net: SSHNet, name: str = SSH_KERNEL, **extra: Any) -> None:
     """The SSH kernelspec: hosta, this Python, kernel files inside the run's tree."""
     data_dir = os.environ.get("JUPYTER_DATA_DIR", "")
     if not data_dir:
         raise RuntimeError("JUPYTER_DATA_DIR is not set (bench.run isolates it)")
-    spec_dir = Path(data_dir) / "kernels" / SSH_KERNEL
+    spec_dir = Path(data_dir) / "kernels" / name
     spec_dir.mkdir(parents=True, exist_ok=True)
     # The remote kernel gets only the environment given here (not ours): point its
     # IPython/Jupyter directories into the run's tree as well, as for local kernels.
@@ -198,6 +202,7 @@ def _write_kernelspec(ctx: Context, net: SSHNet) -> None:
         "working_dir": str(ctx.root),
         "connect_timeout": 10,
         "environment": {k: os.environ[k] for k in isolated if k in os.environ},
+        **extra,
     }
     spec = {
         "argv": ["python", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
@@ -923,6 +928,112 @@ async def bench_restart(ctx: Context) -> list[Row]:
     return rows + [error_row(NAME, bench, p) for p in problems]
 
 
+# ------------------------------------------------------------------ 6. certificates
+
+CERT_KERNEL = "ko-bench-ssh-cert"
+CERT_RATIO_TARGET = 1.05  # certificate / stored key, start to ready
+
+
+async def _start_to_ready(store: Any, kernel: str, owned: set[str]) -> float:
+    """Seconds from ``start_kernel`` until a client's ``kernel_info`` is answered; the
+    kernel is shut down afterwards (not timed)."""
+    km = orchestrator.AsyncKernelManager(kernel_name=kernel, kernel_store=store)
+    kc = None
+    try:
+        t0 = time.perf_counter()
+        try:
+            await asyncio.wait_for(km.start_kernel(), START_TIMEOUT)
+        finally:
+            if km.kernel_id:
+                owned.add(str(km.kernel_id))
+        kc = await _ready_client(km)
+        return time.perf_counter() - t0
+    finally:
+        if kc is not None:
+            kc.stop_channels()
+        await _shutdown(km)
+
+
+async def bench_certificate(ctx: Context) -> list[Row]:
+    """Start to ready with a certificate minted per connection vs a stored key, both with
+    the (host, account) connection kept by a kernel left running in each mode, and both
+    with a new connection for every start (the minting and the certificate login then
+    count). Interleaved (ABBA)."""
+    bench = "start to ready: certificate vs stored key"
+    if reason := _skip_reason():
+        return _skip_row(bench, reason)
+    reps = 4 if ctx.quick else 12
+    problems: list[str] = []
+    owned: set[str] = set()
+    rows: list[Row] = []
+    async with _network(problems) as net:
+        _write_kernelspec(ctx, net)
+        _write_kernelspec(
+            ctx, net, CERT_KERNEL, certificate_authority=str(net.user_ca), certificate_validity=300
+        )
+        store = open_store(ctx.store_url("ssh-certificate.db"))
+        variants = {
+            "stored key": functools.partial(_start_to_ready, store, SSH_KERNEL, owned),
+            "certificate": functools.partial(_start_to_ready, store, CERT_KERNEL, owned),
+        }
+        anchors: dict[str, Any] = {}
+        try:
+            cold = await run_interleaved(
+                "ssh/certificate (new connection)",
+                variants,
+                reps,
+                max_seconds=600,
+                op_timeout=START_TIMEOUT + 30,
+                warmup=1,
+            )
+            await _start_anchors(store, owned, anchors)
+            kept = await run_interleaved(
+                "ssh/certificate (connection kept)",
+                variants,
+                reps,
+                max_seconds=600,
+                op_timeout=START_TIMEOUT + 30,
+                warmup=1,
+            )
+        finally:
+            await asyncio.gather(*(_shutdown(km) for km in anchors.values()))
+            store.close()
+            if left := await _check_kernels_gone(owned, "ssh/certificate"):
+                problems.append(left)
+    target = Target.ratio_at_most(CERT_RATIO_TARGET)
+    rows += comparison(
+        NAME,
+        f"{bench} (connection kept)",
+        kept,
+        "s",
+        baseline="stored key",
+        target=target,
+        note="a kernel of each mode keeps its (host, account) connection open",
+    )
+    rows += comparison(
+        NAME,
+        f"{bench} (new connection)",
+        cold,
+        "s",
+        baseline="stored key",
+        note="nothing running: every start logs in (minting included for the certificate)",
+    )
+    return rows + [error_row(NAME, bench, p) for p in problems]
+
+
+async def _start_anchors(store: Any, owned: set[str], anchors: dict[str, Any]) -> None:
+    """A running kernel in each mode (into ``anchors``, which the caller shuts down),
+    so that each mode's connection stays open."""
+    for kernel in (SSH_KERNEL, CERT_KERNEL):
+        km = orchestrator.AsyncKernelManager(kernel_name=kernel, kernel_store=store)
+        anchors[kernel] = km
+        try:
+            await asyncio.wait_for(km.start_kernel(), START_TIMEOUT)
+        finally:
+            if km.kernel_id:
+                owned.add(str(km.kernel_id))
+
+
 BENCHMARKS = [
     Benchmark(
         "throughput",
@@ -937,4 +1048,9 @@ BENCHMARKS = [
         bench_concurrent,
     ),
     Benchmark("restart", "restart to first answer: a kept client vs a fresh one", bench_restart),
+    Benchmark(
+        "certificate",
+        "start to ready with a certificate minted per connection vs a stored key",
+        bench_certificate,
+    ),
 ]

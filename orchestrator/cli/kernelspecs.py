@@ -107,6 +107,16 @@ def add_install_parser(subparsers: Any) -> None:
             metavar="KEY=VALUE",
             help="environment variable set for the kernel (repeatable)",
         )
+        if "working_dir_map" in getattr(cls, "class_trait_names", lambda: [])():
+            common.add_argument(
+                "--working-dir-map",
+                action="append",
+                default=[],
+                metavar="SERVER=KERNEL",
+                help="map the notebook's directory on the server (KERNEL_WORKING_DIR) under"
+                " SERVER to the same place under KERNEL where the kernel runs; {username}"
+                " allowed in KERNEL (repeatable), e.g. /home/jovyan=/home/{username}",
+            )
         # Default: the user's data dir. (--user is left to provisioners: the SSH user.)
         where = common.add_mutually_exclusive_group()
         where.add_argument("--prefix", help="install under PREFIX/share/jupyter/kernels")
@@ -122,6 +132,18 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
             raise OrchestratorError(f"bad --env value {pair!r}: expected KEY=VALUE")
         env[key] = value
     return env
+
+
+def parse_working_dir_map(pairs: list[str]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        server, sep, kernel = pair.partition("=")
+        if not sep or not server.startswith("/") or not kernel.startswith("/"):
+            raise OrchestratorError(
+                f"bad --working-dir-map {pair!r}: expected SERVER=KERNEL, both absolute paths"
+            )
+        mapping[server] = kernel
+    return mapping
 
 
 def _argv_option(text: str) -> list[str]:
@@ -170,10 +192,10 @@ def build_kernelspec(args: argparse.Namespace) -> dict[str, Any]:
     else:
         argv = cls.kernelspec_argv(args)  # type: ignore[attr-defined]
     metadata = {k: v for k, v in (base.get("metadata") or {}).items() if k != METADATA_KEY}
-    metadata["kernel_provisioner"] = {
-        "provisioner_name": args.provisioner_name,
-        "config": cls.kernelspec_config(args),  # type: ignore[attr-defined]
-    }
+    config = cls.kernelspec_config(args)  # type: ignore[attr-defined]
+    if mapping := parse_working_dir_map(getattr(args, "working_dir_map", None) or []):
+        config["working_dir_map"] = mapping
+    metadata["kernel_provisioner"] = {"provisioner_name": args.provisioner_name, "config": config}
     signal_name = getattr(args, "interrupt_signal", None) or known_interrupt_signal(argv)
     if signal_name:
         try:

@@ -20,7 +20,14 @@ from jupyter_server.auth.identity import IdentityProvider, User
 from tornado import web
 from traitlets import Dict, Unicode
 
-from ..users import ADMIN, GatewayUser, UsersFileError, load_users_file, parse_users
+from ..users import (
+    ADMIN,
+    GatewayUser,
+    UsersFileError,
+    add_revocation_check,
+    load_users_file,
+    parse_users,
+)
 
 
 @dataclasses.dataclass
@@ -45,6 +52,12 @@ class OrchestratorIdentityProvider(IdentityProvider):
         self._users: list[GatewayUser] = []
         self._file_stamp: tuple[int, int] | None = None
         self.load_users()
+        if self.user_tokens or self.user_tokens_file:  # (a Hub's users are the Hub's)
+            add_revocation_check(self.no_longer_a_user)
+
+    def no_longer_a_user(self, name: str) -> bool:
+        """Whether ``name`` has left the users file (or the configured tokens)."""
+        return name != ADMIN and all(u.name != name for u in self._current_users())
 
     def load_users(self) -> list[GatewayUser]:
         """Validate and load every user; a UsersFileError stops the gateway's start."""

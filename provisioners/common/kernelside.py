@@ -14,8 +14,10 @@ the moment between our check and the kernel's bind, the kernel fails to bind and
 start is tried again with other ports.
 """
 
+import errno
 import os
 import socket
+import stat
 import time
 
 KERNEL_CHANNELS = ("shell", "iopub", "stdin", "control", "hb")
@@ -189,3 +191,85 @@ def write_resources(kernel_dir, shipped):
             f.write(base64.b64decode(data))
         os.chmod(path, 0o700 if executable else 0o600)
     return root
+
+
+def open_working_dir(path, root):
+    """A descriptor of the directory ``path`` under ``root`` (see
+    :mod:`provisioners.common.workdir`): the root is opened as named (an operator's
+    path, symbolic links allowed), every component below it without following a link.
+    The kernel is started in this very directory (``cwd=/proc/self/fd/N``), so a link
+    swapped in after the check leads nowhere. Errors name the directory and why."""
+    rel = os.path.relpath(path, root)
+    if rel == ".":
+        parts = []
+    elif rel == ".." or rel.startswith("../"):
+        raise RuntimeError(f"working directory {path} is not under {root}")
+    else:
+        parts = rel.split("/")
+    flags = os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(root, flags)
+    except OSError as e:
+        raise RuntimeError(f"working directory root {root}: {e.strerror}") from None
+    info = os.fstat(fd)
+    if info.st_uid not in (os.geteuid(), 0):
+        # (another account made it first, under a shared parent: what it holds, a
+        # planted module the kernel would import, is not ours)
+        os.close(fd)
+        raise RuntimeError(
+            f"working directory root {root} belongs to uid {info.st_uid}, not to this"
+            f" account (uid {os.geteuid()}) or root"
+        )
+    _refuse_world_writable(fd, root)
+    walked = root
+    for part in parts:
+        walked = os.path.join(walked, part)
+        try:
+            child = os.open(part, flags | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as e:
+            link = e.errno in (errno.ELOOP, errno.ENOTDIR) and _is_link(part, fd)
+            os.close(fd)
+            if link:
+                raise RuntimeError(
+                    f"working directory {path}: {walked} is a symbolic link (links below"
+                    f" {root} are not followed)"
+                ) from None
+            if e.errno == errno.ENOTDIR:
+                raise RuntimeError(
+                    f"working directory {path}: {walked} is not a directory"
+                ) from None
+            raise RuntimeError(f"working directory {path}: {walked}: {e.strerror}") from None
+        os.close(fd)
+        fd = child
+        _refuse_world_writable(fd, walked)
+    return fd
+
+
+def _refuse_world_writable(fd, name):
+    """A directory any account may write to (without the sticky bit) is refused, and its
+    descriptor closed: anyone could have planted what the kernel would import from it,
+    or swapped the next directory of the path for their own."""
+    mode = os.fstat(fd).st_mode
+    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+        os.close(fd)
+        raise RuntimeError(
+            f"working directory {name} is writable by every account and not sticky: its"
+            " files may be anyone's"
+        )
+
+
+def _is_link(name, dir_fd):
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
+
+
+def kernel_cwd(req):
+    """(cwd for Popen, descriptor to close after it) for a launch request: the mapped
+    working directory opened by descriptor, else the plain ``cwd`` (or home)."""
+    mapped = req.get("working_dir")
+    if mapped:
+        fd = open_working_dir(mapped["path"], mapped["root"])
+        return f"/proc/self/fd/{fd}", fd
+    return os.path.expanduser(req.get("cwd") or "~"), None

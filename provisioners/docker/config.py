@@ -67,7 +67,18 @@ class DockerConfig(LoggingConfigurable):
         help="IPv4 networks (CIDR) kernels may reach despite egress=isolated, e.g. a"
         " package mirror at 10.2.0.5/32.",
     )
-    volumes = List(Unicode(), config=True, help="Mounts as 'source:target[:ro]'.")
+    volumes = List(
+        Unicode(),
+        config=True,
+        help="Mounts as 'source:target[:ro|:rw]'; {username} (in source and target) is the"
+        " gateway user's name: a named volume is created for each user on first use, a"
+        " bind source must lie under volume_roots (see provisioners.docker.volumes).",
+    )
+    volume_roots = List(
+        Unicode(),
+        config=True,
+        help="Directories of the engine host under which bind-mount sources may lie.",
+    )
     environment = Dict(config=True, help="Fixed environment for the kernel.")
     env_allowlist = List(
         Unicode(),

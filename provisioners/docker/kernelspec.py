@@ -26,7 +26,21 @@ def add_arguments(parser: Any) -> None:
         default="auto",
     )
     g.add_argument("--network", default="", help="Docker network for the container")
-    g.add_argument("--volume", action="append", default=[], metavar="SRC:DST[:ro]")
+    g.add_argument(
+        "--volume",
+        action="append",
+        default=[],
+        metavar="SRC:DST[:ro]",
+        help="mount (repeatable); {username} allowed: a per-user named volume, or a bind"
+        " mount of the user's directory under a --volume-root",
+    )
+    g.add_argument(
+        "--volume-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="engine-host directory under which bind-mount sources may lie (repeatable)",
+    )
     g.add_argument("--cpus", type=float, default=0.0)
     g.add_argument("--memory", default="", help="memory limit, e.g. 2g")
     g.add_argument("--gpus", type=int, default=0, help="GPUs to request (-1: all)")
@@ -55,6 +69,8 @@ def config_from(args: Any) -> dict[str, Any]:
             config[key] = getattr(args, key)
     if args.volume:
         config["volumes"] = args.volume
+    if args.volume_root:
+        config["volume_roots"] = args.volume_root
     if args.reachability != "auto":
         config["reachability"] = args.reachability
     if args.container_user != "1000:1000":

@@ -47,9 +47,12 @@ from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.kernelspec_files import RemoteKernelCommand, kernel_argv
 from ..common.resources import MIN_CPUS, MIN_PIDS, docker_size, positive_number
+from ..common.workdir import VARIABLE as WORKING_DIR_VARIABLE
+from ..common.workdir import WorkingDirMapping
 from . import egress, engine, gc, kernelspec
 from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
+from .volumes import UserMount, ensure_named_volumes, user_mounts
 
 #: The disk cap of ``disk = "auto"``, where the engine can enforce one.
 AUTO_DISK = "10g"
@@ -95,6 +98,7 @@ def _connection_tar(
 
 # (jupyter_client's provisioner metaclass derives from traitlets'; mypy cannot tell.)
 class DockerProvisioner(  # type: ignore[misc, metaclass]
+    WorkingDirMapping,
     CurveNegotiation,
     RemoteKernelCommand,
     OrchestratorProvisionerMixin,
@@ -114,6 +118,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
     host_ports: dict[str, int] | None = None  # what clients connect to
     published_ports: dict[str, int] | None = None  # on the engine host's loopback
     settings: ContainerSettings | None = None
+    mounts: list[UserMount] = []
     _cmd: list[str] | None = None
 
     @property
@@ -133,9 +138,12 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             working_dir=self.working_dir,
             startup_timeout=min(self.startup_timeout, self.max_startup_timeout),
         )
+        overridable = dict(client_env)
+        if self.working_dir_map:  # the notebook's directory is mapped, not taken as is
+            overridable.pop(WORKING_DIR_VARIABLE, None)
         settings = apply_overrides(
             base,
-            client_env,
+            overridable,
             allowed=list(self.allowed_overrides),
             max_cpus=self.max_cpus,
             max_memory=self.max_memory,
@@ -148,6 +156,15 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             positive_number("cpus", settings.cpus, minimum=MIN_CPUS)
         positive_number("pids_limit", self.pids_limit, minimum=MIN_PIDS)
         settings.environment = environment
+        if mapped := self.choose_working_dir(client_env):
+            settings.working_dir = mapped.path
+        self.mounts = user_mounts(
+            list(self.volumes),
+            client_env.get("KERNEL_USERNAME", ""),
+            multi_tenant=bool(getattr(self.parent, "multi_tenant", False)),
+            volume_roots=list(self.volume_roots),
+            local_engine=engine.engine_url(self.docker_host).startswith("unix://"),
+        )
         self.settings = settings
         extra = kwargs.pop("extra_arguments", []) or []
         kwargs["cmd"] = self._kernel_command(extra)
@@ -257,8 +274,8 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             create["device_requests"] = [
                 DeviceRequest(driver=self.gpu_driver, count=self.gpus, capabilities=[["gpu"]])
             ]
-        if self.volumes:
-            create["volumes"] = list(self.volumes)
+        if self.mounts:
+            create["mounts"] = [m.to_docker() for m in self.mounts]
         create["network"] = self.network or engine.KERNEL_NETWORK
         if self.mode in ("loopback", "ssh", "published"):
             previous = self.published_ports or {}
@@ -328,6 +345,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         def create_container(client: Any) -> str:
             if not self.network:
                 self._prepare_kernel_network(client)
+            ensure_named_volumes(client, self.mounts)
             try:
                 return str(client.containers.create(**create).id)
             except docker.errors.NotFound as e:

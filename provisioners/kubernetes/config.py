@@ -104,6 +104,13 @@ class KubernetesConfig(LoggingConfigurable):
     volume_mounts: List[Any] = List(
         config=True, help="V1VolumeMount objects; '{username}' substituted."
     )
+    colocate_with_claims = Bool(
+        False,
+        config=True,
+        help="For ReadWriteOnce claims the pod mounts (a user's home, claim-{username}):"
+        " start the kernel pod on the node where a running pod (the user's server) already"
+        " mounts the claim, the only node that can mount it too.",
+    )
     run_as_user = Int(1000, config=True, help="uid the kernel runs as (never root).")
     run_as_group = Int(1000, config=True, help="gid the kernel runs as.")
     profiles = Dict(config=True, help="name -> settings a client picks with KERNEL_PROFILE.")

@@ -87,6 +87,7 @@ class PodSettings:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     username: str = ""
+    working_dir: str = ""  # (from KERNEL_WORKING_DIR, mapped; '' : the image's)
 
     def with_profile(self, profile: dict[str, Any]) -> PodSettings:
         unknown = set(profile) - PROFILE_KEYS - {"display_name", "description", "allowed"}
@@ -99,14 +100,14 @@ class PodSettings:
         return PodSettings(**merged)
 
 
-def _substitute(value: Any, username: str) -> Any:
+def substitute_username(value: Any, username: str) -> Any:
     """``{username}`` in volume definitions (already a DNS-safe name)."""
     if isinstance(value, str):
         return value.replace("{username}", username)
     if isinstance(value, list):
-        return [_substitute(v, username) for v in value]
+        return [substitute_username(v, username) for v in value]
     if isinstance(value, dict):
-        return {k: _substitute(v, username) for k, v in value.items()}
+        return {k: substitute_username(v, username) for k, v in value.items()}
     return value
 
 
@@ -193,8 +194,8 @@ def build_pod(
         ),
         client.V1VolumeMount(name="kernel-connection", mount_path=CONNECTION_DIR),
     ]
-    volumes += [_substitute(v, s.username) for v in s.volumes]  # operator-defined objects
-    mounts += [_substitute(m, s.username) for m in s.volume_mounts]
+    volumes += [substitute_username(v, s.username) for v in s.volumes]  # operator-defined
+    mounts += [substitute_username(m, s.username) for m in s.volume_mounts]
     container = client.V1Container(
         name="kernel",
         image=s.image,
@@ -211,6 +212,7 @@ def build_pod(
         ],
         resources=_resources(s),
         volume_mounts=mounts,
+        working_dir=s.working_dir or None,
         security_context=client.V1SecurityContext(
             allow_privilege_escalation=False,
             run_as_non_root=True,

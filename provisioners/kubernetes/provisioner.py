@@ -48,6 +48,7 @@ from ..common.environment import launch_environment
 from ..common.images import check_image
 from ..common.kernelspec_files import RemoteKernelCommand, kernel_argv
 from ..common.resources import kubernetes_quantity
+from ..common.workdir import WorkingDirMapping
 from . import gc, kernelspec, namespaces
 from .apiclient import ClusterAccess, call_api, connect
 from .config import KubernetesConfig
@@ -61,8 +62,10 @@ from .podspec import (
     build_pod,
     build_secret,
     signal_command,
+    substitute_username,
 )
 from .podstatus import api_message, exit_code, refusal, start_error, startup_problem
+from .storage import Claim, ClaimsUnreadable, inspect_claims, pending_hint, pinned_affinity
 from .watcher import PodWatcher, shared_watcher
 
 LABEL_USER = "kernel-orchestrator.user"
@@ -70,6 +73,7 @@ LABEL_USER = "kernel-orchestrator.user"
 
 # (jupyter_client's provisioner metaclass derives from traitlets'; mypy cannot tell.)
 class KubernetesProvisioner(  # type: ignore[misc, metaclass]
+    WorkingDirMapping,
     CurveNegotiation,
     RemoteKernelCommand,
     OrchestratorProvisionerMixin,
@@ -87,6 +91,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
     secret_uid: str = ""
     pod_ip: str = ""
     settings: PodSettings | None = None
+    _claims: list[Claim] = []
     _cmd: list[str] | None = None
     local_ports: dict[str, int] | None = None
     _forwards: Any = None
@@ -193,6 +198,8 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         if safe_user:
             s.labels[LABEL_USER] = safe_user
         s.annotations = {str(k): str(v) for k, v in self.annotations.items()}
+        if mapped := self.choose_working_dir(client_env):
+            s.working_dir = mapped.path
         self.settings = s
         await self._connect()
         if self.namespace_template:
@@ -231,6 +238,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
         await watcher.ready()
         try:
             await self._ensure_namespace()
+            await self._place_near_claims()
             connection = self._connection()
             files = [
                 SecretFile(f"resources/{rel}", f.data, f.executable)
@@ -277,6 +285,22 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             raise
         await self.state_changed()
         return self.connection_info
+
+    async def _place_near_claims(self) -> None:
+        """Read the claims the pod mounts (a missing one is refused now, not after the
+        start-up timeout) and, with ``colocate_with_claims``, pin the pod to the node
+        holding its ReadWriteOnce claims (see :mod:`.storage`)."""
+        assert self.settings is not None
+        volumes = substitute_username(list(self.settings.volumes), self.settings.username)
+        try:
+            self._claims = await inspect_claims(self.core, self.pod_namespace, volumes)
+        except ClaimsUnreadable as e:
+            if self.colocate_with_claims:
+                raise KernelStartError(f"colocate_with_claims cannot place the pod: {e}") from None
+            self.log.info("kernel %s: its claims are not checked: %s", self.kernel_id, e)
+            self._claims = []
+        if self.colocate_with_claims:
+            self.settings.affinity = pinned_affinity(self.settings.affinity, self._claims)
 
     async def _create_pod(self, pod: Any) -> Any:
         """Create the pod; if an operator deleted the namespace between our check and
@@ -355,6 +379,7 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
                 raise KernelStartError(
                     f"kernel pod {self.pod_namespace}/{self.pod_name} was not running within"
                     f" {self.startup_timeout:g}s (phase: {phase})"
+                    + pending_hint(self._claims, self.colocate_with_claims)
                 )
             await watcher.wait_change(min(remaining, 2.0))
 

@@ -187,10 +187,11 @@ class SlurmProvisioner(SSHProvisioner):
         if not self.on_login_node:
             return
         me = pwd.getpwuid(os.geteuid()).pw_name
-        if self.user or self.user_map or self.identity_file:
+        if self.user or self.user_map or self.identity_file or self.certificate_authority:
             raise KernelStartError(
                 "slurm-provisioner: on_login_node submits every job as this process's account"
-                f" ({me!r}); user, user_map and identity_file cannot apply there: remove them,"
+                f" ({me!r}); user, user_map, identity_file and certificate_authority cannot"
+                " apply there: remove them,"
                 " or use hosts with per-user accounts instead of on_login_node"
             )
         if getattr(self.parent, "multi_tenant", False) and not self.shared_account:
@@ -290,6 +291,9 @@ class SlurmProvisioner(SSHProvisioner):
                 "env": self._env or {},
                 "expand": expanded_on_the_kernel_side(self._env or {}, self.kernel_spec.env),
                 "cwd": self.working_dir,
+                "working_dir": (
+                    self.mapped_working_dir.to_json() if self.mapped_working_dir else None
+                ),
                 "timeout": self.startup_timeout,
                 "restart_grace": self.restart_grace,
                 "relay": relay,

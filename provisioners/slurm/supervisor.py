@@ -34,6 +34,7 @@ with contextlib.suppress(ImportError):
         KERNEL_CHANNELS,
         PORT_ATTEMPTS,
         hold_free_ports,
+        kernel_cwd,
         kernel_environment,
         remove_relay_dir,
         wait_until_bound,
@@ -115,9 +116,20 @@ class Supervisor:
         )
         env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = self.request.get("kernel_id", "")
         env["KERNEL_ORCHESTRATOR_INSTANCE"] = self.request.get("instance", "")
-        cwd = os.path.expanduser(self.request.get("cwd") or "~")
+        try:
+            cwd, cwd_fd = kernel_cwd(self.request)
+        except RuntimeError as e:
+            for s in held:
+                s.close()
+            self.write_state(status="exited", exit=127, error=str(e))
+            return "exited"
         log_path = os.path.join(self.kdir, "kernel.log")
-        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except BaseException:
+            if cwd_fd is not None:
+                os.close(cwd_fd)
+            raise
         log_offset = os.fstat(log).st_size
         self.write_state(status="starting", ports=None, pid=None, exit=None)
         for s in held:
@@ -138,6 +150,8 @@ class Supervisor:
             return "exited"
         finally:
             os.close(log)
+            if cwd_fd is not None:
+                os.close(cwd_fd)
         deadline = time.monotonic() + float(self.request.get("timeout", 60))
         outcome = wait_until_bound(self.proc, ports.values(), deadline, log_path, log_offset)
         if outcome == "bound":

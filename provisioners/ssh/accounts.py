@@ -10,7 +10,7 @@ operator says ``shared_account``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from orchestrator.errors import KernelStartError, OrchestratorError
@@ -25,6 +25,7 @@ class RemoteAccount:
 
     user: str = ""
     identity_file: str = ""
+    owner: str = ""  # the gateway user whose kernel logs in (what a certificate names)
 
     def to_json(self) -> dict[str, str]:
         return asdict(self)
@@ -33,7 +34,11 @@ class RemoteAccount:
     def from_json(cls, data: Any) -> RemoteAccount | None:
         if not isinstance(data, dict):
             return None
-        return cls(str(data.get("user") or ""), str(data.get("identity_file") or ""))
+        return cls(
+            str(data.get("user") or ""),
+            str(data.get("identity_file") or ""),
+            str(data.get("owner") or ""),
+        )
 
 
 def _mapped(owner: str, entry: Any) -> RemoteAccount:
@@ -62,7 +67,7 @@ def account_for(
 ) -> RemoteAccount:
     """The account ``owner``'s kernel logs in as, or a refusal saying what to configure."""
     if owner and owner in user_map:
-        return _mapped(owner, user_map[owner])
+        return replace(_mapped(owner, user_map[owner]), owner=owner)
     templated = PLACEHOLDER in user
     if (templated or PLACEHOLDER in identity_file) and not owner:
         raise KernelStartError(
@@ -77,7 +82,9 @@ def account_for(
             f" account ({where}): set user to a template such as '{PLACEHOLDER}', list the"
             " users in user_map, or set shared_account to accept it"
         )
-    return RemoteAccount(user.replace(PLACEHOLDER, slug), identity_file.replace(PLACEHOLDER, slug))
+    return RemoteAccount(
+        user.replace(PLACEHOLDER, slug), identity_file.replace(PLACEHOLDER, slug), owner
+    )
 
 
 def static_accounts(user: str, identity_file: str, user_map: dict[str, Any]) -> list[RemoteAccount]:

@@ -38,6 +38,7 @@ with contextlib.suppress(ImportError):
         KERNEL_CHANNELS,
         PORT_ATTEMPTS,
         hold_free_ports,
+        kernel_cwd,
         kernel_environment,
         remove_relay_dir,
         wait_until_bound,
@@ -179,8 +180,16 @@ def _start_on_free_ports(req, conn_path, log_path, deadline):
     env = kernel_environment(os.environ, req.get("env") or {}, req.get("expand") or ())
     env["KERNEL_ORCHESTRATOR_KERNEL_ID"] = req["kernel_id"]
     env["KERNEL_ORCHESTRATOR_INSTANCE"] = req.get("instance", "")
-    cwd = os.path.expanduser(req.get("cwd") or "~")
-    log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    cwd_fd = None
+    try:
+        cwd, cwd_fd = kernel_cwd(req)
+        log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    except BaseException:
+        if cwd_fd is not None:
+            os.close(cwd_fd)
+        for s in held:
+            s.close()
+        raise
     for s in held:
         s.close()
     try:
@@ -198,6 +207,8 @@ def _start_on_free_ports(req, conn_path, log_path, deadline):
         raise RuntimeError(f"cannot start {argv[0]!r}: {e.strerror}") from None
     finally:
         os.close(log)
+        if cwd_fd is not None:
+            os.close(cwd_fd)
     return proc, ports, wait_until_bound(proc, ports.values(), deadline, log_path)
 
 

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import re
 import signal
@@ -36,11 +37,20 @@ from orchestrator.provisioning.contract import (
     client_connection_info,
     kernelspec_configs,
 )
-from orchestrator.tunnels.ssh import KernelTunnel, SSHConnection, SSHTarget, pool, resolve_target
+from orchestrator.tunnels.ssh import (
+    CertificateAuthority,
+    CertificateRequest,
+    KernelTunnel,
+    SSHConnection,
+    SSHTarget,
+    pool,
+    resolve_target,
+)
 
 from ..common.curve import RELAY_SOURCE, CurveNegotiation
 from ..common.environment import expanded_on_the_kernel_side, launch_environment
 from ..common.kernelspec_files import RemoteKernelCommand, kernel_argv, shipped_files
+from ..common.workdir import WorkingDirMapping
 from .accounts import RemoteAccount, account_for, parse_user_map, static_accounts
 from .agent import RemoteAgent, agent_for
 
@@ -48,7 +58,11 @@ _round_robin = itertools.count()
 
 
 class SSHProvisioner(  # type: ignore[misc, metaclass]
-    CurveNegotiation, RemoteKernelCommand, OrchestratorProvisionerMixin, KernelProvisionerBase
+    WorkingDirMapping,
+    CurveNegotiation,
+    RemoteKernelCommand,
+    OrchestratorProvisionerMixin,
+    KernelProvisionerBase,
 ):
     """One kernel process on a remote host, reached through a shared SSH connection."""
 
@@ -104,6 +118,26 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
         help="Unknown host keys: reject, or accept-new (trust and record a first-seen key;"
         " a changed key is always refused).",
     )
+    certificate_authority = Unicode(
+        "",
+        config=True,
+        help="Certificate mode: path of an OpenSSH CA private key (mode 600) that the hosts'"
+        " sshd trusts (TrustedUserCAKeys). Each connection then logs in with a short-lived"
+        " certificate minted for its account; no per-user key is stored, and identity_file"
+        " and the SSH agent are not used for the host (jump hosts log in with their own).",
+    )
+    certificate_validity = Float(
+        300.0,
+        config=True,
+        help="Certificate mode: seconds a minted certificate stays valid (30..86400); sshd"
+        " checks it at login only, so a connection outlives it.",
+    )
+    certificate_source_addresses = List(
+        Unicode(),
+        config=True,
+        help="Certificate mode: the gateway's addresses or CIDRs as the hosts see them"
+        " (the certificate's source-address); a certificate is then worthless elsewhere.",
+    )
     proxy_jump = Unicode("", config=True, help="ProxyJump chain: user@host:port[,...].")
     ssh_config = Unicode("", config=True, help="ssh config file (default ~/.ssh/config).")
     python = Unicode("python3", config=True, help="Remote Python for the launcher and kernel.")
@@ -117,7 +151,12 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
     env_allowlist = List(
         Unicode(), ["KERNEL_*"], config=True, help="Client variables (fnmatch) passed on."
     )
-    working_dir = Unicode("", config=True, help="Remote working directory (default: home).")
+    working_dir = Unicode(
+        "",
+        config=True,
+        help="Remote working directory (default: home); a KERNEL_WORKING_DIR mapped by"
+        " working_dir_map wins.",
+    )
     startup_timeout = Float(
         60.0, config=True, help="Seconds from launch until the kernel must answer."
     )
@@ -162,7 +201,7 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
     # ----------------------------------------------------------- targets
     def _resolve(self, destination: str) -> SSHTarget:
         account = self.account or RemoteAccount(self.user, self.identity_file)
-        return resolve_target(
+        target = resolve_target(
             destination,
             user=account.user or None,
             port=int(self.port) if self.port else None,
@@ -172,6 +211,20 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
             host_key_policy=self.host_key_policy,
             ssh_config=self.ssh_config or None,
             connect_timeout=self.connect_timeout,
+        )
+        if not self.certificate_authority:
+            return target
+        return dataclasses.replace(
+            target,
+            identity_files=(),
+            use_agent=False,
+            certificate=CertificateRequest(
+                authority=self.certificate_authority,
+                principal=target.user,
+                owner=account.owner,
+                validity=self.certificate_validity,
+                source_addresses=tuple(self.certificate_source_addresses),
+            ),
         )
 
     async def _candidate_hosts(self, client_env: dict[str, str]) -> list[str]:
@@ -217,6 +270,9 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
             multi_tenant=bool(getattr(self.parent, "multi_tenant", False)),
             shared_account=self.shared_account,
         )
+        self.choose_working_dir(self._client_env)
+        if self.certificate_authority:  # a clear refusal before any login is tried
+            await run_blocking("ssh-ca", CertificateAuthority.load, self.certificate_authority)
         argv = self.spec_argv(kwargs.pop("extra_arguments", []) or [])
         if argv and argv[0] in ("python", "python3"):
             argv[0] = self.python  # the remote Python (never the orchestrator's)
@@ -246,6 +302,7 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
             "expand": expanded_on_the_kernel_side(self._env or {}, self.kernel_spec.env),
             "resources": shipped_files(self.spec_files()),
             "cwd": self.working_dir,
+            "working_dir": self.mapped_working_dir.to_json() if self.mapped_working_dir else None,
             "key": km.session.key.decode(),
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": km.kernel_name,
@@ -573,6 +630,16 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
             action="store_true",
             help="no other account runs on the hosts: leave remote loopback unencrypted",
         )
+        g.add_argument(
+            "--certificate-authority",
+            default="",
+            metavar="CA_KEY",
+            help="log in with short-lived certificates minted from this CA key (mode 600),"
+            " which the hosts' sshd trusts, instead of stored keys",
+        )
+        g.add_argument(
+            "--certificate-validity", type=float, default=300.0, help="seconds (30..86400)"
+        )
         g.add_argument("--known-hosts", default="")
         g.add_argument("--host-key-policy", choices=["reject", "accept-new"], default="reject")
         g.add_argument("--proxy-jump", default="", help="user@host:port[,user@host:port]")
@@ -601,9 +668,12 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
             "remote_dir",
             "port_range",
             "working_dir",
+            "certificate_authority",
         ):
             if getattr(args, key):
                 config[key] = getattr(args, key)
+        if args.certificate_validity != 300.0:
+            config["certificate_validity"] = args.certificate_validity
         if args.host_key_policy != "reject":
             config["host_key_policy"] = args.host_key_policy
         if args.host_selection != "round-robin":

@@ -258,6 +258,11 @@ API server also authorizes as "create": both verbs are needed, and both are used
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["create", "delete"]
+{{- if .Values.kernels.readClaims }}
+- apiGroups: [""]
+  resources: ["persistentvolumeclaims"]
+  verbs: ["get"]
+{{- end }}
 {{- end }}
 
 {{/*

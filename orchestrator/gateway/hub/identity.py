@@ -36,7 +36,7 @@ import typing as t
 from tornado import web
 from traitlets import Float, List, Unicode, default
 
-from ...users import ADMIN, UsersFileError, is_group_name, tenant_name_for
+from ...users import ADMIN, UsersFileError, is_group_name, reinstate, tenant_name_for
 from ..auth import GroupedUser, OrchestratorIdentityProvider
 from .tokens import HubTokenCache, HubUnavailable
 
@@ -300,8 +300,10 @@ class HubIdentityProvider(OrchestratorIdentityProvider):
                 " HubIdentityProvider.access_scopes)",
             )
         groups = tuple(g for g in model.get("groups") or () if is_group_name(g))
+        tenant = tenant_name_for(model["name"])
+        reinstate(tenant)  # (a user the Hub deleted, and has again)
         return HubUser(
-            username=tenant_name_for(model["name"]),
+            username=tenant,
             groups=groups,
             hub_user=model["name"],
             server=server_of(model),

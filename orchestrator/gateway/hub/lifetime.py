@@ -24,6 +24,7 @@ import typing as t
 from traitlets import Float
 from traitlets.config import LoggingConfigurable
 
+from ...users import revoke, tenant_name_for
 from ..tenancy import HUB_USER_LABEL, SERVER_LABEL
 from .api import HubAPI, HubAPIError
 
@@ -119,6 +120,7 @@ class HubLifetime(LoggingConfigurable):
                     confirmed[hub_user] = await self.api.servers_of(hub_user)
                 servers = confirmed[hub_user]
             if servers is None:  # the user is gone: nobody will come back for these
+                revoke(tenant_name_for(hub_user))  # (no SSH certificate is minted for them)
                 await self._shut_down(kernel_id, f"user {hub_user} is gone from JupyterHub")
                 continue
             if server is None or server in servers:

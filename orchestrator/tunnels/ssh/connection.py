@@ -24,6 +24,7 @@ from typing import Any
 import paramiko
 
 from ...errors import OrchestratorError
+from .certificates import CertificateError, login_key
 from .target import SSHTarget, default_identity_files
 
 log = logging.getLogger("kernel-orchestrator.ssh")
@@ -112,20 +113,30 @@ def _connect_hop(target: SSHTarget, sock: Any) -> paramiko.SSHClient:
         else _RejectUnknown(target.known_hosts)
     )
     client.set_missing_host_key_policy(policy)
-    keys = list(target.identity_files) or default_identity_files()
+    if target.certificate is not None:
+        # A new certificate for this login only; no key on disk, no agent.
+        try:
+            credentials: dict[str, Any] = {
+                "pkey": login_key(target.certificate),
+                "allow_agent": False,
+            }
+        except CertificateError as e:
+            raise SSHError(f"no login to {target.user}@{target.host}: {e}") from None
+    else:
+        keys = list(target.identity_files) or default_identity_files()
+        credentials = {"key_filename": keys or None, "allow_agent": target.use_agent}
     try:
         client.connect(
             target.host,
             port=target.port,
             username=target.user,
-            key_filename=keys or None,
             sock=sock,
             timeout=target.connect_timeout,
             banner_timeout=target.connect_timeout,
             auth_timeout=target.connect_timeout,
-            allow_agent=target.use_agent,
             look_for_keys=False,
             transport_factory=_transport,
+            **credentials,
         )
     except HostKeyError:
         client.close()

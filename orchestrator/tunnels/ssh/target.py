@@ -17,6 +17,7 @@ from pathlib import Path
 import paramiko
 
 from ...errors import OrchestratorError
+from .certificates import CertificateRequest
 
 HOST_KEY_POLICIES = ("reject", "accept-new")
 _DEST = re.compile(
@@ -43,11 +44,20 @@ class SSHTarget:
     alias: str = ""
     connect_timeout: float = 10.0
     use_agent: bool = True
+    # Certificate mode: log in with a certificate minted per connection, no stored key
+    # (:mod:`.certificates`); identity files and the agent are then not used.
+    certificate: CertificateRequest | None = None
 
     @property
     def pool_key(self) -> tuple[object, ...]:
-        """Targets with the same key share one SSH connection."""
-        return (self.user, self.host, self.port, tuple(h.pool_key for h in self.jump))
+        """Targets with the same key share one SSH connection. How it logs in is part
+        of it: a certificate-mode kernel never rides on a key-mode login or on another
+        user's certificate (each is minted under its own user's revocation check, and
+        sshd's log names whose it is), even where users share an account."""
+        login: tuple[str, ...] = ("key",)
+        if self.certificate is not None:  # (whose certificate: each user's is checked)
+            login = ("certificate", self.certificate.owner, self.certificate.authority)
+        return (self.user, self.host, self.port, login, tuple(h.pool_key for h in self.jump))
 
     def describe(self) -> str:
         name = f"{self.user}@{self.host}:{self.port}"

@@ -1,0 +1,161 @@
+"""The notebook's directory mapped to the kernel's side, and entered there by descriptor
+(provisioners.common.workdir and the kernel-side half in kernelside)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import KernelStartError
+from provisioners.common.kernelside import kernel_cwd, open_working_dir
+from provisioners.common.workdir import WorkingDir, map_working_dir
+
+MAP = {
+    "/srv/homes/{username}": "/export/homes/{username}",
+    "/srv/homes/{username}/scratch": "/scratch/{username}",
+    "/data": "/data",
+}
+
+
+@pytest.mark.parametrize(
+    ("requested", "path", "root"),
+    [
+        ("/srv/homes/alice", "/export/homes/alice", "/export/homes/alice"),
+        ("/srv/homes/alice/a/b", "/export/homes/alice/a/b", "/export/homes/alice"),
+        ("/srv/homes/alice/scratch/run", "/scratch/alice/run", "/scratch/alice"),  # longest
+        ("/srv/homes/alice/scratchy", "/export/homes/alice/scratchy", "/export/homes/alice"),
+        ("/data/x", "/data/x", "/data"),
+    ],
+)
+def test_a_notebook_directory_is_mapped_by_the_longest_prefix(
+    requested: str, path: str, root: str
+) -> None:
+    assert map_working_dir(requested, MAP, "alice") == WorkingDir(path, root)
+
+
+@pytest.mark.parametrize(
+    ("requested", "why"),
+    [
+        ("/srv/homes/bob/notes", "under none of the directories"),  # another user's
+        ("/srv/homes/alice/../bob", "without '..'"),
+        ("/srv/homes/alice/./x", "without '..'"),
+        ("//srv/homes/alice", "without '..'"),
+        ("/srv/homes/alice//x", "without '..'"),
+        ("srv/homes/alice", "absolute"),
+        ("/etc", "under none"),
+        ("/srv/homes/alice\0", "absolute"),
+    ],
+)
+def test_what_is_not_mapped_is_refused(requested: str, why: str) -> None:
+    with pytest.raises(KernelStartError, match=why) as refused:
+        map_working_dir(requested, MAP, "alice")
+    assert "KERNEL_WORKING_DIR" in str(refused.value)
+
+
+def test_a_user_template_needs_the_user() -> None:
+    with pytest.raises(KernelStartError, match="KERNEL_USERNAME"):
+        map_working_dir("/srv/homes/x", MAP, "")
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    (root / "nb" / "sub").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "nb" / "link").symlink_to(tmp_path / "elsewhere")
+    (root / "nb" / "file").write_text("")
+    return root
+
+
+def test_the_kernel_side_enters_the_directory_by_descriptor(tree: Path) -> None:
+    fd = open_working_dir(str(tree / "nb" / "sub"), str(tree))
+    try:
+        assert os.path.samefile(f"/proc/self/fd/{fd}", tree / "nb" / "sub")
+    finally:
+        os.close(fd)
+    # The kernel is started in the opened directory itself.
+    cwd, fd = kernel_cwd({"working_dir": {"path": str(tree / "nb"), "root": str(tree)}})
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getcwd())"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        assert out.stdout.strip() == str(tree / "nb")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("rel", "why"),
+    [
+        ("nb/link", "is a symbolic link"),
+        ("nb/link/deeper", "is a symbolic link"),
+        ("nb/missing", "No such file or directory"),
+        ("nb/file", "is not a directory"),
+    ],
+)
+def test_the_kernel_side_refuses_links_and_missing_directories(
+    tree: Path, rel: str, why: str
+) -> None:
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match=why):
+        open_working_dir(str(tree / rel), str(tree))
+    assert set(os.listdir("/proc/self/fd")) == before  # no descriptor left open
+
+
+@pytest.mark.parametrize(
+    ("templates", "why"),
+    [
+        (["/srv/{username}-x"], "whole path component"),
+        (["/srv/{username}", "/srv/home/{username}"], "a user named 'home' would get /srv/home"),
+        (["/srv/{username}", "/srv/shared"], "a user named 'shared'"),
+    ],
+)
+def test_templates_that_would_let_a_name_spell_another_users_path(
+    templates: list[str], why: str
+) -> None:
+    from provisioners.common.workdir import check_user_templates
+
+    with pytest.raises(KernelStartError, match=why):
+        check_user_templates(templates, "working_dir_map")
+    mapping = {t: t for t in templates}
+    with pytest.raises(KernelStartError, match=why):
+        map_working_dir("/srv/alice", mapping, "alice")
+
+
+@pytest.mark.parametrize(
+    ("volumes", "why"),
+    [
+        (["/srv/homes/{username}/work:/work"], "must be the last component"),
+        (["/srv/{username}-home:/home"], "whole path component"),
+        (["home-{username}:/home", "home-data-{username}:/data"], "overlap"),
+        (["{username}-home:/home"], "must end with"),
+        (["/srv/homes/{username}:/home/{username}", "/etc:/host-etc:ro"], "none of volume_roots"),
+    ],
+)
+def test_docker_volume_templates_keep_users_apart(volumes: list[str], why: str) -> None:
+    from provisioners.docker.volumes import user_mounts
+
+    with pytest.raises(KernelStartError, match=why):
+        user_mounts(
+            volumes, "alice", multi_tenant=True, volume_roots=["/srv/homes"], local_engine=False
+        )
+
+
+def test_the_kernel_side_refuses_directories_anyone_could_fill(tree: Path) -> None:
+    (tree / "nb" / "open").mkdir()
+    (tree / "nb" / "open").chmod(0o777)
+    with pytest.raises(RuntimeError, match="writable by every account"):
+        open_working_dir(str(tree / "nb" / "open"), str(tree))
+    (tree / "nb" / "open").chmod(0o1777)  # sticky, like /tmp: files stay their owners'
+    os.close(open_working_dir(str(tree / "nb" / "open"), str(tree)))
+    os.chown(tree, 12345, 12345)
+    with pytest.raises(RuntimeError, match="belongs to uid 12345"):
+        open_working_dir(str(tree / "nb"), str(tree))
