@@ -20,7 +20,9 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,6 +91,35 @@ async def _read_until(proc: asyncio.subprocess.Process, marker: str, timeout: fl
             return
 
 
+@contextlib.asynccontextmanager
+async def all_stopped_after(
+    gateway: Gateway, lab: subprocess.Popen[bytes], browser: Any, tmp: Path
+) -> AsyncIterator[None]:
+    """Stop the browser, JupyterLab and the gateway (its kernels shut down) after the
+    block; on a failure, print the end of the gateway's and JupyterLab's logs first,
+    for a failure seen only in CI's output."""
+    try:
+        yield
+    except BaseException:
+        for log in (gateway.log, tmp / "jupyterlab.log"):
+            with contextlib.suppress(OSError):
+                print(f"--- the end of {log.name}:\n" + log.read_text(errors="replace")[-6000:])
+        raise
+    finally:
+        if browser.returncode is None:
+            browser.kill()
+            await browser.wait()
+        lab.send_signal(signal.SIGTERM)
+        try:
+            lab.wait(30)
+        except subprocess.TimeoutExpired:
+            lab.kill()
+        from .test_gateway import _shutdown_all
+
+        await _shutdown_all(gateway)
+        gateway.kill(signal.SIGTERM)
+
+
 @pytest.mark.timeout(720)  # browser steps of up to 120 s + 3 x 45 s each on a cold machine
 async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
     docker_engine: str, tmp_path: Path
@@ -100,7 +131,7 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
     lab, lab_url, lab_token = await asyncio.to_thread(start_lab, gateway.url, tmp_path)
     screenshot = output_dir() / "jupyterlab-docker-kernel.png"
     browser = await run_lab_script(node_modules, screenshot, LAB_URL=lab_url, LAB_TOKEN=lab_token)
-    try:
+    async with all_stopped_after(gateway, lab, browser, tmp_path):
         await _read_until(browser, "STEP first-cell", 400)
         from .test_gateway import call
 
@@ -122,25 +153,6 @@ async def test_jupyterlab_runs_docker_kernel_cells_across_a_gateway_restart(
         assert screenshot.stat().st_size > 10_000
         after = await call(gateway.url, ADMIN_TOKEN, "GET", "/api/kernels")
         assert [k["id"] for k in after] == [k["id"] for k in kernels]  # the same kernel
-    except BaseException:
-        # what the gateway and JupyterLab said, for a failure seen only in CI's output
-        for log in (gateway.log, tmp_path / "jupyterlab.log"):
-            with contextlib.suppress(OSError):
-                print(f"--- the end of {log.name}:\n" + log.read_text(errors="replace")[-6000:])
-        raise
-    finally:
-        if browser.returncode is None:
-            browser.kill()
-            await browser.wait()
-        lab.send_signal(signal.SIGTERM)
-        try:
-            lab.wait(30)
-        except subprocess.TimeoutExpired:
-            lab.kill()
-        from .test_gateway import _shutdown_all
-
-        await _shutdown_all(gateway)
-        gateway.kill(signal.SIGTERM)
 
 
 EMPTY_CELL = {"cell_type": "code", "metadata": {}, "source": "", "outputs": []}
@@ -196,25 +208,7 @@ async def test_a_notebook_reads_and_writes_files_beside_itself(
             NOTEBOOK="sub/analysis.ipynb",
             KERNEL_DISPLAY_NAME="Docker (homes)",
         )
-        try:
+        async with all_stopped_after(gateway, lab, browser, tmp_path):
             await _read_until(browser, "DONE", 400)
             assert await asyncio.wait_for(browser.wait(), 60) == 0
             assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows"
-        except BaseException:
-            for log in (gateway.log, tmp_path / "jupyterlab.log"):
-                with contextlib.suppress(OSError):
-                    print(f"--- the end of {log.name}:\n" + log.read_text(errors="replace")[-6000:])
-            raise
-        finally:
-            if browser.returncode is None:
-                browser.kill()
-                await browser.wait()
-            lab.send_signal(signal.SIGTERM)
-            try:
-                lab.wait(30)
-            except subprocess.TimeoutExpired:
-                lab.kill()
-            from .test_gateway import _shutdown_all
-
-            await _shutdown_all(gateway)
-            gateway.kill(signal.SIGTERM)

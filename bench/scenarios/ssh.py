@@ -71,7 +71,13 @@ from bench.harness import (
     start_all_at_once,
 )
 from bench.restarts import restart_rows
-from bench.scenarios.core import _diagnostics, _execute, _ready_client, _shutdown
+from bench.scenarios.core import (
+    _diagnostics,
+    _execute,
+    _ready_client,
+    _shutdown,
+    _start_to_ready,
+)
 from orchestrator import procinfo
 from orchestrator.store import open_store
 from orchestrator.tunnels.ssh import KernelTunnel, pool, resolve_target
@@ -934,24 +940,15 @@ CERT_KERNEL = "ko-bench-ssh-cert"
 CERT_RATIO_TARGET = 1.05  # certificate / stored key, start to ready
 
 
-async def _start_to_ready(store: Any, kernel: str, owned: set[str]) -> float:
-    """Seconds from ``start_kernel`` until a client's ``kernel_info`` is answered; the
-    kernel is shut down afterwards (not timed)."""
-    km = orchestrator.AsyncKernelManager(kernel_name=kernel, kernel_store=store)
-    kc = None
-    try:
-        t0 = time.perf_counter()
-        try:
-            await asyncio.wait_for(km.start_kernel(), START_TIMEOUT)
-        finally:
-            if km.kernel_id:
-                owned.add(str(km.kernel_id))
-        kc = await _ready_client(km)
-        return time.perf_counter() - t0
-    finally:
-        if kc is not None:
-            kc.stop_channels()
-        await _shutdown(km)
+def _made_by(store: Any, kernel: str, made: list[Any]) -> Callable[[], Any]:
+    """A maker of managers for ``kernel`` that keeps each (for the leftover check)."""
+
+    def make() -> Any:
+        km = orchestrator.AsyncKernelManager(kernel_name=kernel, kernel_store=store)
+        made.append(km)
+        return km
+
+    return make
 
 
 async def bench_certificate(ctx: Context) -> list[Row]:
@@ -972,9 +969,10 @@ async def bench_certificate(ctx: Context) -> list[Row]:
             ctx, net, CERT_KERNEL, certificate_authority=str(net.user_ca), certificate_validity=300
         )
         store = open_store(ctx.store_url("ssh-certificate.db"))
+        made: list[Any] = []
         variants = {
-            "stored key": functools.partial(_start_to_ready, store, SSH_KERNEL, owned),
-            "certificate": functools.partial(_start_to_ready, store, CERT_KERNEL, owned),
+            "stored key": lambda: _start_to_ready(_made_by(store, SSH_KERNEL, made)),
+            "certificate": lambda: _start_to_ready(_made_by(store, CERT_KERNEL, made)),
         }
         anchors: dict[str, Any] = {}
         try:
@@ -998,6 +996,7 @@ async def bench_certificate(ctx: Context) -> list[Row]:
         finally:
             await asyncio.gather(*(_shutdown(km) for km in anchors.values()))
             store.close()
+            owned.update(str(km.kernel_id) for km in made if km.kernel_id)
             if left := await _check_kernels_gone(owned, "ssh/certificate"):
                 problems.append(left)
     target = Target.ratio_at_most(CERT_RATIO_TARGET)

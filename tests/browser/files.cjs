@@ -8,18 +8,7 @@
 // "FAIL <reason>" and exits 1. Settings: LAB_URL, LAB_TOKEN, NOTEBOOK, KERNEL_DISPLAY_NAME,
 // SCREENSHOT.
 "use strict";
-const { chromium } = require("playwright-core");
-
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  // Nothing but loopback: any other host name fails to resolve.
-  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-];
+const { runInBrowser } = require("./common.cjs");
 
 const CELL = [
   "rows = open('data.csv').read().splitlines()",
@@ -27,56 +16,33 @@ const CELL = [
   "print('wrote', len(rows) - 1, 'rows')",
 ].join("\n");
 
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: FLAGS,
-    headless: true,
-  });
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+runInBrowser(async (page) => {
+  await page.goto(`${process.env.LAB_URL}/lab/tree/${process.env.NOTEBOOK}?token=${process.env.LAB_TOKEN}`);
+  await page
+    .locator(".jp-StatusBar-TextItem", { hasText: `${process.env.KERNEL_DISPLAY_NAME} | Idle` })
+    .first()
+    .waitFor({ timeout: 180000 });
+  console.log("STEP kernel-ready");
+  const cell = page.locator(".jp-Notebook .jp-Cell").first();
+  await cell.locator(".cm-content").click();
+  // (typed line by line: the editor indents nothing here, and Enter is a new line)
+  for (const [i, line] of CELL.split("\n").entries()) {
+    if (i > 0) await page.keyboard.press("Enter");
+    await page.keyboard.type(line);
+  }
+  await page.keyboard.press("Control+Enter");
+  await cell.locator(".jp-OutputArea-output", { hasText: "wrote 2 rows" }).first().waitFor({ timeout: 60000 });
+  console.log("STEP cell-ran");
+  // The file browser shows the notebook's folder; it lists new files on its next
+  // refresh (JupyterLab polls the server's contents), or when asked to.
+  const listed = page.locator(".jp-DirListing-item", { hasText: "result.txt" }).first();
   try {
-    page.setDefaultTimeout(60000);
-    await page.goto(`${process.env.LAB_URL}/lab/tree/${process.env.NOTEBOOK}?token=${process.env.LAB_TOKEN}`);
-    await page
-      .locator(".jp-StatusBar-TextItem", { hasText: `${process.env.KERNEL_DISPLAY_NAME} | Idle` })
-      .first()
-      .waitFor({ timeout: 180000 });
-    console.log("STEP kernel-ready");
-    const cell = page.locator(".jp-Notebook .jp-Cell").first();
-    await cell.locator(".cm-content").click();
-    // (typed line by line: the editor indents nothing here, and Enter is a new line)
-    for (const [i, line] of CELL.split("\n").entries()) {
-      if (i > 0) await page.keyboard.press("Enter");
-      await page.keyboard.type(line);
-    }
-    await page.keyboard.press("Control+Enter");
-    await cell.locator(".jp-OutputArea-output", { hasText: "wrote 2 rows" }).first().waitFor({ timeout: 60000 });
-    console.log("STEP cell-ran");
-    // The file browser shows the notebook's folder; it lists new files on its next
-    // refresh (JupyterLab polls the server's contents), or when asked to.
-    const listed = page.locator(".jp-DirListing-item", { hasText: "result.txt" }).first();
-    try {
-      await listed.waitFor({ timeout: 30000 });
-    } catch (e) {
-      await page.locator(".jp-FileBrowser [data-command='filebrowser:refresh']").first().click();
-      await listed.waitFor({ timeout: 30000 });
-    }
-    console.log("STEP listed");
-    await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
-    console.log("DONE");
+    await listed.waitFor({ timeout: 30000 });
   } catch (e) {
-    const dialogs = await page.locator(".jp-Dialog").allInnerTexts().catch(() => []);
-    await page.screenshot({ path: process.env.SCREENSHOT.replace(/\.png$/, "-failure.png") }).catch(() => {});
-    throw new Error(`${e.message.split("\n")[0]}; dialogs: ${JSON.stringify(dialogs)}`);
-  } finally {
-    await browser.close();
+    await page.locator(".jp-FileBrowser [data-command='filebrowser:refresh']").first().click();
+    await listed.waitFor({ timeout: 30000 });
   }
-}
-
-main().then(
-  () => process.exit(0),
-  (e) => {
-    console.log(`FAIL ${String(e).split("\n").join(" ")}`);
-    process.exit(1);
-  }
-);
+  console.log("STEP listed");
+  await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  console.log("DONE");
+});

@@ -13,18 +13,7 @@
 // failure prints "FAIL <reason>" and exits 1.
 "use strict";
 const readline = require("readline");
-const { chromium } = require("playwright-core");
-
-const FLAGS = [
-  "--headless",
-  "--no-sandbox",
-  "--disable-gpu",
-  "--disable-background-networking",
-  "--disable-component-update",
-  "--disable-sync",
-  // Nothing but loopback: any other host name fails to resolve.
-  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-];
+const { runInBrowser } = require("./common.cjs");
 
 const lines = readline.createInterface({ input: process.stdin });
 const waiting = [];
@@ -69,66 +58,42 @@ async function addCell(page) {
   await page.keyboard.press("b"); // command mode: insert a cell below
 }
 
-async function main() {
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: FLAGS,
-    headless: true,
-  });
-  const page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-  try {
-    page.setDefaultTimeout(60000);
-    if (process.env.HUB_URL) {
-      await page.goto(`${process.env.HUB_URL}/hub/login`);
-      await page.fill("#username_input", process.env.HUB_USER);
-      await page.fill("#password_input", process.env.HUB_PASSWORD);
-      await page.click("#login_submit");
-      // The Hub spawns the user's server, then sends the browser to its JupyterLab.
-      await page.waitForURL(/\/user\/[^/]+\/lab/, { timeout: 120000 });
-      console.log("STEP logged-in");
-    } else {
-      await page.goto(`${process.env.LAB_URL}/lab?token=${process.env.LAB_TOKEN}`);
-    }
-    const card = page.locator(
-      `.jp-LauncherCard[data-category="Notebook"][title="${process.env.KERNEL_DISPLAY_NAME}"]`
-    );
-    await card.click({ timeout: 120000 });
-    await kernelIdle(page);
-    const first = await runCell(page, 0, "x = 6 * 7; print(x)", "42", 3);
-    console.log(`RUNS first-cell ${first}`);
-    if (process.env.ONE_CELL) {
-      await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
-      console.log("DONE");
-      return;
-    }
-    console.log("STEP first-cell");
-    if ((await nextLine()) !== "CONTINUE") throw new Error("the test did not say CONTINUE");
-    await kernelIdle(page);
-    await addCell(page);
-    const second = await runCell(page, 1, "print(x + 1)", "43", 3);
-    console.log(`RUNS second-cell ${second}`);
-    console.log("STEP second-cell");
-    if ((await nextLine()) !== "CONTINUE") throw new Error("the test did not say CONTINUE");
-    await addCell(page);
-    // One run only: on the kept websocket, its output must not be lost.
-    await runCell(page, 2, "print('x' in globals(), 3)", "False 3", 1);
-    console.log("RUNS third-cell 1");
+runInBrowser(async (page) => {
+  if (process.env.HUB_URL) {
+    await page.goto(`${process.env.HUB_URL}/hub/login`);
+    await page.fill("#username_input", process.env.HUB_USER);
+    await page.fill("#password_input", process.env.HUB_PASSWORD);
+    await page.click("#login_submit");
+    // The Hub spawns the user's server, then sends the browser to its JupyterLab.
+    await page.waitForURL(/\/user\/[^/]+\/lab/, { timeout: 120000 });
+    console.log("STEP logged-in");
+  } else {
+    await page.goto(`${process.env.LAB_URL}/lab?token=${process.env.LAB_TOKEN}`);
+  }
+  const card = page.locator(
+    `.jp-LauncherCard[data-category="Notebook"][title="${process.env.KERNEL_DISPLAY_NAME}"]`
+  );
+  await card.click({ timeout: 120000 });
+  await kernelIdle(page);
+  const first = await runCell(page, 0, "x = 6 * 7; print(x)", "42", 3);
+  console.log(`RUNS first-cell ${first}`);
+  if (process.env.ONE_CELL) {
     await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
     console.log("DONE");
-  } catch (e) {
-    // What the page showed, for the test's report: a dialog's text, and a screenshot.
-    const dialogs = await page.locator(".jp-Dialog").allInnerTexts().catch(() => []);
-    await page.screenshot({ path: process.env.SCREENSHOT.replace(/\.png$/, "-failure.png") }).catch(() => {});
-    throw new Error(`${e.message.split("\n")[0]}; dialogs: ${JSON.stringify(dialogs)}`);
-  } finally {
-    await browser.close();
+    return;
   }
-}
-
-main().then(
-  () => process.exit(0),
-  (e) => {
-    console.log(`FAIL ${String(e).split("\n").join(" ")}`);
-    process.exit(1);
-  }
-);
+  console.log("STEP first-cell");
+  if ((await nextLine()) !== "CONTINUE") throw new Error("the test did not say CONTINUE");
+  await kernelIdle(page);
+  await addCell(page);
+  const second = await runCell(page, 1, "print(x + 1)", "43", 3);
+  console.log(`RUNS second-cell ${second}`);
+  console.log("STEP second-cell");
+  if ((await nextLine()) !== "CONTINUE") throw new Error("the test did not say CONTINUE");
+  await addCell(page);
+  // One run only: on the kept websocket, its output must not be lost.
+  await runCell(page, 2, "print('x' in globals(), 3)", "False 3", 1);
+  console.log("RUNS third-cell 1");
+  await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+  console.log("DONE");
+});
