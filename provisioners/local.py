@@ -40,8 +40,13 @@ from orchestrator.paths import kernel_log_dir, open_private
 from orchestrator.provisioning.contract import GarbageContext, OrchestratorProvisionerMixin
 from orchestrator.users import user_slug
 
+from .common.kernelside import open_working_dir
+from .common.workdir import WorkingDirMapping
 
-class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # type: ignore[misc]
+
+class LocalProvisioner(  # type: ignore[misc, metaclass]
+    WorkingDirMapping, OrchestratorProvisionerMixin, StockLocalProvisioner
+):
     """The stock local provisioner, made re-attachable across orchestrator processes."""
 
     kernelspec_summary = "kernels as local processes (re-attachable across restarts)"
@@ -99,6 +104,16 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
             kwargs["env"].update(HOME=home, USER=account.pw_name)
             kwargs["env"]["LOGNAME"] = account.pw_name
             kwargs.update(user=account.pw_uid, group=account.pw_gid, extra_groups=[], cwd=home)
+        if self.working_dir_map and (mapped := self.choose_working_dir(kwargs["env"])):
+            # Entered by descriptor as for remote kernels; a host kernel's account must
+            # own (or root) every step, since root opens it here.
+            try:
+                self._cwd_fd = open_working_dir(
+                    mapped.path, mapped.root, account.pw_uid if account else None
+                )
+            except RuntimeError as e:
+                raise KernelStartError(str(e)) from None
+            kwargs["cwd"] = f"/proc/self/fd/{self._cwd_fd}"
         if self.managed_by_orchestrator:
             env = kwargs["env"]
             env[ENV_KERNEL_ID] = str(self.kernel_id)
@@ -117,7 +132,17 @@ class LocalProvisioner(OrchestratorProvisionerMixin, StockLocalProvisioner):  # 
         public, secret = keypair(km)
         km.curve_publickey, km.curve_secretkey = public.encode(), secret.encode()
 
+    _cwd_fd: int | None = None  # the mapped working directory, open until the launch
+
     async def launch_kernel(self, cmd: list[str], **kwargs: Any) -> Any:
+        try:
+            return await self._launch(cmd, **kwargs)
+        finally:
+            if self._cwd_fd is not None:
+                os.close(self._cwd_fd)
+                self._cwd_fd = None
+
+    async def _launch(self, cmd: list[str], **kwargs: Any) -> Any:
         if not self.managed_by_orchestrator:
             return await super().launch_kernel(cmd, **kwargs)
         log_path = kernel_log_dir() / f"kernel-{self.kernel_id}.log"

@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ import pytest
 
 from .browser import ensure_browser, run_lab_script
 from .conftest import REPO
+from .homes import Homes
 from .test_gateway import ADMIN_TOKEN, ALICE, Gateway, free_port, wait_http
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
@@ -159,46 +160,49 @@ EMPTY_CELL = {"cell_type": "code", "metadata": {}, "source": "", "outputs": []}
 NOTEBOOK = {
     "cells": [{**EMPTY_CELL, "execution_count": None}],
     "metadata": {
-        "kernelspec": {"name": "homes-docker", "display_name": "Docker (homes)"},
+        "kernelspec": {"name": "homes-kernel", "display_name": "a remote kernel"},
     },
     "nbformat": 4,
     "nbformat_minor": 5,
 }
 
 
-@pytest.mark.timeout(600)
-async def test_a_notebook_reads_and_writes_files_beside_itself(
-    docker_engine: str, tmp_path: Path, jupyter_env: dict[str, str]
+async def notebook_beside_its_files(
+    tmp_path: Path,
+    jupyter_env: dict[str, str],
+    *,
+    provisioner: str,
+    config: Callable[[Homes], dict[str, Any]],
+    owner: str,
+    label: str,
 ) -> None:
-    """Alice's JupyterLab serves her home; her notebook in a sub-directory runs in a
-    Docker kernel of the gateway, which mounts her home (per-user bind mount) and starts
-    in the notebook's directory there (working_dir_map): the cell reads the data file
-    beside the notebook and writes a result file that JupyterLab's file browser lists."""
+    """Alice's JupyterLab serves her home (owned by ``owner``); her notebook in a
+    sub-directory runs in a kernel of the gateway (``provisioner`` with ``config(homes)``)
+    that sees her home and starts in the notebook's directory there (working_dir_map):
+    the cell reads the data file beside the notebook and writes a result file that
+    JupyterLab's file browser lists."""
     from .conftest import write_kernelspec
     from .homes import user_homes
 
     node_modules = await asyncio.to_thread(ensure_browser)
-    with user_homes({"alice": "1000"}) as homes:
+    display = f"{label} (homes)"
+    with user_homes({"alice": owner}) as homes:
         write_kernelspec(
             jupyter_env["JUPYTER_DATA_DIR"],
-            "homes-docker",
-            "docker-provisioner",
-            {
-                "image": "kernel-orchestrator/kernel-python:latest",
-                "volumes": [f"{homes.served}/{{username}}:/home/{{username}}"],
-                "volume_roots": [str(homes.served)],
-                "working_dir_map": {f"{homes.served}/{{username}}": "/home/{username}"},
-            },
-            display_name="Docker (homes)",
+            "homes-kernel",
+            provisioner,
+            config(homes),
+            display_name=display,
         )
         notebook = homes.server_dir("alice", "sub", "analysis.ipynb")
         notebook.write_text(json.dumps(NOTEBOOK))
-        os.chown(notebook, 1000, 1000)
+        data = homes.server_dir("alice", "sub", "data.csv").stat()
+        os.chown(notebook, data.st_uid, data.st_gid)
         gateway = Gateway(tmp_path).start()
         lab, lab_url, lab_token = await asyncio.to_thread(
             start_lab, gateway.url, tmp_path, auth_token=ALICE, root_dir=homes.server_dir("alice")
         )
-        screenshot = output_dir() / "jupyterlab-files-beside-the-notebook.png"
+        screenshot = output_dir() / f"jupyterlab-files-beside-the-notebook-{label.lower()}.png"
         browser = await run_lab_script(
             node_modules,
             screenshot,
@@ -206,9 +210,74 @@ async def test_a_notebook_reads_and_writes_files_beside_itself(
             LAB_URL=lab_url,
             LAB_TOKEN=lab_token,
             NOTEBOOK="sub/analysis.ipynb",
-            KERNEL_DISPLAY_NAME="Docker (homes)",
+            KERNEL_DISPLAY_NAME=display,
         )
         async with all_stopped_after(gateway, lab, browser, tmp_path):
             await _read_until(browser, "DONE", 400)
             assert await asyncio.wait_for(browser.wait(), 60) == 0
             assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows"
+
+
+def docker_homes(homes: Homes) -> dict[str, Any]:
+    """Alice's home bind-mounted at /home/alice in her container."""
+    return {
+        "image": "kernel-orchestrator/kernel-python:latest",
+        "volumes": [f"{homes.served}/{{username}}:/home/{{username}}"],
+        "volume_roots": [str(homes.served)],
+        "working_dir_map": {f"{homes.served}/{{username}}": "/home/{username}"},
+    }
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("backend", ["docker", "ssh", "slurm"])
+async def test_a_notebook_reads_and_writes_files_beside_itself(
+    backend: str, tmp_path: Path, jupyter_env: dict[str, str], request: pytest.FixtureRequest
+) -> None:
+    """The notebook's files through the gateway and JupyterLab: Docker (her home
+    bind-mounted per user), SSH (her account on a host, logged in by certificate, the
+    home at another path there) and Slurm (a batch job on the shared file system)."""
+    if backend == "docker":
+        request.getfixturevalue("docker_engine")
+        config, owner = docker_homes, "1000"
+    else:
+        request.getfixturevalue("kernel_accounts")
+        owner = "ko-alice"
+        if backend == "ssh":
+            net = request.getfixturevalue("sshnet")
+
+            def config(homes: Homes) -> dict[str, Any]:
+                return {
+                    "hosts": ["hosta"],
+                    "ssh_config": str(net.ssh_config),
+                    "python": sys.executable,
+                    "user": "ko-{username}",
+                    "certificate_authority": str(net.user_ca),
+                    "connect_timeout": 5,
+                    "working_dir_map": homes.working_dir_map(),
+                }
+
+        else:
+            from .test_slurm import slurm_config
+
+            net = request.getfixturevalue("slurmnet")
+
+            def config(homes: Homes) -> dict[str, Any]:
+                settings = slurm_config(
+                    net,
+                    tmp_path,
+                    user="ko-{username}",
+                    identity_file="",
+                    certificate_authority=str(net.user_ca),
+                    working_dir_map=homes.working_dir_map(),
+                )
+                del settings["remote_dir"]  # (the account's home)
+                return settings
+
+    await notebook_beside_its_files(
+        tmp_path,
+        jupyter_env,
+        provisioner=f"{backend}-provisioner",
+        config=config,
+        owner=owner,
+        label=backend.capitalize(),
+    )

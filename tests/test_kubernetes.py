@@ -12,15 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client import NetworkingV1Api, RbacAuthorizationV1Api
+from kubernetes.client.rest import ApiException
 
 import orchestrator
 from orchestrator.errors import OrchestratorError
@@ -650,9 +653,10 @@ async def test_a_users_claim_and_the_notebooks_directory(
                 assert (fields.key, fields.values) == ("metadata.name", [cluster.info["node"]])
                 code = (
                     "import os\nrows = open('data.csv').read().splitlines()\n"
-                    "open('result.txt', 'w').write(f'{len(rows) - 1} rows\\n')\nprint(os.getcwd())"
+                    "open('result.txt', 'w').write(f'{len(rows) - 1} rows\\n')\n"
+                    "print(os.getcwd(), os.path.exists('/home/bob'))"
                 )
-                assert (await run(km, code))["out"] == "/home/alice/sub\n"
+                assert (await run(km, code))["out"] == "/home/alice/sub False\n"
                 assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows\n"
             finally:
                 await km.shutdown_kernel(now=True)
@@ -669,6 +673,43 @@ async def test_a_users_claim_and_the_notebooks_directory(
             core.delete_namespaced_persistent_volume_claim("claim-alice", namespace)
             core.delete_persistent_volume("ko-test-home-alice")
     await nothing_left(cluster, store)
+
+
+@pytest.mark.timeout(600)
+async def test_jupyterlab_lists_what_a_pod_wrote_beside_the_notebook(
+    kube: Release, tmp_path: Path, jupyter_env: dict[str, str], docker_engine: str
+) -> None:
+    """Through the gateway and JupyterLab in a browser: Alice's notebook runs in a pod
+    that mounts her claim (a volume of this node holding the home her JupyterLab serves)
+    and starts in the notebook's directory; the file the cell writes is listed."""
+    from .homes import Homes
+    from .test_jupyterlab import notebook_beside_its_files
+
+    cluster, namespace = kube.cluster, kube.kernel_namespace
+    core = cluster.core()
+
+    def config(homes: Homes) -> dict[str, Any]:
+        _home_claim(cluster, namespace, "alice", str(homes.server_dir("alice")))
+        return kube.config(
+            volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
+            volume_mounts=[{"name": "home", "mountPath": "/home/{username}"}],
+            working_dir_map={f"{homes.served}/{{username}}": "/home/{username}"},
+        )
+
+    try:
+        await notebook_beside_its_files(
+            tmp_path,
+            jupyter_env,
+            provisioner="kubernetes-provisioner",
+            config=config,
+            owner="1000",
+            label="Kubernetes",
+        )
+    finally:
+        with contextlib.suppress(ApiException):
+            core.delete_namespaced_persistent_volume_claim("claim-alice", namespace)
+        with contextlib.suppress(ApiException):
+            core.delete_persistent_volume("ko-test-home-alice")
 
 
 async def test_least_privilege(kspec: Any, kube: Release, per_user: Release, store: Any) -> None:

@@ -24,7 +24,7 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 from .conftest import write_kernelspec
 from .helpers import start_is_refused_for_plain_text
 from .test_docker import run
-from .test_ssh import CROSS_USER_SPY
+from .test_ssh import CROSS_USER_SPY, PEEK
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("jupyter_env")]
 CLI = str(Path(sys.executable).with_name("kernel-orchestrator"))
@@ -754,10 +754,11 @@ async def test_certificates_and_the_notebooks_directory_on_the_cluster(
                 "import os\nrows = open('data.csv').read().splitlines()\n"
                 "open('result.txt', 'w').write(f'{len(rows) - 1} rows\\n')\nprint(os.getcwd())"
             )
-            assert (await run(alice, code))[
-                "out"
-            ] == f"{os.path.realpath(homes.kernel_dir('alice', 'sub'))}\n"
+            here = os.path.realpath(homes.kernel_dir("alice", "sub"))
+            assert (await run(alice, code))["out"] == f"{here}\n"
             assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows\n"
+            peek = await run(alice, PEEK.format(path=str(homes.kernel_dir("bob"))))
+            assert peek["out"] == "refused\n"  # bob's home is not alice's to list
         finally:
             await alice.shutdown_kernel(now=True)
         wait_until(lambda: jobs_of(slurmnet, alice.kernel_id) == [], 30, "the job's end")

@@ -748,7 +748,12 @@ async def test_the_kernel_starts_in_the_notebooks_directory(
             assert homes.server_dir("alice", "sub", "result.txt").read_text() == "2 rows\n"
             peek = await run(alice, PEEK.format(path=str(homes.kernel_dir("bob"))))
             assert peek["out"] == "refused\n"
-            # A restart starts the kernel in the same directory.
+            # A restart starts the kernel in the same directory, by this process or by
+            # another that took the kernel over.
+            await alice.restart_kernel()
+            assert (await run(alice, "import os; print(os.getcwd())"))["out"] == done["out"]
+            alice.detach()
+            alice = await orchestrator.attach(alice.kernel_id, store=store)
             await alice.restart_kernel()
             assert (await run(alice, "import os; print(os.getcwd())"))["out"] == done["out"]
         finally:

@@ -1080,12 +1080,24 @@ async def test_warm_pools_are_not_filled_when_the_provisioners_config_names_the_
     (config / "jupyter_server_config.json").write_text(
         json.dumps({"LocalProvisioner": {"account": "ko-{username}"}})
     )
-    gw = Gateway(tmp_path, "--warm-pool", "python3=2", users=False).start()
+    from .conftest import write_kernelspec
+
+    # A kernelspec whose kernels start in each request's notebook directory neither.
+    write_kernelspec(
+        jupyter_env["JUPYTER_DATA_DIR"],
+        "mapped",
+        "orchestrator-local-provisioner",
+        {"working_dir_map": {"/srv/notebooks": "/srv/notebooks"}},
+    )
+    gw = Gateway(
+        tmp_path, "--warm-pool", "python3=2", "--warm-pool", "mapped=1", users=False
+    ).start()
     try:
         deadline = time.monotonic() + 20
-        while "not filled" not in gw.log.read_text() and time.monotonic() < deadline:
+        while gw.log.read_text().count("not filled") < 2 and time.monotonic() < deadline:
             await asyncio.sleep(0.2)
         assert "warm pool python3: not filled" in gw.log.read_text()
+        assert "warm pool mapped: not filled" in gw.log.read_text()
         assert await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
     finally:
         gw.kill(signal.SIGTERM)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -159,3 +160,58 @@ def test_the_kernel_side_refuses_directories_anyone_could_fill(tree: Path) -> No
     os.chown(tree, 12345, 12345)
     with pytest.raises(RuntimeError, match="belongs to uid 12345"):
         open_working_dir(str(tree / "nb"), str(tree))
+
+
+@pytest.mark.slow
+async def test_a_host_kernel_starts_in_the_notebooks_directory(
+    kernel_accounts: tuple[str, ...], jupyter_env: dict[str, str], store: Any
+) -> None:
+    """A host kernel (run as the user's own account by the root gateway) starts in the
+    notebook's directory too; since root opens the path, every step of it must be the
+    account's (or root's): a directory of Bob's inside Alice's home is refused."""
+    import orchestrator
+
+    from .conftest import write_kernelspec
+    from .homes import user_homes
+    from .test_docker import run
+
+    with user_homes({"alice": "ko-alice", "bob": "ko-bob"}) as homes:
+        write_kernelspec(
+            jupyter_env["JUPYTER_DATA_DIR"],
+            "host-mapped",
+            "orchestrator-local-provisioner",
+            {"account": "ko-{username}", "working_dir_map": homes.working_dir_map()},
+        )
+
+        def start(*rel: str) -> tuple[Any, Any]:
+            km = orchestrator.AsyncKernelManager(kernel_name="host-mapped", kernel_store=store)
+            where = str(homes.server_dir("alice", *rel))
+            env = {**os.environ, "KERNEL_USERNAME": "alice", "KERNEL_WORKING_DIR": where}
+            return km, km.start_kernel(env=env)
+
+        km, starting = start("sub")
+        await starting
+        try:
+            code = (
+                "import os, getpass\n"
+                "print(os.getcwd(), getpass.getuser(), open('data.csv').read().count(chr(10)))"
+            )
+            out = (await run(km, code))["out"]
+            assert out == f"{os.path.realpath(homes.kernel_dir('alice', 'sub'))} ko-alice 3\n"
+        finally:
+            await km.shutdown_kernel(now=True)
+
+        planted = homes.server_dir("alice", "sub", "bobs")
+        planted.mkdir()
+        os.chown(planted, *_ids("ko-bob"))
+        km, starting = start("sub", "bobs")
+        with pytest.raises(KernelStartError, match="is not the kernel's account's"):
+            await starting
+        assert await store.list() == []
+
+
+def _ids(account: str) -> tuple[int, int]:
+    import pwd
+
+    entry = pwd.getpwnam(account)
+    return entry.pw_uid, entry.pw_gid

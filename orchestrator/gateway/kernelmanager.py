@@ -601,7 +601,8 @@ class OrchestratorMappingKernelManager(
         if self._depends_on_user(kernel_name):
             self.log.warning(
                 "warm pool %s: not filled, the kernelspec's configuration depends on the"
-                " user ({username}); its kernels are started per request",
+                " user ({username}) or the notebook (working_dir_map); its kernels are"
+                " started per request",
                 kernel_name,
             )
             return
@@ -637,9 +638,10 @@ class OrchestratorMappingKernelManager(
             self._refilling.discard(kernel_name)
 
     def _depends_on_user(self, kernel_name: str) -> bool:
-        """Whether kernels of ``kernel_name`` differ by user (a pooled one would not):
-        ``{username}`` or a ``user_map`` in the kernelspec, or in the traitlets config of
-        its provisioner class (``KubernetesProvisioner.volumes`` in jupyter_server_config)."""
+        """Whether kernels of ``kernel_name`` differ by user or by request (a pooled one
+        would not): ``{username}``, a ``user_map`` or a ``working_dir_map`` in the
+        kernelspec, or in the traitlets config of its provisioner class
+        (``KubernetesProvisioner.volumes`` in jupyter_server_config)."""
         import json
 
         from jupyter_client.provisioning.factory import KernelProvisionerFactory
@@ -658,7 +660,9 @@ class OrchestratorMappingKernelManager(
                 sections = {cls.__name__ for cls in entry.load().__mro__}
         configured = {key: value for key, value in self.config.items() if key in sections}
         text = json.dumps([spec.to_dict(), configured], default=str)
-        return "{username}" in text or '"user_map"' in text
+        # (a working_dir_map: each start's notebook directory, which a pooled kernel,
+        # started for no notebook, would not be in)
+        return any(mark in text for mark in ("{username}", '"user_map"', '"working_dir_map"'))
 
     async def fill_pools(self) -> None:
         await asyncio.gather(*(self._refill(name) for name in self.warm_pools))

@@ -193,12 +193,18 @@ def write_resources(kernel_dir, shipped):
     return root
 
 
-def open_working_dir(path, root):
+def open_working_dir(path, root, owner=None):
     """A descriptor of the directory ``path`` under ``root`` (see
     :mod:`provisioners.common.workdir`): the root is opened as named (an operator's
     path, symbolic links allowed), every component below it without following a link.
     The kernel is started in this very directory (``cwd=/proc/self/fd/N``), so a link
-    swapped in after the check leads nowhere. Errors name the directory and why."""
+    swapped in after the check leads nowhere. Errors name the directory and why.
+
+    ``owner``: the uid of the account the kernel will run as, when that is not this
+    process's (root starting a host kernel): then every directory on the way must be
+    that account's or root's, since root's open would pass where the account's would
+    not."""
+    mine = os.geteuid() if owner is None else owner
     rel = os.path.relpath(path, root)
     if rel == ".":
         parts = []
@@ -212,13 +218,13 @@ def open_working_dir(path, root):
     except OSError as e:
         raise RuntimeError(f"working directory root {root}: {e.strerror}") from None
     info = os.fstat(fd)
-    if info.st_uid not in (os.geteuid(), 0):
+    if info.st_uid not in (mine, 0):
         # (another account made it first, under a shared parent: what it holds, a
         # planted module the kernel would import, is not ours)
         os.close(fd)
         raise RuntimeError(
-            f"working directory root {root} belongs to uid {info.st_uid}, not to this"
-            f" account (uid {os.geteuid()}) or root"
+            f"working directory root {root} belongs to uid {info.st_uid}, not to the"
+            f" kernel's account (uid {mine}) or root"
         )
     _refuse_world_writable(fd, root)
     walked = root
@@ -242,6 +248,12 @@ def open_working_dir(path, root):
         os.close(fd)
         fd = child
         _refuse_world_writable(fd, walked)
+        if owner is not None and os.fstat(fd).st_uid not in (owner, 0):
+            os.close(fd)
+            raise RuntimeError(
+                f"working directory {path}: {walked} is not the kernel's account's"
+                f" (uid {owner}) or root's"
+            )
     return fd
 
 
