@@ -175,8 +175,8 @@ def slurm_provisioner(multi_tenant: bool, **config: Any) -> Any:
     ("multi_tenant", "config", "message"),
     [
         (True, {}, "would share it with each other and with the gateway's secrets"),
-        (True, {"user": "{username}"}, "user, user_map and identity_file cannot apply there"),
-        (False, {"user": "{username}"}, "user, user_map and identity_file cannot apply there"),
+        (True, {"user": "{username}"}, "and certificate_authority cannot apply there"),
+        (False, {"user": "{username}"}, "and certificate_authority cannot apply there"),
         (True, {"user_map": {"alice": "alice"}}, "cannot apply there"),
         (False, {"identity_file": "/keys/{username}"}, "cannot apply there"),
     ],

@@ -677,6 +677,16 @@ def test_certificates_that_sshd_must_refuse(sshnet: Any, kernel_accounts: tuple[
         login("ko-alice", alice, now=time.time() - 3600)  # expired an hour ago
     with pytest.raises(paramiko.AuthenticationException):
         login("ko-bob", alice)  # alice's principal only
+    # Bound to the gateway's addresses: good from here, worthless from anywhere else.
+    here = CertificateRequest(
+        str(sshnet.user_ca), "ko-alice", "alice", source_addresses=(sshnet.subnet,)
+    )
+    login("ko-alice", here)
+    elsewhere = CertificateRequest(
+        str(sshnet.user_ca), "ko-alice", "alice", source_addresses=("192.0.2.0/24",)
+    )
+    with pytest.raises(paramiko.AuthenticationException):
+        login("ko-alice", elsewhere)
 
 
 def test_an_unsafe_certificate_authority_is_refused(tmp_path: Path, sshnet: Any) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import socket
 import time
@@ -937,14 +938,16 @@ def test_ssh_account_mapping() -> None:
     common = {"identity_file": "/keys/{username}", "multi_tenant": True, "shared_account": False}
     mapped = {"bob": {"user": "robert", "identity_file": "/k/bob"}}
     assert account_for("Alice.B", user="ko-{username}", user_map=mapped, **common) == (
-        RemoteAccount("ko-alice-b", "/keys/alice-b")
+        RemoteAccount("ko-alice-b", "/keys/alice-b", owner="Alice.B")
     )
     assert account_for("bob", user="ko-{username}", user_map=mapped, **common) == (
-        RemoteAccount("robert", "/k/bob")
+        RemoteAccount("robert", "/k/bob", owner="bob")
     )
     # one shared account, accepted when the operator says so
     shared = {**common, "identity_file": "", "shared_account": True}
-    assert account_for("alice", user="jupyter", user_map={}, **shared) == RemoteAccount("jupyter")
+    assert account_for("alice", user="jupyter", user_map={}, **shared) == RemoteAccount(
+        "jupyter", owner="alice"
+    )
 
 
 @pytest.mark.parametrize(
@@ -1101,3 +1104,24 @@ async def test_warm_pools_are_not_filled_when_the_provisioners_config_names_the_
         assert await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels") == []
     finally:
         gw.kill(signal.SIGTERM)
+
+
+def test_a_user_removed_from_the_users_file_is_revoked(tmp_path: Path) -> None:
+    """What certificate mode asks before it mints (orchestrator.users.is_revoked): the
+    users file as it is now, re-read when it changes."""
+    from orchestrator.gateway.auth import OrchestratorIdentityProvider
+    from orchestrator.users import is_revoked, remove_revocation_check
+
+    users = tmp_path / "users.json"
+    tokens = {"alice": "a" * 32, "bob": "b" * 32}
+    users.write_text(json.dumps({token: name for name, token in tokens.items()}))
+    users.chmod(0o600)
+    provider = OrchestratorIdentityProvider(user_tokens_file=str(users))
+    try:
+        assert not is_revoked("alice") and not is_revoked("bob")
+        users.write_text(json.dumps({tokens["bob"]: "bob"}))
+        os.utime(users, ns=(time.time_ns() + 10**9,) * 2)  # (a new stamp, surely)
+        assert is_revoked("alice") and not is_revoked("bob")
+        assert not is_revoked("admin")  # the operator is never revoked
+    finally:
+        remove_revocation_check(provider.no_longer_a_user)

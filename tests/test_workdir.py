@@ -215,3 +215,44 @@ def _ids(account: str) -> tuple[int, int]:
 
     entry = pwd.getpwnam(account)
     return entry.pw_uid, entry.pw_gid
+
+
+def test_where_a_pod_with_claims_may_run_and_what_a_pending_one_says() -> None:
+    """provisioners.kubernetes.storage: the node affinity that pins a kernel pod to the
+    node holding its ReadWriteOnce claim (ANDed into each of the operator's terms), the
+    refusal when two claims are held on different nodes, and the Pending message."""
+    from provisioners.kubernetes.storage import Claim, claims_of, pending_hint, pinned_affinity
+
+    volumes = [
+        {"name": "home", "persistentVolumeClaim": {"claimName": "claim-alice"}},
+        {"name": "data", "persistent_volume_claim": {"claim_name": "shared-data"}},
+        {"name": "tmp", "emptyDir": {}},
+    ]
+    assert claims_of(volumes) == [("home", "claim-alice"), ("data", "shared-data")]
+    home = Claim("home", "claim-alice", read_write_once=True, node="node-7")
+    data = Claim("data", "shared-data", read_write_once=False)
+    operator = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["a"]}]},
+                    {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["b"]}]},
+                ]
+            }
+        }
+    }
+    pinned = pinned_affinity(operator, [home, data])
+    terms = pinned["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    pin = {"key": "metadata.name", "operator": "In", "values": ["node-7"]}
+    assert all(term["matchFields"] == [pin] for term in terms["nodeSelectorTerms"])
+    assert "matchFields" not in str(operator)  # the kernelspec's own is left alone
+    assert pinned_affinity({}, [data]) == {}
+    other = Claim("scratch", "claim-alice-scratch", read_write_once=True, node="node-2")
+    with pytest.raises(KernelStartError, match="held on different nodes"):
+        pinned_affinity({}, [home, other])
+    assert pending_hint([home, data], colocated=False) == (
+        "; ReadWriteOnce claim claim-alice (volume home) is mounted on node node-7"
+        " (set colocate_with_claims to start kernels there)"
+    )
+    assert pending_hint([home], colocated=True) == "; it mounts claim claim-alice (volume home)"
+    assert pending_hint([], colocated=False) == ""

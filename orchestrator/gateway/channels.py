@@ -132,6 +132,22 @@ class RestartProofWebsocketConnection(ZMQChannelsWebsocketConnection):
             if isinstance(connection, cls) and connection.kernel_id == kernel_id:
                 connection._reconnect_streams()
 
+    def create_stream(self) -> None:
+        """jupyter_server's, but the zmq sockets take a routing identity of this
+        connection's own (the session id and a random suffix) instead of the session id
+        alone. Two websockets of one session can be open at once: a client reconnecting
+        while its previous websocket is still being set up (JupyterLab does, on opening a
+        notebook), or this connection's own streams replaced when the kernel moved. The
+        kernel's ROUTER keeps the first peer of an identity and drops the second's
+        messages, so the newer websocket's requests went unanswered until a ping
+        timeout: the kernel never looked ready in JupyterLab. Shell and stdin still
+        share one identity (``input()`` prompts follow the cell's)."""
+        identity = self.session.bsession + b"." + uuid.uuid4().hex[:12].encode()
+        for channel in ("iopub", "shell", "control", "stdin"):
+            connect = getattr(self.kernel_manager, "connect_" + channel)
+            self.channels[channel] = stream = connect(identity=identity)
+            stream.channel = channel
+
     def connect(self) -> asyncio.Future[None] | None:  # type: ignore[override]
         connected = super().connect()
         if connected is not None:
