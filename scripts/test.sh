@@ -22,4 +22,4 @@ if [ "$left" -lt 600 ]; then
     echo "test.sh: only ${left}s of the ${budget}s budget left after the installs" >&2
     exit 1
 fi
-exec timeout --signal=INT --kill-after=120 "$left" .venv/bin/python -m pytest -q -rs "$@"
+exec timeout --signal=INT --kill-after=120 "$left" .venv/bin/python -m pytest -q -rs --durations=30 "$@"
