@@ -193,6 +193,10 @@ class WorkingDirMapping(HasTraits):
         )
         return self.mapped_working_dir
 
+    def working_dir_request(self) -> dict[str, str] | None:
+        """The mapped directory as the SSH launcher and the Slurm supervisor take it."""
+        return self.mapped_working_dir.to_json() if self.mapped_working_dir else None
+
     async def get_provisioner_info(self) -> dict[str, Any]:
         info: dict[str, Any] = await super().get_provisioner_info()  # type: ignore[misc]
         if self.mapped_working_dir is not None:

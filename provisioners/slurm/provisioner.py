@@ -291,9 +291,7 @@ class SlurmProvisioner(SSHProvisioner):
                 "env": self._env or {},
                 "expand": expanded_on_the_kernel_side(self._env or {}, self.kernel_spec.env),
                 "cwd": self.working_dir,
-                "working_dir": (
-                    self.mapped_working_dir.to_json() if self.mapped_working_dir else None
-                ),
+                "working_dir": self.working_dir_request(),
                 "timeout": self.startup_timeout,
                 "restart_grace": self.restart_grace,
                 "relay": relay,

@@ -302,7 +302,7 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
             "expand": expanded_on_the_kernel_side(self._env or {}, self.kernel_spec.env),
             "resources": shipped_files(self.spec_files()),
             "cwd": self.working_dir,
-            "working_dir": self.mapped_working_dir.to_json() if self.mapped_working_dir else None,
+            "working_dir": self.working_dir_request(),
             "key": km.session.key.decode(),
             "signature_scheme": km.session.signature_scheme,
             "kernel_name": km.kernel_name,
