@@ -315,11 +315,7 @@ class KernelTenureMixin:
             if not self._recorded:  # pre_start checked the id; insert refuses a taken one
                 # The kernel runs (a provisioner saves as soon as its resources exist).
                 faults.checkpoint("after-launch")
-                lease = await self.kernel_store.insert(
-                    record, ownership.this_holder(), self.lease_seconds
-                )
-                self._recorded = True
-                self._hold(lease)
+                await self._insert_record(record)
                 faults.checkpoint("after-save")
                 return
             await self._ensure_owner()
@@ -328,6 +324,28 @@ class KernelTenureMixin:
         except FencedError as e:
             self._lease_lost(str(e))
             raise
+
+    async def _insert_record(self, record: KernelRecord) -> None:
+        """Insert the first record, and know that it exists even if our caller is cancelled.
+
+        The insert goes on in the store (a thread, a database server) when the awaiting
+        task is cancelled, as a start cancelled while its Slurm job waits in the queue
+        is. Had the cancel left us not knowing, the cleanup that follows would skip the
+        record, and it would stay behind until gc.
+        """
+        assert self.kernel_store is not None
+        insert = asyncio.ensure_future(
+            self.kernel_store.insert(record, ownership.this_holder(), self.lease_seconds)
+        )
+        try:
+            lease = await asyncio.shield(insert)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):  # (a failed insert left nothing to forget)
+                self._hold(await insert)
+                self._recorded = True
+            raise
+        self._recorded = True
+        self._hold(lease)
 
     async def forget_record(self) -> None:
         """Remove the record (fenced: only while this process still owns the kernel)."""

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -283,3 +284,31 @@ async def test_deleting_kernels_that_exit_on_sigint_never_blocks_the_gateway(
         for kernel in await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels"):
             await status_of(gw.url, ADMIN_TOKEN, "DELETE", f"/api/kernels/{kernel['id']}")
         gw.kill(signal.SIGTERM)
+
+
+async def test_a_start_cancelled_while_its_record_is_written_leaves_no_record(
+    store: Any, tmp_path: Path
+) -> None:
+    """The first record's insert runs on in the store's thread when the start is
+    cancelled (as a Slurm start cancelled in the queue is): the cleanup must know that
+    the record was written, and remove it with the kernel."""
+    from .conftest import kernel_pids_under
+
+    blocker = sqlite3.connect(str(store.path), timeout=30, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another writer: the insert waits for it
+    km = orchestrator.AsyncKernelManager(kernel_name="python3", kernel_store=store)
+    start = asyncio.ensure_future(km.start_kernel())
+    try:
+        deadline = time.monotonic() + 60
+        # The kernel runs, and the store's one connection is busy with the insert.
+        while not (km.provisioner and km.provisioner.has_process and store._lock.locked()):
+            assert time.monotonic() < deadline and not start.done()
+            await asyncio.sleep(0.02)
+        start.cancel()
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert await store.list() == []
+    assert kernel_pids_under(tmp_path) == []
