@@ -26,7 +26,7 @@ from kubernetes.client import NetworkingV1Api, RbacAuthorizationV1Api
 from kubernetes.client.rest import ApiException
 
 import orchestrator
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.labels import LABEL_INSTANCE
 from provisioners.kubernetes import watcher as kube_watcher
 from provisioners.kubernetes.names import label_value
@@ -550,22 +550,22 @@ RESTRICTED_CONTAINER = {
 }
 
 
-def _home_claim(cluster: KubeCluster, namespace: str, user: str, path: str) -> None:
-    """A user's home as the Hub would give it: a PersistentVolume on this node (the
-    directory ``path``) bound to ``claim-<user>``, ReadWriteOnce."""
+def _home_claim(cluster: KubeCluster, namespace: str, user: str, path: str, node: str = "") -> None:
+    """A user's home as the Hub would give it: a PersistentVolume (the directory
+    ``path``) bound to ``claim-<user>``, ReadWriteOnce; on this node, or only on the
+    node named ``node`` (as a local volume of another node is)."""
     core = cluster.core()
-    core.create_persistent_volume(
-        {
-            "metadata": {"name": f"ko-test-home-{user}"},
-            "spec": {
-                "capacity": {"storage": "1Gi"},
-                "accessModes": ["ReadWriteOnce"],
-                "persistentVolumeReclaimPolicy": "Retain",
-                "storageClassName": "",
-                "hostPath": {"path": path, "type": "Directory"},
-            },
-        }
-    )
+    spec: dict[str, Any] = {
+        "capacity": {"storage": "1Gi"},
+        "accessModes": ["ReadWriteOnce"],
+        "persistentVolumeReclaimPolicy": "Retain",
+        "storageClassName": "",
+        "hostPath": {"path": path, "type": "Directory"},
+    }
+    if node:
+        term = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
+        spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [{"matchExpressions": [term]}]}}
+    core.create_persistent_volume({"metadata": {"name": f"ko-test-home-{user}"}, "spec": spec})
     core.create_namespaced_persistent_volume_claim(
         namespace,
         {
@@ -672,6 +672,39 @@ async def test_a_users_claim_and_the_notebooks_directory(
             core.delete_namespaced_pod("jupyter-alice", namespace, grace_period_seconds=0)
             core.delete_namespaced_persistent_volume_claim("claim-alice", namespace)
             core.delete_persistent_volume("ko-test-home-alice")
+    await nothing_left(cluster, store)
+
+
+async def test_a_pod_that_cannot_reach_its_claims_node_names_the_claim(
+    kspec: Any, kube: Release, store: Any, tmp_path: Path
+) -> None:
+    """Alice's claim is bound to a volume of another node (a local volume of a node that
+    is not this one): no node can run her kernel. The start fails as soon as the
+    scheduler says so, with its reason and the claim and volume named, not after the
+    start-up timeout, and leaves no pod behind."""
+    cluster, namespace = kube.cluster, kube.kernel_namespace
+    core = cluster.core()
+    name = kspec(
+        "kelsewhere",
+        volumes=[{"name": "home", "persistentVolumeClaim": {"claimName": "claim-{username}"}}],
+        volume_mounts=[{"name": "home", "mountPath": "/home/{username}"}],
+        startup_timeout=120,
+    )
+    _home_claim(cluster, namespace, "alice", str(tmp_path), node="another-node")
+    try:
+        km = orchestrator.AsyncKernelManager(
+            kernel_name=name, kernel_store=store, multi_tenant=True
+        )
+        started = time.monotonic()
+        with pytest.raises(KernelStartError) as refused:
+            await km.start_kernel(env={**os.environ, "KERNEL_USERNAME": "alice"})
+        assert time.monotonic() - started < 90  # not the start-up timeout
+        text = str(refused.value)
+        assert "Unschedulable" in text and "PersistentVolume's node affinity" in text, text
+        assert text.splitlines()[0].endswith("; it mounts claim claim-alice (volume home)"), text
+    finally:
+        core.delete_namespaced_persistent_volume_claim("claim-alice", namespace)
+        core.delete_persistent_volume("ko-test-home-alice")
     await nothing_left(cluster, store)
 
 

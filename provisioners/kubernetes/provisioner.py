@@ -361,6 +361,8 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
             pod = watcher.get(key, self.pod_uid)  # not an earlier pod of the same name
             if pod is not None:
                 problem = startup_problem(pod)
+                if problem.startswith("Unschedulable"):  # (a claim's node, often: name them)
+                    problem += pending_hint(self._claims, self.colocate_with_claims)
                 if problem:
                     tail = await self._log_tail()
                     raise KernelStartError(
