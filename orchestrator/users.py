@@ -212,9 +212,11 @@ def remove_revocation_check(check: Callable[[str], bool]) -> None:
         _revocation_checks.remove(check)
 
 
-def revoke(name: str) -> None:
-    """Note that ``name`` is gone (a user the Hub deleted)."""
+def revoke(name: str) -> bool:
+    """Note that ``name`` is gone (a user the Hub deleted); whether that is news."""
+    known = name in _revoked
     _revoked.add(name)
+    return not known
 
 
 def reinstate(name: str) -> None:

@@ -226,6 +226,9 @@ async def test_kernels_go_with_their_hub_server_and_user(hubsetup: HubSetup) -> 
     await wait_for(
         lambda: gone(theirs["id"]), GRACE + 30, "the deleted user's kernels to be shut down"
     )
+    # ... and is revoked: a kernel of theirs that reconnects gets no SSH certificate
+    # (the refusal itself: test_ssh's certificate test).
+    assert "tenant carol is revoked" in hubsetup.gateway.log.read_text()
 
 
 @pytest.mark.timeout(300)

@@ -120,7 +120,13 @@ class HubLifetime(LoggingConfigurable):
                     confirmed[hub_user] = await self.api.servers_of(hub_user)
                 servers = confirmed[hub_user]
             if servers is None:  # the user is gone: nobody will come back for these
-                revoke(tenant_name_for(hub_user))  # (no SSH certificate is minted for them)
+                if revoke(tenant := tenant_name_for(hub_user)):
+                    self.log.info(
+                        "user %s is gone from JupyterHub: tenant %s is revoked (no SSH"
+                        " certificate is minted for it)",
+                        hub_user,
+                        tenant,
+                    )
                 await self._shut_down(kernel_id, f"user {hub_user} is gone from JupyterHub")
                 continue
             if server is None or server in servers:
