@@ -57,11 +57,15 @@ def resolve_provisioner_name(name: str) -> str:
     return name
 
 
-def add_install_parser(subparsers: Any) -> None:
-    """Register ``kernelspec install`` with one sub-command per provisioner."""
+def add_install_parser(subparsers: Any, describe: bool = True) -> None:
+    """Register ``kernelspec install`` with one sub-command per provisioner (each class
+    loaded for its options); without ``describe``, only its name (another command runs)."""
     install = subparsers.add_parser(
         "install", help="write a kernelspec that runs kernels through a provisioner"
     )
+    if not describe:
+        install.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        return
     per_provisioner = install.add_subparsers(dest="provisioner", metavar="PROVISIONER")
     per_provisioner.required = True
     for name, cls in our_provisioners().items():

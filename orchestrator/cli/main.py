@@ -32,7 +32,12 @@ def _positive(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The CLI's parser. ``kernelspec install``'s options come from every installed
+    provisioner, whose classes are loaded for it (and only for it, ``argv`` says: the
+    Kubernetes client alone takes seconds to import, which every other command of a
+    script would pay)."""
+    args = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(
         prog="kernel-orchestrator",
         description="Run Jupyter kernels locally or remotely; every command re-attaches"
@@ -222,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     ks.required = True
     from .kernelspecs import add_install_parser
 
-    add_install_parser(ks)
+    add_install_parser(ks, describe="kernelspec" in args and "install" in args)
     p.set_defaults(run=None)
     return parser
 
@@ -334,7 +339,7 @@ def _operator_token(args: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
     if args.log_level != "DEBUG":
