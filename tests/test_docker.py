@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,40 @@ async def test_lifecycle_in_a_container(pyspec: str, store: Any, dclient: Any) -
         assert len(our_containers(dclient, km.kernel_id)) == 1
     finally:
         await km.shutdown_kernel()
+    assert our_containers(dclient, km.kernel_id) == []
+    assert await store.get(km.kernel_id) is None
+
+
+async def test_an_idle_kernel_costs_its_engine_no_request(
+    pyspec: str, store: Any, dclient: Any
+) -> None:
+    """A Docker kernel's liveness comes from the engine's one shared event stream: its
+    polls ask the engine nothing, and a container killed behind our back is seen dead,
+    with its exit status, from the stream alone."""
+    from provisioners.docker import watcher
+
+    km = orchestrator.AsyncKernelManager(kernel_name=pyspec, kernel_store=store)
+    await km.start_kernel()
+    try:
+        cid = km.provisioner.container_id
+        containers = watcher.shared_watcher(km.provisioner.engine_url)
+        deadline = time.monotonic() + 30
+        while containers.status(cid) != (True, None):  # (the stream's start event)
+            assert time.monotonic() < deadline, (containers.failure, containers.status(cid))
+            await asyncio.sleep(0.05)
+        asked = containers.inspects
+        for _ in range(100):
+            assert await km.is_alive()
+        assert containers.inspects == asked
+        events = containers.events
+        dclient.api.kill(cid, signal="SIGKILL")
+        deadline = time.monotonic() + watcher.HEAL_SECONDS / 4  # (not the next list's news)
+        while containers.status(cid) != (True, 137):  # the die event, with its code
+            assert time.monotonic() < deadline, containers.status(cid)
+            await asyncio.sleep(0.05)
+        assert containers.events > events
+    finally:
+        await km.shutdown_kernel(now=True)
     assert our_containers(dclient, km.kernel_id) == []
     assert await store.get(km.kernel_id) is None
 

@@ -45,7 +45,7 @@ def engine_url(configured: str) -> str:
     return configured or os.environ.get("DOCKER_HOST", "") or "unix:///var/run/docker.sock"
 
 
-def _sdk_url(url: str) -> str:
+def sdk_url(url: str) -> str:
     """The URL to hand the docker SDK.
 
     For ``ssh://alias`` the SDK would default the port to 22 before reading
@@ -59,22 +59,35 @@ def _sdk_url(url: str) -> str:
     return f"ssh://{target.user}@{target.host}:{target.port}"
 
 
-def _connect(url: str) -> docker.DockerClient:
+def new_client(url: str, resolved: str = "") -> docker.DockerClient:
+    """A client of its own for engine ``url`` (``resolved``: its :func:`sdk_url`, found
+    earlier). Blocks: call it off the event loop."""
+    try:
+        return docker.DockerClient(
+            base_url=resolved or sdk_url(url),
+            version="auto",
+            timeout=60,
+            max_pool_size=64,
+            use_ssh_client=False,
+        )
+    except (docker.errors.DockerException, OSError, paramiko.SSHException) as e:
+        raise DockerEngineError(f"Docker engine at {url} is unreachable: {e}") from e
+
+
+def connect(url: str) -> docker.DockerClient:
+    """The shared client of engine ``url`` (made on first use; blocks: call it off the
+    event loop)."""
     with _engine_lock(url):
         client = _clients.get(url)
         if client is None:
-            try:
-                client = docker.DockerClient(
-                    base_url=_sdk_url(url),
-                    version="auto",
-                    timeout=60,
-                    max_pool_size=64,
-                    use_ssh_client=False,
-                )
-            except (docker.errors.DockerException, OSError, paramiko.SSHException) as e:
-                raise DockerEngineError(f"Docker engine at {url} is unreachable: {e}") from e
-            _clients[url] = client
+            client = _clients[url] = new_client(url)
         return client
+
+
+def forget_client(url: str) -> None:
+    """Drop the client of an engine that went away (the next call connects anew)."""
+    with _engine_lock(url):
+        _clients.pop(url, None)
 
 
 async def call(url: str, fn: Callable[[docker.DockerClient], T]) -> T:
@@ -82,10 +95,9 @@ async def call(url: str, fn: Callable[[docker.DockerClient], T]) -> T:
 
     def run() -> T:
         try:
-            return fn(_connect(url))
+            return fn(connect(url))
         except (requests.exceptions.ConnectionError, ConnectionError) as e:
-            with _engine_lock(url):
-                _clients.pop(url, None)
+            forget_client(url)
             raise DockerEngineError(f"Docker engine at {url} is unreachable: {e}") from e
 
     return await run_blocking(f"docker:{url}", run)

@@ -49,7 +49,7 @@ from ..common.kernelspec_files import RemoteKernelCommand, kernel_argv
 from ..common.resources import MIN_CPUS, MIN_PIDS, docker_size, positive_number
 from ..common.workdir import VARIABLE as WORKING_DIR_VARIABLE
 from ..common.workdir import WorkingDirMapping
-from . import egress, engine, gc, kernelspec
+from . import egress, engine, gc, kernelspec, watcher
 from .config import DockerConfig
 from .settings import ContainerSettings, SettingsError, apply_overrides, memory_bytes
 from .volumes import UserMount, ensure_named_volumes, user_mounts
@@ -500,9 +500,19 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         return attrs["State"]  # type: ignore[no-any-return]
 
     async def poll(self) -> int | None:
+        """From the engine's shared event stream (no request while the kernel idles);
+        the container is inspected only while the stream is down or has not shown it."""
+        cid = self.container_id
+        if not cid:
+            return 0
+        containers = watcher.shared_watcher(self.engine_url)
+        known, status = containers.status(cid)
+        if known:
+            return status
         state = await self._state()
+        containers.learn(cid, state)
         if state is None:
-            return 0 if self.container_id is None else 1
+            return 1
         if state.get("Running") and not state.get("Restarting"):
             return None
         return int(state.get("ExitCode") or 1)

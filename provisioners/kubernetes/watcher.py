@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -30,18 +29,13 @@ from kubernetes.client.rest import ApiException
 from orchestrator.errors import OrchestratorError
 from orchestrator.forks import reset_in_child
 
+from ..common.backoff import backoff_delay
+
 log = logging.getLogger("kernel-orchestrator.kubernetes")
 
 PodKey = tuple[str, str]  # (namespace, name)
 WATCH_SECONDS = 240  # the server ends each watch after this; we resume at once
 PERSISTENT_FAILURES = 4  # failures in a row after which the watch reports itself failing
-MAX_BACKOFF = 30.0
-
-
-def backoff_delay(failures: int) -> float:
-    """Seconds to wait after ``failures`` failures in a row: 0.5 s doubling to 30 s,
-    with jitter so that replicas do not retry in step."""
-    return float(min(MAX_BACKOFF, 0.5 * 2 ** (failures - 1)) * random.uniform(0.8, 1.2))
 
 
 class RecentUids:
