@@ -404,6 +404,10 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
 
     async def _async_post_start_kernel(self, **kw: t.Any) -> None:
         await super()._async_post_start_kernel(**kw)  # type: ignore[misc]
+        # The control socket is opened when a message goes out on it (a shutdown or
+        # interrupt request; jupyter_client connects it first): held for every idle
+        # kernel, it cost two descriptors and a connection each.
+        self._close_control_socket()
         await self.save_record()
         self._publish_endpoint()
         self._watch_restarts()
@@ -668,7 +672,6 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
             self.start_restarter()
         elif own is None:
             self.want_ownership()
-        self._connect_control_socket()
         self._publish_endpoint()
         self._watch_restarts()
         lifetime.remember(self)
