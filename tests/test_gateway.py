@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -424,6 +425,48 @@ async def test_limits_hold_under_concurrent_starts_and_during_a_restore(tmp_path
         assert [code for _, code in results] == [429] * 10, results
         listed = await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")
         assert len(listed) == 3 and set(alice) <= {k["id"] for k in listed}
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)
+
+
+async def test_open_files_are_raised_to_the_hard_limit_and_starts_refused_before_they_run_out(
+    tmp_path: Path,
+) -> None:
+    """The gateway takes the open files its hard limit allows (not jupyter_server's
+    floor of 4,096), and a start that could exhaust them is refused with the limit
+    named, while the kernels it runs go on."""
+    from orchestrator.fdlimit import PER_START, RESERVE
+
+    gw = Gateway(tmp_path, users=False)
+    gw.wrapper = ["prlimit", "--nofile=1024:8192", "--"]
+    gw.start()
+    try:
+        assert re.search(
+            r"open files: soft limit raised from \d+ to 8192 \(the hard limit\)",
+            gw.log.read_text(),
+        ), gw.log.read_text()
+        assert gw.proc is not None
+        kernel = await call(gw.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+
+        def limit_at(free: int) -> None:
+            used = len(os.listdir(f"/proc/{gw.proc.pid}/fd"))  # type: ignore[union-attr]
+            subprocess.run(
+                ["prlimit", f"--pid={gw.proc.pid}", f"--nofile={used + free}:8192"],  # type: ignore[union-attr]
+                check=True,
+            )
+
+        limit_at(RESERVE + PER_START - 8)
+        code, body = await status_of(
+            gw.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"}
+        )
+        assert code == 429, (code, body)
+        assert "open files in use" in body["message"] and "LimitNOFILE" in body["message"]
+        # The running kernel and the gateway's API are unharmed.
+        listed = await call(gw.url, ADMIN_TOKEN, "GET", "/api/kernels")
+        assert [k["id"] for k in listed] == [kernel["id"]]
+        limit_at(RESERVE + PER_START + 200)
+        await call(gw.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
     finally:
         await _shutdown_all(gw)
         gw.kill(signal.SIGTERM)

@@ -186,6 +186,15 @@ class GatewayApp(ServerApp):
 
             use_json_logs(self.log)
 
+    def init_resources(self) -> None:
+        """jupyter_server raises the open-files soft limit to its floor (4,096); every
+        kernel costs descriptors, so the gateway takes all that the hard limit allows."""
+        super().init_resources()
+        from ..fdlimit import raise_soft_limit
+
+        if raised := raise_soft_limit():
+            self.log.info("open files: soft limit raised from %d to %d (the hard limit)", *raised)
+
     def init_configurables(self) -> None:
         from ..ownership import set_holder_kind
 

@@ -44,7 +44,7 @@ from jupyter_server.services.kernels.kernelmanager import (
 )
 from traitlets import Dict, DottedObjectName, Float, Int, Type, default, validate
 
-from .. import ownership
+from .. import fdlimit, ownership
 from ..errors import FencedError, KernelLimitError, OrchestratorError, OwnedElsewhereError
 from ..manager import PersistentKernelManagerMixin
 from ..multikernelmanager import PersistentMultiKernelManagerMixin, RestoreReport
@@ -509,6 +509,7 @@ class OrchestratorMappingKernelManager(
     async def _start_kernel_for(self, owner: str, **kwargs: t.Any) -> tuple[str, str]:
         assert self.kernel_store is not None
         await self.restored()
+        fdlimit.refuse_start_when_short()
         labels = dict(kwargs.get("labels") or {})
         limits = self.limits_for(owner, kwargs.pop("memberships", ()))
         await self._check_server_cap(owner, labels)
