@@ -9,6 +9,11 @@
 * ``local-idle`` -- N idle local kernels under one ``AsyncMultiKernelManager``, ours and
                     stock jupyter_client's side by side: the orchestrator process's file
                     descriptors and RSS per kernel. Targets: < 10 fds and < 2 MB each.
+* ``docker-idle`` -- N idle Docker kernels under one ``AsyncMultiKernelManager``
+                    (auto-restarters polling), liveness from the engine's shared event
+                    stream vs the earlier poll by ``inspect``, side by side: this
+                    process's and dockerd's CPU per kernel over a window, fds per kernel.
+                    Targets: gateway + engine <= 0.01 % of a core, <= 2 fds per kernel.
 """
 
 from __future__ import annotations
@@ -34,12 +39,14 @@ SESSIONS_PER_MINUTE_TARGET = 0
 AGENT_CPU_TARGET_PERCENT = 1.0
 FDS_PER_KERNEL_TARGET = 10
 RSS_PER_KERNEL_TARGET_MB = 2.0
+IDLE_CPU_PER_KERNEL_TARGET = 0.01  # % of a core, gateway + engine (issue 33)
+FDS_PER_DOCKER_KERNEL_TARGET = 2
 
 
 def _params(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"ssh_n": 10, "window": 20.0, "local_n": 20}
-    return {"ssh_n": 100, "window": 60.0, "local_n": 200}
+        return {"ssh_n": 10, "window": 20.0, "local_n": 20, "docker_n": 10}
+    return {"ssh_n": 100, "window": 60.0, "local_n": 200, "docker_n": 100}
 
 
 async def _start_many(mkm: Any, n: int, kernel_name: str) -> list[str]:
@@ -191,7 +198,119 @@ async def bench_local_idle(ctx: Context) -> list[Row]:
     return rows
 
 
+# --------------------------------------------------------------- Docker idle
+def _dockerd_pid() -> int:
+    import subprocess
+
+    found = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True, check=False)
+    pids = found.stdout.split()
+    if not pids:
+        raise RuntimeError("no dockerd process on this machine")
+    return int(pids[0])
+
+
+class _PollByInspect:
+    """The baseline: the poll of earlier releases, one ``inspect`` of the kernel's own
+    container per poll (what the shared event stream replaced)."""
+
+    def __enter__(self) -> None:
+        from provisioners.docker.provisioner import DockerProvisioner
+
+        async def poll(prov: Any) -> int | None:
+            state = await prov._state()
+            if state is None:
+                return 0 if prov.container_id is None else 1
+            if state.get("Running") and not state.get("Restarting"):
+                return None
+            return int(state.get("ExitCode") or 1)
+
+        self._saved = DockerProvisioner.poll
+        DockerProvisioner.poll = poll  # type: ignore[method-assign]
+
+    def __exit__(self, *exc: object) -> None:
+        from provisioners.docker.provisioner import DockerProvisioner
+
+        DockerProvisioner.poll = self._saved  # type: ignore[method-assign]
+
+
+async def _docker_idle_cost(ctx: Context, n: int, window: float, label: str) -> dict[str, float]:
+    """CPU of this process (the gateway's part) and of dockerd per idle Docker kernel,
+    in % of a core, and this process's fds per kernel, over ``window`` seconds."""
+    from bench.scenarios.docker import DOCKER_KERNEL
+
+    store = open_store(ctx.store_url(f"docker-idle-{label}.db"))
+    mkm = orchestrator.AsyncMultiKernelManager(kernel_store=store, restore_on_start=False)
+    dockerd = _dockerd_pid()
+    try:
+        # One kernel first: the engine's client, its pooled connections and the event
+        # stream are made once per process, not per kernel.
+        await mkm.start_kernel(kernel_name=DOCKER_KERNEL)
+        await asyncio.sleep(1)
+        fds0 = _fds()
+        progress(f"docker-idle ({label}): starting {n} kernels")
+        await _start_many(mkm, n, DOCKER_KERNEL)
+        await asyncio.sleep(5)  # past start-up: only restarter polls from here on
+        fds = _fds() - fds0
+        me0, engine0, t0 = _cpu_seconds(os.getpid()), _cpu_seconds(dockerd), time.monotonic()
+        progress(f"docker-idle ({label}): {n} kernels idle; watching for {window:g}s")
+        await asyncio.sleep(window)
+        elapsed = time.monotonic() - t0
+        me, engine = _cpu_seconds(os.getpid()) - me0, _cpu_seconds(dockerd) - engine0
+        return {
+            "gateway": 100.0 * me / elapsed / n,
+            "engine": 100.0 * engine / elapsed / n,
+            "fds": fds / n,
+        }
+    finally:
+        await asyncio.wait_for(mkm.shutdown_all(now=True), SHUTDOWN_TIMEOUT)
+        store.close()
+
+
+async def bench_docker_idle(ctx: Context) -> list[Row]:
+    from bench.scenarios.docker import _setup
+
+    p = _params(ctx.quick)
+    n, window = p["docker_n"], p["window"]
+    bench = f"{n} idle docker kernels"
+    try:
+        await _setup(ctx)
+        ours = await _docker_idle_cost(ctx, n, window, "ours")
+        with _PollByInspect():
+            baseline = await _docker_idle_cost(ctx, n, window, "inspect")
+    except Exception as e:
+        progress(f"ERROR docker-idle: {e!r}")
+        return [error_row(NAME, bench, repr(e))]
+    rows = []
+    for what, key, target in (
+        ("gateway CPU per kernel (% of a core)", "gateway", None),
+        ("engine CPU per kernel (% of a core)", "engine", None),
+        ("fds per kernel", "fds", Target.at_most(FDS_PER_DOCKER_KERNEL_TARGET, "fds")),
+    ):
+        base_row = measurement(
+            NAME, f"{bench}: {what}", "poll by inspect", [baseline[key]], "count"
+        )
+        ours_row = measurement(NAME, f"{bench}: {what}", "ours", [ours[key]], "count")
+        ours_row.target = target
+        ours_row.ratio = ours[key] / baseline[key] if baseline[key] else None
+        rows += [base_row, ours_row.finish()]
+    total = measurement(
+        NAME,
+        f"{bench}: gateway + engine CPU per kernel (% of a core)",
+        "ours",
+        [ours["gateway"] + ours["engine"]],
+        "count",
+        target=Target.at_most(IDLE_CPU_PER_KERNEL_TARGET, "%"),
+        note=f"poll by inspect: {baseline['gateway'] + baseline['engine']:.4f} %",
+    )
+    return [*rows, total]
+
+
 BENCHMARKS = [
     Benchmark("ssh-idle", "idle SSH kernels: sessions per minute, agent CPU", bench_ssh_idle),
+    Benchmark(
+        "docker-idle",
+        "idle Docker kernels: gateway and engine CPU, fds per kernel (event stream vs inspect)",
+        bench_docker_idle,
+    ),
     Benchmark("local-idle", "idle local kernels: fds and RSS per kernel", bench_local_idle),
 ]
