@@ -251,13 +251,6 @@ def shared_watcher(url: str) -> ContainerWatcher:
         return watcher
 
 
-def stop_all() -> None:
-    with _watchers_lock:
-        for watcher in _watchers.values():
-            watcher.stop()
-        _watchers.clear()
-
-
 @reset_in_child
 def _reset_after_fork() -> None:
     """The parent's threads do not run in a forked child."""
