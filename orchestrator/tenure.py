@@ -157,6 +157,13 @@ class KernelTenureMixin:
             self.kernel_store, self.kernel_id, self.lease_seconds, force=force
         )
         self._hold(lease)
+        # A restart the last owner did (a new container, pod or job) is caught up with
+        # before this process acts as the owner: a process that still believed itself
+        # the owner when it was done never followed it, and would stop the process that
+        # is gone and leave the new one running.
+        record = await self.kernel_store.get(self.kernel_id)
+        if record is not None:
+            await self.follow_record(record)
 
     async def _ensure_owner(self) -> None:
         """Refuse lifecycle work unless this process still owns the kernel.
