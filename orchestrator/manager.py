@@ -308,12 +308,14 @@ class PersistentKernelManagerMixin(KernelTenureMixin, LoggingConfigurable):
             await follow(record.provisioner_info)
         else:  # a provisioner without our contract: its state is all it has
             await self.provisioner.load_provisioner_info(record.provisioner_info)
-        self._restart_count = record.restarts
         self.log.info("kernel %s was restarted by another process; following it", self.kernel_id)
         if self.provisioner.connection_info:
             self.load_connection_info(self.provisioner.connection_info)
         self._publish_endpoint()
         await self._rejoin_clients()
+        # Counted as followed once the clients are on the new process: a caller that
+        # waits for the count (and then sends a cell) must not race their rejoin.
+        self._restart_count = record.restarts
 
     # -------------------------------------------------------------- endpoint
     def on_endpoint_changed(self, callback: t.Callable[[], t.Any]) -> None:
