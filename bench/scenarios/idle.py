@@ -215,14 +215,12 @@ class _PollByInspect:
 
     def __enter__(self) -> None:
         from provisioners.docker.provisioner import DockerProvisioner
+        from provisioners.docker.watcher import exit_status_of_state
 
         async def poll(prov: Any) -> int | None:
-            state = await prov._state()
-            if state is None:
-                return 0 if prov.container_id is None else 1
-            if state.get("Running") and not state.get("Restarting"):
-                return None
-            return int(state.get("ExitCode") or 1)
+            if prov.container_id is None:
+                return 0
+            return exit_status_of_state(await prov._state())
 
         self._saved = DockerProvisioner.poll
         DockerProvisioner.poll = poll  # type: ignore[method-assign]

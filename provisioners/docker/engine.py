@@ -74,7 +74,7 @@ def new_client(url: str, resolved: str = "") -> docker.DockerClient:
         raise DockerEngineError(f"Docker engine at {url} is unreachable: {e}") from e
 
 
-def connect(url: str) -> docker.DockerClient:
+def _connect(url: str) -> docker.DockerClient:
     """The shared client of engine ``url`` (made on first use; blocks: call it off the
     event loop)."""
     with _engine_lock(url):
@@ -84,20 +84,15 @@ def connect(url: str) -> docker.DockerClient:
         return client
 
 
-def forget_client(url: str) -> None:
-    """Drop the client of an engine that went away (the next call connects anew)."""
-    with _engine_lock(url):
-        _clients.pop(url, None)
-
-
 async def call(url: str, fn: Callable[[docker.DockerClient], T]) -> T:
     """Run ``fn(client)`` for the engine at ``url`` on that engine's thread pool."""
 
     def run() -> T:
         try:
-            return fn(connect(url))
+            return fn(_connect(url))
         except (requests.exceptions.ConnectionError, ConnectionError) as e:
-            forget_client(url)
+            with _engine_lock(url):
+                _clients.pop(url, None)
             raise DockerEngineError(f"Docker engine at {url} is unreachable: {e}") from e
 
     return await run_blocking(f"docker:{url}", run)

@@ -511,11 +511,7 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
             return status
         state = await self._state()
         containers.learn(cid, state)
-        if state is None:
-            return 1
-        if state.get("Running") and not state.get("Restarting"):
-            return None
-        return int(state.get("ExitCode") or 1)
+        return watcher.exit_status_of_state(state)
 
     async def send_signal(self, signum: int) -> None:
         cid = self.container_id

@@ -47,6 +47,16 @@ _ALIVE_STATES = ("running", "paused")
 _KEEP_GONE = 10_000  # recent destroyed ids remembered (a restart replaces containers)
 
 
+def exit_status_of_state(state: dict[str, Any] | None) -> int | None:
+    """None for a running container, as ``inspect``'s ``State`` shows it, else its exit
+    status (1 for a container that does not exist, or where the engine does not say)."""
+    if state is None:
+        return 1
+    if state.get("Running") and not state.get("Restarting"):
+        return None
+    return int(state.get("ExitCode") or 1)
+
+
 def exit_status_of_listing(entry: dict[str, Any]) -> int | None:
     """None for a running container of ``docker ps``'s list, else its exit status (1
     where the list does not say: created, dead, restarting)."""
@@ -104,10 +114,8 @@ class ContainerWatcher:
                 return  # (not started yet: see _list)
             if state is None:
                 self._forget(container_id)
-            elif state.get("Running") and not state.get("Restarting"):
-                self._exits[container_id] = None
             else:
-                self._exits[container_id] = int(state.get("ExitCode") or 1)
+                self._exits[container_id] = exit_status_of_state(state)
 
     # -------------------------------------------------------------- thread
     def _unused(self) -> bool:
