@@ -11,6 +11,14 @@ shut-down kernel back.
 A kernel that dies more often than ``restart_limit`` allows is given up here for good
 (the manager's drop): what is left of it is removed and everything this process holds
 for it released, where jupyter_client only stops watching it.
+
+jupyter_client polls every kernel every ``time_to_dead`` seconds, for ever: with a
+thousand idle kernels that is 333 polls a second doing nothing. The async restarter
+here polls on that timer only while it must: during a start's first
+``stable_start_time`` seconds (which jupyter_client's stable-start rule needs), and
+while the kernel's back-end cannot push news of its process. Otherwise it waits to be
+told (:meth:`OrchestratorProvisionerMixin.watch_liveness`): an idle kernel then costs
+no timer and no wake-up at all.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import typing as t
 
 from jupyter_client.ioloop.restarter import AsyncIOLoopKernelRestarter, IOLoopKernelRestarter
 from jupyter_core.utils import run_sync
+from tornado.ioloop import IOLoop
 
 from . import lifetime
 from .errors import OrchestratorError
@@ -67,7 +76,28 @@ class OwnerRestarter(IOLoopKernelRestarter):
 
 
 class AsyncOwnerRestarter(AsyncIOLoopKernelRestarter):
-    """The async managers' restarter, for the owner only."""
+    """The async managers' restarter, for the owner only, on its timer only while the
+    kernel's back-end cannot tell it of an exit (see the module docstring)."""
+
+    _running = False  # between start() and stop(), whether or not the timer runs
+    _watch: t.Any = None  # the provisioner's LivenessWatch, while subscribed
+    _poll_lock: asyncio.Lock | None = None
+
+    @property
+    def timer_running(self) -> bool:
+        """Whether this restarter polls on its timer now (benchmarks and tests ask)."""
+        return self._pcallback is not None
+
+    def start(self) -> None:
+        self._running = True
+        if self._watch is None:
+            self._subscribe()
+        super().start()  # the timer, until the start is stable and news is pushed
+
+    def stop(self) -> None:
+        self._running = False
+        self._unsubscribe()
+        super().stop()
 
     def _fire_callbacks(self, event: t.Any) -> None:
         super()._fire_callbacks(event)
@@ -75,6 +105,50 @@ class AsyncOwnerRestarter(AsyncIOLoopKernelRestarter):
             _give_up(self)
 
     async def poll(self) -> None:  # type: ignore[override]
-        if not await self.kernel_manager.is_alive() and not await _still_ours(self):
+        # One poll at a time: a pushed notice and the timer must not both restart it.
+        if self._poll_lock is None:
+            self._poll_lock = asyncio.Lock()
+        async with self._poll_lock:
+            if await self.kernel_manager.is_alive() or await _still_ours(self):
+                await super().poll()
+            self._settle()
+
+    # ------------------------------------------------------------- pushed news
+    def _subscribe(self) -> None:
+        watch_liveness = getattr(self.kernel_manager.provisioner, "watch_liveness", None)
+        if watch_liveness is None:
             return
-        await super().poll()
+        ioloop = IOLoop.current()
+        try:
+            self._watch = watch_liveness(lambda: ioloop.add_callback(self._told))
+        except Exception as e:  # no news then: the timer goes on
+            self.log.debug("kernel %s: no pushed liveness: %s", self.kernel_manager.kernel_id, e)
+
+    def _unsubscribe(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.cancel()
+
+    async def _told(self) -> None:
+        if self._running:
+            await self.poll()
+
+    def _settle(self) -> None:
+        """Run the timer only while it is needed: the start is not yet stable, or an
+        exit might go untold (no watch, its source is down, or it watches an earlier
+        process: a new subscription is then tried first)."""
+        if not self._running:
+            return
+        if self._watch is None or not self._watch.pushed():
+            self._unsubscribe()
+            self._subscribe()
+        quiet = (
+            self._watch is not None
+            and self._watch.pushed()
+            and not self._initial_startup
+            and not self._restarting
+        )
+        if quiet and self._pcallback is not None:
+            IOLoopKernelRestarter.stop(self)
+        elif not quiet and self._pcallback is None:
+            IOLoopKernelRestarter.start(self)

@@ -26,6 +26,7 @@ import signal
 import stat
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,11 @@ from orchestrator.encryption import keypair, resolve_policy, should_encrypt
 from orchestrator.errors import KernelStartError, ReattachError
 from orchestrator.labels import ENV_INSTANCE, ENV_KERNEL_ID
 from orchestrator.paths import kernel_log_dir, open_private
-from orchestrator.provisioning.contract import GarbageContext, OrchestratorProvisionerMixin
+from orchestrator.provisioning.contract import (
+    GarbageContext,
+    LivenessWatch,
+    OrchestratorProvisionerMixin,
+)
 from orchestrator.users import user_slug
 
 from .common.kernelside import open_working_dir
@@ -165,6 +170,45 @@ class LocalProvisioner(  # type: ignore[misc, metaclass]
         if self.attached and self.pid is not None:
             return None if procinfo.is_running(self.pid, self.start_ticks) else 1
         return 0
+
+    def _current_pid(self) -> int | None:
+        if self.process is not None:
+            return int(self.process.pid)
+        return self.pid if self.attached else None
+
+    def watch_liveness(self, notify: Callable[[], None]) -> LivenessWatch | None:
+        """Told by a process descriptor, which becomes readable when the kernel exits: one
+        descriptor per kernel, and no wake-up while it runs."""
+        pid = self._current_pid()
+        if pid is None or not hasattr(os, "pidfd_open"):
+            return None
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:  # gone already (the poll says so), or no pidfds on this kernel
+            return None
+        if self.process is None and not procinfo.is_running(pid, self.start_ticks):
+            os.close(fd)  # the pid is another process's now
+            return None
+        loop = asyncio.get_running_loop()
+        state = {"open": True, "ended": False}
+
+        def ended() -> None:
+            loop.remove_reader(fd)  # (it stays readable)
+            state["ended"] = True
+            notify()
+
+        def cancel() -> None:
+            if state["open"]:
+                state["open"] = False
+                if not state["ended"]:
+                    loop.remove_reader(fd)
+                os.close(fd)
+
+        loop.add_reader(fd, ended)
+        return LivenessWatch(
+            pushed=lambda: state["open"] and not state["ended"] and self._current_pid() == pid,
+            cancel=cancel,
+        )
 
     async def wait(self) -> int | None:
         if self.process is not None:

@@ -22,6 +22,8 @@ What the mixin adds:
   from this process (tunnels, port-forwards); ``release`` lets go of everything this
   process holds for the kernel (tunnels, connections, threads) without stopping it.
 * ``follow()``: another process restarted the kernel; move this process to it.
+* ``watch_liveness()``: tell the auto-restarter when the kernel may have ended, so an
+  idle kernel costs no timer (see rule 5).
 
 The rules a provisioner must keep (the managers rely on them):
 
@@ -64,6 +66,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +82,22 @@ class GarbageContext:
     grace_seconds: float = 60.0
     dry_run: bool = False
     log: logging.Logger = field(default_factory=lambda: logging.getLogger("kernel-orchestrator"))
+
+
+@dataclass
+class LivenessWatch:
+    """A subscription to what a back-end pushes about one kernel's process.
+
+    The provisioner calls the ``notify`` it was given (from any thread, any number of
+    times) whenever the kernel may have ended or the source's health changed; the
+    auto-restarter then polls.
+    """
+
+    #: True while an exit of the kernel's current process would be told: the source is
+    #: up and the watch is on that process.
+    pushed: Callable[[], bool]
+    #: Stop telling (idempotent).
+    cancel: Callable[[], None]
 
 
 class OrchestratorProvisionerMixin:
@@ -163,6 +182,12 @@ class OrchestratorProvisionerMixin:
 
     def release(self) -> None:
         """Release what this process holds for the kernel; the kernel keeps running."""
+
+    def watch_liveness(self, notify: Callable[[], None]) -> LivenessWatch | None:
+        """Call ``notify`` (from any thread) when the kernel may have ended; None when
+        this back-end pushes nothing, and the restarter keeps polling on its timer.
+        See rule 5 in the module docstring."""
+        return None
 
     async def startup_diagnostics(self, lines: int = 20) -> str:
         """The last ``lines`` of the kernel's own output, if this provisioner can get them."""

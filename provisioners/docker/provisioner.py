@@ -26,6 +26,7 @@ import re
 import signal
 import tarfile
 import time
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -37,6 +38,7 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.provisioning.contract import (
     CHANNELS,
     GarbageContext,
+    LivenessWatch,
     OrchestratorProvisionerMixin,
     client_connection_info,
 )
@@ -512,6 +514,17 @@ class DockerProvisioner(  # type: ignore[misc, metaclass]
         state = await self._state()
         containers.learn(cid, state)
         return watcher.exit_status_of_state(state)
+
+    def watch_liveness(self, notify: Callable[[], None]) -> LivenessWatch | None:
+        """Told by the engine's shared event stream (see :mod:`.watcher`)."""
+        if not self.container_id:
+            return None
+        containers = watcher.shared_watcher(self.engine_url)
+        cid = self.container_id
+        return LivenessWatch(
+            pushed=lambda: cid == self.container_id and containers.pushed(cid),
+            cancel=containers.subscribe(str(self.kernel_id), notify),
+        )
 
     async def send_signal(self, signum: int) -> None:
         cid = self.container_id

@@ -15,10 +15,15 @@ asking the engine about its own container (the old way, which fails as plainly a
 before when the engine is gone). A container the watcher has not seen yet (one
 created a moment ago) is asked about the same way, once.
 
+Kernels' auto-restarters subscribe (:meth:`ContainerWatcher.subscribe`) and are told
+by kernel id (the label every event and list entry carries) when a container of
+theirs dies or is destroyed, and all of them when the stream goes down or comes back;
+an idle kernel then costs no poll at all.
+
 The watcher has a client of its own, made from the engine's address as resolved when
 it started (an ``ssh://`` alias is not looked up again on a reconnect), and ends when
-no kernel has asked it anything for :data:`UNUSED_SECONDS`: an engine whose kernels
-are all gone is not reconnected to for ever.
+nobody subscribes and no kernel has asked it anything for :data:`UNUSED_SECONDS`: an
+engine whose kernels are all gone is not reconnected to for ever.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from orchestrator.forks import reset_in_child
 from orchestrator.labels import LABEL_KERNEL_ID
 
 from ..common.backoff import backoff_delay
+from ..common.subscribers import Subscribers
 from . import engine
 
 log = logging.getLogger("kernel-orchestrator.docker")
@@ -66,6 +72,10 @@ def exit_status_of_listing(entry: dict[str, Any]) -> int | None:
     return int(found.group(1)) if found else 1
 
 
+def _kernel_of(labels: dict[str, Any] | None) -> str:
+    return str((labels or {}).get(LABEL_KERNEL_ID) or "")
+
+
 class ContainerWatcher:
     """The latest state of this engine's kernel containers, from its event stream."""
 
@@ -76,6 +86,7 @@ class ContainerWatcher:
         self.events = 0
         self.inspects = 0  # containers asked about one by one (stream down, or not seen yet)
         self._exits: dict[str, int | None] = {}  # id -> None while it runs, else its status
+        self._kernels: dict[str, str] = {}  # container id -> its kernel id (the label)
         self._gone: dict[str, None] = {}  # recently destroyed ids, oldest first
         self._changed: dict[str, int] = {}  # id -> number of the last event about it
         self._seq = 0
@@ -83,6 +94,7 @@ class ContainerWatcher:
         self._stream: Any = None
         self._client: docker.DockerClient | None = None
         self._asked_at = time.monotonic()
+        self.subscribers = Subscribers()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         name = f"docker-events-{url.rsplit('/', 1)[-1]}"[:15]
@@ -103,6 +115,18 @@ class ContainerWatcher:
                 return True, 1
         return False, None
 
+    def subscribe(self, kernel_id: str, notify: Any) -> Any:
+        """Call ``notify`` when a container of ``kernel_id`` dies or goes, and when the
+        stream goes down or comes back; returns the cancel."""
+        return self.subscribers.add(kernel_id, notify)
+
+    def pushed(self, container_id: str) -> bool:
+        """Whether an exit of ``container_id`` would be told: the stream is up and the
+        container is known to it."""
+        with self._lock:
+            known = container_id in self._exits or container_id in self._gone
+            return self._connected and known and not self._stop.is_set()
+
     def learn(self, container_id: str, state: dict[str, Any] | None) -> None:
         """Take what the provisioner's own ``inspect`` found (``State``, or None: no such
         container), unless an event about it came in meanwhile."""
@@ -119,7 +143,7 @@ class ContainerWatcher:
 
     # -------------------------------------------------------------- thread
     def _unused(self) -> bool:
-        return time.monotonic() - self._asked_at > UNUSED_SECONDS
+        return not self.subscribers and time.monotonic() - self._asked_at > UNUSED_SECONDS
 
     def _run(self) -> None:
         failures, resolved = 0, ""
@@ -134,6 +158,7 @@ class ContainerWatcher:
                     filters={"type": "container", "label": LABEL_KERNEL_ID, "event": _EVENTS},
                 )
                 self._list(client, replace=True)  # after the stream opened: nothing falls between
+                self.subscribers.tell_all()  # a new picture: what died meanwhile is seen now
                 if self.failure:
                     log.warning("container events of %s: back", self.url)
                     self.failure, failures = "", 0
@@ -145,7 +170,9 @@ class ContainerWatcher:
             except Exception as e:  # the engine is unreachable or restarting
                 reason = f"{type(e).__name__}: {engine.explain(e)}"
             with self._lock:
-                self._connected = False
+                was_connected, self._connected = self._connected, False
+            if was_connected:
+                self.subscribers.tell_all()  # nothing is pushed now: they poll again
             if self._stop.is_set() or self._unused():
                 self._end()
                 return
@@ -191,26 +218,37 @@ class ContainerWatcher:
             for entry in listed
             if entry.get("State") != "created"
         }
+        kernels = {entry["Id"]: _kernel_of(entry.get("Labels")) for entry in listed}
+        mended: set[str] = set()
         with self._lock:
             self.lists += 1
             if replace:
                 self._exits, self._changed, self._connected = fresh, {}, True
+                self._kernels = kernels
                 return
             newer = {cid for cid, seq in self._changed.items() if seq > asked_at}
             for cid in list(self._exits):
                 if cid not in fresh and cid not in newer:
+                    mended.add(self._kernels.get(cid, ""))
                     self._forget(cid)  # removed without our hearing of it
             for cid, status in fresh.items():
                 if cid not in newer:
+                    if cid in self._exits and self._exits[cid] != status:
+                        mended.add(kernels.get(cid, ""))  # an event we missed
                     self._exits[cid] = status
+            self._kernels.update(kernels)
             self._changed = {cid: self._changed[cid] for cid in newer}
+        self.subscribers.tell(mended - {""})
 
     def _apply(self, event: dict[str, Any]) -> None:
         cid = str(event.get("id") or (event.get("Actor") or {}).get("ID") or "")
         action = str(event.get("Action") or event.get("status") or "")
         if not cid:
             return
+        kernel_id = _kernel_of((event.get("Actor") or {}).get("Attributes"))
         with self._lock:
+            if kernel_id:
+                self._kernels[cid] = kernel_id
             self.events += 1
             self._seq += 1
             self._changed[cid] = self._seq
@@ -222,9 +260,12 @@ class ContainerWatcher:
                 self._exits[cid] = int(code) if str(code or "").lstrip("-").isdigit() else 1
             elif action == "destroy":
                 self._forget(cid)
+        if action in ("die", "destroy") and kernel_id:
+            self.subscribers.tell(kernel_id)
 
     def _forget(self, cid: str) -> None:
         self._exits.pop(cid, None)
+        self._kernels.pop(cid, None)
         self._gone[cid] = None
         if len(self._gone) > _KEEP_GONE:
             del self._gone[next(iter(self._gone))]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
@@ -37,6 +38,7 @@ from orchestrator.labels import LABEL_INSTANCE, LABEL_KERNEL_ID
 from orchestrator.provisioning.contract import (
     CHANNELS,
     GarbageContext,
+    LivenessWatch,
     OrchestratorProvisionerMixin,
     client_connection_info,
     kernelspec_configs,
@@ -461,6 +463,20 @@ class KubernetesProvisioner(  # type: ignore[misc, metaclass]
 
     async def wait_for_change(self) -> None:
         await self._watcher().wait_change(1.0)
+
+    def watch_liveness(self, notify: Callable[[], None]) -> LivenessWatch | None:
+        """Told by the shared pod watch (see :mod:`.watcher`)."""
+        if not self.pod_name:
+            return None
+        watcher = self._watcher()
+        key, uid = (self.pod_namespace, self.pod_name), self.pod_uid
+        return LivenessWatch(
+            pushed=lambda: (
+                (self.pod_namespace, self.pod_name, self.pod_uid) == (*key, uid)
+                and watcher.pushed(key, uid)
+            ),
+            cancel=watcher.subscribe(label_value(str(self.kernel_id)), notify),
+        )
 
     async def send_signal(self, signum: int) -> None:
         if not self.pod_name or signum == 0:

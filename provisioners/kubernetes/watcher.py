@@ -12,6 +12,10 @@ forgets old resourceVersions. The watch resumes from the last resourceVersion it
 answers 410 Gone, backs off exponentially while the server is unreachable, and after a
 few failures in a row reports the failure: :meth:`PodWatcher.ready` and kernels waiting
 on their pod fail with the server's reason instead of timing out silently.
+
+Kernels' auto-restarters subscribe by kernel id (:meth:`PodWatcher.subscribe`) and are
+told of every change to their pods, and all of them when the watch starts failing,
+recovers or lists again: an idle kernel costs no poll.
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from kubernetes.client.rest import ApiException
 
 from orchestrator.errors import OrchestratorError
 from orchestrator.forks import reset_in_child
+from orchestrator.labels import LABEL_KERNEL_ID
 
 from ..common.backoff import backoff_delay
+from ..common.subscribers import Subscribers
 
 log = logging.getLogger("kernel-orchestrator.kubernetes")
 
@@ -71,6 +77,7 @@ class PodWatcher:
         self.failure = ""  # why the watch is failing, while it persistently is
         self.lists = 0  # full lists made (the first, then one per 410 Gone)
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+        self.subscribers = Subscribers()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -99,6 +106,7 @@ class PodWatcher:
             self.pods = fresh
             self.lists += 1
         self._notify()
+        self.subscribers.tell_all()
         return str(result.metadata.resource_version or "")
 
     def _watch_kwargs(self, version: str) -> tuple[Callable[..., Any], dict[str, Any]]:
@@ -162,6 +170,8 @@ class PodWatcher:
             elif kind in ("ADDED", "MODIFIED"):
                 self.pods[key] = obj
         self._notify()
+        if kernel_id := (meta.get("labels") or {}).get(LABEL_KERNEL_ID):
+            self.subscribers.tell(str(kernel_id))
         return new_version
 
     def _healthy(self) -> int:
@@ -169,15 +179,19 @@ class PodWatcher:
             log.warning("pod watch (%s) recovered", self.scope)
             self.failure = ""
             self._notify()
+            self.subscribers.tell_all()
         return 0
 
     def _failed(self, failures: int, reason: str) -> None:
         delay = backoff_delay(failures)
         if failures >= PERSISTENT_FAILURES or reason.startswith(("401", "403")):
-            if not self.failure:
+            newly = not self.failure
+            if newly:
                 log.error("pod watch (%s) is failing: %s", self.scope, reason)
             self.failure = reason
             self._notify()
+            if newly:
+                self.subscribers.tell_all()  # nothing is pushed now: they poll again
         else:
             log.warning(
                 "pod watch (%s) interrupted: %s; retrying in %.1fs", self.scope, reason, delay
@@ -207,6 +221,16 @@ class PodWatcher:
         if pod is None:
             return self._ready.is_set()  # listed, watched, and not there
         return bool(uid) and pod.get("metadata", {}).get("uid") != uid
+
+    def subscribe(self, kernel_label: str, notify: Callable[[], None]) -> Callable[[], None]:
+        """Call ``notify`` on changes to the pods labelled with kernel id ``kernel_label``
+        and when the watch fails or recovers; returns the cancel."""
+        return self.subscribers.add(kernel_label, notify)
+
+    def pushed(self, key: PodKey, uid: str) -> bool:
+        """Whether an end of pod ``uid`` would be told: the watch is up and shows it."""
+        healthy = self._ready.is_set() and not self.failure and not self._stop.is_set()
+        return healthy and self.get(key, uid) is not None
 
     def saw_deleted(self, key: PodKey, uid: str) -> bool:
         """Whether the watch has seen pod ``uid`` go (stricter than :meth:`is_gone`: a

@@ -52,12 +52,14 @@ class Backend:
     running: Callable[[str], set[str]]  # instance -> ids of its kernels that still exist
     startup_timeout: bool = True  # has a provisioner-level start-up timeout
     filters_client_env: bool = True  # remote kernels get validated client variables only
+    pushes_liveness: bool = False  # tells the restarter of an exit (no timer while idle)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def local() -> Backend:
     return Backend(
         name="local",
+        pushes_liveness=True,
         provisioner="orchestrator-local-provisioner",
         python=sys.executable,
         config={},
@@ -72,6 +74,7 @@ def local() -> Backend:
 def docker_backend() -> Backend:
     return Backend(
         name="docker",
+        pushes_liveness=True,
         provisioner="docker-provisioner",
         python="python",
         config={"image": KERNEL_IMAGE},
@@ -105,6 +108,7 @@ def kubernetes_backend(config: dict[str, Any], pods_of: Callable[[str], set[str]
     kernelspec config with the token and CA to reach the API server)."""
     return Backend(
         name="kubernetes",
+        pushes_liveness=True,
         provisioner="kubernetes-provisioner",
         python="python",
         config={**config, "image": KERNEL_IMAGE},

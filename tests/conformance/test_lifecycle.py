@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from traitlets.config import Config
 
 import orchestrator
 from orchestrator.errors import OrchestratorError
@@ -120,6 +121,49 @@ async def test_restart_keeps_the_id_and_clears_the_state(
         record = await store.get(kernel_id)
         assert record is not None and record.restarts == 1
         assert len(backend.running(store.instance_id)) >= 1
+    finally:
+        await km.shutdown_kernel()
+    await nothing_left(backend, store)
+
+
+async def test_an_idle_kernel_costs_no_timer_and_its_death_still_restarts_it(
+    backend: Backend, jupyter_env: dict[str, str], store: Any
+) -> None:
+    """The auto-restarter polls on its timer only through a start's stable-start time,
+    then (where the back-end pushes news of its processes) waits to be told. A kernel
+    that dies is restarted all the same, and the restarter goes quiet again."""
+    config = Config({"KernelRestarter": {"time_to_dead": 0.5, "stable_start_time": 2.0}})
+    km = orchestrator.AsyncIOLoopKernelManager(
+        kernel_name=kernelspec(backend, jupyter_env), kernel_store=store, config=config
+    )
+    restarts: list[str] = []
+    await km.start_kernel()
+    try:
+        km.add_restart_callback(lambda: restarts.append("restart"), "restart")
+
+        async def quiet() -> bool:
+            deadline = time.monotonic() + 30
+            while km._restarter.timer_running and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+            return not km._restarter.timer_running
+
+        assert await quiet() == backend.pushes_liveness
+        assert (await run(km, "x = 1"))["status"] == "ok"
+        kc = km.client()
+        kc.start_channels()
+        try:
+            await kc.wait_for_ready(timeout=60)
+            kc.execute("import os; os._exit(3)")  # the kernel ends (no reply)
+        finally:
+            kc.stop_channels()
+        deadline = time.monotonic() + 120
+        while not restarts and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert restarts == ["restart"], f"{backend.name}: the death was not noticed"
+        while not (km.ready.done() and await km.is_alive()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        assert (await run(km, "print('x' in dir())"))["out"] == "False\n"
+        assert await quiet() == backend.pushes_liveness
     finally:
         await km.shutdown_kernel()
     await nothing_left(backend, store)
