@@ -198,9 +198,24 @@ class KernelSocket:
         self.session = uuid.uuid4().hex
 
     @classmethod
-    async def open(cls, base: str, token: str, kernel_id: str) -> KernelSocket:
+    async def open(cls, base: str, token: str, kernel_id: str, session: str = "") -> KernelSocket:
         url = base.replace("http", "ws") + f"/api/kernels/{kernel_id}/channels?token={token}"
-        return cls(await websocket_connect(url))
+        if session:
+            url += f"&session_id={session}"  # (JupyterLab's: a reconnect gets what it missed)
+        sock = cls(await websocket_connect(url))
+        sock.session = session or sock.session
+        return sock
+
+    async def read_output(self, timeout: float = 30) -> str:
+        """The text of the next stream message."""
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = await asyncio.wait_for(self.conn.read_message(), deadline - time.monotonic())
+            if raw is None:
+                raise ConnectionError("websocket closed")
+            msg = json.loads(raw)
+            if msg["msg_type"] == "stream":
+                return str(msg["content"]["text"])
 
     def send(self, msg_type: str, content: dict[str, Any], channel: str = "shell") -> str:
         msg_id = uuid.uuid4().hex
@@ -467,6 +482,55 @@ async def test_open_files_are_raised_to_the_hard_limit_and_starts_refused_before
         assert [k["id"] for k in listed] == [kernel["id"]]
         limit_at(RESERVE + PER_START + 200)
         await call(gw.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+    finally:
+        await _shutdown_all(gw)
+        gw.kill(signal.SIGTERM)
+
+
+async def test_a_disconnected_clients_messages_are_kept_for_a_while_and_up_to_a_size(
+    tmp_path: Path,
+) -> None:
+    """jupyter_server keeps a disconnected session's sockets to the kernel, and every
+    message the kernel sends, for ever. Here a reconnect within offline_buffer_seconds
+    gets what it missed; after that, or past offline_buffer_bytes, the gateway holds
+    nothing more for that kernel than before anyone connected."""
+    gw = Gateway(
+        tmp_path,
+        "--",
+        "--OrchestratorMappingKernelManager.offline_buffer_seconds=4",
+        "--OrchestratorMappingKernelManager.offline_buffer_bytes=20000",
+        users=False,
+    ).start()
+    assert gw.proc is not None
+    pid = gw.proc.pid
+
+    async def descriptors_back_to(count: int) -> int:
+        deadline = time.monotonic() + 20
+        while (now := len(os.listdir(f"/proc/{pid}/fd"))) > count and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        return now
+
+    try:
+        kernel = await call(gw.url, ADMIN_TOKEN, "POST", "/api/kernels", {"name": "python3"})
+        await asyncio.sleep(1)
+        unconnected = len(os.listdir(f"/proc/{pid}/fd"))
+        session = uuid.uuid4().hex
+        sock = await KernelSocket.open(gw.url, ADMIN_TOKEN, kernel["id"], session)
+        assert (await sock.execute("print(1)"))["out"] == "1\n"
+        sock.send("execute_request", {"code": "import time; time.sleep(1); print('missed')"})
+        sock.close()  # before the output
+        await asyncio.sleep(2)
+        sock = await KernelSocket.open(gw.url, ADMIN_TOKEN, kernel["id"], session)
+        assert await sock.read_output() == "missed\n"  # kept, and replayed
+        sock.close()
+        assert await descriptors_back_to(unconnected) <= unconnected
+        assert "no reconnect within 4 s" in gw.log.read_text()
+
+        sock = await KernelSocket.open(gw.url, ADMIN_TOKEN, kernel["id"], session)
+        sock.send("execute_request", {"code": "import time; time.sleep(1); print('x' * 50000)"})
+        sock.close()
+        assert await descriptors_back_to(unconnected) <= unconnected
+        assert "over 20000 bytes" in gw.log.read_text()
     finally:
         await _shutdown_all(gw)
         gw.kill(signal.SIGTERM)

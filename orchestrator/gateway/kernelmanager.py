@@ -53,6 +53,7 @@ from ..store.lease import Holder, Ownership
 from ..store.record import POOL_LABEL, TENANT_LABEL
 from ..tenure import LeaseState
 from ..users import ADMIN, entitled
+from .offline import BoundedOfflineBuffers
 from .tenancy import SERVER_LABEL, model_fields
 
 OWNER_LABEL = TENANT_LABEL
@@ -154,7 +155,7 @@ class OrchestratorServerKernelManager(PersistentKernelManagerMixin, ServerKernel
 
 
 class OrchestratorMappingKernelManager(
-    PersistentMultiKernelManagerMixin, AsyncMappingKernelManager
+    BoundedOfflineBuffers, PersistentMultiKernelManagerMixin, AsyncMappingKernelManager
 ):
     """The gateway's kernel manager (see the module docstring for replicas)."""
 
