@@ -27,6 +27,7 @@ SCENARIOS: dict[str, str] = {
     "store": "bench.scenarios.store",
     "hub": "bench.scenarios.hub",
     "relay": "bench.scenarios.relay",
+    "scale": "bench.scenarios.scale",
 }
 
 

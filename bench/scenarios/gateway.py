@@ -717,11 +717,17 @@ async def _start_kernels(server: Server, n: int) -> list[str]:
 
 
 async def connect_clients(
-    ctx: Context, name: str, base: str, token: str, kernels: list[str], warmup: int
+    ctx: Context,
+    name: str,
+    base: str,
+    token: str,
+    kernels: list[str],
+    warmup: int,
+    per_kernel: int = CLIENTS_PER_KERNEL,
 ) -> list[LoadWorker]:
-    """The load: CLIENTS_PER_KERNEL WebSocket clients per kernel at ``base``, spread over
+    """The load: ``per_kernel`` WebSocket clients per kernel at ``base``, spread over
     CLIENT_PROCS worker processes, connected and warmed up."""
-    n_clients = len(kernels) * CLIENTS_PER_KERNEL
+    n_clients = len(kernels) * per_kernel
     clients = [kernels[i % len(kernels)] for i in range(n_clients)]
     workers = [
         LoadWorker(f"{name}-{w}", ctx.root / f"load-{name}-{w}.log") for w in range(CLIENT_PROCS)

@@ -58,7 +58,8 @@ def _params(quick: bool) -> dict[str, Any]:
     return {"kernels": 200, "clients": 50, "leases": 4, "records": 1000, "requests": 100}
 
 
-def _kernelspec(ctx: Context) -> None:
+def minimal_kernelspec(ctx: Context) -> None:
+    """The minimal kernel's kernelspec (``KERNEL``), local provisioner, in the run's tree."""
     from tests.conftest import write_kernelspec
 
     write_kernelspec(
@@ -106,7 +107,8 @@ def _kind(query: str) -> str:
     return "other"
 
 
-async def _start_many(server: Server, n: int) -> list[str]:
+async def start_minimal_kernels(server: Server, n: int) -> list[str]:
+    """``n`` minimal kernels through ``server``'s REST API, ten at a time."""
     ids: list[str] = []
     for b in Bounded(f"start {n} kernels", (n + 9) // 10, 60 + n * 5):
         size = min(10, n - b * 10)
@@ -126,7 +128,7 @@ async def _start_many(server: Server, n: int) -> list[str]:
 async def bench_traffic(ctx: Context) -> list[Row]:
     bench = "idle store traffic"
     p = _params(ctx.quick)
-    _kernelspec(ctx)
+    minimal_kernelspec(ctx)
     problems: list[str] = []
     old_lease = os.environ.get("KERNEL_ORCHESTRATOR_LEASE_SECONDS")
     os.environ["KERNEL_ORCHESTRATOR_LEASE_SECONDS"] = str(LEASE_SECONDS)
@@ -141,7 +143,7 @@ async def bench_traffic(ctx: Context) -> list[Row]:
         for server in servers:
             server.store_url, server.token = url, servers[0].token
         await asyncio.gather(*(s.start() for s in servers))
-        ids = await _start_many(servers[0], p["kernels"])
+        ids = await start_minimal_kernels(servers[0], p["kernels"])
         progress(f"store traffic: {len(ids)} kernels up; {p['clients']} served by replica 1")
         for kernel_id in ids[: p["clients"]]:
             conn = await ws_open(servers[1].base, servers[1].token, kernel_id, 60)
