@@ -40,7 +40,6 @@ def main(argv: list[str]) -> int:
 
     shell, control = bind(zmq.ROUTER, "shell"), bind(zmq.ROUTER, "control")
     iopub, stdin, hb = bind(zmq.PUB, "iopub"), bind(zmq.ROUTER, "stdin"), bind(zmq.REP, "hb")
-    del stdin  # bound, as clients connect to it; never used
 
     def sign(parts: list[bytes]) -> bytes:
         if not key:
@@ -81,11 +80,16 @@ def main(argv: list[str]) -> int:
         "help_links": [],
     }
     poller = zmq.Poller()
-    for sock in (shell, control, hb):
+    # stdin is held (and read) for as long as the kernel runs: a socket dropped would be
+    # collected, its port closed, and every client's stdin channel would try to
+    # reconnect ten times a second.
+    for sock in (shell, control, stdin, hb):
         poller.register(sock, zmq.POLLIN)
     while True:
         for sock, _ in poller.poll():
             frames = sock.recv_multipart()
+            if sock is stdin:
+                continue  # (no input is ever asked for)
             if sock is hb:
                 sock.send_multipart(frames)
                 continue
