@@ -12,6 +12,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from .forks import reset_in_child
+
 _PROC = Path("/proc")
 
 
@@ -25,9 +27,21 @@ def _stat_fields(pid: int) -> list[str] | None:
     return rest  # rest[0] is field 3 (state)
 
 
+_machine_id: str | None = None
+
+
 def machine_id() -> str:
     """Where a pid means this process's pid: the boot id and the pid namespace ('' if
-    unknown). Two machines, or two containers, may share a host name, never this."""
+    unknown). Two machines, or two containers, may share a host name, never this.
+    Read once per process (a restore asks it for every kernel); a forked child, which
+    may be in a new pid namespace, reads it again."""
+    global _machine_id
+    if _machine_id is None:
+        _machine_id = _read_machine_id()
+    return _machine_id
+
+
+def _read_machine_id() -> str:
     try:
         boot = (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
     except OSError:
@@ -37,6 +51,12 @@ def machine_id() -> str:
     except OSError:
         pidns = ""
     return f"{boot}/{pidns}"
+
+
+@reset_in_child
+def _forget_machine_id() -> None:
+    global _machine_id
+    _machine_id = None
 
 
 #: Minimal inits (Docker's ``--init`` is tini) that exit when their one child exits.
