@@ -472,6 +472,12 @@ class SlurmProvisioner(SSHProvisioner):
             )
 
     # --------------------------------------------------------- lifecycle
+    def watch_liveness(self, notify: Any) -> None:
+        """None: a batch kernel's poll also watches its job (walltime, a kernel exit
+        that ends it), so its restarter keeps jupyter_client's timer (the queue
+        snapshot it reads is shared: one ``squeue`` per interval for every kernel)."""
+        return None
+
     async def poll(self) -> int | None:
         if not self.job_id:
             return 0

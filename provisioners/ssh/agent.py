@@ -7,7 +7,9 @@ launcher runs once in agent mode, on one session channel of the host's shared SS
 connection, and answers JSON requests line by line. Status requests of all kernels
 on the host are batched: one ``statuses`` request answers every poll made within
 ``STATUS_MAX_AGE`` seconds, so the agent's load does not grow with the number of
-kernels' restarters.
+kernels' restarters. Restarters that subscribe (:meth:`RemoteAgent.watch`) are told of
+a change by one refresher per agent that asks every ``WATCH_INTERVAL`` seconds, instead
+of asking on a timer each.
 
 The agent lives as long as the SSH connection (stdin closes with it, and it exits);
 if it dies or the connection is rebuilt, the next request starts a new one. While
@@ -34,11 +36,13 @@ from orchestrator.forks import reset_in_child
 from orchestrator.tunnels.ssh import SSHConnection
 from orchestrator.tunnels.ssh.connection import SSHError
 
+from ..common.refresher import Refresher
 from .remote import RemoteError, launcher_command, launcher_stdin
 
 log = logging.getLogger("kernel-orchestrator.ssh")
 
 STATUS_MAX_AGE = 0.5  # seconds one batched status answer serves every poll
+WATCH_INTERVAL = 3.0  # seconds between the refresher's status requests (jupyter_client's poll)
 
 
 #: Longest line the agent may send (a reply carries a kernel's status or connection
@@ -93,6 +97,9 @@ class RemoteAgent:
         self._tracked: dict[str, tuple[Any, Any]] = {}
         self._snapshot: tuple[float, dict[str, bool]] = (0.0, {})
         self._refresh: concurrent.futures.Future[None] | None = None
+        self.refresher = Refresher(
+            f"ssh-watch-{conn.target.host}", WATCH_INTERVAL, self._statuses_now
+        )
 
     # -------------------------------------------------------------- channel
     def _channel(self, timeout: float) -> paramiko.Channel:
@@ -236,6 +243,16 @@ class RemoteAgent:
         reply = self.request("statuses", {"kernels": {k: list(v) for k, v in tracked.items()}}, 15)
         answers = {str(k): bool(v) for k, v in (reply.get("running") or {}).items()}
         self._snapshot = (started, answers)
+
+    def _statuses_now(self) -> dict[str, bool]:
+        self._refresh_statuses()
+        return dict(self._snapshot[1])
+
+    def watch(self, kernel_id: str, pid: Any, start: Any, notify: Any) -> Any:
+        """Call ``notify`` when the kernel's process ends (or the host stops or starts
+        answering again); returns the cancel."""
+        self._tracked[kernel_id] = (pid, start)
+        return self.refresher.subscribe(kernel_id, notify)
 
     def invalidate(self) -> None:
         """Forget the batched answer (after a signal or a cleanup the state changes)."""

@@ -24,6 +24,7 @@ import dataclasses
 import itertools
 import re
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from jupyter_client.provisioning import KernelProvisionerBase
@@ -33,6 +34,7 @@ from orchestrator.errors import KernelStartError, OrchestratorError
 from orchestrator.executors import run_blocking
 from orchestrator.provisioning.contract import (
     GarbageContext,
+    LivenessWatch,
     OrchestratorProvisionerMixin,
     client_connection_info,
     kernelspec_configs,
@@ -430,6 +432,21 @@ class SSHProvisioner(  # type: ignore[misc, metaclass]
             self.log.debug("ssh status of %s unknown: %s", self.kernel_id, e)
             return None
         return None if running else 1
+
+    def watch_liveness(self, notify: Callable[[], None]) -> LivenessWatch | None:
+        """Told by the host agent's refresher (see :mod:`.agent`): one status request
+        per host every few seconds, whatever the number of kernels."""
+        conn, remote = self._conn, self.remote
+        if conn is None or remote is None:
+            return None
+        agent = agent_for(conn, self.python)  # (the one poll asks)
+        cancel = agent.watch(str(self.kernel_id), remote.get("pid"), remote.get("start"), notify)
+        return LivenessWatch(
+            pushed=lambda: (
+                self.remote is remote and conn.state == "up" and agent.refresher.healthy()
+            ),
+            cancel=cancel,
+        )
 
     async def send_signal(self, signum: int) -> None:
         if self.remote is None or signum == 0:

@@ -87,6 +87,7 @@ def docker_backend() -> Backend:
 def ssh_backend(sshnet: Any, remote_dir: str) -> Backend:
     return Backend(
         name="ssh",
+        pushes_liveness=True,
         provisioner="ssh-provisioner",
         python="python",
         config={
