@@ -10,10 +10,12 @@
                     stock jupyter_client's side by side: the orchestrator process's file
                     descriptors and RSS per kernel. Targets: < 10 fds and < 2 MB each.
 * ``docker-idle`` -- N idle Docker kernels under one ``AsyncMultiKernelManager``
-                    (auto-restarters polling), liveness from the engine's shared event
-                    stream vs the earlier poll by ``inspect``, side by side: this
-                    process's and dockerd's CPU per kernel over a window, fds per kernel.
-                    Targets: gateway + engine <= 0.01 % of a core, <= 2 fds per kernel.
+                    with its auto-restarters, three ways one after the other: ours (the
+                    engine's shared event stream, pushed to the restarters), the stream
+                    with a restarter timer per kernel (the previous release), and the
+                    poll by ``inspect`` on that timer: this process's and dockerd's CPU
+                    per kernel over a window, fds per kernel. Targets: gateway + engine
+                    <= 0.01 % of a core, <= 2 fds per kernel.
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ async def bench_ssh_idle(ctx: Context) -> list[Row]:
         try:
             progress(f"ssh-idle: starting {n} kernels on {HOST}")
             ids = await _start_many(mkm, n, SSH_KERNEL)
-            await asyncio.sleep(5)  # past start-up: only restarter polls from here on
+            await asyncio.sleep(15)  # past the restarters' stable-start time (10 s)
             conns = [c for c in pool.connections() if c.target.host == net.hosts[HOST].ip]
             from provisioners.ssh.agent import agent_for
 
@@ -209,9 +211,13 @@ def _dockerd_pid() -> int:
     return int(pids[0])
 
 
-class _PollByInspect:
-    """The baseline: the poll of earlier releases, one ``inspect`` of the kernel's own
-    container per poll (what the shared event stream replaced)."""
+class _Earlier:
+    """An earlier release, patched in: the restarter on its timer for ever (nothing
+    pushed), and with ``inspect`` also each poll asks the engine about the kernel's
+    own container (what the shared event stream replaced)."""
+
+    def __init__(self, inspect: bool) -> None:
+        self.inspect = inspect
 
     def __enter__(self) -> None:
         from provisioners.docker.provisioner import DockerProvisioner
@@ -222,13 +228,15 @@ class _PollByInspect:
                 return 0
             return exit_status_of_state(await prov._state())
 
-        self._saved = DockerProvisioner.poll
-        DockerProvisioner.poll = poll  # type: ignore[method-assign]
+        self._saved = DockerProvisioner.poll, DockerProvisioner.watch_liveness
+        if self.inspect:
+            DockerProvisioner.poll = poll  # type: ignore[method-assign]
+        DockerProvisioner.watch_liveness = lambda prov, notify: None  # type: ignore[method-assign]
 
     def __exit__(self, *exc: object) -> None:
         from provisioners.docker.provisioner import DockerProvisioner
 
-        DockerProvisioner.poll = self._saved  # type: ignore[method-assign]
+        DockerProvisioner.poll, DockerProvisioner.watch_liveness = self._saved  # type: ignore[method-assign]
 
 
 async def _docker_idle_cost(ctx: Context, n: int, window: float, label: str) -> dict[str, float]:
@@ -247,7 +255,7 @@ async def _docker_idle_cost(ctx: Context, n: int, window: float, label: str) -> 
         fds0 = _fds()
         progress(f"docker-idle ({label}): starting {n} kernels")
         await _start_many(mkm, n, DOCKER_KERNEL)
-        await asyncio.sleep(5)  # past start-up: only restarter polls from here on
+        await asyncio.sleep(15)  # past the restarters' stable-start time (10 s)
         fds = _fds() - fds0
         me0, engine0, t0 = _cpu_seconds(os.getpid()), _cpu_seconds(dockerd), time.monotonic()
         progress(f"docker-idle ({label}): {n} kernels idle; watching for {window:g}s")
@@ -273,7 +281,9 @@ async def bench_docker_idle(ctx: Context) -> list[Row]:
     try:
         await _setup(ctx)
         ours = await _docker_idle_cost(ctx, n, window, "ours")
-        with _PollByInspect():
+        with _Earlier(inspect=False):
+            timers = await _docker_idle_cost(ctx, n, window, "timers")
+        with _Earlier(inspect=True):
             baseline = await _docker_idle_cost(ctx, n, window, "inspect")
     except Exception as e:
         progress(f"ERROR docker-idle: {e!r}")
@@ -287,10 +297,12 @@ async def bench_docker_idle(ctx: Context) -> list[Row]:
         base_row = measurement(
             NAME, f"{bench}: {what}", "poll by inspect", [baseline[key]], "count"
         )
+        timers_row = measurement(NAME, f"{bench}: {what}", "stream, timers", [timers[key]], "count")
+        timers_row.ratio = timers[key] / baseline[key] if baseline[key] else None
         ours_row = measurement(NAME, f"{bench}: {what}", "ours", [ours[key]], "count")
         ours_row.target = target
         ours_row.ratio = ours[key] / baseline[key] if baseline[key] else None
-        rows += [base_row, ours_row.finish()]
+        rows += [base_row, timers_row.finish(), ours_row.finish()]
     total = measurement(
         NAME,
         f"{bench}: gateway + engine CPU per kernel (% of a core)",
@@ -298,7 +310,10 @@ async def bench_docker_idle(ctx: Context) -> list[Row]:
         [ours["gateway"] + ours["engine"]],
         "count",
         target=Target.at_most(IDLE_CPU_PER_KERNEL_TARGET, "%"),
-        note=f"poll by inspect: {baseline['gateway'] + baseline['engine']:.4f} %",
+        note=(
+            f"stream with a timer per kernel: {timers['gateway'] + timers['engine']:.4f} %;"
+            f" poll by inspect: {baseline['gateway'] + baseline['engine']:.4f} %"
+        ),
     )
     return [*rows, total]
 
