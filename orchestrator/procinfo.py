@@ -36,9 +36,13 @@ def machine_id() -> str:
     Read once per process (a restore asks it for every kernel); a forked child, which
     may be in a new pid namespace, reads it again."""
     global _machine_id
-    if _machine_id is None:
-        _machine_id = _read_machine_id()
-    return _machine_id
+    if _machine_id is not None:
+        return _machine_id
+    found = _read_machine_id()
+    boot, _, pidns = found.partition("/")
+    if boot and pidns:  # (a failed read, out of descriptors say, is not kept)
+        _machine_id = found
+    return found
 
 
 def _read_machine_id() -> str:

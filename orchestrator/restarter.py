@@ -109,9 +109,19 @@ class AsyncOwnerRestarter(AsyncIOLoopKernelRestarter):
         if self._poll_lock is None:
             self._poll_lock = asyncio.Lock()
         async with self._poll_lock:
-            if await self.kernel_manager.is_alive() or await _still_ours(self):
-                await super().poll()
-            self._settle()
+            km = self.kernel_manager
+            if not self._running or km.shutting_down:
+                return  # stopped (a shutdown, a restart) while this poll waited its turn
+            seen_alive = False
+            try:
+                seen_alive = await km.is_alive()
+                if seen_alive or await _still_ours(self):
+                    await super().poll()
+            finally:
+                # Quiet only after seeing it run: a death this round left alone (the
+                # store could not say whose it is) or a poll that failed is looked at
+                # again on the timer, as no second notice of it may ever come.
+                self._settle(may_go_quiet=seen_alive)
 
     # ------------------------------------------------------------- pushed news
     def _subscribe(self) -> None:
@@ -133,17 +143,19 @@ class AsyncOwnerRestarter(AsyncIOLoopKernelRestarter):
         if self._running:
             await self.poll()
 
-    def _settle(self) -> None:
-        """Run the timer only while it is needed: the start is not yet stable, or an
-        exit might go untold (no watch, its source is down, or it watches an earlier
-        process: a new subscription is then tried first)."""
+    def _settle(self, may_go_quiet: bool) -> None:
+        """Run the timer only while it is needed: the start is not yet stable, the last
+        poll did not see the kernel run, or an exit might go untold (no watch, its
+        source is down, or it watches an earlier process: a new subscription is then
+        tried first)."""
         if not self._running:
             return
         if self._watch is None or not self._watch.pushed():
             self._unsubscribe()
             self._subscribe()
         quiet = (
-            self._watch is not None
+            may_go_quiet
+            and self._watch is not None
             and self._watch.pushed()
             and not self._initial_startup
             and not self._restarting

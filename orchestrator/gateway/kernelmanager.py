@@ -855,15 +855,14 @@ class OrchestratorMappingKernelManager(
             km._activity_stream = None
         self._kernel_connections.pop(kernel_id, None)
         self._kernel_ports.pop(kernel_id, None)
-        buffered = self._kernel_buffers.pop(kernel_id, None)  # (stop_buffering wants it mapped)
-        for stream in (buffered or {}).get("channels", {}).values():
-            if not stream.closed():
-                stream.close()
+        self.discard_buffer(kernel_id)  # (stop_buffering wants it still mapped)
         super()._kernel_dropped(km, reason)
 
     def _forget_kernel(self, kernel_id: str) -> None:
-        """Drop a kernel this replica no longer serves: no activity watch."""
+        """Drop a kernel this replica no longer serves: no activity watch, and no
+        sockets kept for a client that left."""
         self.stop_watching_activity(kernel_id)
+        self.discard_buffer(kernel_id)
         self._kernel_connections.pop(kernel_id, None)
         super()._forget_kernel(kernel_id)
 

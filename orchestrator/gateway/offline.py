@@ -44,8 +44,30 @@ class BoundedOfflineBuffers(LoggingConfigurable):
     if t.TYPE_CHECKING:
         _kernel_buffers: t.Any
 
-        def _check_kernel_id(self, kernel_id: str) -> None: ...
-        def stop_buffering(self, kernel_id: str) -> None: ...
+    _expiries: dict[str, object] | None = None  # kernel id -> its buffer's time-out
+
+    def _cancel_expiry(self, kernel_id: str) -> None:
+        handle = (self._expiries or {}).pop(kernel_id, None)
+        if handle is not None:
+            IOLoop.current().remove_timeout(handle)
+
+    def get_buffer(self, kernel_id: str, session_key: str) -> t.Any:
+        self._cancel_expiry(kernel_id)  # (handed over, or dropped for another session)
+        return super().get_buffer(kernel_id, session_key)  # type: ignore[misc]
+
+    def stop_buffering(self, kernel_id: str) -> None:
+        self._cancel_expiry(kernel_id)
+        super().stop_buffering(kernel_id)  # type: ignore[misc]
+
+    def discard_buffer(self, kernel_id: str) -> None:
+        """Drop a kernel's buffer and close its sockets, even for a kernel no longer
+        served here (``stop_buffering`` refuses those)."""
+        self._cancel_expiry(kernel_id)
+        info = self._kernel_buffers.pop(kernel_id, None)
+        for stream in (info or {}).get("channels", {}).values():
+            if not stream.closed():
+                stream.on_recv(None)
+                stream.close()
 
     def start_buffering(self, kernel_id: str, session_key: str, channels: dict[str, t.Any]) -> None:
         if self.offline_buffer_seconds <= 0:
@@ -67,7 +89,9 @@ class BoundedOfflineBuffers(LoggingConfigurable):
 
         for channel, stream in channels.items():
             stream.on_recv(partial(buffer_msg, channel))
-        IOLoop.current().call_later(
+        if self._expiries is None:
+            self._expiries = {}
+        self._expiries[kernel_id] = IOLoop.current().call_later(
             self.offline_buffer_seconds,
             self._drop_buffer,
             kernel_id,
@@ -86,5 +110,4 @@ class BoundedOfflineBuffers(LoggingConfigurable):
             len(info["buffer"]),
             why,
         )
-        info["buffer"] = []  # (stop_buffering would log each one as discarded)
-        self.stop_buffering(kernel_id)
+        self.discard_buffer(kernel_id)

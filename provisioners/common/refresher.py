@@ -50,8 +50,10 @@ class Refresher:
         return cancel
 
     def healthy(self) -> bool:
-        """Whether a change would be told: the source answered within two intervals."""
-        return time.monotonic() - self._answered_at < 2 * self.interval + 15
+        """Whether a change would be told: the source answered its last question (a
+        failure is told to everyone, so a quiet subscriber never waits on a source
+        that stopped answering) and the thread runs."""
+        return self._answered_at > 0 and self._thread is not None
 
     def _run(self) -> None:
         while True:
@@ -89,4 +91,5 @@ def _reset_after_fork() -> None:
     for refresher in list(_live):
         refresher._thread = None
         refresher._lock = threading.Lock()
+        refresher.subscribers = Subscribers()  # (its lock may have been held)
     _live.clear()

@@ -164,7 +164,7 @@ class ContainerWatcher:
                     self.failure, failures = "", 0
                 for event in self._stream:
                     if self._stop.is_set():
-                        return
+                        break  # (below: subscribers are told, then it ends)
                     self._apply(event)
                 reason = "the engine ended the event stream"
             except Exception as e:  # the engine is unreachable or restarting
