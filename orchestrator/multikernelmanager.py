@@ -199,9 +199,16 @@ class PersistentMultiKernelManagerMixin(LoggingConfigurable):
             if r.kernel_id not in self._kernels and self.should_restore(r)
         ]
         gate = asyncio.Semaphore(max(1, self.reattach_concurrency))
+        # Each re-attach begins with a few milliseconds of work that does not wait
+        # (its manager, session and provisioner are made): begun all at once, 64 of
+        # them held the event loop for a third of a second, and every request (a
+        # probe's /healthz among them) waited. One begins per turn of the loop.
+        pacer = asyncio.Lock()
 
         async def bounded(record: KernelRecord) -> None:
             async with gate:
+                async with pacer:
+                    await asyncio.sleep(0)
                 await self._restore_one(record, report)
 
         await asyncio.gather(*(bounded(r) for r in records))
