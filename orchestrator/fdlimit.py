@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import typing as t
 
 from .errors import KernelLimitError
 
@@ -43,6 +44,30 @@ def raise_soft_limit() -> tuple[int, int] | None:
     except (OSError, ValueError):
         return None
     return soft, target
+
+
+def raise_zmq_socket_limit(ctx: t.Any = None) -> tuple[int, int] | None:
+    """Let the process's zmq context hold as many sockets as it has open files.
+
+    libzmq allows a context 1,023 sockets unless told otherwise, and the gateway keeps
+    one per kernel (its activity subscription) and four per client websocket: near
+    1,000 kernels, every new websocket or kernel failed with "Too many open files"
+    while descriptors were still free. The limit only takes effect before the
+    context's first socket: this runs when a context is made (the process's own, and
+    the one jupyter_client's multi-kernel manager makes for its kernels' sockets).
+    (old, new) when it changed."""
+    import zmq
+
+    if ctx is None:
+        ctx = zmq.Context.instance()
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    ceiling = int(ctx.get(zmq.SOCKET_LIMIT))
+    wanted = ceiling if soft == resource.RLIM_INFINITY else min(int(soft), ceiling)
+    current = int(ctx.get(zmq.MAX_SOCKETS))
+    if wanted <= current:
+        return None
+    ctx.set(zmq.MAX_SOCKETS, wanted)
+    return current, wanted
 
 
 def open_files() -> tuple[int, int]:

@@ -190,10 +190,12 @@ class GatewayApp(ServerApp):
         """jupyter_server raises the open-files soft limit to its floor (4,096); every
         kernel costs descriptors, so the gateway takes all that the hard limit allows."""
         super().init_resources()
-        from ..fdlimit import raise_soft_limit
+        from ..fdlimit import raise_soft_limit, raise_zmq_socket_limit
 
         if raised := raise_soft_limit():
             self.log.info("open files: soft limit raised from %d to %d (the hard limit)", *raised)
+        if raised := raise_zmq_socket_limit():
+            self.log.info("zmq sockets: limit raised from %d to %d", *raised)
 
     def init_configurables(self) -> None:
         from ..ownership import set_holder_kind

@@ -216,6 +216,10 @@ class OrchestratorMappingKernelManager(
 
     def __init__(self, **kwargs: t.Any) -> None:
         super().__init__(**kwargs)
+        # Every kernel's sockets live in this manager's context, made here, before any
+        # socket: libzmq's default of 1,023 would stop the gateway near 1,000 kernels.
+        if raised := fdlimit.raise_zmq_socket_limit(self.context):
+            self.log.info("zmq sockets of kernels: limit raised from %d to %d", *raised)
         self._activity_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Future[t.Any]] = set()
         self._refilling: set[str] = set()
