@@ -140,7 +140,10 @@ class AsyncOwnerRestarter(AsyncIOLoopKernelRestarter):
             watch.cancel()
 
     async def _told(self) -> None:
-        if self._running:
+        # While the timer runs (a start not yet stable, a process just taken over) it
+        # alone polls, at jupyter_client's pace: a notice then must not act at once on
+        # a death that the kernel's last owner, still shutting it down, is causing.
+        if self._running and self._pcallback is None:
             await self.poll()
 
     def _settle(self, may_go_quiet: bool) -> None:
