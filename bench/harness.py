@@ -560,6 +560,20 @@ def isolated_jupyter_env(keep: bool = False) -> Iterator[Path]:
 # --------------------------------------------------------------------------- processes
 
 
+def open_fds(pid: int | str = "self") -> int:
+    """Descriptors process ``pid`` (this one by default) has open."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of process ``pid`` (this one by default), in MB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def kernel_processes(marker: str, pattern: str = "ipykernel") -> list[tuple[int, str]]:
     """Live (non-zombie) processes whose command line holds both ``pattern`` and ``marker``.
 

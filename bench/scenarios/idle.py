@@ -28,7 +28,18 @@ from typing import Any
 import jupyter_client.multikernelmanager as jc_mkm
 
 import orchestrator
-from bench.harness import Benchmark, Bounded, Context, Row, Target, error_row, measurement, progress
+from bench.harness import (
+    Benchmark,
+    Bounded,
+    Context,
+    Row,
+    Target,
+    error_row,
+    measurement,
+    open_fds,
+    progress,
+    rss_mb,
+)
 from orchestrator.store import open_store
 
 NAME = "idle"
@@ -144,28 +155,17 @@ async def bench_ssh_idle(ctx: Context) -> list[Row]:
 
 
 # ---------------------------------------------------------------- local idle
-def _fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
-
-
-def _rss_mb() -> float:
-    for line in open("/proc/self/status"):  # noqa: SIM115
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def _idle_cost(make_mkm: Any, n: int, label: str) -> tuple[float, float]:
     """(fds per kernel, RSS MB per kernel) of ``n`` idle kernels under one manager."""
     mkm = make_mkm()
     warm = await mkm.start_kernel(kernel_name="python3")  # imports, sockets, first-use costs
     await asyncio.sleep(1)
-    fds0, rss0 = _fds(), _rss_mb()
+    fds0, rss0 = open_fds(), rss_mb()
     try:
         progress(f"local-idle ({label}): starting {n} kernels")
         await _start_many(mkm, n, "python3")
         await asyncio.sleep(10)  # idle: restarters polling, nothing else
-        fds, rss = _fds() - fds0, _rss_mb() - rss0
+        fds, rss = open_fds() - fds0, rss_mb() - rss0
         progress(f"local-idle ({label}): +{fds} fds, +{rss:.1f} MB for {n} kernels")
         return fds / n, rss / n
     finally:
@@ -252,11 +252,11 @@ async def _docker_idle_cost(ctx: Context, n: int, window: float, label: str) -> 
         # stream are made once per process, not per kernel.
         await mkm.start_kernel(kernel_name=DOCKER_KERNEL)
         await asyncio.sleep(1)
-        fds0 = _fds()
+        fds0 = open_fds()
         progress(f"docker-idle ({label}): starting {n} kernels")
         await _start_many(mkm, n, DOCKER_KERNEL)
         await asyncio.sleep(15)  # past the restarters' stable-start time (10 s)
-        fds = _fds() - fds0
+        fds = open_fds() - fds0
         me0, engine0, t0 = _cpu_seconds(os.getpid()), _cpu_seconds(dockerd), time.monotonic()
         progress(f"docker-idle ({label}): {n} kernels idle; watching for {window:g}s")
         await asyncio.sleep(window)

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.harness import (
@@ -35,9 +34,11 @@ from bench.harness import (
     error_row,
     kernel_processes,
     measurement,
+    open_fds,
     percentile,
     progress,
     reap,
+    rss_mb,
 )
 from bench.scenarios.gateway import (
     EXECUTE_TIMEOUT,
@@ -78,17 +79,6 @@ def _params(quick: bool) -> dict[str, Any]:
         "block_s": 5.0,
         "ramp_s": 2.0,
     }
-
-
-def _fds(pid: int) -> int:
-    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def _idle_cpu(server: Server, window: float, label: str) -> float:
@@ -209,12 +199,12 @@ async def bench_gateway(ctx: Context) -> list[Row]:
     try:
         await server.start()
         assert server.pid is not None
-        fds0, rss0 = _fds(server.pid), _rss_mb(server.pid)
+        fds0, rss0 = open_fds(server.pid), rss_mb(server.pid)
         for n in p["steps"]:
             ids += await start_minimal_kernels(server, n - len(ids))
             progress(f"scale: {n} kernels up; {p['window']:g} s of idle")
             cpu = await _idle_cpu(server, p["window"], f"scale {n}")
-            fds, rss = _fds(server.pid) - fds0, _rss_mb(server.pid) - rss0
+            fds, rss = open_fds(server.pid) - fds0, rss_mb(server.pid) - rss0
             idle[n] = (cpu / n, fds / n, rss / n)
             progress(
                 f"scale: {n} idle kernels: gateway {cpu:.3f} % of a core, +{fds} fds, +{rss:.0f} MB"
